@@ -1,0 +1,37 @@
+# The two commands: `make repro` and `make test`. Both set up .venv on a fresh machine first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := False
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup repro test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch and torchvision first: they install from the local wheel store in about a minute
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+repro: setup
+	test -d .git || git init -q
+	$(BIN)/dvc config --local core.analytics false
+	$(BIN)/dvc config --local core.check_update false
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_world.py
+
+clean:
+	rm -rf data reports/dataset reports/dataset.md reports/dataset_stats.json reports/logs

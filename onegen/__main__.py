@@ -1,0 +1,3 @@
+from onegen.cli import app
+
+app()

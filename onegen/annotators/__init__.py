@@ -1,0 +1,1 @@
+"""Annotators: turn an image (plus whatever ground truth a source has) into condition views."""

@@ -1,0 +1,81 @@
+"""The ``onegen`` command: one subcommand per pipeline stage (``dvc.yaml`` calls only these)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from onegen.config import FAMILIES, ConfigError, load_params, profile_path
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build the One-Gen dataset. Every subcommand is a DVC stage; `dvc repro` runs them all.")
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (validated against the schema)")
+
+
+def _params(path: Path):
+    try:
+        return load_params(path)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(fn, *args):
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return fn(*args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def world(params: Path = PARAMS):
+    """Render the procedural world (scenes seen by orbit rigs, identities across scenes) into data/world."""
+    from pipelines import world as stage
+
+    st = _run(stage.run, _params(params))
+    typer.echo(f"world: {st['samples']} records in {st['shards']} shards ({st['bytes'] / 2**20:.1f} MB)")
+
+
+@app.command()
+def shards(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"), params: Path = PARAMS):
+    """Build one task family's shards in data/shards/<family> (resumes; skips finished shards)."""
+    if family not in FAMILIES:
+        typer.echo(f"error: unknown family {family!r}; choose one of {', '.join(FAMILIES)}", err=True)
+        raise typer.Exit(2)
+    from pipelines import shards as stage
+
+    st = _run(stage.run, _params(params), family)
+    typer.echo(f"{family}: {st['samples']} samples in {st['shards']} shards, {st['skipped']} skipped, tasks {st['tasks']}")
+
+
+@app.command()
+def stats(params: Path = PARAMS):
+    """Write the dataset card reports/dataset.md with histograms and example grids."""
+    from pipelines import stats as stage
+
+    st = _run(stage.run, _params(params))
+    typer.echo(f"stats: {st['samples']} samples; card at reports/dataset.md")
+
+
+@app.command("params")
+def write_params(profile: str = typer.Option("default", help="profile name (onegen/profiles/*.yaml)"),
+                 output: Path = typer.Option(Path("params.yaml"), help="where to write it")):
+    """Write a named profile (default, paper) as the params file DVC tracks."""
+    try:
+        src = profile_path(profile)
+        load_params(src)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    output.write_text(src.read_text())
+    typer.echo(f"wrote profile {profile!r} to {output}")
+
+
+@app.command()
+def check(params: Path = PARAMS):
+    """Validate a params file against the schema and print it resolved."""
+    typer.echo(_params(params).model_dump_json(indent=1))

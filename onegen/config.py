@@ -1,0 +1,150 @@
+"""One typed schema for ``params.yaml``, validated at load.
+
+Unknown keys and mistyped values fail with their dotted path and the expected type, so a
+typo never silently falls back to a default. Named profiles live in ``onegen/profiles/``;
+``params.yaml`` as committed is the ``default`` profile, and ``onegen params --profile paper``
+writes another one in its place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+FAMILIES = ("text2image", "depth", "semantic", "bbox", "multiview", "id", "edges")
+Family = Literal["text2image", "depth", "semantic", "bbox", "multiview", "id", "edges"]
+
+
+class ConfigError(ValueError):
+    """Malformed params; the message names the file and the dotted key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Strict):
+    data: Path = Path("data")
+    reports: Path = Path("reports")
+
+
+class WorldConfig(_Strict):
+    """The procedural world: seeded scenes of primitives rendered by our ray caster."""
+
+    enabled: bool = True
+    scenes: int = Field(64, ge=0, description="multi-view scenes (orbit rigs)")
+    views_per_scene: int = Field(4, ge=1, le=12, description="cameras per orbit rig (paper: 4-12)")
+    id_groups: int = Field(16, ge=0, description="object identities, each shown in several scenes")
+    id_views: tuple[int, int] = Field((2, 5), description="min/max scenes per identity (paper: 2-5)")
+    resolution: int = Field(128, ge=16, multiple_of=8)
+    min_objects: int = Field(2, ge=1)
+    max_objects: int = Field(5, ge=1)
+    fov_deg: float = Field(50.0, gt=0, lt=180)
+    records_per_shard: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must be <= max_objects")
+        if not 1 <= self.id_views[0] <= self.id_views[1]:
+            raise ValueError("id_views must be (min, max) with 1 <= min <= max")
+        return self
+
+
+class SourceConfig(_Strict):
+    """An external image source (T2I photos, ID folders, ...), read from local disk only."""
+
+    kind: Literal["image_folder", "hf_dataset"]
+    path: Path
+    split: str | None = None
+    image_column: str = "image"
+    limit: int | None = Field(None, ge=1, description="read at most this many records")
+
+
+class FamilyConfig(_Strict):
+    enabled: bool = True
+    sources: list[str] = Field(default_factory=lambda: ["world"], description="'world' or names under sources")
+    max_samples: int | None = Field(None, ge=1, description="cap per family; null = everything the sources give")
+
+
+class ShardsConfig(_Strict):
+    max_samples_per_shard: int = Field(64, ge=1)
+    max_bytes_per_shard: int = Field(256 * 2**20, ge=1024)
+    rays_normalize_cameras: bool = Field(False, description="optical axes meet at origin, first camera at 1.7")
+    families: dict[Family, FamilyConfig] = Field(default_factory=lambda: {f: FamilyConfig() for f in FAMILIES})
+
+
+class ReaderConfig(_Strict):
+    batch_size: int = Field(8, ge=1)
+    shuffle_buffer: int = Field(256, ge=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class Params(_Strict):
+    profile: str = "default"
+    seed: int = 0
+    paths: PathsConfig = PathsConfig()
+    world: WorldConfig = WorldConfig()
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    shards: ShardsConfig = ShardsConfig()
+    reader: ReaderConfig = ReaderConfig()
+
+    @model_validator(mode="after")
+    def _sources_exist(self):
+        for fam, fc in self.shards.families.items():
+            for s in fc.sources:
+                if s != "world" and s not in self.sources:
+                    raise ValueError(f"shards.families.{fam}.sources names unknown source {s!r}")
+                if s != "world" and fam != "text2image":
+                    # photos need the model annotators (depth, SAM, ...) to become these tasks
+                    raise ValueError(f"shards.families.{fam}.sources: only text2image reads external sources yet")
+        return self
+
+
+def _format_error(where: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: {path}: unknown key")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{where}: {path}: {e['msg']}{got_s}")
+    return "; ".join(lines)
+
+
+def parse_params(data: object, where: str = "params") -> Params:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(where, e)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    return parse_params(data, str(path))
+
+
+def profile_path(name: str) -> Path:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(known)}")
+    return path
+
+
+def load_profile(name: str) -> Params:
+    return load_params(profile_path(name))

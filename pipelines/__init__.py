@@ -1,0 +1,1 @@
+"""Stage entry points that ``dvc.yaml`` calls through the ``onegen`` CLI: thin glue only."""

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onegen.config import FAMILIES, ConfigError, load_params, load_profile, parse_params, profile_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _default() -> dict:
+    return yaml.safe_load(profile_path("default").read_text())
+
+
+def test_committed_params_are_the_default_profile():
+    assert load_params(REPO / "params.yaml") == load_profile("default")
+
+
+def test_profiles_load_and_differ_where_the_paper_does():
+    d, p = load_profile("default"), load_profile("paper")
+    assert d.world.resolution == 128 and p.world.resolution == 256
+    assert p.world.views_per_scene >= 4 and p.world.id_views == (2, 5)
+    assert set(p.shards.families) == set(FAMILIES)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["world"].__setitem__("scenes", "many"), r"world\.scenes: Input should be a valid integer.*'many'"),
+        (lambda d: d["world"].__setitem__("sceens", 3), r"world\.sceens: unknown key"),
+        (lambda d: d["shards"]["families"]["depth"].__setitem__("enabld", True), r"shards\.families\.depth\.enabld: unknown key"),
+        (lambda d: d["shards"]["families"].__setitem__("dept", {}), r"shards\.families\.dept"),
+        (lambda d: d["world"].__setitem__("resolution", 100), r"world\.resolution: .*multiple of 8"),
+        (lambda d: d["world"].__setitem__("views_per_scene", 13), r"world\.views_per_scene: .*less than or equal to 12"),
+        (lambda d: d["world"].__setitem__("min_objects", 9), r"min_objects must be <= max_objects"),
+        (lambda d: d["shards"]["families"]["text2image"].__setitem__("sources", ["nowhere"]), r"unknown source 'nowhere'"),
+        (lambda d: d.__setitem__("reader", [1, 2]), r"reader: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_params_name_the_dotted_key(edit, message):
+    d = _default()
+    edit(d)
+    with pytest.raises(ConfigError, match=message):
+        parse_params(d, "params.yaml")
+
+
+def test_error_is_one_line_and_names_the_file(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("world: {scenes: -1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value) and "world.scenes" in str(e.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("world: {scenes: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_params(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown profile 'tiny'; known: default, paper"):
+        load_profile("tiny")

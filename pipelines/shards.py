@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from onegen.config import FamilyConfig, Params, SourceConfig
 from onegen.families import External, build, enumerate_items
 from onegen.fingerprint import fingerprint
 from onegen.format import Sample, decode_sample
-from onegen.jsonl import append_jsonl
+from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, shard_urls
 from onegen.shards.writer import ShardLimits, build_shards
 from onegen.sources.hf_dataset import HFDatasetSource
@@ -71,14 +70,9 @@ def run(params: Params, family: str) -> dict:
     fp = fingerprint("shards", family, fam.model_dump(mode="json"), params.seed, world_fp,
                      {n: params.sources[n].model_dump(mode="json") for n in sources},
                      params.shards.rays_normalize_cameras, params.world.resolution)
-    t0 = time.perf_counter()
-    stats = build_shards(
+    return build_shards(
         out, len(refs),
         lambda i: build(family, refs[i], world, get_external, params.seed, i, params.shards.rays_normalize_cameras),
         ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp, desc=family,
+        on_shard=shard_logger(params.paths.reports / "logs" / f"shards_{family}.jsonl", stage="shards", family=family),
     )
-    seconds = time.perf_counter() - t0
-    append_jsonl(params.paths.reports / "logs" / "shards.jsonl",
-                 {"stage": "shards", "family": family, "samples": stats["samples"], "skipped": stats["skipped"],
-                  "bytes": stats["bytes"], "seconds": round(seconds, 3)})
-    return stats

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from onegen.config import Params
 from onegen.fingerprint import fingerprint
 from onegen.format import FORMAT_VERSION
-from onegen.jsonl import append_jsonl
+from onegen.jsonl import shard_logger
 from onegen.shards.writer import ShardLimits, build_shards
 from onegen.sources import procedural, world_records
 
@@ -19,13 +17,9 @@ def world_dir(params: Params):
 def run(params: Params) -> dict:
     cfg = params.world
     fp = fingerprint("world", cfg.model_dump(mode="json"), params.seed, procedural.RENDERER_VERSION, FORMAT_VERSION)
-    t0 = time.perf_counter()
-    stats = build_shards(
+    return build_shards(
         world_dir(params), world_records.record_count(cfg),
         lambda i: world_records.make_record(cfg, params.seed, i),
         ShardLimits(cfg.records_per_shard, params.shards.max_bytes_per_shard), fp, desc="world",
+        on_shard=shard_logger(params.paths.reports / "logs" / "world.jsonl", stage="world"),
     )
-    seconds = time.perf_counter() - t0
-    append_jsonl(params.paths.reports / "logs" / "world.jsonl",
-                 {"stage": "world", "records": stats["samples"], "bytes": stats["bytes"], "seconds": round(seconds, 3)})
-    return stats

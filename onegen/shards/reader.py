@@ -70,11 +70,15 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 def iter_tar_samples(url: str, report: ReadReport) -> Iterator[dict]:
-    """Member groups of one tar as ``{"__key__", "__url__", suffix: bytes}`` dicts, streamed."""
+    """Member groups of one uncompressed tar as ``{"__key__", "__url__", suffix: bytes}``, streamed.
+
+    A tar cut at a header boundary reads as a clean, shorter archive, so the end-of-archive
+    marker (two zero blocks) is checked too; the group in progress at a truncation is dropped.
+    """
     current: dict | None = None
     bad_key: str | None = None
     try:
-        with tarfile.open(url, mode="r|*") as tf:
+        with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
             for info in tf:
                 if not info.isfile():
                     continue
@@ -91,6 +95,10 @@ def iter_tar_samples(url: str, report: ReadReport) -> Iterator[dict]:
                 if current is None:
                     current = {"__key__": key, "__url__": url}
                 current[suffix] = tf.extractfile(info).read()
+            f.seek(tf.offset)
+            marker = f.read(2 * tarfile.BLOCKSIZE)
+            if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+                raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, EOFError, OSError) as e:
         where = current["__key__"] if current else None
         report.add(url, where, f"truncated or unreadable tar ({type(e).__name__}: {e}); rest of shard lost")
@@ -102,7 +110,7 @@ def iter_tar_samples(url: str, report: ReadReport) -> Iterator[dict]:
 def _image_to_tensor(a: np.ndarray) -> torch.Tensor:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(a[..., :3])).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def depth_to_condition(depth_m: np.ndarray) -> torch.Tensor:

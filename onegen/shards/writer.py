@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,8 +159,12 @@ def build_shards(
     fingerprint: str,
     desc: str = "shards",
     verify: bool = True,
+    on_shard: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Write (or finish) the shards for items 0..n_items-1 and return the dataset stats."""
+    """Write (or finish) the shards for items 0..n_items-1 and return the dataset stats.
+
+    ``on_shard`` receives each newly written shard's manifest entry plus its build seconds.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp"):  # left by a killed run; never visible as a shard
         stale.unlink()
@@ -172,7 +177,10 @@ def build_shards(
                 bar.update(entry["end"] - start)
             else:
                 stop_at = entry["end"] if entry is not None and entry["start"] == start else None
+                t0 = time.perf_counter()
                 entry = _write_one(out_dir, index, start, n_items, make_sample, limits, stop_at, fingerprint, bar)
+                if on_shard is not None:
+                    on_shard(entry | {"seconds": round(time.perf_counter() - t0, 4)})
             entries.append(entry)
             start, index = entry["end"], index + 1
     _remove_beyond(out_dir, index)

@@ -1,0 +1,1 @@
+"""Benchmarks, one self-contained unit per name, and the leaderboard (the evaluation issues)."""

@@ -1,0 +1,124 @@
+"""The default graph end to end on a tiny world: world -> every family -> stats, through the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from onegen import tasks
+from onegen.cli import app
+from onegen.config import FAMILIES, profile_path
+from onegen.format import decode_sample
+from onegen.shards.reader import ReadReport, iter_tar_samples, training_batches
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["world"].update(scenes=6, id_groups=3, resolution=32, records_per_shard=4)
+    d["shards"]["max_samples_per_shard"] = 8
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    params = str(root / "params.yaml")
+    r = runner.invoke(app, ["world", "-p", params])
+    assert r.exit_code == 0, r.output
+    for fam in FAMILIES:
+        r = runner.invoke(app, ["shards", fam, "-p", params])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["stats", "-p", params])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def _samples(root: Path, family: str):
+    report = ReadReport()
+    out = [decode_sample(raw) for url in sorted((root / "data/shards" / family).glob("shard-*.tar"))
+           for raw in iter_tar_samples(str(url), report)]
+    assert not report.problems
+    return out
+
+
+def test_world_has_scene_and_identity_records(project):
+    stats = json.loads((project / "data/world/stats.json").read_text())
+    assert stats["samples"] == 9 and stats["shards"] == 3
+
+
+def test_family_counts_and_tokens(project):
+    expected = {"text2image": 24, "depth": 24, "semantic": 24, "bbox": 24, "edges": 24, "multiview": 6, "id": 3}
+    for fam, n in expected.items():
+        st = json.loads((project / "data/shards" / fam / "stats.json").read_text())
+        assert st["samples"] == n, fam
+    edges = json.loads((project / "data/shards/edges/stats.json").read_text())["tasks"]
+    assert edges == {tasks.CANNY2IMAGE: 6, tasks.DEBLUR: 6, tasks.UPSCALE: 6, tasks.INPAINT: 6}
+
+
+def test_depth_samples_hold_metric_depth_with_scale(project):
+    s = _samples(project, "depth")[0]
+    assert [v.modality for v in s.views] == ["image", "depth"] and s.views[1].data.dtype == np.uint16
+    depth_m = s.views[1].data * s.views[1].meta["depth_scale"]
+    assert 0.5 < np.median(depth_m[depth_m > 0]) < 30
+
+
+def test_semantic_map_matches_palette_in_prompt(project):
+    for s in _samples(project, "semantic")[:6]:
+        assert s.prompt().startswith(tasks.SEMANTIC2IMAGE)
+        colours = {tuple(int(p["hex"][i:i + 2], 16) for i in (0, 2, 4)) for p in s.palette}
+        present = {tuple(c) for c in s.views[1].data.reshape(-1, 3)} - {(0, 0, 0)}
+        assert present == colours
+        for p in s.palette:
+            assert f"<#{p['hex']} {p['name']} mask: {p['label']}>" in s.prompt()
+
+
+def test_multiview_has_images_then_rays(project):
+    s = _samples(project, "multiview")[0]
+    assert [v.modality for v in s.views] == ["image"] * 4 + ["rays"] * 4
+    rays = s.views[4].data
+    assert rays.dtype == np.float16 and rays.shape == (16, 4, 4)
+
+
+def test_identity_prompt_marks_each_image(project):
+    for s in _samples(project, "id"):
+        n = len(s.views)
+        assert 2 <= n <= 5 and s.task == tasks.FACEID
+        assert all(f"[[img{k}]]" in s.prompt() for k in range(n))
+
+
+def test_dataset_card_and_grids(project):
+    card = (project / "reports/dataset.md").read_text()
+    for fam in FAMILIES:
+        assert f"| {fam} |" in card and (project / "reports/dataset" / f"{fam}.png").is_file()
+    assert "[[multiview]]" in card
+
+
+def test_deleted_shard_is_rebuilt_byte_identical(project):
+    shard = project / "data/shards/depth/shard-000001.tar"
+    before = shard.read_bytes()
+    shard.unlink()
+    r = runner.invoke(app, ["shards", "depth", "-p", str(project / "params.yaml")])
+    assert r.exit_code == 0, r.output
+    assert shard.read_bytes() == before
+
+
+def test_reader_mixes_all_four_task_groups(project):
+    dirs = [project / "data/shards" / f for f in FAMILIES]
+    batches = training_batches(dirs, batch_size=2, shuffle=16)
+    groups = {b["group"][0] for _, b in zip(range(60), batches)}
+    assert groups == {"text2image", "image2image", "id", "multiview"}
+
+
+def test_bad_params_give_one_line_and_exit_2(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("world: {scenes: lots}\n")
+    r = runner.invoke(app, ["world", "-p", str(p)])
+    assert r.exit_code == 2 and "world.scenes" in r.output
+
+
+def test_unknown_family_is_refused():
+    r = runner.invoke(app, ["shards", "pose"])
+    assert r.exit_code == 2 and "unknown family" in r.output

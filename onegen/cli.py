@@ -26,7 +26,7 @@ def _run(fn, *args):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return fn(*args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
 
@@ -59,6 +59,28 @@ def stats(params: Path = PARAMS):
 
     st = _run(stage.run, _params(params))
     typer.echo(f"stats: {st['samples']} samples; card at reports/dataset.md")
+
+
+@app.command("eval")
+def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
+             predictor: str = typer.Option(None, help="'baseline', 'folder:<path>'; default evals.predictor"),
+             limit: int = typer.Option(None, help="evaluate only the first N items"),
+             params: Path = PARAMS):
+    """Run one benchmark (resumable) into reports/evals/<name>/result.json."""
+    from pipelines import evaluate as stage
+
+    r = _run(stage.run, _params(params), name, predictor, limit)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
+    typer.echo(f"{name} [{r['model']['kind']}: {r['model']['name']}] on {r['n_items']} items: {shown}")
+
+
+@app.command()
+def leaderboard(params: Path = PARAMS):
+    """Merge every result with the papers' published numbers into reports/leaderboard.{md,csv,html}."""
+    from pipelines import evaluate as stage
+
+    _run(stage.leaderboard, _params(params))
+    typer.echo("leaderboard: reports/leaderboard.md, .csv, .html")
 
 
 @app.command("params")

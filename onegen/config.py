@@ -84,6 +84,42 @@ class ReaderConfig(_Strict):
     num_workers: int = Field(0, ge=0)
 
 
+class WorldEvalConfig(_Strict):
+    """Procedural-world editions of the benchmarks: held-out scenes (their own seed stream)."""
+
+    items: int = Field(24, ge=1)
+    resolution: int = Field(128, ge=16, multiple_of=8)
+    nvs_views: int = Field(8, ge=2, description="orbit views per scene; view 0 conditions, the rest are targets")
+    pose_views: int = Field(4, ge=2)
+    seed: int = 1000
+
+
+class NYUv2Config(_Strict):
+    path: Path | None = Field(None, description="nyu_depth_v2_labeled.mat, or Marigold's extracted folder/tar")
+    layout: Literal["mat", "marigold"] = "mat"
+
+
+class DIODEConfig(_Strict):
+    path: Path | None = Field(None, description="DIODE root holding val/{indoors,outdoor}")
+    subset: Literal["all", "indoors", "outdoor"] = "all"
+
+
+class GSOConfig(_Strict):
+    path: Path | None = Field(None, description="folder of GSO objects, 25 views each")
+
+
+class EvalsConfig(_Strict):
+    benchmarks: list[str] = Field(default_factory=lambda: ["world_depth", "world_nvs", "world_pose"],
+                                  description="what `dvc repro` evaluates")
+    predictor: str = Field("baseline", description="'baseline' (each benchmark's reference), or 'folder:<path>'")
+    batch_size: int = Field(8, ge=1)
+    lpips_weights: Path | None = Field(None, description="local LPIPS(alex) state dict; unset = no LPIPS")
+    world: WorldEvalConfig = WorldEvalConfig()
+    nyuv2: NYUv2Config = NYUv2Config()
+    diode: DIODEConfig = DIODEConfig()
+    gso: GSOConfig = GSOConfig()
+
+
 class Params(_Strict):
     profile: str = "default"
     seed: int = 0
@@ -92,6 +128,7 @@ class Params(_Strict):
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     shards: ShardsConfig = ShardsConfig()
     reader: ReaderConfig = ReaderConfig()
+    evals: EvalsConfig = EvalsConfig()
 
     @model_validator(mode="after")
     def _sources_exist(self):

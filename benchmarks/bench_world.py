@@ -4,8 +4,9 @@
 
 Prints: procedural renderer views/s at the given size (one thread); then, over the same
 shards, samples/s and MB/s of (a) a plain ``tarfile`` read of every member (the reference),
-(b) our safe member grouping (``iter_tar_samples``), (c) the full reader to tensors, with
-ratios against (a).
+(b) our safe member grouping (``iter_tar_samples``), (c) plain ``webdataset`` decoding the
+same members to tensors (a decode reference), (d) our full reader to tensors (PNG decode, depth
+normalisation, validation), with ratios against (a).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
 
 from onegen.config import WorldConfig  # noqa: E402
 from onegen.shards.reader import ReadReport, iter_tar_samples, sample_stream, shard_urls  # noqa: E402
@@ -66,10 +68,11 @@ def main() -> None:
         mb = sum(os.path.getsize(u) for u in urls) / 2**20
         _, t_ref = timed(lambda: plain_tarfile(urls))
         _, t_grp = timed(lambda: sum(1 for u in urls for _ in iter_tar_samples(u, ReadReport())))
+        _, t_wds = timed(lambda: sum(1 for _ in wds.WebDataset(urls, shardshuffle=False).decode("torchrgb")))
         _, t_full = timed(lambda: sum(1 for _ in sample_stream(urls, ReadReport())))
         print(f"shards: {n} depth samples, {len(urls)} shards, {mb:.1f} MB")
         for name, t in (("plain tarfile (reference)", t_ref), ("iter_tar_samples", t_grp),
-                        ("reader -> tensors", t_full)):
+                        ("webdataset .decode(torchrgb)", t_wds), ("reader -> tensors", t_full)):
             print(f"  {name:28s} {n / t:9.1f} samples/s {mb / t:8.1f} MB/s  ratio vs tarfile {t_ref / t:.3f}")
 
 

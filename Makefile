@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup repro test bench clean
+.PHONY: setup browser repro test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# Debian's Chromium renders the leaderboard page in the browser test (headless, offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not install chromium; the browser test will say it was skipped"
+
 repro: setup
 	test -d .git || git init -q
 	$(BIN)/dvc config --local core.analytics false
 	$(BIN)/dvc config --local core.check_update false
 	$(BIN)/dvc repro
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

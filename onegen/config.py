@@ -106,6 +106,8 @@ class DIODEConfig(_Strict):
 
 class GSOConfig(_Strict):
     path: Path | None = Field(None, description="folder of GSO objects, 25 views each")
+    condition_views: Literal[1, 2, 3] = 1
+    known_poses: bool = Field(True, description="give the predictor the condition views' cameras (paper Table 2)")
 
 
 class EvalsConfig(_Strict):

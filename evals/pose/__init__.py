@@ -1,0 +1,1 @@
+"""Camera-pose estimation evaluation: RayDiffusion's relative-rotation and camera-centre accuracies."""

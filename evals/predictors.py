@@ -1,0 +1,159 @@
+"""Predictors: what a benchmark asks for a prediction.
+
+A predictor answers the questions benchmarks ask (``predict_depth``, ``predict_views``,
+``predict_cameras``) for a batch of items and describes itself (``describe()``: name, kind,
+hash) so results never mix models. ``kind`` is ``model`` (a trained network), ``predictions``
+(files on disk made by any method) or ``baseline`` (a reference with no learning, e.g. chance
+level) -- the leaderboard labels each.
+
+The OneDiffusion sampler plugs in here as a ``model`` predictor once the model lands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class PredictionError(ValueError):
+    """A prediction that is missing or malformed; the message names the item and file."""
+
+
+class ConstantDepth:
+    """Predicts the same depth everywhere: after scale-and-shift alignment, the best constant."""
+
+    def describe(self) -> dict:
+        return {"name": "constant-depth", "kind": "baseline", "hash": "constant-depth-v1"}
+
+    def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
+        return [np.ones(it["rgb"].shape[:2], np.float32) for it in items]
+
+
+class NearestConditionView:
+    """Novel views by copying the conditioning image whose camera centre is nearest the target's."""
+
+    def describe(self) -> dict:
+        return {"name": "copy-nearest-view", "kind": "baseline", "hash": "copy-nearest-view-v1"}
+
+    def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
+        out = []
+        for it in items:
+            cond = it["condition_views"]
+            centres = {i: _centre(it["world_to_camera"][i]) for i in cond}
+            views = {}
+            for t in it["target_views"]:
+                c = _centre(it["world_to_camera"][t])
+                nearest = min(cond, key=lambda i: float(np.linalg.norm(centres[i] - c)))
+                views[t] = it["images"][nearest]
+            out.append(views)
+        return out
+
+
+class RandomCameras:
+    """Chance level for pose estimation: random rotations, random centres on a sphere (seeded)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def describe(self) -> dict:
+        return {"name": "random-cameras", "kind": "baseline", "hash": f"random-cameras-v1-{self.seed}"}
+
+    def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for it in items:
+            rng = np.random.default_rng([self.seed, int(hashlib.sha256(it["id"].encode()).hexdigest()[:8], 16)])
+            n = len(it["images"])
+            q = rng.standard_normal((n, 4))
+            out.append((_quat_to_matrix(q / np.linalg.norm(q, axis=1, keepdims=True)),
+                        rng.standard_normal((n, 3))))
+        return out
+
+
+class FolderPredictions:
+    """Predictions read from disk, made by any method: ``<root>/<item id>.npy`` (depth, HxW metres
+    or relative), ``<root>/<item id>/<view>.png`` (novel views), ``<root>/<item id>.npz`` with
+    ``rotations`` (N,3,3 world-to-camera) and ``centres`` (N,3) (poses)."""
+
+    def __init__(self, root: Path, name: str | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise PredictionError(f"{self.root}: predictions folder not found")
+        self.name = name or self.root.name
+
+    def describe(self) -> dict:
+        h = hashlib.sha256()
+        for p in sorted(self.root.rglob("*")):
+            if p.is_file():
+                h.update(p.relative_to(self.root).as_posix().encode())
+                h.update(str(p.stat().st_size).encode())
+        return {"name": self.name, "kind": "predictions", "hash": h.hexdigest()[:16]}
+
+    def _file(self, item_id: str, suffix: str) -> Path:
+        p = self.root / f"{item_id}{suffix}"
+        if not p.is_file():
+            raise PredictionError(f"{item_id}: prediction {p} not found")
+        return p
+
+    def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
+        out = []
+        for it in items:
+            p = self._file(it["id"], ".npy")
+            try:
+                d = np.load(p, allow_pickle=False).astype(np.float32).squeeze()
+            except (ValueError, OSError) as e:
+                raise PredictionError(f"{it['id']}: {p}: unreadable ({e})") from None
+            if d.shape != it["rgb"].shape[:2]:
+                raise PredictionError(f"{it['id']}: {p}: shape {d.shape}, expected {it['rgb'].shape[:2]}")
+            out.append(d)
+        return out
+
+    def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
+        out = []
+        for it in items:
+            views = {}
+            for t in it["target_views"]:
+                p = self._file(f"{it['id']}/{t:03d}", ".png")
+                try:
+                    views[t] = np.asarray(Image.open(p).convert("RGB"))
+                except OSError as e:
+                    raise PredictionError(f"{it['id']}: {p}: unreadable ({e})") from None
+            out.append(views)
+        return out
+
+    def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for it in items:
+            p = self._file(it["id"], ".npz")
+            with np.load(p, allow_pickle=False) as z:
+                out.append((z["rotations"], z["centres"]))
+        return out
+
+
+def _centre(w2c: np.ndarray) -> np.ndarray:
+    return -w2c[:3, :3].T @ w2c[:3, 3]
+
+
+def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], 1)
+
+
+BASELINES = {"constant-depth": ConstantDepth, "copy-nearest-view": NearestConditionView,
+             "random-cameras": RandomCameras}
+
+
+def make_predictor(spec: str):
+    """``baseline:<name>`` or ``folder:<path>`` (``model:<path>`` arrives with the model)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "baseline" and arg in BASELINES:
+        return BASELINES[arg]()
+    if kind == "folder" and arg:
+        return FolderPredictions(Path(arg))
+    raise ValueError(f"unknown predictor {spec!r}: use baseline:<{'|'.join(BASELINES)}> or folder:<path>")

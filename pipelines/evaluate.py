@@ -1,0 +1,27 @@
+"""``onegen eval <name>`` and ``onegen leaderboard``: run a benchmark, merge results into reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evals import benchmark, registry
+from evals.predictors import make_predictor
+from onegen.config import Params
+
+
+def eval_dir(params: Params, name: str) -> Path:
+    return params.paths.reports / "evals" / name
+
+
+def run(params: Params, name: str, predictor_spec: str | None = None, limit: int | None = None) -> dict:
+    bench = registry.get(name)(params)
+    spec = predictor_spec or params.evals.predictor
+    predictor = make_predictor(f"baseline:{bench.baseline}" if spec == "baseline" else spec)
+    return benchmark.run(bench, predictor, eval_dir(params, name), params.evals.batch_size, limit)
+
+
+def leaderboard(params: Params) -> dict:
+    from evals.leaderboard.build import build_leaderboard
+
+    results = sorted((params.paths.reports / "evals").glob("*/result.json"))
+    return build_leaderboard(results, params.paths.reports)

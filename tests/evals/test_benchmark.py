@@ -1,0 +1,104 @@
+"""The benchmark runner: batching, resumable per-item cache, result JSON, predictors, registry."""
+
+import json
+
+import numpy as np
+import pytest
+
+from evals import registry
+from evals.benchmark import Benchmark, run
+from evals.predictors import FolderPredictions, PredictionError, make_predictor
+
+
+class Squares(Benchmark):
+    """Toy benchmark: item i's answer is i*i; score = 1 if right."""
+
+    name = "toy_squares"
+    data_name = "toy"
+
+    def __init__(self, n=10):
+        self.n = n
+
+    def items(self):
+        return [{"id": f"item{i}", "x": i, "hash_fields": i} for i in range(self.n)]
+
+    def predict(self, predictor, batch):
+        return predictor(batch)
+
+    def score(self, item, prediction):
+        return {"correct": float(prediction == item["x"] ** 2)}
+
+    def aggregate(self, scores):
+        return {"accuracy": float(np.mean([s["correct"] for s in scores]))}
+
+
+class Oracle:
+    def __init__(self, name="oracle", fail_after=None, wrong=()):
+        self.name, self.fail_after, self.wrong, self.seen = name, fail_after, set(wrong), []
+
+    def describe(self):
+        return {"name": self.name, "kind": "model", "hash": self.name}
+
+    def __call__(self, batch):
+        out = []
+        for it in batch:
+            if self.fail_after is not None and len(self.seen) >= self.fail_after:
+                raise RuntimeError("killed")
+            self.seen.append(it["id"])
+            out.append(-1 if it["x"] in self.wrong else it["x"] ** 2)
+        return out
+
+
+def test_result_json_has_metrics_hashes_and_protocol(tmp_path):
+    r = run(Squares(), Oracle(wrong={3}), tmp_path, batch_size=4)
+    assert r["metrics"] == {"accuracy": 0.9} and r["n_items"] == 10
+    assert r["model"] == {"name": "oracle", "kind": "model", "hash": "oracle"}
+    assert r["protocol_version"] == "1" and len(r["data"]["hash"]) == 16
+    assert json.loads((tmp_path / "result.json").read_text())["metrics"] == {"accuracy": 0.9}
+    assert json.loads((tmp_path / "scores.json").read_text())["item3"] == {"correct": 0.0}
+
+
+def test_killed_evaluation_resumes_without_redoing_items(tmp_path):
+    with pytest.raises(RuntimeError):
+        run(Squares(), Oracle(fail_after=6), tmp_path, batch_size=2)
+    again = Oracle()
+    r = run(Squares(), again, tmp_path, batch_size=2)
+    assert again.seen == [f"item{i}" for i in range(6, 10)]
+    assert r["metrics"]["accuracy"] == 1.0
+
+
+def test_cache_is_not_reused_for_another_model(tmp_path):
+    run(Squares(), Oracle("a", wrong={1, 2}), tmp_path)
+    b = Oracle("b")
+    r = run(Squares(), b, tmp_path)
+    assert len(b.seen) == 10 and r["metrics"]["accuracy"] == 1.0
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    class Dup(Squares):
+        def items(self):
+            return [{"id": "same", "x": 1}, {"id": "same", "x": 2}]
+
+    with pytest.raises(ValueError, match="not unique"):
+        run(Dup(), Oracle(), tmp_path)
+
+
+def test_folder_predictions_name_the_missing_item(tmp_path):
+    (tmp_path / "preds").mkdir()
+    np.save(tmp_path / "preds" / "a.npy", np.ones((4, 5), np.float32))
+    f = FolderPredictions(tmp_path / "preds")
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    assert f.predict_depth([{"id": "a", "rgb": rgb}])[0].shape == (4, 5)
+    with pytest.raises(PredictionError, match="b: prediction .*b.npy not found"):
+        f.predict_depth([{"id": "b", "rgb": rgb}])
+    with pytest.raises(PredictionError, match="shape"):
+        f.predict_depth([{"id": "a", "rgb": np.zeros((3, 5, 3), np.uint8)}])
+    assert f.describe()["kind"] == "predictions"
+
+
+def test_predictor_specs_and_registry_errors():
+    assert make_predictor("baseline:constant-depth").describe()["kind"] == "baseline"
+    with pytest.raises(ValueError, match="unknown predictor"):
+        make_predictor("magic")
+    with pytest.raises(KeyError, match="unknown benchmark 'nope'; known: .*world_depth"):
+        registry.get("nope")

@@ -1,0 +1,83 @@
+"""Procedural-world editions end to end through the CLI: baselines score, oracles score perfectly."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from evals import registry
+from onegen.cli import app
+from onegen.config import load_params, profile_path
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("evalproj")
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["evals"]["world"].update(items=3, resolution=32, nvs_views=4, pose_views=4)
+    p = root / "params.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def _eval(params_file, name, *extra):
+    r = runner.invoke(app, ["eval", name, "-p", str(params_file), *extra])
+    assert r.exit_code == 0, r.output
+    return json.loads((params_file.parent / "reports/evals" / name / "result.json").read_text())
+
+
+def _items(params_file, name):
+    return registry.get(name)(load_params(params_file)).items()
+
+
+def test_world_depth_baseline_and_oracle(params_file, tmp_path):
+    base = _eval(params_file, "world_depth")
+    assert base["model"]["kind"] == "baseline" and base["n_items"] == 3
+    assert 5 < base["metrics"]["abs_rel"] < 100 and base["metrics"]["delta1"] < 95
+    preds = tmp_path / "depth_preds"
+    preds.mkdir()
+    for it in _items(params_file, "world_depth"):
+        np.save(preds / f"{it['id']}.npy", 3.0 * it["depth"] + 1.0)  # exact up to scale and shift
+    oracle = _eval(params_file, "world_depth", "--predictor", f"folder:{preds}")
+    assert oracle["model"]["kind"] == "predictions"
+    assert oracle["metrics"]["abs_rel"] < 1e-3 and oracle["metrics"]["delta1"] == pytest.approx(100)
+
+
+def test_world_nvs_baseline_below_oracle(params_file, tmp_path):
+    base = _eval(params_file, "world_nvs")
+    preds = tmp_path / "nvs_preds"
+    for it in _items(params_file, "world_nvs"):
+        (preds / it["id"]).mkdir(parents=True)
+        for t in it["target_views"]:
+            Image.fromarray(it["images"][t]).save(preds / it["id"] / f"{t:03d}.png")
+    oracle = _eval(params_file, "world_nvs", "--predictor", f"folder:{preds}")
+    assert 5 < base["metrics"]["psnr"] < oracle["metrics"]["psnr"]
+    assert base["metrics"]["ssim"] < oracle["metrics"]["ssim"] == pytest.approx(1.0)
+    assert "lpips" not in base["metrics"]  # no local LPIPS weights configured: not reported, not faked
+
+
+def test_world_pose_chance_below_oracle(params_file, tmp_path):
+    base = _eval(params_file, "world_pose")
+    preds = tmp_path / "pose_preds"
+    preds.mkdir()
+    for it in _items(params_file, "world_pose"):
+        w2c = np.stack(it["world_to_camera"])
+        R = w2c[:, :3, :3]
+        np.savez(preds / f"{it['id']}.npz", rotations=R, centres=-np.einsum("nji,nj->ni", R, w2c[:, :3, 3]))
+    oracle = _eval(params_file, "world_pose", "--predictor", f"folder:{preds}")
+    assert oracle["metrics"] == {"rot_acc_15": pytest.approx(100), "centre_acc_10": pytest.approx(100)}
+    assert base["metrics"]["rot_acc_15"] < 100
+
+
+def test_real_benchmarks_without_data_fail_with_the_params_key(params_file):
+    for name, key in (("depth_nyuv2", "evals.nyuv2.path"), ("depth_diode", "evals.diode.path"),
+                      ("nvs_gso", "evals.gso.path")):
+        r = runner.invoke(app, ["eval", name, "-p", str(params_file)])
+        assert r.exit_code == 1 and key in r.output, r.output

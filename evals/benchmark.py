@@ -3,7 +3,7 @@
 A benchmark is a self-contained unit (lm-evaluation-harness style) that knows its data, how to
 ask a predictor for an item's prediction, and how to score it with pure metric functions:
 
-* ``items()``       -- the evaluation items, each a dict with a unique ``"id"``;
+* ``items()``       -- the evaluation items (may stream), each a dict with a unique ``"id"``;
 * ``predict(predictor, batch)`` -- predictions for a batch of items;
 * ``score(item, prediction)``   -- per-item metrics (floats);
 * ``aggregate(scores)``         -- the benchmark's numbers, in the papers' units.
@@ -21,7 +21,8 @@ import json
 import shlex
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,7 +38,8 @@ class Benchmark(ABC):
     data_name = ""
 
     @abstractmethod
-    def items(self) -> list[dict]: ...
+    def items(self) -> Iterable[dict]:
+        """The items, in a fixed order; may be a generator so large datasets stream."""
 
     @abstractmethod
     def predict(self, predictor, batch: list[dict]) -> list: ...
@@ -48,57 +50,71 @@ class Benchmark(ABC):
     @abstractmethod
     def aggregate(self, scores: list[dict[str, float]]) -> dict[str, float]: ...
 
-    def data_hash(self, items: list[dict]) -> str:
-        """Identity of the evaluation data: ids and whatever items carry as ``hash_fields``."""
-        h = hashlib.sha256()
-        for it in items:
-            h.update(json.dumps([it["id"], it.get("hash_fields")], sort_keys=True, default=str).encode())
-        return h.hexdigest()[:16]
-
     def sample_grid(self, items: list[dict], predictions: list, path: Path) -> bool:
         """Optionally write a PNG of a few predictions beside their inputs; True if written."""
         return False
 
 
-def _batches(items: list[dict], size: int) -> Iterator[list[dict]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _item_fingerprint(item: dict) -> str:
+    """What identifies an item's data: its id and whatever it lists as ``hash_fields``."""
+    blob = json.dumps([item["id"], item.get("hash_fields")], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _load_cache(path: Path, key: dict) -> dict[tuple[str, str], dict]:
+    """(item id, item fingerprint) -> scores, for rows of this model and protocol only."""
+    done: dict[tuple[str, str], dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("key") == key:
+                done[(row["id"], row["item"])] = row["scores"]
+    return done
 
 
 def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: int | None = None) -> dict:
-    """Evaluate ``predictor`` on ``bench``; resumes from ``out_dir/items.jsonl``."""
+    """Evaluate ``predictor`` on ``bench``, streaming items in batches; resumes from ``items.jsonl``.
+
+    Only one batch of items is in memory at a time, so NYUv2 and DIODE stream from disk.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = bench.items()
-    if limit is not None:
-        items = items[:limit]
-    if len({it["id"] for it in items}) != len(items):
-        raise ValueError(f"{bench.name}: item ids are not unique")
     cache_path = out_dir / "items.jsonl"
     model = predictor.describe()
-    data_hash = bench.data_hash(items)
-    key = {"model": model["hash"], "data": data_hash, "protocol": bench.protocol_version}
-    done: dict[str, dict] = {}
-    if cache_path.is_file():
-        for line in cache_path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("key") == key:  # rows from another model, data or protocol are not reused
-                done[row["id"]] = row["scores"]
-    todo = [it for it in items if it["id"] not in done]
+    key = {"model": model["hash"], "protocol": bench.protocol_version}
+    done = _load_cache(cache_path, key)
     if done:
-        print(f"{bench.name}: resuming, {len(done)} of {len(items)} items already scored", file=sys.stderr)
+        print(f"{bench.name}: resuming, {len(done)} items already scored", file=sys.stderr)
+    data_hash = hashlib.sha256()
+    seen: set[str] = set()
+    scores: dict[str, dict] = {}
     grid_items, grid_preds = [], []
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"eval {bench.name}", unit="item") as bar:
-        for batch in _batches(todo, batch_size):
-            preds = bench.predict(predictor, batch)
-            for it, pred in zip(batch, preds, strict=True):
-                scores = bench.score(it, pred)
-                done[it["id"]] = scores
-                append_jsonl(cache_path, {"id": it["id"], "key": key, "scores": scores})
-                if len(grid_items) < 4:
-                    grid_items.append(it)
-                    grid_preds.append(pred)
+    items = islice(bench.items(), limit) if limit is not None else bench.items()
+    with tqdm(desc=f"eval {bench.name}", unit="item") as bar:
+        for batch in _batched(items, batch_size):
+            todo = []
+            for it in batch:
+                if it["id"] in seen:
+                    raise ValueError(f"{bench.name}: item id {it['id']!r} is not unique")
+                seen.add(it["id"])
+                fp = _item_fingerprint(it)
+                data_hash.update(fp.encode())
+                if (it["id"], fp) in done:  # same model, protocol and item data: reuse
+                    scores[it["id"]] = done[(it["id"], fp)]
+                else:
+                    todo.append(it)
+            if todo:
+                preds = bench.predict(predictor, todo)
+                for it, pred in zip(todo, preds, strict=True):
+                    scores[it["id"]] = bench.score(it, pred)
+                    append_jsonl(cache_path, {"id": it["id"], "key": key, "item": _item_fingerprint(it),
+                                              "scores": scores[it["id"]]})
+                    if len(grid_items) < 4:
+                        grid_items.append(it)
+                        grid_preds.append(pred)
             bar.update(len(batch))
-    scores = [done[it["id"]] for it in items]
+    if not scores:
+        raise ValueError(f"{bench.name}: no items to evaluate")
+    per_item = scores
     samples = out_dir / "samples.png"
     has_grid = bench.sample_grid(grid_items, grid_preds, samples) if grid_items else samples.is_file()
     result = {
@@ -106,13 +122,19 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
         "setting": bench.setting,
         "protocol_version": bench.protocol_version,
         "model": model,
-        "data": {"name": bench.data_name, "hash": data_hash},
-        "metrics": bench.aggregate(scores),
-        "n_items": len(items),
+        "data": {"name": bench.data_name, "hash": data_hash.hexdigest()[:16]},
+        "metrics": bench.aggregate(list(per_item.values())),
+        "n_items": len(per_item),
         "command": shlex.join(["onegen", *sys.argv[1:]]) if Path(sys.argv[0]).name == "onegen" else f"onegen eval {bench.name}",
         "samples": str(samples) if has_grid else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(out_dir / "result.json", result)
-    write_json(out_dir / "scores.json", {it["id"]: s for it, s in zip(items, scores)})
+    write_json(out_dir / "scores.json", per_item)
     return result
+
+
+def _batched(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

@@ -94,7 +94,7 @@ class NYUv2(_DepthBenchmark):
         self.source = datasets.NYUv2Mat(cfg.path) if cfg.layout == "mat" else datasets.NYUv2Marigold(cfg.path)
 
     def items(self):
-        return [dict(it, hash_fields=it["id"]) for it in self.source]
+        return (dict(it, hash_fields=it["id"]) for it in self.source)
 
     def valid(self, item):
         h, w = item["depth"].shape
@@ -118,4 +118,4 @@ class DIODE(_DepthBenchmark):
         self.source = datasets.DIODE(cfg.path, subset=cfg.subset)
 
     def items(self):
-        return [dict(it, hash_fields=it["id"]) for it in self.source]
+        return (dict(it, hash_fields=it["id"]) for it in self.source)

@@ -122,6 +122,17 @@ class EvalsConfig(_Strict):
     gso: GSOConfig = GSOConfig()
 
 
+class ModelConfig(_Strict):
+    """OneDiffusion's parts, each from a local folder (never the hub); null = tiny seeded-random
+    stand-ins for tests and the offline CPU default, whose outputs are never a result."""
+
+    size: Literal["tiny", "small", "onediffusion-2.8b", "lumina2-2.6b"] = "tiny"
+    vae: Path | None = Field(None, description="AutoencoderKL folder (or a Hub-layout repo with vae/)")
+    text_encoder: Path | None = Field(None, description="T5 encoder folder (or a repo with text_encoder/ + tokenizer/)")
+    checkpoint: Path | None = Field(None, description="released transformer/ folder to start from")
+    max_text_tokens: int = Field(300, ge=1)
+
+
 class Params(_Strict):
     profile: str = "default"
     seed: int = 0
@@ -131,6 +142,7 @@ class Params(_Strict):
     shards: ShardsConfig = ShardsConfig()
     reader: ReaderConfig = ReaderConfig()
     evals: EvalsConfig = EvalsConfig()
+    model: ModelConfig = ModelConfig()
 
     @model_validator(mode="after")
     def _sources_exist(self):

@@ -1,0 +1,76 @@
+"""The text encoder: prompts -> per-token features and a mask (T5 encoder, max 300 tokens, as released).
+
+Loads ``transformers.T5EncoderModel`` (or any encoder whose config ``AutoModel`` resolves) and its
+tokenizer from a local folder laid out like the Hub repo (``text_encoder/`` + ``tokenizer/``, or
+both in one folder); ``local_files_only`` and no remote code. ``load(None)`` builds a tiny
+seeded-random T5 with a character-level tokenizer for tests and the offline CPU default.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+MAX_TOKENS = 300
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable character: a tokenizer that needs no training and no download."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in string.printable:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    # like T5, every prompt ends in </s>, so even the empty (CFG) prompt has one real token
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_t5(vocab_size: int, seed: int, dim: int = 32) -> T5EncoderModel:
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab_size, d_model=dim, d_kv=dim // 4, d_ff=2 * dim, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, dropout_rate=0.0)
+    return T5EncoderModel(cfg)
+
+
+class TextEncoder:
+    def __init__(self, model, tokenizer, max_tokens: int, random_weights: bool):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.random_weights = random_weights
+        self.dim = int(model.config.d_model if hasattr(model.config, "d_model") else model.config.hidden_size)
+
+    @classmethod
+    def load(cls, path: Path | None, max_tokens: int = MAX_TOKENS, device="cpu", seed: int = 0,
+             dtype=torch.float32, dim: int = 32) -> "TextEncoder":
+        """``path=None``: the tiny random encoder, ``dim`` wide (the transformer's caption width)."""
+        if path is None:
+            tok = char_tokenizer()
+            return cls(tiny_t5(len(tok), seed, dim).to(device), tok, max_tokens, random_weights=True)
+        path = Path(path)
+        enc_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
+        tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else enc_dir
+        if not (enc_dir / "config.json").is_file():
+            raise FileNotFoundError(f"model.text_encoder: no encoder config.json at {enc_dir}")
+        tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(enc_dir, local_files_only=True, torch_dtype=dtype, trust_remote_code=False)
+        model = getattr(model, "encoder", None) if not isinstance(model, T5EncoderModel) and hasattr(model, "encoder") else model
+        return cls(model.to(device), tok, max_tokens, random_weights=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> hidden [B, L, D] float32, mask [B, L] bool (L = longest prompt, at most max_tokens)."""
+        batch = self.tokenizer(list(prompts), padding="longest", truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden.float(), mask.bool()

@@ -61,6 +61,21 @@ def stats(params: Path = PARAMS):
     typer.echo(f"stats: {st['samples']} samples; card at reports/dataset.md")
 
 
+@app.command()
+def train(params: Path = PARAMS):
+    """Train OneDiffusion on the shards (resumes from checkpoints/latest; torchrun for many GPUs)."""
+    from model import train as trainer
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = trainer.train(_params(params))
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if summary:
+        typer.echo(f"train: {summary}")
+
+
 @app.command("eval")
 def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
              predictor: str = typer.Option(None, help="'baseline', 'folder:<path>'; default evals.predictor"),

@@ -1,0 +1,246 @@
+"""The trainer on CPU: it learns, resumes bit-exactly after a kill, DDP/FSDP2 equal one process,
+and checkpoints appear atomically. Shards come from the project's own pipeline (tiny world)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from model import train as train_mod
+from model.train import find_checkpoint, train
+from onegen.config import TrainConfig, TrainStage
+from onegen.cli import app
+from onegen.config import load_params, profile_path
+
+FAMILIES = ["text2image", "depth", "multiview", "id"]  # one family per task group
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_project")
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["world"].update(scenes=6, id_groups=3, resolution=32, records_per_shard=4)
+    d["shards"]["max_samples_per_shard"] = 8
+    d["reader"]["shuffle_buffer"] = 16  # every data-stream restart refills it
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    runner = CliRunner()
+    for args in [["world"]] + [["shards", f] for f in FAMILIES]:
+        r = runner.invoke(app, args + ["-p", str(root / "params.yaml")])
+        assert r.exit_code == 0, r.output
+    return root
+
+
+def run_params(project: Path, name: str):
+    """The project's params with reports going to their own folder per run."""
+    params = load_params(project / "params.yaml")
+    return params.model_copy(update={"paths": params.paths.model_copy(update={"reports": project / name / "reports"})})
+
+
+def losses(params) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (params.paths.reports / "train/metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_loss_decreases(project):
+    params = run_params(project, "learn")
+    cfg = TrainConfig(stages=[TrainStage(name="all", families=FAMILIES, steps=40, batch_size=4)],
+                      lr=2e-3, warmup_steps=0, log_every=1, checkpoint_every=1000, out_dir=project / "learn/ck")
+    summary = train(params, cfg)
+    curve = losses(params)
+    assert summary["step"] == 40 and sorted(curve) == list(range(1, 41))
+    first = sum(curve[s] for s in range(1, 11)) / 10
+    last = sum(curve[s] for s in range(31, 41)) / 10
+    print(f"loss first 10 steps {first:.3f} -> last 10 steps {last:.3f}")
+    assert last < 0.8 * first
+    # the plot file DVC reads, and per-group / per-noise-level losses
+    tsv = (params.paths.reports / "train/metrics.tsv").read_text().splitlines()
+    assert tsv[0].split("\t")[:3] == ["step", "stage", "loss"] and len(tsv) == 41
+    row = json.loads((params.paths.reports / "train/metrics.jsonl").read_text().splitlines()[-1])
+    assert row["samples_per_s"] > 0 and row["tflops"] > 0 and row["mfu"] is None
+    assert any(row[k] is not None for k in ("loss_text2image", "loss_image2image", "loss_id", "loss_multiview"))
+    ck = Path(summary["checkpoint"])
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "meta.json"}
+    assert json.loads((ck / "meta.json").read_text())["step"] == 40
+    torch.load(ck / "optimizer.pt", weights_only=True)
+
+
+def _two_stage_cfg(out_dir: Path) -> TrainConfig:
+    # stage end (6) is no multiple of checkpoint_every (4): streams restart at 4, 6, 8, 12
+    return TrainConfig(stages=[TrainStage(name="t2i", families=["text2image"], steps=6, batch_size=4),
+                               TrainStage(name="mixed", families=FAMILIES, steps=8, batch_size=4, caption_dropout=0.5)],
+                       lr=1e-3, warmup_steps=3, log_every=1, checkpoint_every=4, out_dir=out_dir)
+
+
+def test_kill_and_resume_equals_uninterrupted(project):
+    ref = run_params(project, "ref")
+    train(ref, _two_stage_cfg(project / "ref/ck"))
+
+    params = run_params(project, "resumed")
+    cfg = _two_stage_cfg(project / "resumed/ck")
+
+    def kill_at_10(step, model):
+        if step == 10:
+            raise Killed  # after the checkpoint at 8, with steps 9-10 already logged
+
+    with pytest.raises(Killed):
+        train(params, cfg, on_step=kill_at_10)
+    assert find_checkpoint(cfg.out_dir).name == "step_0000008" and max(losses(params)) == 10
+    summary = train(params, cfg)
+    assert summary["resumed_from"] == 8 and summary["step"] == 14
+    assert losses(params) == losses(ref)  # bit-exact, steps 9-10 logged once
+    for f in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(cfg.out_dir / "step_0000014" / f), load_file(project / "ref/ck/step_0000014" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert summary["loss"] == losses(ref)[14]
+
+
+def test_checkpoint_is_atomic_and_stale_temp_ignored(project, monkeypatch):
+    params = run_params(project, "atomic")
+    cfg = TrainConfig(stages=[TrainStage(name="all", families=["text2image"], steps=4, batch_size=2)],
+                      log_every=1, checkpoint_every=2, keep_checkpoints=1, out_dir=project / "atomic/ck")
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):  # a kill in the middle of writing the second checkpoint
+        if "step_0000004" in str(f):
+            raise Killed
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(Killed):
+        train(params, cfg)
+    monkeypatch.setattr(torch, "save", real_save)
+    out = cfg.out_dir
+    stale = [p for p in out.iterdir() if p.name.startswith(".tmp_step_0000004")]
+    assert stale and (stale[0] / "model.safetensors").is_file()  # half-written, but hidden
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_0000002"]
+    assert (out / "latest").read_text().strip() == "step_0000002"
+    # a step dir without meta.json (e.g. copied by hand, incomplete) is never resumed from
+    (out / "step_0000003").mkdir()
+    (out / "latest").write_text("step_0000003\n")
+    assert find_checkpoint(out).name == "step_0000002"
+
+    summary = train(params, cfg)
+    assert summary["resumed_from"] == 2 and summary["step"] == 4
+    assert not list(out.glob(".tmp_*"))
+    assert (out / "latest").read_text().strip() == "step_0000004"
+    assert sorted(p.name for p in out.glob("step_*") if (p / "meta.json").is_file()) == ["step_0000004"]
+
+
+DIST_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    from pathlib import Path
+    sys.path.insert(0, {test_dir!r})
+    from test_train import dist_cfg, run_params
+    from model.train import train
+
+    project, out = Path(sys.argv[1]), Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+
+    def save_grads(step, model):
+        if step == 1 and rank == 0:
+            torch.save({{n: p.grad.clone() for n, p in model.named_parameters()}}, out / "ddp_grads.pt")
+
+    train(run_params(project, "ddp"), dist_cfg(out / "ddp_ck", "ddp", 1), on_step=save_grads)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, model):
+        if step == 3:
+            raise Killed
+
+    fsdp = dist_cfg(out / "fsdp_ck", "fsdp2", 1)
+    try:
+        train(run_params(project, "fsdp"), fsdp, on_step=kill_at_3)
+    except Killed:
+        pass
+    summary = train(run_params(project, "fsdp"), fsdp)
+    assert summary["resumed_from"] == 2, summary
+    dist.destroy_process_group()
+""")
+
+
+def dist_cfg(out_dir: Path, parallel: str, grad_accum: int) -> TrainConfig:
+    return TrainConfig(stages=[TrainStage(name="all", families=FAMILIES, steps=4, batch_size=4)],
+                       warmup_steps=0, log_every=1, checkpoint_every=2, grad_accum=grad_accum, parallel=parallel,
+                       out_dir=out_dir)
+
+
+def test_ddp_and_fsdp2_match_one_process(project, tmp_path):
+    # one process, 2 micro-steps = slots 0 and 1 of the global batch of 4
+    grads = {}
+
+    def keep_grads(step, model):
+        if step == 1:
+            grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
+
+    single = run_params(project, "single")
+    train(single, dist_cfg(tmp_path / "single_ck", "none", 2), on_step=keep_grads)
+
+    # two gloo ranks, 1 micro-step each: DDP (grads) and FSDP2 (killed at step 3, resumed from step 2)
+    script = tmp_path / "dist_train.py"
+    script.write_text(DIST_SCRIPT.format(test_dir=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(project), str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=240, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    ddp_grads = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)
+    scale = max(g.abs().max().item() for g in grads.values())
+    worst = max((grads[k] - ddp_grads[k]).abs().max().item() for k in grads)
+    print(f"max |grad(1 proc) - grad(DDP)| = {worst:.2e} (max |grad| {scale:.2e})")
+    assert worst <= 1e-5 * max(scale, 1.0)
+
+    ref = losses(single)
+    for name in ("ddp", "fsdp"):
+        got = losses(run_params(project, name))
+        assert sorted(got) == [1, 2, 3, 4]
+        assert all(abs(got[s] - ref[s]) <= 1e-5 * abs(ref[s]) for s in ref), (name, got, ref)
+    for f in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "single_ck/step_0000004" / f)
+        for name in ("ddp", "fsdp"):
+            b = load_file(tmp_path / f"{name}_ck/step_0000004" / f)
+            assert a.keys() == b.keys()
+            assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), (name, f)
+
+
+def test_batch_must_split_evenly(project):
+    cfg = TrainConfig(stages=[TrainStage(name="all", families=FAMILIES, steps=1, batch_size=3)], grad_accum=2,
+                      out_dir=project / "bad/ck")
+    with pytest.raises(ValueError, match="not divisible"):
+        train(run_params(project, "bad"), cfg)
+
+
+def test_missing_family_names_the_stage(project):
+    cfg = TrainConfig(stages=[TrainStage(name="x", families=["semantic"], steps=1, batch_size=1)],
+                      out_dir=project / "missing/ck")
+    with pytest.raises(FileNotFoundError, match=r"train.stages\[0\] \(x\): family 'semantic'"):
+        train(run_params(project, "missing"), cfg)
+
+
+def test_main_reads_train_section(project, tmp_path):
+    d = yaml.safe_load((project / "params.yaml").read_text())
+    d["paths"]["reports"] = str(tmp_path / "reports")
+    d["train"] = {"stages": [{"name": "a", "families": ["text2image"], "steps": 2, "batch_size": 2}],
+                  "out_dir": str(tmp_path / "ck"), "log_every": 1}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(d))
+    train_mod.main(["--params", str(tmp_path / "p.yaml")])
+    assert (tmp_path / "ck/latest").read_text().strip() == "step_0000002"
+    shutil.rmtree(tmp_path / "ck")

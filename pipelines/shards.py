@@ -15,8 +15,6 @@ from onegen.format import Sample, decode_sample
 from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, shard_urls
 from onegen.shards.writer import ShardLimits, build_shards
-from onegen.sources.hf_dataset import HFDatasetSource
-from onegen.sources.image_folder import ImageFolderSource
 from pipelines.world import world_dir
 
 
@@ -36,8 +34,13 @@ def load_world(directory: Path) -> list[Sample]:
 
 
 def open_source(cfg: SourceConfig):
+    # imported here: `datasets` is only needed when a family actually reads an external source
     if cfg.kind == "image_folder":
+        from onegen.sources.image_folder import ImageFolderSource
+
         return ImageFolderSource(cfg.path)
+    from onegen.sources.hf_dataset import HFDatasetSource
+
     return HFDatasetSource(cfg.path, split=cfg.split, image_column=cfg.image_column)
 
 

@@ -225,11 +225,11 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     """
     raw.gradient_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
-        import torch._dynamo
+        from torch._dynamo import config as dynamo_config
 
         # every view count, resolution and caption length is a shape (dims turn dynamic after their
         # first change), and checkpointing adds a no-grad variant: allow more than 8 variants
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         for block in raw.layers:
             block.forward = torch.compile(block.forward)
     bf16 = cfg.precision == "bf16" and dist.device.type == "cuda"

@@ -56,7 +56,7 @@ from onegen.config import Params, TrainConfig, TrainStage, load_params
 from onegen.jsonl import append_jsonl
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
-from onegen.shards.writer import write_json
+from onegen.shards.writer import atomic_write_bytes, write_json
 
 SIGMA_BINS = 5
 # dense bf16 / fp32 peak FLOP/s per GPU (SXM parts); MFU is reported against these
@@ -311,15 +311,6 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -377,7 +368,7 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer, ema: 
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(out_dir)
-        _atomic_text(out_dir / "latest", final.name + "\n")
+        atomic_write_bytes(out_dir / "latest", (final.name + "\n").encode())
         for old in sorted(p for p in out_dir.glob("step_*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -539,8 +530,8 @@ def truncate_metrics(jsonl: Path, tsv: Path, keep_through: int) -> None:
         path.unlink(missing_ok=True)
     if rows:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_text(jsonl, "".join(r + "\n" for r in rows))
-        _atomic_text(tsv, "\t".join(plot_columns()) + "\n" + "".join(_tsv_line(json.loads(r)) for r in rows))
+        atomic_write_bytes(jsonl, "".join(r + "\n" for r in rows).encode())
+        atomic_write_bytes(tsv, ("\t".join(plot_columns()) + "\n" + "".join(_tsv_line(json.loads(r)) for r in rows)).encode())
 
 
 # --------------------------------------------------------------------------------------------

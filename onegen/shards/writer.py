@@ -60,7 +60,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     return [(f"{key}.{n}", enc[n]) for n in names]  # type: ignore[misc]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -70,7 +70,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: object) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: Path) -> str:

@@ -149,11 +149,17 @@ BASELINES = {"constant-depth": ConstantDepth, "copy-nearest-view": NearestCondit
              "random-cameras": RandomCameras}
 
 
-def make_predictor(spec: str):
-    """``baseline:<name>`` or ``folder:<path>`` (``model:<path>`` arrives with the model)."""
+def make_predictor(spec: str, params=None):
+    """``baseline:<name>``, ``folder:<path>`` or ``model:<checkpoint>`` (OneDiffusion through the sampler)."""
     kind, _, arg = spec.partition(":")
     if kind == "baseline" and arg in BASELINES:
         return BASELINES[arg]()
     if kind == "folder" and arg:
         return FolderPredictions(Path(arg))
-    raise ValueError(f"unknown predictor {spec!r}: use baseline:<{'|'.join(BASELINES)}> or folder:<path>")
+    if kind == "model" and arg and params is not None:
+        from evals.model_predictor import ModelPredictor
+
+        e = params.evals
+        return ModelPredictor(params, Path(arg), steps=e.sampling_steps, cfg_scale=e.cfg_scale, seed=params.seed)
+    raise ValueError(f"unknown predictor {spec!r}: use baseline:<{'|'.join(BASELINES)}>, folder:<path> "
+                     f"or model:<checkpoint>")

@@ -113,7 +113,10 @@ class GSOConfig(_Strict):
 class EvalsConfig(_Strict):
     benchmarks: list[str] = Field(default_factory=lambda: ["world_depth", "world_nvs", "world_pose"],
                                   description="what `dvc repro` evaluates")
-    predictor: str = Field("baseline", description="'baseline' (each benchmark's reference), or 'folder:<path>'")
+    predictor: str = Field("baseline", description="'baseline' (each benchmark's reference), 'folder:<path>' "
+                                                   "or 'model:<checkpoint>'")
+    sampling_steps: int = Field(100, ge=1, description="Euler steps of the model predictor (paper: 100)")
+    cfg_scale: float = Field(5.0, ge=1.0, description="classifier-free guidance of the model predictor (paper: 5)")
     batch_size: int = Field(8, ge=1)
     lpips_weights: Path | None = Field(None, description="local LPIPS(alex) state dict; unset = no LPIPS")
     world: WorldEvalConfig = WorldEvalConfig()

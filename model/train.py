@@ -173,14 +173,9 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[list[Path]]:
 
 def slot_batches(dirs: list[Path], micro_batch: int, seed: int, shuffle: int, report: ReadReport) -> Iterator[dict]:
     """Endless task-group-balanced batches of one shape signature (``reader.training_batches``),
-    with shard resampling seeded by ``seed`` alone: the reader would mix the rank into it, and
-    a slot's data must not depend on which rank reads it."""
-    streams = group_streams(dirs, report, resampled=True, shuffle=shuffle, seed=seed)
-    for pipeline in streams.values():
-        shards = pipeline.pipeline[0]
-        if not hasattr(shards, "worker_seed"):
-            raise TypeError(f"reader stream starts with {type(shards).__name__}, expected wds.ResampledShards")
-        shards.worker_seed = lambda: 0  # `seed` already names the slot
+    with shard resampling seeded by ``seed`` alone: a slot's data must not depend on which rank
+    reads it."""
+    streams = group_streams(dirs, report, resampled=True, shuffle=shuffle, seed=seed, seed_names_reader=True)
     return bucket_batches(mix_task_groups(streams, seed), micro_batch)
 
 

@@ -178,10 +178,24 @@ def shard_urls(directory: Path) -> list[str]:
     return urls
 
 
+def _seed_alone() -> int:
+    return 0
+
+
 def sample_stream(urls: list[str], report: ReadReport, resampled: bool = False, shuffle: int = 0,
-                  seed: int = 0) -> wds.DataPipeline:
-    """One source's decoded samples, split by node and by DataLoader worker."""
-    shards = wds.ResampledShards(urls, seed=seed, deterministic=True) if resampled else wds.SimpleShardList(urls)
+                  seed: int = 0, seed_names_reader: bool = False) -> wds.DataPipeline:
+    """One source's decoded samples, split by node and by DataLoader worker.
+
+    Resampled streams draw shards with a generator seeded by ``seed`` and, by default, the
+    rank and worker; ``seed_names_reader=True`` leaves them out because the caller's ``seed``
+    already identifies the reader (the trainer seeds one stream per rank-and-micro-step slot, so
+    a slot reads the same data whichever rank runs it).
+    """
+    if resampled:
+        shards = wds.ResampledShards(urls, seed=seed, deterministic=True,
+                                     worker_seed=_seed_alone if seed_names_reader else None)
+    else:
+        shards = wds.SimpleShardList(urls)
     stages = [shards]
     if not resampled:  # resampled streams draw independently per worker instead of splitting
         stages += [wds.split_by_node, wds.split_by_worker]
@@ -229,7 +243,7 @@ def collate(samples: list[dict]) -> dict:
 
 
 def group_streams(shard_dirs: list[Path], report: ReadReport, resampled: bool, shuffle: int,
-                  seed: int) -> dict[str, Iterable[dict]]:
+                  seed: int, seed_names_reader: bool = False) -> dict[str, Iterable[dict]]:
     """Shard directories -> one stream per task group (a family's stats.json names its tasks)."""
     by_group: dict[str, list[str]] = defaultdict(list)
     for d in shard_dirs:
@@ -237,7 +251,7 @@ def group_streams(shard_dirs: list[Path], report: ReadReport, resampled: bool, s
         if len(groups) != 1:
             raise ValueError(f"{d}: shards mix task groups {sorted(groups)}; keep one group per directory")
         by_group[groups.pop()].extend(shard_urls(Path(d)))
-    return {g: sample_stream(u, report, resampled, shuffle, seed) for g, u in by_group.items()}
+    return {g: sample_stream(u, report, resampled, shuffle, seed, seed_names_reader) for g, u in by_group.items()}
 
 
 def _family_tasks(directory: Path) -> list[str]:

@@ -76,6 +76,15 @@ def train(params: Path = PARAMS):
         typer.echo(f"train: {summary}")
 
 
+@app.command()
+def sample(params: Path = PARAMS):
+    """Sample a grid (text->image, depth->image, image->depth) from the latest checkpoint into reports/samples."""
+    from pipelines import sample as stage
+
+    info = _run(stage.run, _params(params))
+    typer.echo(f"sample: reports/samples/samples.png ({info['model']['weights']} weights)")
+
+
 @app.command("eval")
 def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
              predictor: str = typer.Option(None, help="'baseline', 'folder:<path>'; default evals.predictor"),

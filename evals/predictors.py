@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from onegen.camera import camera_centres
+
 
 class PredictionError(ValueError):
     """A prediction that is missing or malformed; the message names the item and file."""
@@ -42,10 +44,10 @@ class NearestConditionView:
         out = []
         for it in items:
             cond = it["condition_views"]
-            centres = {i: _centre(it["world_to_camera"][i]) for i in cond}
+            centres = {i: camera_centres(it["world_to_camera"][i]) for i in cond}
             views = {}
             for t in it["target_views"]:
-                c = _centre(it["world_to_camera"][t])
+                c = camera_centres(it["world_to_camera"][t])
                 nearest = min(cond, key=lambda i: float(np.linalg.norm(centres[i] - c)))
                 views[t] = it["images"][nearest]
             out.append(views)
@@ -130,10 +132,6 @@ class FolderPredictions:
             with np.load(p, allow_pickle=False) as z:
                 out.append((z["rotations"], z["centres"]))
         return out
-
-
-def _centre(w2c: np.ndarray) -> np.ndarray:
-    return -w2c[:3, :3].T @ w2c[:3, 3]
 
 
 def _quat_to_matrix(q: np.ndarray) -> np.ndarray:

@@ -27,8 +27,7 @@ class Camera:
     @property
     def centre(self) -> np.ndarray:
         """Camera centre in world coordinates, -R^T t."""
-        R, t = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
-        return -R.T @ t
+        return camera_centres(self.world_to_camera)
 
     def to_json(self) -> dict:
         return {
@@ -45,6 +44,12 @@ class Camera:
         if K.shape != (3, 3) or w2c.shape != (4, 4):
             raise ValueError(f"camera: expected K 3x3 and world_to_camera 4x4, got {K.shape} and {w2c.shape}")
         return cls(K=K, world_to_camera=w2c, height=int(d["height"]), width=int(d["width"]))
+
+
+def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
+    """Centres -R^T t of world-to-camera matrices shaped (..., 4, 4) (or (..., 3, 4)) -> (..., 3)."""
+    w2c = np.asarray(world_to_camera)
+    return -np.einsum("...ji,...j->...i", w2c[..., :3, :3], w2c[..., :3, 3])
 
 
 def intrinsics_from_fov(fov_deg: float, height: int, width: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from onegen.camera import Camera
+from onegen.camera import Camera, camera_centres
 
 RAY_SCALE = 1.658  # makes the tiled (d, m) map roughly unit-variance (paper §3.3)
 RAY_CHANNELS = 16  # the latent channel count: (r, r, r[:4]) with r = (d, m)
@@ -43,9 +43,8 @@ def relative_to_first(world_to_cameras: np.ndarray) -> np.ndarray:
 
 
 def _centres_and_axes(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-    centres = -np.einsum("nji,nj->ni", R, t)  # -R^T t
-    axes = R[:, 2, :]  # optical axis (camera +z) in world = third row of R
+    centres = camera_centres(w2c)
+    axes = w2c[:, 2, :3]  # optical axis (camera +z) in world = third row of R
     return centres, axes
 
 
@@ -102,10 +101,9 @@ def plucker_rays(K: np.ndarray, world_to_camera: np.ndarray, height: int, width:
     """
     K = np.asarray(K, dtype=np.float64)
     w2c = np.asarray(world_to_camera, dtype=np.float64)
-    R, t = w2c[:3, :3], w2c[:3, 3]
-    d = _camera_directions(K, _pixel_grid(height, width, downsample)) @ R  # rows: R^T dc
+    d = _camera_directions(K, _pixel_grid(height, width, downsample)) @ w2c[:3, :3]  # rows: R^T dc
     d /= np.linalg.norm(d, axis=1, keepdims=True)  # R is only orthonormal up to rounding
-    m = np.cross(-R.T @ t, d)
+    m = np.cross(camera_centres(w2c), d)
     r = np.concatenate([d, m], axis=1).T.reshape(_RAY_COMPONENTS, height // downsample, width // downsample)
     return (RAY_SCALE * r[_CHANNEL_COMPONENT]).astype(np.float32)
 

@@ -13,9 +13,8 @@ from PIL import Image
 from evals.benchmark import Benchmark
 from evals.nvs import metrics
 from evals.registry import register
+from evals.world_rigs import world_rig
 from onegen.config import Params
-from onegen.seeding import item_seed
-from onegen.sources import procedural as world
 
 
 class _NVSBenchmark(Benchmark):
@@ -66,22 +65,9 @@ class WorldNVS(_NVSBenchmark):
         self.cfg = params.evals.world
 
     def items(self):
-        out = []
-        for i in range(self.cfg.items):
-            s = item_seed(self.cfg.seed, "eval/world_nvs", i)
-            scene = world.sample_scene(s, 2, 6)
-            cams = world.orbit_cameras(self.cfg.nvs_views, self.cfg.resolution, self.cfg.resolution, seed=s,
-                                       start_azimuth_deg=float(np.random.default_rng(s).uniform(0, 360)))
-            out.append({
-                "id": f"world_nvs_{i:05d}",
-                "images": [world.render(scene, c).rgb for c in cams],
-                "world_to_camera": [c.world_to_camera for c in cams],
-                "K": cams[0].K,
-                "condition_views": [0],
-                "target_views": list(range(1, len(cams))),
-                "hash_fields": [s, world.RENDERER_VERSION, self.cfg.resolution, self.cfg.nvs_views],
-            })
-        return out
+        return [world_rig(self.cfg, "world_nvs", i, self.cfg.nvs_views)
+                | {"condition_views": [0], "target_views": list(range(1, self.cfg.nvs_views))}
+                for i in range(self.cfg.items)]
 
 
 @register("nvs_gso")

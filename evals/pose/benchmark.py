@@ -11,9 +11,9 @@ import numpy as np
 from evals.benchmark import Benchmark
 from evals.pose import metrics
 from evals.registry import register
+from evals.world_rigs import world_rig
+from onegen.camera import camera_centres
 from onegen.config import Params
-from onegen.seeding import item_seed
-from onegen.sources import procedural as world
 
 GSO_POSE_VIEWS = tuple(range(0, 25, 3))  # 9 views spread over each object's 25
 
@@ -28,7 +28,7 @@ class _PoseBenchmark(Benchmark):
         R_pred, c_pred = (np.asarray(x, np.float64) for x in prediction)
         w2c = np.stack(item["world_to_camera"])
         R_gt = w2c[:, :3, :3]
-        c_gt = -np.einsum("nji,nj->ni", R_gt, w2c[:, :3, 3])
+        c_gt = camera_centres(w2c)
         errors = metrics.relative_rotation_errors(R_pred, R_gt)
         return {"rot_acc_15": float(metrics.rotation_accuracy(errors, 15.0)),
                 "centre_acc_10": float(metrics.camera_centre_accuracy(c_pred, c_gt, 0.1))}
@@ -47,16 +47,7 @@ class WorldPose(_PoseBenchmark):
         self.cfg = params.evals.world
 
     def items(self):
-        out = []
-        for i in range(self.cfg.items):
-            s = item_seed(self.cfg.seed, "eval/world_pose", i)
-            scene = world.sample_scene(s, 2, 6)
-            cams = world.orbit_cameras(self.cfg.pose_views, self.cfg.resolution, self.cfg.resolution, seed=s,
-                                       start_azimuth_deg=float(np.random.default_rng(s).uniform(0, 360)))
-            out.append({"id": f"world_pose_{i:05d}", "images": [world.render(scene, c).rgb for c in cams],
-                        "world_to_camera": [c.world_to_camera for c in cams], "K": cams[0].K,
-                        "hash_fields": [s, world.RENDERER_VERSION, self.cfg.resolution, self.cfg.pose_views]})
-        return out
+        return [world_rig(self.cfg, "world_pose", i, self.cfg.pose_views) for i in range(self.cfg.items)]
 
 
 @register("pose_gso")

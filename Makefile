@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# torch and torchvision first: they install from the local wheel store in about a minute
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	# facenet-pytorch (MTCNN for the ID benchmark; its weights ship in the wheel) pins torch<2.3 and
+	# numpy<2 in its metadata although its code runs on ours: install it without its pins
+	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 setup: $(VENV)/.installed

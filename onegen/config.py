@@ -78,6 +78,72 @@ class ShardsConfig(_Strict):
     families: dict[Family, FamilyConfig] = Field(default_factory=lambda: {f: FamilyConfig() for f in FAMILIES})
 
 
+# --- annotators (paper §4) ------------------------------------------------------------------
+# Each model annotator loads from a local folder/file (never the hub). ``path: null`` means the
+# annotator is off: the build uses exact ground truth where the source has it and the
+# deterministic annotators (Canny, degradations) otherwise, and says which keys would enable more.
+# Each class below is owned by its annotator module (onegen/annotators/<name>.py).
+
+class CaptionerConfig(_Strict):
+    """Any transformers image-text-to-text VLM (LLaVA-NeXT as the paper): long caption + entities."""
+
+    path: Path | None = Field(None, description="local VLM folder (LlavaNextForConditionalGeneration by default)")
+    batch_size: int = Field(16, ge=1)
+
+
+class SegmenterConfig(_Strict):
+    """Entities -> boxes (open-vocabulary detector) -> masks (segment-anything, box prompts)."""
+
+    detector: Literal["grounding_dino", "owlv2"] = "grounding_dino"
+    detector_path: Path | None = Field(None, description="local transformers detector folder")
+    sam_path: Path | None = Field(None, description="segment-anything checkpoint (.pth)")
+    batch_size: int = Field(8, ge=1)
+
+
+class DepthAnnotatorConfig(_Strict):
+    """Depth-Anything-V2 (DepthAnythingForDepthEstimation): relative depth, stored 16-bit."""
+
+    path: Path | None = Field(None, description="local Depth-Anything-V2 folder")
+    batch_size: int = Field(16, ge=1)
+
+
+class PoseAnnotatorConfig(_Strict):
+    """ultralytics YOLO person boxes -> ViTPose COCO keypoints -> OpenPose-style skeleton."""
+
+    detector_path: Path | None = Field(None, description="ultralytics YOLO weights (.pt)")
+    path: Path | None = Field(None, description="local ViTPose folder (VitPoseForPoseEstimation)")
+    batch_size: int = Field(16, ge=1)
+
+
+class EdgesConfig(_Strict):
+    """Canny is always on (OpenCV); HED needs a checkpoint."""
+
+    hed_path: Path | None = Field(None, description="HED checkpoint (optional)")
+
+
+class FiltersConfig(_Strict):
+    """CLIP (open_clip) NSFW / quality filters for the ID and text-to-image sources."""
+
+    clip_path: Path | None = Field(None, description="open_clip checkpoint file")
+
+
+class AnnotatorsConfig(_Strict):
+    device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:N'")
+    captioner: CaptionerConfig = CaptionerConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    depth: DepthAnnotatorConfig = DepthAnnotatorConfig()
+    pose: PoseAnnotatorConfig = PoseAnnotatorConfig()
+    edges: EdgesConfig = EdgesConfig()
+    filters: FiltersConfig = FiltersConfig()
+
+
+class BuildConfig(_Strict):
+    """How shards are built: a Ray Data pipeline (local in-process Ray by default, or a cluster)."""
+
+    ray_address: str | None = Field(None, description="null = start Ray in-process; 'auto' or ray://host:port = attach")
+    max_failure_fraction: float = Field(0.01, ge=0, le=1, description="end non-zero above this fraction of failed items")
+
+
 class ReaderConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     shuffle_buffer: int = Field(256, ge=0)
@@ -110,6 +176,29 @@ class GSOConfig(_Strict):
     known_poses: bool = Field(True, description="give the predictor the condition views' cameras (paper Table 2)")
 
 
+class GenEvalConfig(_Strict):
+    """GenEval (paper Table 1): the 553 shipped prompts, 4 images each, detector + CLIP colour."""
+
+    images: Path | None = Field(None, description="generated images in GenEval's folder layout (or generate with the model)")
+    detector_path: Path | None = Field(None, description="ultralytics YOLO segmentation weights (COCO classes)")
+    clip_path: Path | None = Field(None, description="open_clip ViT-L-14 checkpoint for the colour classifier")
+    images_per_prompt: int = Field(4, ge=1)
+
+
+class IdentityConfig(_Strict):
+    """Unsplash-50 ID (paper Table 3): reference faces and prompts from a local folder."""
+
+    path: Path | None = Field(None, description="folder of reference faces + prompts")
+    arcface_path: Path | None = Field(None, description="ArcFace embedding model (.onnx)")
+    clip_path: Path | None = Field(None, description="open_clip checkpoint for CLIP-T")
+
+
+class ConditionConfig(_Strict):
+    """UniCon condition metrics: FID and condition fidelity by re-annotating generated images."""
+
+    inception_path: Path | None = Field(None, description="FID Inception weights (torch-fidelity format)")
+
+
 class EvalsConfig(_Strict):
     benchmarks: list[str] = Field(default_factory=lambda: ["world_depth", "world_nvs", "world_pose"],
                                   description="what `dvc repro` evaluates")
@@ -123,6 +212,9 @@ class EvalsConfig(_Strict):
     nyuv2: NYUv2Config = NYUv2Config()
     diode: DIODEConfig = DIODEConfig()
     gso: GSOConfig = GSOConfig()
+    geneval: GenEvalConfig = GenEvalConfig()
+    identity: IdentityConfig = IdentityConfig()
+    condition: ConditionConfig = ConditionConfig()
 
 
 class ModelConfig(_Strict):
@@ -204,6 +296,8 @@ class Params(_Strict):
     world: WorldConfig = WorldConfig()
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     shards: ShardsConfig = ShardsConfig()
+    annotators: AnnotatorsConfig = AnnotatorsConfig()
+    build: BuildConfig = BuildConfig()
     reader: ReaderConfig = ReaderConfig()
     evals: EvalsConfig = EvalsConfig()
     model: ModelConfig = ModelConfig()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from onegen import tasks
@@ -19,7 +18,12 @@ from onegen.format import Provenance, Sample, View
 from onegen.plucker import rays_for_cameras
 from onegen.seeding import item_seed
 
-_OPENCV = {"name": "opencv", "version": cv2.__version__, "weights_sha256": None}
+
+
+def _opencv_record() -> dict:
+    import cv2  # here, not at the top: families without edge ops run where OpenCV is absent
+
+    return {"name": "opencv", "version": cv2.__version__, "weights_sha256": None}
 EDGE_OPS = ("canny", "blur", "downscale", "inpaint")
 
 
@@ -131,7 +135,7 @@ def _edges(record: Sample, img: View, rng, s: int, index: int, common: dict) -> 
         cond, meta = degrade.inpaint_mask(rgb, rng)
         task = tasks.INPAINT
     return Sample(task=task, views=[img, View(op, cond, role="condition", meta=meta)],
-                  provenance=_provenance(record, s, _OPENCV), **common)
+                  provenance=_provenance(record, s, _opencv_record()), **common)
 
 
 def _multiview(record: Sample, s: int, normalize: bool) -> Sample:

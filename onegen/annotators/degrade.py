@@ -1,26 +1,34 @@
 """Deterministic preprocessors for the simple image-to-image tasks (paper §4): Canny edges,
 blur, downscaling, inpainting masks. Every random parameter comes from the caller's seeded
 generator and is returned so it can be recorded in the view's metadata.
+
+OpenCV is imported inside the functions that use it, so the families that need none of these
+build on machines without it (lean GPU images carry only what they run).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
 def canny(rgb: np.ndarray, low: int = 100, high: int = 200) -> tuple[np.ndarray, dict]:
+    import cv2
+
     edges = cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), low, high)
     return edges, {"op": "canny", "low": low, "high": high}
 
 
 def blur(rgb: np.ndarray, rng: np.random.Generator, sigma_range=(1.0, 3.0)) -> tuple[np.ndarray, dict]:
+    import cv2
+
     sigma = float(rng.uniform(*sigma_range))
     return cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma), {"op": "gaussian_blur", "sigma": sigma}
 
 
 def downscale(rgb: np.ndarray, rng: np.random.Generator, factors=(2, 4)) -> tuple[np.ndarray, dict]:
     """Low-resolution copy, resized back so both views share one resolution."""
+    import cv2
+
     f = int(rng.choice(factors))
     h, w = rgb.shape[:2]
     small = cv2.resize(rgb, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)

@@ -15,6 +15,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from onegen.annotators.base import weights_sha256
+
 MAX_TOKENS = 300
 
 
@@ -44,6 +46,14 @@ class TextEncoder:
         self.max_tokens = max_tokens
         self.random_weights = random_weights
         self.dim = int(model.config.d_model if hasattr(model.config, "d_model") else model.config.hidden_size)
+
+    @staticmethod
+    def identity_of(path: Path | None, seed: int = 0) -> str:
+        """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
+        if path is None:
+            return f"random-tiny-t5-seed{seed}"
+        path = Path(path)
+        return weights_sha256(path / "text_encoder" if (path / "text_encoder").is_dir() else path)
 
     @classmethod
     def load(cls, path: Path | None, max_tokens: int = MAX_TOKENS, device="cpu", seed: int = 0,

@@ -161,14 +161,44 @@ def config_hash(cfg: TrainConfig, params: Params) -> str:
 def family_dirs(params: Params, cfg: TrainConfig) -> list[list[Path]]:
     """Each stage's shard directories, checked up front (one clear line per missing family)."""
     out = []
+    kind, command = ("latents", "latents") if cfg.latents else ("shards", "shards")
     for i, stage in enumerate(cfg.stages):
-        dirs = [params.paths.data / "shards" / f for f in stage.families]
+        dirs = [params.paths.data / kind / f for f in stage.families]
         for fam, d in zip(stage.families, dirs):
             if stage.steps and not (d / "stats.json").is_file():
-                raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished shards "
-                                        f"at {d} (run `onegen shards {fam}`)")
+                raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
+                                        f"at {d} (run `onegen {command} {fam}`)")
+            if stage.steps and cfg.latents:
+                check_latents(d, params)
         out.append(dirs)
     return out
+
+
+def check_latents(directory: Path, params: Params) -> None:
+    """Precomputed latents (and text features) must come from the weights this run is configured with."""
+    made = json.loads((directory / "latents.json").read_text())
+    want_vae = LatentCodec.identity_of(params.model.vae, params.seed)
+    if made["vae"] != want_vae:
+        raise ValueError(f"{directory}: latents were made by VAE {made['vae'][:16]}, model.vae gives {want_vae[:16]} "
+                         f"-- rerun `onegen latents {directory.name}`")
+    if made.get("text") is not None and (made["text"] != TextEncoder.identity_of(params.model.text_encoder, params.seed)
+                                         or made["max_text_tokens"] != params.model.max_text_tokens):
+        raise ValueError(f"{directory}: cached text features come from another text encoder or token limit than "
+                         f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {directory.name}`")
+
+
+def with_caption_dropout(text: torch.Tensor, mask: torch.Tensor, drop: list[bool], empty: tuple) -> tuple:
+    """Cached prompt features with the dropped rows replaced by the empty prompt's features."""
+    if not any(drop):
+        return text, mask
+    e, em = empty
+    length = max(text.shape[1], e.shape[1])
+    text = torch.nn.functional.pad(text, (0, 0, 0, length - text.shape[1]))
+    mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]))
+    rows = torch.tensor(drop, device=text.device)
+    text[rows] = torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1]))[0].to(text.dtype)
+    mask[rows] = torch.nn.functional.pad(em, (0, length - em.shape[1]))[0]
+    return text, mask
 
 
 def slot_batches(dirs: list[Path], micro_batch: int, seed: int, shuffle: int, report: ReadReport) -> Iterator[dict]:
@@ -593,6 +623,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     if text_enc.dim != model_cfg.caption_channels:
         raise ValueError(f"model.text_encoder gives {text_enc.dim}-wide features but model.size "
                          f"{params.model.size!r} expects {model_cfg.caption_channels}")
+    empty_prompt = text_enc([""])  # what caption dropout substitutes when prompts come pre-encoded
 
     # -- the transformer: same init on every rank; a checkpoint or the released weights on top --
     torch.manual_seed(cfg.seed)
@@ -651,7 +682,11 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             prompts = ["" if d else p for p, d in zip(batch["prompt"], drop)]
             with torch.no_grad():
                 latents = batch_to_latents(batch, codec).to(device)
-                text, text_mask = text_enc(prompts)
+                if "text" in batch:
+                    text, text_mask = with_caption_dropout(batch["text"].to(device), batch["text_mask"].to(device),
+                                                           drop, empty_prompt)
+                else:
+                    text, text_mask = text_enc(prompts)
             sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device)
             noise = torch.randn(latents.shape, generator=g).to(device)
             with autocast:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from onegen.annotators.base import weights_sha256
+
 LATENT_CHANNELS = 16
 DOWNSAMPLE = 8
 
@@ -37,6 +39,14 @@ class LatentCodec:
         self.shift = float(vae.config.shift_factor or 0.0)
         if vae.config.latent_channels != LATENT_CHANNELS:
             raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the model needs {LATENT_CHANNELS}")
+
+    @staticmethod
+    def identity_of(path: Path | None, seed: int = 0) -> str:
+        """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
+        if path is None:
+            return f"random-tiny-vae-seed{seed}"
+        path = Path(path)
+        return weights_sha256(path / "vae" if (path / "vae" / "config.json").is_file() else path)
 
     @classmethod
     def load(cls, path: Path | None, device="cpu", dtype=torch.float32, seed: int = 0) -> "LatentCodec":

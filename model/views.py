@@ -1,7 +1,8 @@
 """Reader batches -> the transformer's latent sequence [B, F, 16, h, w].
 
 Image-like views (images, depth/semantic/box/edge maps, all 3-channel in [-1, 1]) go through
-the VAE; Plücker ray views are already 16-channel maps at latent resolution and pass through.
+the VAE; Plücker ray views and precomputed ``latent`` views (``onegen latents``) are already
+16-channel maps at latent resolution and pass through.
 Multiview samples are stored as K images then K ray maps; the model sees them interleaved
 ``[img0, rays0, img1, rays1, ...]`` as the released sampler orders them.
 """
@@ -30,7 +31,7 @@ def batch_to_latents(batch: dict, codec: LatentCodec) -> torch.Tensor:
     out = []
     for i in view_order(modalities):
         v = batch["views"][i]
-        out.append(v.to(codec.device).float() if modalities[i] == "rays" else codec.encode(v))
+        out.append(v.to(codec.device).float() if modalities[i] in ("rays", "latent") else codec.encode(v))
     shapes = {tuple(x.shape[1:]) for x in out}
     if len(shapes) != 1:
         raise ValueError(f"views do not share one latent shape: {sorted(shapes)}")

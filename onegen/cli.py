@@ -53,6 +53,18 @@ def shards(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)
 
 
 @app.command()
+def latents(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"), params: Path = PARAMS):
+    """VAE-encode one family's shards (and cache its prompts' text features) into data/latents/<family>."""
+    if family not in FAMILIES:
+        typer.echo(f"error: unknown family {family!r}; choose one of {', '.join(FAMILIES)}", err=True)
+        raise typer.Exit(2)
+    from pipelines import latents as stage
+
+    st = _run(stage.run, _params(params), family)
+    typer.echo(f"latents {family}: {st['samples']} samples in {st['shards']} shards")
+
+
+@app.command()
 def stats(params: Path = PARAMS):
     """Write the dataset card reports/dataset.md with histograms and example grids."""
     from pipelines import stats as stage

@@ -144,6 +144,13 @@ class BuildConfig(_Strict):
     max_failure_fraction: float = Field(0.01, ge=0, le=1, description="end non-zero above this fraction of failed items")
 
 
+class LatentsConfig(_Strict):
+    """``onegen latents <family>``: VAE latents (and text features) precomputed into shards."""
+
+    text: bool = Field(True, description="also cache each prompt's text-encoder features")
+    batch_size: int = Field(32, ge=1, description="samples per encoding chunk")
+
+
 class ReaderConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     shuffle_buffer: int = Field(256, ge=0)
@@ -270,6 +277,8 @@ class TrainConfig(_Strict):
     parallel: Literal["none", "ddp", "fsdp2"] = Field("ddp", description="how several ranks share the model")
     activation_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile each transformer block")
+    latents: bool = Field(False, description="read data/latents/<family> (precomputed by `onegen latents`) "
+                                             "instead of encoding images every step")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints; also the data-stream segment")
     keep_checkpoints: int = Field(3, ge=1, description="newest step_* dirs kept")
     log_every: int = Field(10, ge=1)
@@ -299,6 +308,7 @@ class Params(_Strict):
     annotators: AnnotatorsConfig = AnnotatorsConfig()
     build: BuildConfig = BuildConfig()
     reader: ReaderConfig = ReaderConfig()
+    latents: LatentsConfig = LatentsConfig()
     evals: EvalsConfig = EvalsConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -24,7 +24,7 @@ from PIL import Image
 from onegen.camera import Camera
 
 FORMAT_VERSION = 1
-ROLES = ("image", "condition", "camera")
+ROLES = ("image", "condition", "camera", "text")
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+/[A-Za-z0-9_\-]+$")
 

@@ -134,7 +134,9 @@ def sample_to_tensors(sample: Sample) -> dict:
     """Decoded sample -> model-ready tensors: images in [-1, 1] (3xHxW), rays 16xhxw float32."""
     views, extras = [], {}
     for i, v in enumerate(sample.views):
-        if v.modality == "depth":
+        if v.role == "text":  # cached prompt features: variable length, so kept out of the shape buckets
+            extras["text"] = torch.from_numpy(v.data.astype(np.float32))
+        elif v.modality == "depth":
             depth_m = v.data.astype(np.float32) * float(v.meta.get("depth_scale", 1.0))
             views.append(depth_to_condition(depth_m))
             extras[f"depth_m_{i}"] = torch.from_numpy(depth_m)
@@ -147,8 +149,8 @@ def sample_to_tensors(sample: Sample) -> dict:
         "task": sample.task,
         "group": task_group(sample.task),
         "prompt": sample.prompt(),
-        "modalities": [v.modality for v in sample.views],
-        "roles": [v.role for v in sample.views],
+        "modalities": [v.modality for v in sample.views if v.role != "text"],
+        "roles": [v.role for v in sample.views if v.role != "text"],
         "views": views,
         **extras,
     }
@@ -239,6 +241,14 @@ def bucket_batches(samples: Iterable[dict], batch_size: int, drop_last: bool = F
 def collate(samples: list[dict]) -> dict:
     out = {k: [s[k] for s in samples] for k in ("__key__", "task", "group", "prompt", "modalities", "roles")}
     out["views"] = [torch.stack([s["views"][i] for s in samples]) for i in range(len(samples[0]["views"]))]
+    if all("text" in s for s in samples):
+        feats = [s["text"] for s in samples]
+        length = max(f.shape[0] for f in feats)
+        out["text"] = torch.zeros(len(feats), length, feats[0].shape[1])
+        out["text_mask"] = torch.zeros(len(feats), length, dtype=torch.bool)
+        for b, f in enumerate(feats):
+            out["text"][b, : len(f)] = f
+            out["text_mask"][b, : len(f)] = True
     return out
 
 

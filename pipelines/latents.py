@@ -1,0 +1,139 @@
+"""``onegen latents <family>``: the family's shards with every image-like view VAE-encoded.
+
+VAE encoding is a large share of a training step at scale, and it is the same every epoch, so
+this stage does it once: sample ``i`` of ``data/shards/<family>`` becomes sample ``i`` of
+``data/latents/<family>``, whose image-like views are ``latent`` views (float16, 16 x H/8 x W/8,
+the normalised latents the transformer sees; ``meta.of`` names the modality) while Plücker ray
+views pass through. With ``latents.text`` each sample also carries its prompt's text-encoder
+features (a ``text`` view, float16, L x D, its valid tokens only).
+
+``latents.json`` beside the shards names the VAE and text encoder that made them; the trainer
+refuses latents made by other weights than the ones it is configured with. Encoding runs in
+fixed chunks of ``latents.batch_size`` samples (chunk ``i // batch_size``), so a resumed build
+encodes every sample in the same batch as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.text import TextEncoder
+from model.vae import LatentCodec
+from onegen.config import Params
+from onegen.fingerprint import fingerprint
+from onegen.format import Provenance, Sample, View, decode_sample
+from onegen.jsonl import shard_logger
+from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors
+from onegen.shards.writer import ShardLimits, build_shards, write_json
+from pipelines.shards import StageError, family_dir
+
+PASS_THROUGH = ("rays", "latent", "text")
+
+
+def latents_dir(params: Params, family: str) -> Path:
+    return params.paths.data / "latents" / family
+
+
+def encoder_identity(params: Params) -> dict:
+    """What made the latents: the trainer compares this with its own configuration."""
+    return {"vae": LatentCodec.identity_of(params.model.vae, params.seed),
+            "text": TextEncoder.identity_of(params.model.text_encoder, params.seed) if params.latents.text else None,
+            "max_text_tokens": params.model.max_text_tokens if params.latents.text else None}
+
+
+class _SourceSamples:
+    """Random access to a finished family's samples by global index (one shard decoded at a time)."""
+
+    def __init__(self, directory: Path):
+        stats_path = directory / "stats.json"
+        if not stats_path.is_file():
+            raise StageError(f"{directory}: no finished shards (run `onegen shards {directory.name}` first)")
+        self.stats = json.loads(stats_path.read_text())
+        self.urls = [str(directory / e["shard"]) for e in self.stats["manifest"]]
+        self.starts = list(np.cumsum([0] + [e["count"] for e in self.stats["manifest"]]))
+        self.load = lru_cache(maxsize=2)(self._load)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _load(self, j: int) -> list[Sample]:
+        report = ReadReport()
+        samples = [decode_sample(raw) for raw in iter_tar_samples(self.urls[j], report)]
+        if report.problems or len(samples) != self.starts[j + 1] - self.starts[j]:
+            first = report.problems[0]["reason"] if report.problems else f"{len(samples)} samples"
+            raise StageError(f"{self.urls[j]}: damaged or changed since its manifest ({first}) -- "
+                             f"rebuild it with `onegen shards`")
+        return samples
+
+    def __getitem__(self, i: int) -> Sample:
+        j = bisect.bisect_right(self.starts, i) - 1
+        return self.load(j)[i - int(self.starts[j])]
+
+
+def encode_chunk(samples: list[Sample], codec: LatentCodec, text: TextEncoder | None,
+                 records: list[dict]) -> list[Sample]:
+    """Samples -> their latent versions; views of one size are encoded in one VAE batch."""
+    tensors = [sample_to_tensors(s) for s in samples]
+    by_shape: dict[tuple, list[tuple[int, int]]] = {}
+    for si, (s, t) in enumerate(zip(samples, tensors)):
+        for vi, v in enumerate(s.views):
+            if v.modality not in PASS_THROUGH:
+                by_shape.setdefault(tuple(t["views"][vi].shape), []).append((si, vi))
+    latents: dict[tuple[int, int], np.ndarray] = {}
+    for where in by_shape.values():
+        z = codec.encode(torch.stack([tensors[si]["views"][vi] for si, vi in where]))
+        for (si, vi), zi in zip(where, z.cpu().numpy().astype(np.float16)):
+            latents[(si, vi)] = zi
+    features = None
+    if text is not None:
+        hidden, mask = text([s.prompt() for s in samples])
+        features = [h[m].cpu().numpy().astype(np.float16) for h, m in zip(hidden, mask)]
+    out = []
+    for si, s in enumerate(samples):
+        views = [View("latent", latents[(si, vi)], role=v.role, camera=v.camera, meta={"of": v.modality, **v.meta})
+                 if (si, vi) in latents else v for vi, v in enumerate(s.views)]
+        if features is not None:
+            views.append(View("text", features[si], role="text"))
+        prov = Provenance(s.provenance.source, s.provenance.source_id, s.provenance.seed,
+                          [*s.provenance.annotators, *records])
+        out.append(Sample(key=s.key, task=s.task, caption=s.caption, views=views, provenance=prov,
+                          captions=s.captions, palette=s.palette, meta=s.meta))
+    return out
+
+
+def run(params: Params, family: str) -> dict:
+    source = _SourceSamples(family_dir(params, family))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    codec = LatentCodec.load(params.model.vae, device=device, seed=params.seed)
+    identity = encoder_identity(params)
+    text = None
+    if params.latents.text:
+        from model.nextdit import CONFIGS
+
+        text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens, device=device,
+                                seed=params.seed, dim=CONFIGS[params.model.size].caption_channels)
+    records = [{"name": "vae", "version": "diffusers.AutoencoderKL", "weights_sha256": identity["vae"]}]
+    if text is not None:
+        records.append({"name": "text_encoder", "version": type(text.model).__name__, "weights_sha256": identity["text"]})
+    chunk = params.latents.batch_size
+
+    @lru_cache(maxsize=1)
+    def encoded(c: int) -> list[Sample]:
+        return encode_chunk([source[i] for i in range(c * chunk, min((c + 1) * chunk, len(source)))],
+                            codec, text, records)
+
+    out = latents_dir(params, family)
+    fp = fingerprint("latents", family, source.stats["fingerprint"], identity, params.latents.batch_size)
+    stats = build_shards(out, len(source), lambda i: encoded(i // chunk)[i % chunk],
+                         ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp,
+                         desc=f"latents {family}",
+                         on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
+                                               stage="latents", family=family))
+    write_json(out / "latents.json", identity)
+    return stats

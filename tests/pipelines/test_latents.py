@@ -1,0 +1,117 @@
+"""``onegen latents``: precomputed VAE latents and text features, resumable, and what training reads."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from model.nextdit import CONFIGS
+from model.text import TextEncoder
+from model.train import train, with_caption_dropout
+from model.vae import LatentCodec
+from onegen.cli import app
+from onegen.config import load_params, profile_path
+from onegen.format import decode_sample
+from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors, training_batches
+
+FAMILIES = ["text2image", "depth", "multiview"]
+runner = CliRunner()
+
+
+def _invoke(*args):
+    r = runner.invoke(app, list(args))
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latents_project")
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["world"].update(scenes=4, id_groups=0, resolution=32, records_per_shard=4)
+    d["shards"]["max_samples_per_shard"] = 6
+    d["latents"] = {"text": True, "batch_size": 4}
+    d["train"]["stages"] = [{"name": "mixed", "families": FAMILIES, "steps": 3, "batch_size": 4}]
+    d["train"].update(checkpoint_every=3, log_every=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    p = str(root / "params.yaml")
+    _invoke("world", "-p", p)
+    for fam in FAMILIES:
+        _invoke("shards", fam, "-p", p)
+        _invoke("latents", fam, "-p", p)
+    return root
+
+
+def _read(directory):
+    report = ReadReport()
+    out = [decode_sample(raw) for url in sorted(directory.glob("shard-*.tar")) for raw in iter_tar_samples(str(url), report)]
+    assert not report.problems
+    return out
+
+
+def test_latents_match_the_codec_and_keep_everything_else(project):
+    params = load_params(project / "params.yaml")
+    codec = LatentCodec.load(None, seed=params.seed)
+    text = TextEncoder.load(None, max_tokens=params.model.max_text_tokens, seed=params.seed,
+                            dim=CONFIGS[params.model.size].caption_channels)
+    for fam in FAMILIES:
+        src, lat = _read(project / "data/shards" / fam), _read(project / "data/latents" / fam)
+        assert [s.key for s in src] == [s.key for s in lat] and len(src) > 0
+        for s, t in zip(src, lat):
+            assert (s.task, s.prompt(), s.palette) == (t.task, t.prompt(), t.palette)
+            body, feats = t.views[:-1], t.views[-1]
+            assert [v.modality for v in body] == ["rays" if v.modality == "rays" else "latent" for v in s.views]
+            for v, w in zip(s.views, body):
+                if v.modality == "rays":
+                    assert np.array_equal(v.data, w.data)
+                    continue
+                assert w.data.dtype == np.float16 and w.data.shape == (16, 4, 4) and w.meta["of"] == v.modality
+                want = codec.encode(sample_to_tensors(s.__class__(s.key, s.task, s.caption, [v], s.provenance))
+                                    ["views"][0][None])[0].numpy()
+                np.testing.assert_allclose(w.data.astype(np.float32), want, atol=2e-3, rtol=2e-3)
+            hidden, mask = text([s.prompt()])
+            assert feats.role == "text" and feats.data.shape == (int(mask.sum()), hidden.shape[-1])
+            np.testing.assert_allclose(feats.data.astype(np.float32), hidden[0][mask[0]].numpy(), atol=2e-3, rtol=2e-3)
+            assert {a["name"] for a in t.provenance.annotators} >= {"vae", "text_encoder"}
+
+
+def test_rerun_skips_and_a_lost_shard_comes_back_identical(project):
+    p = str(project / "params.yaml")
+    d = project / "data/latents/multiview"
+    before = {f.name: f.read_bytes() for f in sorted(d.glob("shard-*.tar"))}
+    assert len(before) >= 1
+    victim = sorted(d.glob("shard-*.tar"))[-1]
+    victim.unlink()
+    _invoke("latents", "multiview", "-p", p)
+    assert {f.name: f.read_bytes() for f in sorted(d.glob("shard-*.tar"))} == before
+
+
+def test_batches_carry_padded_text_features(project):
+    batch = next(training_batches([project / "data/latents/depth"], 3, resampled=False, shuffle=0))
+    assert batch["text"].shape[:2] == batch["text_mask"].shape and batch["text_mask"].any(dim=1).all()
+    assert batch["modalities"][0] == ["latent", "latent"]
+
+
+def test_caption_dropout_substitutes_the_empty_prompt():
+    text, mask = torch.ones(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    empty = (torch.full((1, 5, 4), 7.0), torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool))
+    t, m = with_caption_dropout(text.clone(), mask.clone(), [False, True], empty)
+    assert t.shape == (2, 5, 4) and torch.equal(t[1], empty[0][0]) and torch.equal(m[1], empty[1][0])
+    assert torch.equal(t[0, :3], text[0]) and not m[0, 3:].any()
+
+
+def test_training_on_latents_runs_and_refuses_other_weights(project, tmp_path):
+    params = load_params(project / "params.yaml")
+    params = params.model_copy(update={
+        "train": params.train.model_copy(update={"latents": True, "out_dir": tmp_path / "ckpt"}),
+        "paths": params.paths.model_copy(update={"reports": tmp_path / "reports"})})
+    train(params)
+    rows = [json.loads(x) for x in (tmp_path / "reports/train/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    other = params.model_copy(update={"seed": params.seed + 1})  # another seed = another random VAE
+    with pytest.raises(ValueError, match="rerun `onegen latents"):
+        train(other)

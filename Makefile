@@ -5,6 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := False
+export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1

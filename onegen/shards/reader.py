@@ -27,6 +27,7 @@ import torch
 import webdataset as wds
 
 from onegen import tasks
+from onegen.annotators.depth import disparity_to_condition
 from onegen.format import FormatError, Sample, decode_sample
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ def sample_to_tensors(sample: Sample) -> dict:
     for i, v in enumerate(sample.views):
         if v.role == "text":  # cached prompt features: variable length, so kept out of the shape buckets
             extras["text"] = torch.from_numpy(v.data.astype(np.float32))
+        elif v.modality == "depth" and v.meta.get("kind") == "relative-disparity":  # a monocular estimate
+            views.append(disparity_to_condition(v.data))
         elif v.modality == "depth":
             depth_m = v.data.astype(np.float32) * float(v.meta.get("depth_scale", 1.0))
             views.append(depth_to_condition(depth_m))

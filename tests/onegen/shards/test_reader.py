@@ -143,3 +143,20 @@ def test_split_by_node_and_worker_cover_every_sample_once(shards, monkeypatch):
                                              num_workers=2)
         seen += [s["__key__"] for s in loader]
     assert sorted(seen) == [f"depth/item_{i:05d}" for i in range(16)]
+
+
+def test_monocular_disparity_maps_to_the_same_condition_polarity():
+    """A Depth-Anything map (relative disparity, near = high) must reach the model as near = -1,
+    exactly like metric depth does."""
+    from onegen.annotators.depth import disparity_to_condition
+    from onegen.format import Provenance, Sample, View
+    from onegen.shards.reader import sample_to_tensors
+
+    depth_m = np.linspace(1.0, 5.0, 64, dtype=np.float32).reshape(8, 8)
+    disparity = np.round(65535 * (1 / depth_m - 0.2) / 0.8).astype(np.uint16)
+    s = Sample("t/x", "[[depth2image]]", "c", [View("image", np.zeros((8, 8, 3), np.uint8)),
+               View("depth", disparity, role="condition", meta={"kind": "relative-disparity"})], Provenance("t", "x", 0))
+    t = sample_to_tensors(s)
+    assert torch.equal(t["views"][1], disparity_to_condition(disparity))
+    assert t["views"][1][0, 0, 0] == -1 and t["views"][1][0, -1, -1] == 1  # nearest pixel dark, farthest bright
+    assert "depth_m_1" not in t

@@ -1,0 +1,129 @@
+"""Depth-Anything-V2 relative depth (paper §4: DepthAnything-v2 on 500K images).
+
+What is stored: the network's relative *inverse* depth (disparity-like, large = near), min-max
+normalised per image to 0..65535 in a 16-bit PNG, view meta ``{"kind": "relative-disparity",
+"near": "high", "raw_min", "raw_max"}`` (the raw range recovers the network output). It is only
+defined up to scale and shift, so nothing metric is claimed: no ``depth_scale``.
+
+What the diffusion model sees: :func:`disparity_to_condition`, the same per-image 2-98 %
+normalisation to [-1, 1] that ``onegen.shards.reader.depth_to_condition`` applies to metric world
+depth, and with the same polarity (near = -1, dark; far = +1, bright), so DA-V2 depth and exact
+world depth teach one convention. It is linear in disparity, as DepthAnything's own
+visualisation; inverting an affine-invariant disparity to depth is not well defined.
+
+Preprocessing follows the DA-V2 image processor (DPT, ``keep_aspect_ratio``): scale by the
+factor closest to 1 that brings one side to ``input_size``, round both sides to a multiple of
+14, bicubic with antialiasing, ImageNet mean/std -- but batched on the device.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onegen.annotators import batching
+from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
+from onegen.format import View
+
+if TYPE_CHECKING:
+    from onegen.config import DepthAnnotatorConfig
+
+KIND = "relative-disparity"
+U16_MAX = 65535
+
+
+def input_shape(height: int, width: int, size: int, multiple: int) -> tuple[int, int]:
+    """Network input size for an image, as the DA-V2 processor computes it."""
+    sh, sw = size / height, size / width
+    scale = sw if abs(1 - sw) < abs(1 - sh) else sh  # scale as little as possible
+    return (max(multiple, round(scale * height / multiple) * multiple),
+            max(multiple, round(scale * width / multiple) * multiple))
+
+
+def to_uint16(disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BxHxW -> per-image min-max to 0..65535 (a constant map becomes zeros), with each min and max."""
+    lo, hi = disparity.amin(dim=(1, 2)), disparity.amax(dim=(1, 2))
+    span = torch.clamp(hi - lo, min=1e-12)[:, None, None]
+    u = torch.round((disparity - lo[:, None, None]) / span * U16_MAX).clamp_(0, U16_MAX)
+    return u.to(torch.int32), lo, hi
+
+
+def disparity_to_condition(disparity: np.ndarray) -> torch.Tensor:
+    """Stored relative disparity (HxW) -> the 3xHxW [-1, 1] image the model sees; near = -1."""
+    d = disparity.astype(np.float32)
+    lo, hi = np.percentile(d, [2, 98])
+    x = np.clip((hi - d) / max(hi - lo, 1e-6), 0, 1) * 2 - 1
+    return torch.from_numpy(x.astype(np.float32))[None].expand(3, -1, -1).clone()
+
+
+def condition_image(disparity: np.ndarray) -> np.ndarray:
+    """The same conditioning as an 8-bit HxWx3 picture (for grids and inspection)."""
+    x = disparity_to_condition(disparity)
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class DepthAnnotator:
+    """Batched DA-V2: ``annotator(images) -> [View("depth", uint16 HxW, meta=...)]``."""
+
+    name = "depth-anything-v2"
+    version = "1"
+
+    def __init__(self, model, weights_sha256: str, device: torch.device, *, input_size: int = 518,
+                 mean=batching.IMAGENET_MEAN, std=batching.IMAGENET_STD, batch_size: int = 16,
+                 amp: batching.Amp = "bf16"):
+        if model.config.depth_estimation_type != "relative":
+            raise AnnotatorError(f"{self.name}: expected a relative-depth model, got "
+                                 f"{model.config.depth_estimation_type!r} (the paper uses relative DA-V2)")
+        self.model = model.eval().to(device)
+        self.device = device
+        self.input_size, self.batch_size, self.amp = input_size, batch_size, amp
+        self.multiple = int(model.config.patch_size)
+        self.mean, self.std = mean, std
+        self.record = annotator_record(self.name, self.version, weights_sha256)
+
+    @classmethod
+    def load(cls, cfg: DepthAnnotatorConfig, device: str = "auto") -> DepthAnnotator:
+        from transformers import DepthAnythingForDepthEstimation
+
+        path = require_path("annotators.depth.path", cfg.path, "Depth-Anything-V2 folder")
+        model = DepthAnythingForDepthEstimation.from_pretrained(path, local_files_only=True)
+        mean, std = batching.processor_stats(path)
+        return cls(model, weights_sha256(path), resolve_device(device), input_size=cfg.input_size,
+                   mean=mean, std=std, batch_size=cfg.batch_size, amp=cfg.amp)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW in [0, 1] on the device -> normalised network input."""
+        h, w = input_shape(x.shape[2], x.shape[3], self.input_size, self.multiple)
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        return batching.normalize(x, self.mean, self.std)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> Bxhxw relative disparity (float32).
+
+        The backbone runs under autocast; the DPT neck and head stay float32 because their last
+        convolution *is* the stored map, and bf16's 8-bit mantissa would band a 16-bit PNG.
+        """
+        m = self.model
+        with batching.autocast(self.device, self.amp):
+            features = m.backbone.forward_with_filtered_kwargs(pixel_values).feature_maps
+        ph, pw = pixel_values.shape[2] // self.multiple, pixel_values.shape[3] // self.multiple
+        hidden = m.neck([f.float() for f in features], ph, pw)
+        return m.head(hidden, ph, pw)
+
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray]) -> list[View]:
+        batching.check_images(images, self.name)
+        out: list[View | None] = [None] * len(images)
+        for idx in batching.shape_batches(images, self.batch_size):
+            h, w = images[idx[0]].shape[:2]
+            pred = self.forward(self.preprocess(batching.upload([images[i] for i in idx], self.device)))
+            pred = F.interpolate(pred[:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
+            u, lo, hi = to_uint16(pred)
+            u, lo, hi = u.cpu().numpy().astype(np.uint16), lo.tolist(), hi.tolist()
+            for k, i in enumerate(idx):
+                out[i] = View("depth", u[k], role="condition",
+                              meta={"kind": KIND, "near": "high", "raw_min": lo[k], "raw_max": hi[k]})
+        return out

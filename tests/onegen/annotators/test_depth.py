@@ -1,0 +1,120 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+from transformers.models.dpt.image_processing_dpt import get_resize_output_image_size
+
+from onegen import tasks
+from onegen.annotators.base import AnnotatorError
+from onegen.annotators.depth import DepthAnnotator, condition_image, disparity_to_condition, input_shape
+from onegen.config import DepthAnnotatorConfig
+from onegen.format import Provenance, Sample, View, decode_sample, encode_sample
+from onegen.shards.reader import depth_to_condition
+
+
+def _save_tiny_da(folder, seed=0):
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                              fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    torch.manual_seed(seed)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def da_dir(tmp_path_factory):
+    return _save_tiny_da(tmp_path_factory.mktemp("da"))
+
+
+@pytest.fixture(scope="module")
+def annotator(da_dir):
+    return DepthAnnotator.load(DepthAnnotatorConfig(path=da_dir, input_size=56, batch_size=4), device="cpu")
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:60]
+    ramp = np.stack([xx * 4, yy * 6, (xx + yy) * 2], -1).astype(np.uint8)
+    return [ramp, rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), ramp[::-1].copy()]
+
+
+def test_full_path_gives_16bit_relative_disparity_at_image_size(annotator):
+    views = annotator(_images())
+    for view, img in zip(views, _images()):
+        assert view.modality == "depth" and view.role == "condition"
+        assert view.data.dtype == np.uint16 and view.data.shape == img.shape[:2]
+        assert view.data.min() == 0 and view.data.max() == 65535  # min-max normalised per image
+        assert view.meta["kind"] == "relative-disparity" and view.meta["near"] == "high"
+        assert view.meta["raw_min"] < view.meta["raw_max"]
+    rec = annotator.record
+    assert rec["name"] == "depth-anything-v2" and rec["version"]
+    assert re.fullmatch(r"[0-9a-f]{64}", rec["weights_sha256"])
+
+
+def test_deterministic_and_batch_independent(annotator):
+    imgs = _images()
+    a, b = annotator(imgs), annotator(imgs)
+    assert all(np.array_equal(x.data, y.data) and x.meta == y.meta for x, y in zip(a, b))
+    for i, img in enumerate(imgs):
+        alone = annotator([img])[0].data.astype(np.int64)
+        assert np.abs(alone - a[i].data.astype(np.int64)).max() <= 2
+
+
+def test_stored_view_round_trips_through_the_sample_format(annotator):
+    img = _images()[0]
+    depth = annotator([img])[0]
+    sample = Sample("photos/x1", tasks.DEPTH2IMAGE, "a ramp", [View("image", img), depth],
+                    Provenance("photos", "x1", 0))
+    back = decode_sample(encode_sample(sample)).views[1]
+    assert np.array_equal(back.data, depth.data) and back.meta == depth.meta
+
+
+@pytest.mark.parametrize("hw", [(40, 60), (64, 48), (1000, 750), (30, 600), (518, 518)])
+def test_input_size_follows_the_dpt_processor(hw):
+    ref = get_resize_output_image_size(torch.zeros(3, *hw), (518, 518), keep_aspect_ratio=True, multiple=14)
+    assert input_shape(*hw, 518, 14) == (ref.height, ref.width)
+
+
+def test_preprocessing_matches_the_hf_processor(annotator):
+    from transformers import DPTImageProcessor
+
+    proc = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                             image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    img = _images()[1]
+    ref = proc(img, return_tensors="pt")["pixel_values"]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    ours = annotator.preprocess(x)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().mean() < 0.02  # the processor resizes uint8 (rounds); we resize floats
+
+
+def test_condition_matches_the_world_depth_convention():
+    yy, xx = np.mgrid[0:32, 0:48]
+    disparity = (xx * 1000 + yy * 7).astype(np.uint16)  # right side near
+    cond = disparity_to_condition(disparity)
+    # negated disparity is an affine-invariant depth: the reader's normalisation must agree with ours
+    ref = depth_to_condition((disparity.max() + 1.0 - disparity).astype(np.float32))
+    assert cond.shape == (3, 32, 48) and torch.allclose(cond, ref, atol=1e-5)
+    assert cond[0, :, -1].max() < -0.99 and cond[0, :, 0].min() > 0.99  # near dark, far bright
+    img = condition_image(disparity)
+    assert img.shape == (32, 48, 3) and img.dtype == np.uint8 and img[0, 0, 0] == 255 and img[0, -1, 0] == 0
+
+
+def test_weights_hash_follows_the_weights(tmp_path, annotator):
+    other = DepthAnnotator.load(DepthAnnotatorConfig(path=_save_tiny_da(tmp_path / "b", seed=1)), device="cpu")
+    assert other.record["weights_sha256"] != annotator.record["weights_sha256"]
+
+
+def test_missing_checkpoint_names_the_params_key(tmp_path):
+    with pytest.raises(AnnotatorError, match=r"annotators\.depth\.path is not set"):
+        DepthAnnotator.load(DepthAnnotatorConfig(), device="cpu")
+    with pytest.raises(AnnotatorError, match=r"annotators\.depth\.path: .* not found at .*nowhere"):
+        DepthAnnotator.load(DepthAnnotatorConfig(path=tmp_path / "nowhere"), device="cpu")
+
+
+def test_bad_image_is_named(annotator):
+    with pytest.raises(AnnotatorError, match=r"image 1: expected an HxWx3 uint8 RGB array, got float32 \[8, 8, 3\]"):
+        annotator([_images()[0], np.zeros((8, 8, 3), np.float32)])

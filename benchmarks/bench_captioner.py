@@ -1,0 +1,252 @@
+"""Captioning throughput (issue 6): the naive transformers ``generate`` loop against our captioner.
+
+    python benchmarks/bench_captioner.py --json $OUT/bench_captioner.json   # the issue's job, one GPU
+    python benchmarks/bench_captioner.py --quick --device cpu                # tiny smoke run (< 60 s)
+    python benchmarks/bench_captioner.py --image-tokens base                 # the base-tile option
+
+The job: LLaVA-NeXT-7B as llava-v1.6-mistral-7b (Mistral-7B text, CLIP ViT-L/14-336 vision,
+llava-v1.6 anyres pinpoints, vocab 32064) built from configs in code with seeded random weights
+in bf16, a word-level tokenizer built here, 672² images, 150 new tokens per image, greedy. Random
+weights could stop at any EOS, so both sides force exactly 150 tokens (min = max new tokens).
+Random-weight text is garbage: these figures are speed only, never captions.
+
+* naive: processor on the CPU + ``model.generate`` at batch 8 (dynamic cache, eager, stock SDPA);
+* ours:  ``TransformersVLM.generate`` (what ``Captioner`` runs before validation): batches of
+  ``--batch`` sorted by image-token count, preprocessing on the device, static KV cache +
+  torch.compile (CUDA graphs) for decode, packed-GQA decode attention. The first batch is a
+  warm-up (compilation) and is not timed. A pass over the same images with one new token
+  (vision + prefill alone) splits our per-image time into prefill and decode.
+
+Prints and writes (``--json``) img/s, new tokens/s, peak GPU memory and the ratio ours / naive.
+Needs only torch, torchvision, transformers, numpy and this repo's captioner (no pydantic), so it
+runs on a bare GPU image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from onegen.annotators.caption_text import instruction  # noqa: E402
+from onegen.annotators.captioner import TransformersVLM, use_packed_gqa_sdpa  # noqa: E402
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}[INST] {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+            "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]{% endfor %}")
+# (vocab, image token id, pad id, tile, patch); llava-v1.6-mistral-7b's layout at real size
+REAL = dict(vocab=32064, image_token=32000, pad=32001, tile=336, patch=14)
+QUICK = dict(vocab=512, image_token=500, pad=501, tile=32, patch=8)
+
+
+def llava_next_config(quick: bool):
+    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
+
+    s = QUICK if quick else REAL
+    t = s["tile"]
+    if quick:
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=t, patch_size=s["patch"], projection_dim=32)
+        text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=1)
+    else:
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=t, patch_size=s["patch"], projection_dim=768,
+                                  hidden_act="quick_gelu", layer_norm_eps=1e-5)
+        text = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8)
+    text = MistralConfig(**text, vocab_size=s["vocab"], max_position_embeddings=32768, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6}, sliding_window=None,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=s["pad"], tie_word_embeddings=False)
+    pinpoints = [[t, 2 * t], [2 * t, t], [2 * t, 2 * t], [3 * t, t], [t, 3 * t]]
+    return LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=s["image_token"],
+                           image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                           image_seq_length=(t // s["patch"]) ** 2, tie_word_embeddings=False)
+
+
+def llava_next_processor(config, quick: bool):
+    """A word-level tokenizer with llava-v1.6-mistral's special ids, and its anyres image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast
+
+    s = QUICK if quick else REAL
+    names = {0: "<unk>", 1: "<s>", 2: "</s>", s["image_token"]: "<image>", s["pad"]: "<pad>"}
+    words = instruction(100, 150, 10).split()
+    vocab = {names.get(i, words[i - 3] if 3 <= i < 3 + len(words) else f"w{i}"): i for i in range(s["vocab"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", extra_special_tokens=["<image>"])
+    t = s["tile"]
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": t}, crop_size={"height": t, "width": t},
+                                              image_grid_pinpoints=config.image_grid_pinpoints)
+    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=s["patch"],
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=TEMPLATE)
+
+
+def job_settings(args) -> SimpleNamespace:
+    """Every CaptionerConfig field, spelled out (this script runs without pydantic)."""
+    return SimpleNamespace(
+        path=None, backend="transformers", batch_size=args.batch, dtype=args.dtype, attn_implementation="sdpa",
+        image_tokens=args.image_tokens, static_cache=args.static_cache, compile=args.compile, length_bucketing=True,
+        max_new_tokens=args.new_tokens, min_words=100, max_words=150, max_entities=10, retries=0,
+        retry_temperature=0.7, seed=0, instruction=None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def naive_generate(model, processor, prompt: str, images, batch: int, new_tokens: int) -> int:
+    """The plain loop: CPU preprocessing, ``generate`` per batch. Returns the new tokens made."""
+    made = 0
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        inputs = processor(text=[prompt] * len(chunk), images=chunk, padding=True, return_tensors="pt",
+                           add_special_tokens=False).to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        made += out[:, inputs["input_ids"].shape[1] :].numel()
+    return made
+
+
+def timed(fn, device: torch.device) -> tuple[float, int, float | None]:
+    reset_peak(device)
+    sync(device)
+    t0 = time.perf_counter()
+    made = fn()
+    sync(device)
+    return time.perf_counter() - t0, made, peak_gib(device)
+
+
+def row(name: str, n: int, seconds: float, tokens: int, peak: float | None, **extra) -> dict:
+    return dict(name=name, images=n, seconds=round(seconds, 3), img_per_s=round(n / seconds, 3),
+                new_tok_per_s=round(tokens / seconds, 1), peak_gib=None if peak is None else round(peak, 2), **extra)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model and few images (a CPU smoke run)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--images", type=int, help="images timed for ours, a multiple of --batch (default 2 batches)")
+    ap.add_argument("--baseline-images", type=int, help="images timed for the naive loop, 0 = skip (default 32)")
+    ap.add_argument("--batch", type=int, help="our batch (default 64 anyres, 256 base; quick 4)")
+    ap.add_argument("--baseline-batch", type=int, default=8)
+    ap.add_argument("--image-tokens", choices=["anyres", "base"], default="anyres")
+    ap.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--new-tokens", type=int, default=150)
+    ap.add_argument("--image-size", type=int, help="square input side (default 672; quick 64)")
+    ap.add_argument("--json", type=Path, default=Path("runs/bench_captioner.json"))
+    args = ap.parse_args()
+    q = args.quick
+    args.batch = args.batch or (4 if q else 64 if args.image_tokens == "anyres" else 256)
+    args.images = args.images or 2 * args.batch
+    args.baseline_images = args.baseline_images if args.baseline_images is not None else (8 if q else 32)
+    args.image_size = args.image_size or (64 if q else 672)
+    device = torch.device(args.device)
+    args.dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if q:
+        torch.set_num_threads(1)  # a tiny model is op-overhead bound: more threads only add barrier stalls
+
+    import transformers
+    from transformers import LlavaNextForConditionalGeneration
+
+    t0 = time.perf_counter()
+    config = llava_next_config(q)
+    processor = llava_next_processor(config, q)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaNextForConditionalGeneration._from_config(config, dtype=getattr(torch, args.dtype)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    print(f"LLaVA-NeXT {'(quick) ' if q else ''}{params / 1e6:.1f}M params, random weights, {args.dtype}, "
+          f"built in {time.perf_counter() - t0:.0f} s on {device}", flush=True)
+
+    rng = np.random.default_rng(0)
+    size = args.image_size
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(max(args.images,
+                                                                                       args.baseline_images))]
+    settings = job_settings(args)
+    rows = []
+
+    if args.baseline_images:
+        prompt = processor.apply_chat_template([{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": instruction(100, 150, 10)}]}], add_generation_prompt=True,
+            tokenize=False)
+        bb = args.baseline_batch
+        naive_generate(model, processor, prompt, images[:bb], bb, args.new_tokens)  # warm-up: CUDA init, cuBLAS
+        seconds, made, peak = timed(lambda: naive_generate(model, processor, prompt, images[: args.baseline_images],
+                                                           bb, args.new_tokens), device)
+        rows.append(row("naive generate", args.baseline_images, seconds, made, peak, batch=bb, static_cache=False,
+                        compile=False, attention="sdpa (stock)", image_tokens="anyres"))
+        print(rows[-1], flush=True)
+
+    use_packed_gqa_sdpa(model)
+    # Where our time goes: the same batches with one new token are vision + prefill alone (no decode step).
+    # Run first, on a dynamic cache, so no static cache is held while it runs.
+    prefill_only = TransformersVLM(model, processor, SimpleNamespace(
+        **{**vars(settings), "max_new_tokens": 1, "static_cache": False}), instruction(100, 150, 10))
+    prefill_only.generate(images[: args.batch])  # warm-up
+    prefill_s, _, _ = timed(lambda: len(prefill_only.generate(images[: args.images])), device)
+
+    vlm = TransformersVLM(model, processor, settings, instruction(100, 150, 10))
+    image_tokens = vlm.num_image_tokens(images[:1])[0]
+    t0 = time.perf_counter()
+    vlm.generate(images[: args.batch], min_new_tokens=args.new_tokens)  # warm-up: compiles the decode step
+    warmup = time.perf_counter() - t0
+
+    def ours() -> int:
+        return sum(len(g.token_ids) for g in vlm.generate(images[: args.images], min_new_tokens=args.new_tokens))
+
+    seconds, made, peak = timed(ours, device)
+    per_image_ms = 1000 / args.images
+    rows.append(row("ours", args.images, seconds, made, peak, batch=args.batch, static_cache=args.static_cache,
+                    compile=args.compile and device.type == "cuda", attention="sdpa + packed-GQA decode",
+                    image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1),
+                    prefill_ms_per_image=round(prefill_s * per_image_ms, 1),
+                    decode_ms_per_image=round((seconds - prefill_s) * per_image_ms, 1)))
+    print(rows[-1], flush=True)
+
+    ratio = rows[-1]["img_per_s"] / rows[0]["img_per_s"] if len(rows) == 2 else None
+    print(f"\n{'':16s} {'img/s':>8s} {'new tok/s':>10s} {'peak GiB':>9s}  batch")
+    for r in rows:
+        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+        print(f"{r['name']:16s} {r['img_per_s']:8.2f} {r['new_tok_per_s']:10.0f} {peak:>9s}  {r['batch']}")
+    if ratio is not None:
+        print(f"ratio ours / naive: {ratio:.2f}x")
+    summary = dict(
+        job=dict(model="llava-next-7b (mistral-7b + clip-l/336), random weights" if not q else "quick tiny llava-next",
+                 image_size=size, new_tokens=args.new_tokens, greedy=True, dtype=args.dtype),
+        device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__, transformers=transformers.__version__, rows=rows,
+        ratio=None if ratio is None else round(ratio, 2),
+        command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

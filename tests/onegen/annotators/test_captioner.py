@@ -1,0 +1,276 @@
+"""The captioner on a tiny random LLaVA-NeXT (CLIP-vision + Llama with grouped-query attention),
+saved with a tokenizer built here and processor and loaded back through ``Captioner.load``.
+Random weights emit garbage, so parsing is covered by test_caption_text.py and the retry logic by
+a scripted VLM; here the generation path itself: determinism, batch invariance across mixed
+anyres token counts, the base-resolution option, packed-GQA attention, retries and provenance."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from onegen.annotators.base import AnnotatorError, weights_sha256
+from onegen.annotators.captioner import (
+    CACHE_ROUND, Captioner, CaptionResult, Generation, TransformersVLM, _sdpa_packed_gqa, _SeededSampling,
+    image_seed)
+from onegen.config import CaptionerConfig
+
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+SIZES = [(32, 32), (32, 64), (64, 32), (48, 40), (64, 64), (20, 30)]  # six different anyres token counts
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}[INST] {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+            "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]{% endfor %}")
+WORDS = ("a the dog cat sky tree red blue green on in of with and is near under person car house grass water "
+         "CAPTION: ENTITIES: , .").split()
+
+
+def build_tiny_llava_next(folder):
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast)
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "<image>", "[INST]", "[/INST]"] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", extra_special_tokens=["<image>"])
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                              image_grid_pinpoints=PINPOINTS)
+    LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8, chat_template=TEMPLATE,
+                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=8, projection_dim=32),
+        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=512,
+                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
+        image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS, image_seq_length=16)
+    torch.manual_seed(0)
+    LlavaNextForConditionalGeneration(config).eval().save_pretrained(folder)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are op-overhead bound; a second OpenMP thread only adds barrier stalls on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llava_next")
+    build_tiny_llava_next(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cfg(folder):
+    return CaptionerConfig(path=folder, batch_size=6, max_new_tokens=6, min_words=3, max_words=40, max_entities=3)
+
+
+@pytest.fixture(scope="module")
+def captioner(cfg):
+    return Captioner.load(cfg, device="cpu")
+
+
+def images(sizes=SIZES, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def token_ids(vlm, ims, **kw):
+    return [g.token_ids for g in vlm.generate(ims, **kw)]
+
+
+def test_load_errors_name_the_params_key(tmp_path):
+    with pytest.raises(AnnotatorError, match=r"annotators\.captioner\.path is not set"):
+        Captioner.load(CaptionerConfig())
+    with pytest.raises(AnnotatorError, match=r"annotators\.captioner\.path: VLM folder not found"):
+        Captioner.load(CaptionerConfig(path=tmp_path / "missing"))
+    with pytest.raises(AnnotatorError, match=r"annotators\.captioner\.path: no image-text-to-text VLM"):
+        Captioner.load(CaptionerConfig(path=tmp_path), device="cpu")
+
+
+def test_flash_attention_needs_its_package_and_a_gpu(folder):
+    with pytest.raises(AnnotatorError, match=r"annotators\.captioner\.attn_implementation=flash_attention_2: "):
+        Captioner.load(CaptionerConfig(path=folder, attn_implementation="flash_attention_2"), device="cpu")
+
+
+@pytest.mark.parametrize("backend", ["vllm", "sglang"])
+def test_engine_backend_without_its_package_fails_clearly(folder, backend):
+    if importlib.util.find_spec(backend):
+        pytest.skip(f"{backend} is installed here; this test covers machines without it")
+    with pytest.raises(AnnotatorError, match=rf"backend={backend} needs the '{backend}' package"):
+        Captioner.load(CaptionerConfig(path=folder, backend=backend))
+
+
+def test_record_and_model(captioner, folder):
+    assert type(captioner.vlm.model).__name__ == "LlavaNextForConditionalGeneration"
+    assert captioner.vlm.model.config.text_config._attn_implementation == "sdpa_packed_gqa"
+    rec = captioner.record
+    assert rec["name"] == "captioner" and rec["weights_sha256"] == weights_sha256(folder)
+    assert rec["version"].startswith("1+transformers.anyres.")
+
+
+def test_batching_never_changes_greedy_tokens(captioner, cfg):
+    """Six sizes -> six anyres token counts -> left padding in the batch; static cache as in production."""
+    vlm, ims = captioner.vlm, images()
+    counts = vlm.num_image_tokens(ims)
+    assert len(set(counts)) == len(SIZES)
+    longest_first = sorted(range(6), key=lambda i: -counts[i])
+    assert vlm.batches(ims) == [longest_first]
+    alone = [token_ids(vlm, [im], min_new_tokens=6)[0] for im in ims]
+    together = token_ids(vlm, ims, min_new_tokens=6)
+    assert together == alone and all(len(t) == 6 for t in alone)
+    assert len(set(alone)) > 1  # the images really get different answers
+    cache = vlm._cache
+    assert token_ids(vlm, ims, min_new_tokens=6) == together  # deterministic, on the reset static cache
+    assert vlm._cache is cache and vlm._cache_len % CACHE_ROUND == 0  # kept: its decode graph replays in place
+    by_four = TransformersVLM(vlm.model, vlm.processor, cfg.model_copy(update={"batch_size": 4}), captioner.instruction)
+    assert by_four.batches(ims) == [longest_first[:4], longest_first[4:]]
+    assert token_ids(by_four, ims, min_new_tokens=6) == together
+    crowd = images([SIZES[i % 6] for i in range(58)], seed=1)  # the same six among 58 others: one batch of 64
+    by_64 = TransformersVLM(vlm.model, vlm.processor, cfg.model_copy(update={"batch_size": 64}), captioner.instruction)
+    assert len(by_64.batches(crowd + ims)) == 1
+    assert token_ids(by_64, crowd + ims, min_new_tokens=6)[58:] == alone
+
+
+def test_same_tokens_as_plain_generate(captioner, folder):
+    """Static cache, packed-GQA decode and bucketed batches give what the stock per-image path gives."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, attn_implementation="sdpa")
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    ims = images(SIZES[:3])
+    ours = token_ids(captioner.vlm, ims, min_new_tokens=6)
+    for im, mine in zip(ims, ours):
+        inputs = processor(text=[captioner.vlm.prompt], images=[im], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert tuple(out[0, inputs["input_ids"].shape[1] :].tolist()) == mine
+
+
+def test_packed_gqa_decode_attention_equals_stock_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Layer(torch.nn.Module):
+        num_key_value_groups, is_causal = 4, True
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, generator=g) for s in [(3, 8, 1, 16), (3, 2, 10, 16), (3, 2, 10, 16)])
+    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    mask[0, ..., :4] = False  # a left-padded row
+    ours, _ = _sdpa_packed_gqa(Layer(), q, k, v, mask, scaling=0.25)
+    stock, _ = sdpa_attention_forward(Layer(), q, k, v, mask, scaling=0.25)
+    assert ours.shape == stock.shape == (3, 1, 8, 16)
+    torch.testing.assert_close(ours, stock, rtol=1e-6, atol=1e-6)
+
+
+def test_base_resolution_option_caps_image_tokens(cfg, captioner):
+    base = Captioner.load(cfg.model_copy(update={"image_tokens": "base", "static_cache": False}), device="cpu")
+    ims = images()
+    assert base.vlm.num_image_tokens(ims) == [(32 // 8) ** 2 + 1] * len(ims)  # one tile's patches + one newline
+    assert min(captioner.vlm.num_image_tokens(ims)) > 17
+    embeds = base.vlm._base_inputs(ims[:2])["inputs_embeds"]
+    prompt_tokens = len(base.vlm.tokenizer(base.vlm.prompt, add_special_tokens=False).input_ids)
+    assert embeds.shape == (2, prompt_tokens - 1 + 17, 32)
+    together = token_ids(base.vlm, ims, min_new_tokens=6)
+    assert together == [token_ids(base.vlm, [im], min_new_tokens=6)[0] for im in ims]
+    assert together != token_ids(captioner.vlm, ims, min_new_tokens=6)
+    assert base.record["version"].startswith("1+transformers.base.")
+
+
+def test_garbage_is_retried_once_with_seeded_sampling_then_reported(captioner):
+    ims = images(SIZES[:3])
+    greedy = captioner.vlm.generate(ims)
+    results = captioner(ims)
+    assert [r.ok for r in results] == [False] * 3 and all(r.attempts == 2 for r in results)
+    assert all(r.caption is None and r.entities == () for r in results)
+    assert all(r.error.startswith("VLM answer rejected after 2 attempt(s): ") for r in results)
+    assert any(r.raw != g.text for r, g in zip(results, greedy))  # the retry sampled something else
+    assert [r.raw for r in captioner(ims[1:2])] == [results[1].raw]  # a retry does not depend on its batch
+    with pytest.raises(ValueError, match="never stored"):
+        results[0].captions("a photo")
+
+
+class ScriptedVLM:
+    """Stands in for the model with fixed answers, to test the captioner's retry bookkeeping."""
+
+    name = "scripted"
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), []
+
+    def generate(self, ims, seeds=None, min_new_tokens=0):
+        self.calls.append(seeds)
+        return [Generation(self.answers.pop(0), (), False) for _ in ims]
+
+
+def test_retry_bookkeeping(cfg):
+    good = "CAPTION: a dog sits on the grass near a red car.\nENTITIES: dog, grass, car"
+    vlm = ScriptedVLM(["nonsense", good, "CAPTION: dog.\nENTITIES: dog", good, "still nonsense"])
+    cap = Captioner(vlm, cfg, weights_sha256=None)
+    ims = images(SIZES[:3])
+    results = cap(ims)
+    assert vlm.calls == [None, [image_seed(ims[0], cfg.seed + 1), image_seed(ims[2], cfg.seed + 1)]]
+    assert [r.ok for r in results] == [True, True, False] and [r.attempts for r in results] == [2, 1, 2]
+    assert results[0].entities == ("dog", "grass", "car")
+    assert results[2].error.endswith("malformed: no 'CAPTION:' label") and results[2].raw == "still nonsense"
+    assert results[1].captions("orig") == {"vlm": "a dog sits on the grass near a red car.", "original": "orig"}
+    assert results[1].captions() == {"vlm": "a dog sits on the grass near a red car."}
+    no_retry = Captioner(ScriptedVLM(["nonsense"]), cfg.model_copy(update={"retries": 0}), None)(ims[:1])
+    assert no_retry[0].attempts == 1 and not no_retry[0].ok
+
+
+def test_seeded_sampling_noise_depends_on_the_row_seed_only():
+    scores = torch.zeros(3, 50)
+    both = _SeededSampling([7, 9, 7], 0.5)(None, scores)
+    alone = _SeededSampling([9], 0.5)(None, scores[:1])
+    torch.testing.assert_close(both[1], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(both[0], both[2], rtol=0, atol=0)
+    assert not torch.equal(both[0], both[1])
+    step1 = _SeededSampling([7], 0.5)
+    assert not torch.equal(step1(None, scores[:1]), step1(None, scores[:1]))  # fresh noise each step
+
+
+def test_bad_images_name_the_item(captioner):
+    ims = images(SIZES[:2])
+    with pytest.raises(AnnotatorError, match=r"captioner: image 1: expected an HxWx3 uint8 RGB array, got uint8"):
+        captioner([ims[0], np.zeros((4, 4), np.uint8)])
+    with pytest.raises(AnnotatorError, match=r"captioner: image 0: .* got float32"):
+        captioner.vlm.generate([ims[0].astype(np.float32)])
+
+
+def test_image_seed_is_content_based():
+    a, b = images(SIZES[:2])
+    assert image_seed(a, 0) == image_seed(a.copy(), 0) != image_seed(a, 1)
+    assert image_seed(a, 0) != image_seed(b, 0) and 0 <= image_seed(a, 0) < 2**63
+    assert CaptionResult(True, "c", ("x",), None, "raw", 1).captions() == {"vlm": "c"}
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_captioner.py"
+    spec = importlib.util.spec_from_file_location("bench_captioner", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
+    bench = load_benchmark()
+    args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", static_cache=True, compile=True,
+                              new_tokens=150)
+    settings = vars(bench.job_settings(args))
+    assert set(settings) == set(CaptionerConfig.model_fields)  # runs without pydantic, so it lists them all
+    CaptionerConfig(**settings)
+    config = bench.llava_next_config(quick=False)
+    assert (config.text_config.num_hidden_layers, config.text_config.num_key_value_heads) == (32, 8)
+    processor = bench.llava_next_processor(config, quick=False)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id == 32000
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(672, 672), (480, 640)]).num_image_tokens
+    assert counts[0] == 576 + 48 * 49  # the docstrings' 2928: base tile + 2x2 tiles unpadded, one newline per row
+    assert counts[1] < counts[0]

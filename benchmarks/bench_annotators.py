@@ -13,10 +13,12 @@ segmentation. Host = the same pipeline with the model's outputs cached: the CPU 
 
 Models are the real architectures at real sizes with seeded random weights -- speed only, their
 outputs mean nothing: DA-V2-Large (DINOv2 ViT-L/14 at 518), YOLOv8m + ViTPose-B (256x192),
-open_clip ViT-L-14 (224), HED (ControlNet's VGG, 512 short side). A random detector finds nobody,
+open_clip ViT-L-14 (224), HED (ControlNet's VGG, 512 short side), Grounding DINO Swin-T + SAM ViT-H
+(10 entities; thresholds 0 so every image sends 10 boxes to SAM). A random detector finds nobody,
 so the pose stage runs the detector on every image and ViTPose on two given boxes per image.
 
-Only torch, numpy, PIL, cv2, transformers, ultralytics and open_clip are needed (no params file).
+Needs torch, numpy, PIL, cv2, transformers, ultralytics, open_clip, segment-anything and, for the
+segmenter's config, pydantic.
 """
 
 from __future__ import annotations
@@ -81,15 +83,6 @@ def _members(index: int, task: str, views: list[View], record: dict, meta: dict 
 # --- stages ------------------------------------------------------------------------------------
 # Each builder returns a Stage from (quick, device, batch, image size, temp dir).
 #
-# Hook for the segmenter (onegen/annotators/segment.py): add ``segment_stage`` following
-# depth_stage and register it in STAGES as "segment" (TARGETS already holds its 0.9). Build
-# Grounding DINO (transformers, real config) and SAM ViT-H (segment_anything.sam_model_registry
-# ["vit_h"]) with random weights and wrap them in ``Segmenter(GroundingDinoBoxes(...),
-# SamMasks(sam, device, record), SegmenterConfig(...))``; annotate = the segmenter on the images with
-# a fixed entity list; encode = its semantic/box map views; bare = detector forward + SAM image
-# encoder + mask decoder on ready tensors. A random detector finds nothing, so give SAM fixed
-# boxes as the pose stage does. segment.py reads a SegmenterConfig: that stage needs pydantic.
-
 def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
@@ -213,8 +206,73 @@ def hed_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int
     return Stage("hed", f"HED (ControlNet VGG), short side {size}", batch, annot, encode, bare)
 
 
-STAGES = {"depth": depth_stage, "pose": pose_stage, "filters": filters_stage, "hed": hed_stage}
-GPU_BATCH = {"depth": 32, "pose": 32, "filters": 128, "hed": 16}
+def _tiny_sam():
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    return Sam(ImageEncoderViT(img_size=64, patch_size=8, embed_dim=16, depth=2, num_heads=2, out_chans=32, use_rel_pos=True,
+                               window_size=4, global_attn_indexes=(1,)),
+               PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64), mask_in_chans=4),
+               MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2)))
+
+
+ENTITIES = ["person", "shirt", "dog", "tree", "car", "sky", "building", "road", "grass", "bag"]
+
+
+def segment_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
+    from segment_anything import sam_model_registry
+    from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor)
+
+    from onegen.annotators.segment import Segmenter, class_map_view
+    from onegen.config import SegmenterConfig
+
+    torch.manual_seed(0)
+    tiny = dict(backbone_config=dict(model_type="swin", embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                     out_indices=[2, 3, 4]), d_model=32, encoder_layers=1, decoder_layers=2,
+                text_config=dict(model_type="bert", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32), num_queries=50)
+    GroundingDinoForObjectDetection(GroundingDinoConfig(**(tiny if quick else {}))).save_pretrained(tmp / "gdino")
+    vocab = [f"[unused{i}]" for i in range(30522)]  # bert-base-uncased ids: the model splits phrases at 101/102/1012/1029
+    for i, t in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
+        vocab[i] = t
+    vocab[2000:2052] = [*"abcdefghijklmnopqrstuvwxyz", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(**({"size": {"shortest_edge": 64, "longest_edge": 96}} if quick else {})),
+                                       BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}))
+    processor.save_pretrained(tmp / "gdino")
+    build = _tiny_sam if quick else None
+    with torch.device(device):
+        torch.save((build or sam_model_registry["vit_h"])().state_dict(), tmp / "sam.pth")
+    # thresholds 0 and no NMS: every image sends exactly 10 boxes to SAM, whatever the random detector says
+    cfg = SegmenterConfig(detector_path=tmp / "gdino", sam_path=tmp / "sam.pth", sam_model="vit_h", batch_size=batch,
+                          box_threshold=0, text_threshold=0, nms_iou=1.0, max_instances=10)
+    seg = Segmenter.load(cfg, str(device), sam_build=build)
+    x = torch.rand(batch, 3, *image_hw, device=device)
+    with torch.inference_mode():
+        gd_pixels, (tokens, _) = seg.detector.preprocess(x), seg.detector.tokens([ENTITIES] * batch)
+        sam_pixels = seg.masker.preprocess(x)
+    pixel_mask = torch.ones((batch, *gd_pixels.shape[-2:]), dtype=torch.long, device=device)
+    side = seg.masker.side
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.9], [0.4, 0.2, 0.95, 0.7]] * 5, device=device) * side
+
+    def bare():
+        with batching.autocast(device, cfg.amp):
+            seg.detector.model(pixel_values=gd_pixels, pixel_mask=pixel_mask, **tokens)
+            for emb in seg.masker.sam.image_encoder(sam_pixels):
+                seg.masker.decode(emb, boxes)
+
+    def encode(i, s):
+        rng = np.random.default_rng(i)
+        (sem, palette), (box, _) = class_map_view(s, "semantic", rng), class_map_view(s, "bbox", rng)
+        return _members(i, tasks.SEMANTIC2IMAGE, [sem, box], seg.records[1], meta={"palette": palette})
+
+    what = "tiny Grounding DINO + tiny SAM (quick)" if quick else "Grounding DINO Swin-T (800 short side) + SAM ViT-H 1024"
+    return Stage("segment", what, batch, lambda images: seg(images, [ENTITIES] * len(images)), encode, bare,
+                 note="10 entities, 10 boxes/image")
+
+
+STAGES = {"depth": depth_stage, "segment": segment_stage, "pose": pose_stage, "filters": filters_stage,
+          "hed": hed_stage}
+GPU_BATCH = {"depth": 32, "segment": 8, "pose": 32, "filters": 128, "hed": 16}
 
 
 # --- the measurements ------------------------------------------------------------------------

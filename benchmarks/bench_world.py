@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "depth"
         n = cfg.scenes * 4
-        build_shards(out, n, lambda i: build("depth", Ref("world", i // 4, i % 4), world, None, 0, i),
+        build_shards(out, n, lambda i: build("depth", Ref("world", i // 4, i % 4), world[i // 4], 0, i),
                      ShardLimits(128, 1 << 30), "bench", desc="bench shards")
         urls = shard_urls(out)
         mb = sum(os.path.getsize(u) for u in urls) / 2**20

@@ -4,7 +4,10 @@
   the decoded depth view is the model's affine-invariant depth (the benchmark aligns it);
 * novel views: ``[[multiview]]`` interleaved ``[img, rays, ...]``, condition images and every
   camera's rays given, target images generated;
-* cameras: ray views generated given the images, decoded with least squares.
+* cameras: ray views generated given the images, decoded with least squares;
+* ID customisation: ``[[faceid]]``, the target image generated before the given references;
+* condition -> image: the condition's task token, image generated, condition picture given;
+* text -> image (GenEval): ``[[text2image]]``, each prompt's images one batch of independent noise.
 
 Weights come from a trainer checkpoint (``checkpoints/step_N``, EMA preferred) or the released
 ``transformer`` folder; the VAE and text encoder from ``model.vae`` / ``model.text_encoder``.
@@ -19,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from model.nextdit import CONFIGS, NextDiT, load_released
 from model.sampler import Conditioning, estimate_cameras, sample
 from model.text import TextEncoder
-from model.vae import LatentCodec
+from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
 from onegen import tasks
 from onegen.config import Params
 from onegen.plucker import rays_for_cameras
@@ -49,6 +53,22 @@ def _weights_hash(path: Path) -> str:
         h.update(p.name.encode())
         h.update(str(p.stat().st_size).encode())
     return h.hexdigest()[:16]
+
+
+# Condition kinds of the condition benchmarks -> the prompt guide's task tokens.
+CONDITION_TOKENS = {"canny": tasks.CANNY2IMAGE, "softedge": tasks.HED2IMAGE, "depth": tasks.DEPTH2IMAGE,
+                    "pose": tasks.POSE2IMAGE}
+
+
+def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the target aspect, then resize (bicubic): a reference at the generated size."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    s = min(h / height, w / width)
+    ch, cw = round(height * s), round(width * s)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.asarray(Image.fromarray(image[y : y + ch, x : x + cw]).resize((width, height), Image.BICUBIC))
 
 
 def _to_unit(images: list[np.ndarray]) -> torch.Tensor:
@@ -110,6 +130,42 @@ class ModelPredictor:
             pix = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             results.append({i: pix[k] for k, i in enumerate(order) if i in it["target_views"]})
         return results
+
+    def _pixels(self, latents: torch.Tensor) -> list[np.ndarray]:
+        decoded = self.codec.decode(latents)
+        return list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+    def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
+        out = []
+        for it in items:  # one subject at a time: reference counts differ
+            h, w = it["size"]
+            z = self.codec.encode(_to_unit([_fit(r, h, w) for r in it["reference"]]).to(self.device))
+            views = torch.cat([torch.zeros_like(z[:1]), z])[None]
+            prompt = tasks.faceid_prompt([it["prompt"], *it["reference_captions"]])
+            out += self._pixels(self._sample(views, [1.0] + [0.0] * len(z), [prompt])[:, 0])
+        return out
+
+    def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):  # a batch shares its task token and size
+            groups.setdefault((it["condition_kind"], it["condition"].shape), []).append(i)
+        for (kind, _), idx in groups.items():
+            z = self.codec.encode(_to_unit([items[i]["condition"] for i in idx]).to(self.device))
+            views = torch.stack([torch.zeros_like(z), z], dim=1)
+            prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in idx]
+            for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts)[:, 0])):
+                out[i] = pix
+        return out
+
+    def generate_images(self, items: list[dict]) -> list[list[np.ndarray]]:
+        out = []
+        for it in items:  # one prompt at a time: its images are one batch
+            (h, w), n = it["size"], it["n_images"]
+            views = torch.zeros(n, 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
+            prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, it["prompt"])] * n
+            out.append(self._pixels(self._sample(views, [1.0], prompts)[:, 0]))
+        return out
 
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []

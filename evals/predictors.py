@@ -1,10 +1,10 @@
 """Predictors: what a benchmark asks for a prediction.
 
 A predictor answers the questions benchmarks ask (``predict_depth``, ``predict_views``,
-``predict_cameras``) for a batch of items and describes itself (``describe()``: name, kind,
-hash) so results never mix models. ``kind`` is ``model`` (a trained network), ``predictions``
-(files on disk made by any method) or ``baseline`` (a reference with no learning, e.g. chance
-level) -- the leaderboard labels each.
+``predict_cameras``, ``generate_with_reference``, ``generate_from_condition``,
+``generate_images``) for a batch of items and describes itself (``describe()``: name, kind, hash) so results never mix models.
+``kind`` is ``model`` (a trained network), ``predictions`` (files on disk made by any method) or
+``baseline`` (a reference with no learning, e.g. chance level) -- the leaderboard labels each.
 
 The OneDiffusion sampler plugs in here as a ``model`` predictor once the model lands.
 """
@@ -12,12 +12,15 @@ The OneDiffusion sampler plugs in here as a ``model`` predictor once the model l
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from evals.geneval.world_prompts import WorldOracle
 from onegen.camera import camera_centres
+from onegen.sources import procedural as world
 
 
 class PredictionError(ValueError):
@@ -74,10 +77,51 @@ class RandomCameras:
         return out
 
 
+class CopyReference:
+    """Returns the real image: the reference subject (ID benchmarks), or the image a condition was
+    annotated from (condition benchmarks) -- the ceiling of what those metrics can give."""
+
+    def describe(self) -> dict:
+        return {"name": "copy-reference", "kind": "baseline", "hash": "copy-reference-v1"}
+
+    def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
+        return [it["reference"][0] for it in items]
+
+    def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
+        return [it["image"] for it in items]
+
+
+class RandomScene:
+    """Chance level for generation: a render of an unrelated procedural scene (seeded per item)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def describe(self) -> dict:
+        return {"name": "random-scene", "kind": "baseline",
+                "hash": f"random-scene-v1-{self.seed}-r{world.RENDERER_VERSION}"}
+
+    def _render(self, item: dict) -> np.ndarray:
+        h, w = item["size"]
+        s = int(np.random.default_rng([self.seed, int(hashlib.sha256(item["id"].encode()).hexdigest()[:8], 16)])
+                .integers(2**31))
+        return world.render(world.sample_scene(s, 2, 6), world.random_camera(s, h, w)).rgb
+
+    def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
+        return [self._render(it) for it in items]
+
+    def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
+        return [self._render(it) for it in items]
+
+    def generate_images(self, items: list[dict]) -> list[list[np.ndarray]]:
+        return [[self._render(dict(it, id=f"{it['id']}/{k}")) for k in range(it["n_images"])] for it in items]
+
+
 class FolderPredictions:
     """Predictions read from disk, made by any method: ``<root>/<item id>.npy`` (depth, HxW metres
     or relative), ``<root>/<item id>/<view>.png`` (novel views), ``<root>/<item id>.npz`` with
-    ``rotations`` (N,3,3 world-to-camera) and ``centres`` (N,3) (poses)."""
+    ``rotations`` (N,3,3 world-to-camera) and ``centres`` (N,3) (poses), ``<root>/<item id>.png``
+    (generated images: ID and condition benchmarks)."""
 
     def __init__(self, root: Path, name: str | None = None):
         self.root = Path(root)
@@ -125,6 +169,46 @@ class FolderPredictions:
             out.append(views)
         return out
 
+    def _generated(self, items: list[dict]) -> list[np.ndarray]:
+        out = []
+        for it in items:
+            p = self._file(it["id"], ".png")
+            try:
+                with Image.open(p) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+            except OSError as e:
+                raise PredictionError(f"{it['id']}: {p}: unreadable ({e})") from None
+        return out
+
+    def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
+        return self._generated(items)
+
+    def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
+        return self._generated(items)
+
+    def generate_images(self, items: list[dict]) -> list[list[np.ndarray]]:
+        """GenEval's layout: ``<root>/<item id>/samples/<k>.png``, exactly ``n_images`` of them (a
+        ``metadata.jsonl`` beside ``samples/``, as GenEval writes it, must hold the item's prompt)."""
+        out = []
+        for it in items:
+            folder = self.root / it["id"]
+            meta = folder / "metadata.jsonl"
+            if meta.is_file() and json.loads(meta.read_text()).get("prompt") != it["prompt"]:
+                raise PredictionError(f"{it['id']}: {meta} is for another prompt than {it['prompt']!r}")
+            files = sorted(p for p in (folder / "samples").glob("*.png") if p.stem.isdigit())
+            if len(files) != it["n_images"]:
+                raise PredictionError(f"{it['id']}: {len(files)} images in {folder / 'samples'}, "
+                                      f"the protocol needs {it['n_images']}")
+            images = []
+            for p in files:
+                try:
+                    with Image.open(p) as im:
+                        images.append(np.asarray(im.convert("RGB")))
+                except OSError as e:
+                    raise PredictionError(f"{it['id']}: {p}: unreadable ({e})") from None
+            out.append(images)
+        return out
+
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
         for it in items:
@@ -144,7 +228,8 @@ def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 BASELINES = {"constant-depth": ConstantDepth, "copy-nearest-view": NearestConditionView,
-             "random-cameras": RandomCameras}
+             "random-cameras": RandomCameras, "copy-reference": CopyReference, "random-scene": RandomScene,
+             "oracle": WorldOracle}
 
 
 def make_predictor(spec: str, params=None):

@@ -56,13 +56,42 @@ class WorldConfig(_Strict):
 
 
 class SourceConfig(_Strict):
-    """An external image source (T2I photos, ID folders, ...), read from local disk only."""
+    """An external image source (T2I photos, ID folders, multiview scenes ...), read from local disk only.
 
-    kind: Literal["image_folder", "hf_dataset"]
-    path: Path
+    ``onegen.sources.open_source`` opens one; fields a kind does not use are ignored.
+    """
+
+    kind: Literal["image_folder", "hf_dataset", "sample_photos", "dl3dv", "objaverse", "co3d", "hypersim", "id_folder"]
+    path: Path | None = Field(None, description="the source's folder; every kind but sample_photos needs one")
     split: str | None = None
     image_column: str = "image"
     limit: int | None = Field(None, ge=1, description="read at most this many records")
+    # scene and identity readers (dl3dv, objaverse, co3d, hypersim, id_folder)
+    resolution: int = Field(256, ge=8, multiple_of=8, description="square side images are centre-cropped/resized to")
+    views: tuple[int, int] = Field((4, 12), description="min/max views per multiview record (paper: 4-12)")
+    captions: Path | None = Field(None, description="csv 'id,caption' without header (Cap3D for objaverse; dl3dv)")
+    image_subdir: str | None = Field(None, description="dl3dv: folder replacing file_path's first one, e.g. images_4")
+    render_fov_deg: float = Field(49.1343, gt=0, lt=180,
+                                  description="objaverse renders' field of view (35 mm lens, 32 mm sensor)")
+    categories: list[str] | None = Field(None, description="co3d: categories to read; null = all")
+    camera_parameters: Path | None = Field(
+        None, description="hypersim: metadata_camera_parameters.csv (per-scene intrinsics); null = 60 deg pinhole")
+    min_images: int = Field(4, ge=1, description="id_folder: keep subjects with at least this many images")
+    id_views: tuple[int, int] = Field((2, 5), description="id_folder: min/max images per identity record (paper: 2-5)")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.path is None and self.kind != "sample_photos":
+            raise ValueError(f"path is required for a {self.kind} source")
+        if not 1 <= self.views[0] <= self.views[1]:
+            raise ValueError("views must be (min, max) with 1 <= min <= max")
+        lo, hi = self.id_views
+        if not (1 <= lo and hi >= 2 * lo - 1):
+            raise ValueError("id_views must be (min, max) with 1 <= min and max >= 2*min - 1 "
+                             "(so every subject splits into groups of min..max images)")
+        if self.min_images < lo:
+            raise ValueError("min_images must be >= id_views[0]")
+        return self
 
 
 class FamilyConfig(_Strict):
@@ -72,8 +101,9 @@ class FamilyConfig(_Strict):
 
 
 class ShardsConfig(_Strict):
-    max_samples_per_shard: int = Field(64, ge=1)
-    max_bytes_per_shard: int = Field(256 * 2**20, ge=1024)
+    max_samples_per_shard: int = Field(64, ge=1, description="items per family shard, fixed up front (the "
+                                                             "partition never depends on workers or bytes)")
+    max_bytes_per_shard: int = Field(256 * 2**20, ge=1024, description="world stage only: cut its shards here")
     rays_normalize_cameras: bool = Field(False, description="optical axes meet at origin, first camera at 1.7")
     families: dict[Family, FamilyConfig] = Field(default_factory=lambda: {f: FamilyConfig() for f in FAMILIES})
 
@@ -85,10 +115,34 @@ class ShardsConfig(_Strict):
 # Each class below is owned by its annotator module (onegen/annotators/<name>.py).
 
 class CaptionerConfig(_Strict):
-    """Any transformers image-text-to-text VLM (LLaVA-NeXT as the paper): long caption + entities."""
+    """Any transformers image-text-to-text VLM (LLaVA-NeXT as the paper): long caption + entities in one pass."""
 
     path: Path | None = Field(None, description="local VLM folder (LlavaNextForConditionalGeneration by default)")
-    batch_size: int = Field(16, ge=1)
+    backend: Literal["transformers", "vllm", "sglang"] = Field(
+        "transformers", description="vllm / sglang: serving engines, used only if their package is installed")
+    batch_size: int = Field(64, ge=1, description="images per generate call; 7B anyres 672²: 64 fits 80 GB, base: 256")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    attn_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
+    image_tokens: Literal["anyres", "base"] = Field(
+        "anyres", description="base: the base-resolution tile only (LLaVA-NeXT: 577 image tokens instead of up to ~2.9k)")
+    static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
+    compile: bool = Field(True, description="torch.compile + CUDA graphs for the decode step (CUDA, static cache)")
+    length_bucketing: bool = Field(True, description="batch images with similar image-token counts together")
+    max_new_tokens: int = Field(320, ge=1, description="room for a 150-word caption plus the entity line")
+    min_words: int = Field(100, ge=1, description="paper §4: captions of 100-150 words")
+    # above the paper's 150: real VLMs overshoot a little, and a rejected caption costs a whole retry
+    max_words: int = Field(180, ge=1)
+    max_entities: int = Field(10, ge=1, description="paper §4: at most 10 entities per image")
+    retries: int = Field(1, ge=0, description="re-generations with seeded sampling for an invalid answer")
+    retry_temperature: float = Field(0.7, gt=0)
+    seed: int = Field(0, description="mixed with each image's content hash to seed its retries")
+    instruction: str | None = Field(None, description="replaces the built-in CAPTION:/ENTITIES: instruction")
+
+    @model_validator(mode="after")
+    def _words(self):
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must be <= max_words")
+        return self
 
 
 class SegmenterConfig(_Strict):
@@ -97,7 +151,15 @@ class SegmenterConfig(_Strict):
     detector: Literal["grounding_dino", "owlv2"] = "grounding_dino"
     detector_path: Path | None = Field(None, description="local transformers detector folder")
     sam_path: Path | None = Field(None, description="segment-anything checkpoint (.pth)")
+    sam_model: Literal["vit_b", "vit_l", "vit_h"] = Field("vit_h", description="registry type of sam_path")
     batch_size: int = Field(8, ge=1)
+    box_threshold: float = Field(0.35, ge=0, le=1, description="Grounding DINO: a query's best token prob must exceed")
+    text_threshold: float = Field(0.25, ge=0, le=1, description="Grounding DINO: its entity's best token prob must exceed")
+    score_threshold: float = Field(0.1, ge=0, le=1, description="OWLv2: a box's best query prob must exceed")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="per-entity NMS IoU; 1 keeps every box")
+    max_entities: int = Field(10, ge=1, le=10, description="entity names per image (paper: at most 10)")
+    max_instances: int = Field(32, ge=1, description="highest-scoring boxes kept per image")
+    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="CUDA autocast of the detector and SAM")
 
 
 class DepthAnnotatorConfig(_Strict):
@@ -105,6 +167,8 @@ class DepthAnnotatorConfig(_Strict):
 
     path: Path | None = Field(None, description="local Depth-Anything-V2 folder")
     batch_size: int = Field(16, ge=1)
+    input_size: int = Field(518, ge=14, description="side the DA-V2 processor resizes towards (then a multiple of 14)")
+    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="CUDA autocast of the DINOv2 backbone; the DPT head stays float32")
 
 
 class PoseAnnotatorConfig(_Strict):
@@ -112,19 +176,44 @@ class PoseAnnotatorConfig(_Strict):
 
     detector_path: Path | None = Field(None, description="ultralytics YOLO weights (.pt)")
     path: Path | None = Field(None, description="local ViTPose folder (VitPoseForPoseEstimation)")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="images per detector batch; person crops per ViTPose batch is 4x")
+    detector_size: int = Field(640, ge=32, multiple_of=32, description="square letterbox side of the detector input")
+    person_class: int = Field(0, ge=0, description="detector class index of 'person' (COCO: 0)")
+    box_threshold: float = Field(0.25, ge=0, le=1, description="person confidence (ultralytics predict default)")
+    nms_iou: float = Field(0.7, ge=0, le=1, description="NMS IoU (ultralytics predict default)")
+    max_persons: int = Field(20, ge=1, description="most confident persons kept per image")
+    box_padding: float = Field(1.25, ge=1, description="person box enlargement before the ViTPose crop (ViTPose: 1.25)")
+    keypoint_threshold: float = Field(0.3, description="joints scoring below this are not drawn")
+    amp: Literal["off", "bf16", "fp16"] = Field("fp16", description="CUDA autocast of both networks (fp16 as ultralytics: bf16 coarsens box corners and heatmap peaks)")
 
 
 class EdgesConfig(_Strict):
     """Canny is always on (OpenCV); HED needs a checkpoint."""
 
     hed_path: Path | None = Field(None, description="HED checkpoint (optional)")
+    canny_low: tuple[int, int] = Field((50, 150), description="range of the seeded lower Canny threshold")
+    canny_high: tuple[int, int] = Field((150, 250), description="range of the seeded upper Canny threshold")
+    hed_size: int = Field(512, ge=16, description="short side HED runs at (ControlNet's detect resolution)")
+    batch_size: int = Field(8, ge=1)
+    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="CUDA autocast of the HED network")
+
+    @model_validator(mode="after")
+    def _canny_ranges(self):
+        lo, hi = self.canny_low, self.canny_high
+        if not (0 <= lo[0] <= lo[1] and 0 <= hi[0] <= hi[1] and lo[1] <= hi[0]):
+            raise ValueError("canny_low/canny_high must be ordered ranges with canny_low below canny_high")
+        return self
 
 
 class FiltersConfig(_Strict):
     """CLIP (open_clip) NSFW / quality filters for the ID and text-to-image sources."""
 
     clip_path: Path | None = Field(None, description="open_clip checkpoint file")
+    clip_model: str = Field("ViT-L-14", description="open_clip architecture of the checkpoint ('ViT-L-14-quickgelu' for OpenAI's)")
+    nsfw_threshold: float = Field(0.5, ge=0, le=1, description="drop at or above this zero-shot NSFW probability")
+    min_quality: float = Field(0.3, ge=0, le=1, description="drop below this zero-shot quality probability")
+    batch_size: int = Field(64, ge=1)
+    amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="CUDA autocast of the image tower")
 
 
 class AnnotatorsConfig(_Strict):
@@ -137,11 +226,30 @@ class AnnotatorsConfig(_Strict):
     filters: FiltersConfig = FiltersConfig()
 
 
+class ActorPoolConfig(_Strict):
+    """One model annotator's Ray actor pool: replicas of the model, and what each one holds."""
+
+    concurrency: int = Field(1, ge=1, description="actors (model replicas) in the pool")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU; 1 on a GPU node; 0.5 = two per GPU)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
+
+
 class BuildConfig(_Strict):
-    """How shards are built: a Ray Data pipeline (local in-process Ray by default, or a cluster)."""
+    """How shards are built: a Ray Data pipeline (local in-process Ray by default, or a cluster).
+
+    The unit of work is one planned shard (``shards.max_samples_per_shard`` items): read and
+    write are Ray tasks, each model annotator an actor pool that takes whole shards and batches
+    them by its own ``annotators.<name>.batch_size``. Output bytes never depend on these knobs.
+    """
 
     ray_address: str | None = Field(None, description="null = start Ray in-process; 'auto' or ray://host:port = attach")
     max_failure_fraction: float = Field(0.01, ge=0, le=1, description="end non-zero above this fraction of failed items")
+    executor: Literal["ray", "local"] = Field("ray", description="'local' = one process, shard after shard, no Ray")
+    cpu_workers: int = Field(2, ge=1, description="concurrent read / build-and-write tasks (one shard each)")
+    num_cpus: int = Field(2, ge=1, description="CPUs of the in-process Ray (ignored when attaching)")
+    object_store_mb: int = Field(512, ge=100, description="object store of the in-process Ray, MiB")
+    annotator_pools: dict[Literal["filters", "captioner", "segmenter", "depth", "hed"], ActorPoolConfig] = Field(
+        default_factory=dict, description="per model annotator; unlisted ones get one CPU actor")
 
 
 class LatentsConfig(_Strict):
@@ -183,27 +291,53 @@ class GSOConfig(_Strict):
     known_poses: bool = Field(True, description="give the predictor the condition views' cameras (paper Table 2)")
 
 
+class WorldGenEvalConfig(_Strict):
+    """GenEval on the procedural world: prompts from the world's grammar, a YOLO detector trained on renders."""
+
+    prompts: int = Field(48, ge=1, description="prompts, cycling through GenEval's six tags")
+    train_images: int = Field(400, ge=1, description="detector training renders (world.resolution)")
+    val_images: int = Field(128, ge=1, description="held-out renders: the detector's mAP50 and score calibration")
+    epochs: int = Field(20, ge=1)
+    imgsz: int = Field(128, ge=32, multiple_of=32, description="detector input size")
+    batch: int = Field(8, ge=1)
+    seed: int = 2000
+
+
 class GenEvalConfig(_Strict):
     """GenEval (paper Table 1): the 553 shipped prompts, 4 images each, detector + CLIP colour."""
 
-    images: Path | None = Field(None, description="generated images in GenEval's folder layout (or generate with the model)")
     detector_path: Path | None = Field(None, description="ultralytics YOLO segmentation weights (COCO classes)")
-    clip_path: Path | None = Field(None, description="open_clip ViT-L-14 checkpoint for the colour classifier")
+    clip_path: Path | None = Field(None, description="open_clip state dict of OpenAI's ViT-L-14 for the colour classifier")
+    clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture of clip_path (OpenAI weights use QuickGELU)")
+    image_size: int = Field(1024, ge=64, multiple_of=8, description="generated image size (paper Table 1: 1024)")
     images_per_prompt: int = Field(4, ge=1)
+    world: WorldGenEvalConfig = WorldGenEvalConfig()
 
 
 class IdentityConfig(_Strict):
     """Unsplash-50 ID (paper Table 3): reference faces and prompts from a local folder."""
 
-    path: Path | None = Field(None, description="folder of reference faces + prompts")
+    path: Path | None = Field(None, description="folder of reference faces + prompts (layout: evals/identity/datasets.py)")
     arcface_path: Path | None = Field(None, description="ArcFace embedding model (.onnx)")
-    clip_path: Path | None = Field(None, description="open_clip checkpoint for CLIP-T")
+    arcface_mean: float = Field(127.5, description="ArcFace input normalisation (x - mean) / std (insightface: 127.5)")
+    arcface_std: float = Field(127.5, gt=0)
+    clip_path: Path | None = Field(None, description="open_clip checkpoint for CLIP-T: a weights file, or a folder "
+                                                     "with open_clip_config.json (Hub layout)")
+    clip_model: str = Field("ViT-L-14", description="open_clip architecture of a clip_path weights file")
+    resolution: int = Field(512, ge=16, multiple_of=8, description="side of generated images (paper: 512 for 2-3 views)")
 
 
 class ConditionConfig(_Strict):
     """UniCon condition metrics: FID and condition fidelity by re-annotating generated images."""
 
-    inception_path: Path | None = Field(None, description="FID Inception weights (torch-fidelity format)")
+    inception_path: Path | None = Field(None, description="FID Inception weights (torch-fidelity's pt_inception-"
+                                                          "2015-12-05 state dict): required by unicon_conditions, "
+                                                          "optional in world_conditions")
+    path: Path | None = Field(None, description="real images for unicon_conditions: image folder with metadata.jsonl "
+                                                "(file_name, text), layout in evals/condition/datasets.py")
+    condition: Literal["depth", "softedge", "pose", "canny"] = Field(
+        "depth", description="unicon_conditions setting: which condition is annotated, given and re-annotated")
+    resolution: int = Field(512, ge=16, multiple_of=8, description="side real images are cropped and resized to (UniCon: 512)")
 
 
 class EvalsConfig(_Strict):
@@ -315,13 +449,22 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _sources_exist(self):
+        # What each family can make of a source kind's records: photos and scene views become
+        # per-image samples (ground truth where the record has it, model annotators otherwise);
+        # only scenes with cameras make multiview samples, only subjects make identity samples.
+        scenes = {"dl3dv", "objaverse", "co3d", "hypersim"}
+        accepts = {"multiview": scenes, "id": {"id_folder"}}
+        per_image = {"image_folder", "hf_dataset", "sample_photos"} | scenes
         for fam, fc in self.shards.families.items():
             for s in fc.sources:
-                if s != "world" and s not in self.sources:
+                if s == "world":
+                    continue
+                if s not in self.sources:
                     raise ValueError(f"shards.families.{fam}.sources names unknown source {s!r}")
-                if s != "world" and fam != "text2image":
-                    # photos need the model annotators (depth, SAM, ...) to become these tasks
-                    raise ValueError(f"shards.families.{fam}.sources: only text2image reads external sources yet")
+                kind = self.sources[s].kind
+                if kind not in accepts.get(fam, per_image):
+                    raise ValueError(f"shards.families.{fam}.sources: a {kind} source ({s!r}) gives no {fam} "
+                                     f"samples; it takes {', '.join(sorted(accepts.get(fam, per_image)))}")
         return self
 
 

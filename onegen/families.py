@@ -1,13 +1,24 @@
 """Task families: how source records become One-Gen training samples (SPEC "Tasks").
 
-A family enumerates its items up front (cheap references into its sources) and builds item
-``i`` with ``build(i)``, a pure function of ``i`` -- the contract of the shard writer. Views
-come out in the SPEC's order: the image first, its condition second; multiview samples hold
-K images then their K Plücker-ray maps.
+Every source gives records in the shape of the world stage's (``onegen.sources.world_records``):
+a ``format.Sample`` of image views (with cameras where known), exact ``depth`` / ``instance``
+views where the source has them, captions, and ``meta["kind"]``: ``"scene"`` (views of one
+scene), ``"identity"`` (one subject in several images) or ``"photo"`` (one image, no ground
+truth). A family enumerates its items up front from cheap record summaries (``RecordInfo``)
+and builds item ``i`` from its record and the model annotators' outputs for it, a pure
+function of ``i`` -- the contract of the shard writer. Views come out in the SPEC's order: the
+image first, its condition second; multiview samples hold K images then their K Plücker-ray maps.
+
+Exact ground truth wins: an image whose record has a depth (instance) view gets it; one without
+needs a model annotator, and an item whose annotator is not configured is left out, counted,
+and named with the params key that would enable it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,18 +29,82 @@ from onegen.format import Provenance, Sample, View
 from onegen.plucker import rays_for_cameras
 from onegen.seeding import item_seed
 
+VERSION = 2  # bump when the samples built from the same inputs change: it is part of the shard fingerprint
+SCENE, IDENTITY, PHOTO = "scene", "identity", "photo"
+EDGE_OPS = ("canny", "blur", "downscale", "inpaint")  # + "hed" when annotators.edges.hed_path is set
 
 
-def _opencv_record() -> dict:
-    import cv2  # here, not at the top: families without edge ops run where OpenCV is absent
+class ItemError(ValueError):
+    """An item that cannot become a sample (e.g. no caption); ``stage`` says where it failed."""
 
-    return {"name": "opencv", "version": cv2.__version__, "weights_sha256": None}
-EDGE_OPS = ("canny", "blur", "downscale", "inpaint")
+    def __init__(self, stage: str, reason: str):
+        super().__init__(reason)
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class ModelAnnotator:
+    """A model annotator as the build sees it: its params block and the paths it needs."""
+
+    name: str
+    block: str  # its block under ``annotators`` in params
+    fields: tuple[str, ...]  # path fields that must all be set to switch it on
+    what: str
+    cls: str  # "module:Class", imported only when switched on
+
+    @property
+    def keys(self) -> str:
+        return " + ".join(f"annotators.{self.block}.{f}" for f in self.fields)
+
+
+# In the order they run on an item: filters drop images before any other model sees them,
+# and the segmenter asks the detector for the captioner's entities.
+MODEL_ANNOTATORS = {a.name: a for a in (
+    ModelAnnotator("filters", "filters", ("clip_path",), "CLIP NSFW/quality filter",
+                   "onegen.annotators.filters:ClipFilter"),
+    ModelAnnotator("captioner", "captioner", ("path",), "VLM captions and entity lists",
+                   "onegen.annotators.captioner:Captioner"),
+    ModelAnnotator("segmenter", "segmenter", ("detector_path", "sam_path"), "open-vocabulary boxes + SAM masks",
+                   "onegen.annotators.segment:Segmenter"),
+    ModelAnnotator("depth", "depth", ("path",), "Depth-Anything-V2", "onegen.annotators.depth:DepthAnnotator"),
+    ModelAnnotator("hed", "edges", ("hed_path",), "HED soft edges", "onegen.annotators.edges:HED"),
+)}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Params that shape samples (not which items exist)."""
+
+    normalize_rays: bool = False
+    canny_low: tuple[int, int] = (50, 150)  # ranges of the seeded Canny thresholds
+    canny_high: tuple[int, int] = (150, 250)
+    hed: bool = False  # HED joins the edges family's op cycle
+
+    def edge_op(self, index: int) -> str:
+        ops = EDGE_OPS + (("hed",) if self.hed else ())
+        return ops[index % len(ops)]
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """What enumeration needs to know about a record, without its pixels."""
+
+    kind: str  # scene, identity, photo
+    images: int  # image views
+    modalities: frozenset[str]
+
+    @classmethod
+    def of(cls, record: Sample) -> RecordInfo:
+        return cls(record.meta.get("kind", PHOTO), len(record_views(record, "image")),
+                   frozenset(v.modality for v in record.views))
+
+
+PHOTO_INFO = RecordInfo(PHOTO, 1, frozenset({"image"}))
 
 
 @dataclass(frozen=True)
 class Ref:
-    """One item: ``record`` of ``source`` (and, for per-view families, which camera ``view``)."""
+    """One item: ``record`` of ``source`` (and, for per-view families, which image ``view``)."""
 
     source: str
     record: int
@@ -37,29 +112,67 @@ class Ref:
 
 
 @dataclass
-class External:
-    """A decoded external image with its captions (from an image folder or HF dataset)."""
+class Annotation:
+    """One model annotator's output for an item's image, and the provenance entries it adds."""
 
-    source_id: str
-    image: np.ndarray  # HxWx3 uint8 at the family's resolution
-    captions: dict[str, str]
+    output: object
+    records: list[dict]
 
 
-def world_views(record: Sample, modality: str) -> list[View]:
+def record_views(record: Sample, modality: str) -> list[View]:
     return [v for v in record.views if v.modality == modality]
 
 
-def enumerate_items(family: str, world: list[Sample], external: dict[str, int]) -> list[Ref]:
-    """All items of a family, in a fixed order (world records first, then external sources)."""
-    scenes = [i for i, r in enumerate(world) if r.meta.get("kind") == "scene"]
+def filter_keeps(output) -> bool:
+    """A filter's verdict on an item: one image's, or (identities) every image's."""
+    return all(v.keep for v in output) if isinstance(output, list) else bool(output.keep)
+
+
+def annotators_for(family: str, source: str, info: RecordInfo,
+                   edge_op: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) model annotators of an item: without a required one the item cannot
+    be built; an optional one adds to it when configured (filters, VLM captions of photos)."""
+    external = source != "world"
+    required: tuple[str, ...] = ()
+    if family == "depth" and "depth" not in info.modalities:
+        required = ("depth",)
+    elif family in ("semantic", "bbox") and "instance" not in info.modalities:
+        required = ("captioner", "segmenter")  # entities to look for, then boxes and masks
+    elif family == "edges" and edge_op == "hed":
+        required = ("hed",)
+    optional: tuple[str, ...] = ()
+    if external and family in ("text2image", "id") and info.kind in (PHOTO, IDENTITY):
+        optional += ("filters",)
+    if external and family == "text2image":
+        optional += ("captioner",)
+    return required, optional
+
+
+def _views_of(family: str, info: RecordInfo) -> range:
     if family == "multiview":
-        return [Ref("world", i) for i in scenes]
+        return range(1 if info.kind == SCENE else 0)
     if family == "id":
-        return [Ref("world", i) for i, r in enumerate(world) if r.meta.get("kind") == "identity"]
-    refs = [Ref("world", i, k) for i in scenes for k in range(len(world_views(world[i], "image")))]
-    if family == "text2image":
-        refs += [Ref(name, j) for name, n in sorted(external.items()) for j in range(n)]
-    return refs
+        return range(1 if info.kind == IDENTITY else 0)
+    return range(info.images if info.kind in (SCENE, PHOTO) else 0)
+
+
+def enumerate_items(family: str, infos: dict[str, Sequence[RecordInfo]],
+                    available: AbstractSet[str] = frozenset()) -> tuple[list[Ref], Counter]:
+    """All items of a family in a fixed order (world first, then the other sources by name), and
+    the items left out for want of a model annotator: ``{(source, kind, annotators): count}``."""
+    refs: list[Ref] = []
+    left_out: Counter = Counter()
+    for source in sorted(infos, key=lambda s: (s != "world", s)):
+        for j, info in enumerate(infos[source]):
+            views = _views_of(family, info)
+            if not views:
+                continue
+            lacking = tuple(a for a in annotators_for(family, source, info)[0] if a not in available)
+            if lacking:
+                left_out[(source, info.kind, lacking)] += len(views)
+                continue
+            refs += [Ref(source, j, k) for k in views]
+    return refs, left_out
 
 
 def _provenance(record: Sample, seed: int, *annotators: dict) -> Provenance:
@@ -67,43 +180,76 @@ def _provenance(record: Sample, seed: int, *annotators: dict) -> Provenance:
                       [*record.provenance.annotators, *annotators])
 
 
-def build(family: str, ref: Ref, world: list[Sample], get_external, seed: int, index: int,
-          normalize_rays: bool = False) -> Sample | None:
+def _opencv_record() -> dict:
+    import cv2  # here, not at the top: families without edge ops run where OpenCV is absent
+
+    return {"name": "opencv", "version": cv2.__version__, "weights_sha256": None}
+
+
+def _view_captions(record: Sample, view: int, annotations: dict[str, Annotation]) -> tuple[str, dict[str, str]]:
+    """The caption of one image of a record, and every caption kept beside it."""
+    if record.provenance.source == "world":  # exact captions, one per camera
+        caption = record.captions.get(f"view{view}", record.caption)
+        return caption, {"original": caption}
+    captions = {k: v for k, v in record.captions.items() if not k.startswith("view")}
+    if f"view{view}" in record.captions:
+        captions["original"] = record.captions[f"view{view}"]
+    if "captioner" in annotations:
+        captions["vlm"] = annotations["captioner"].output.caption
+    return captions.get("original") or captions.get("vlm") or "", captions
+
+
+def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
+          annotations: dict[str, Annotation] | None = None, options: BuildOptions = BuildOptions()) -> Sample | None:
+    """Item ``index`` of ``family``: ``ref`` into ``record``, with its annotators' outputs.
+
+    ``None`` drops the item on purpose (a filter said no); an ``ItemError`` is a failed item.
+    """
+    annotations = annotations or {}
     s = item_seed(seed, f"family/{family}", index)
     rng = np.random.default_rng(s)
-    if ref.source != "world":
-        ext: External = get_external(ref.source, ref.record)
-        caption = ext.captions.get("original") or next(iter(ext.captions.values()), "")
-        if not caption:
-            return None  # text-to-image without text teaches nothing; counted as skipped
-        return Sample(key=f"{ref.source}/{ext.source_id}", task=tasks.TEXT2IMAGE, caption=caption,
-                      views=[View("image", ext.image)], provenance=Provenance(ref.source, ext.source_id, s),
-                      captions=ext.captions)
-    record = world[ref.record]
-    rid = record.provenance.source_id
+    meta = {}
+    if "filters" in annotations:
+        verdict = annotations["filters"].output
+        if not filter_keeps(verdict):
+            return None
+        meta["filters"] = [v.to_json() for v in verdict] if isinstance(verdict, list) else verdict.to_json()
+    used = [r for a in annotations.values() for r in a.records]
     if family == "multiview":
-        return _multiview(record, s, normalize_rays)
+        return _multiview(record, s, options.normalize_rays)
     if family == "id":
-        return _identity(record, s)
-    image = world_views(record, "image")[ref.view]
-    caption = record.captions.get(f"view{ref.view}", record.caption)
-    key = f"world/{rid}_v{ref.view}"
-    common = dict(key=key, caption=caption, captions={"original": caption})
+        return _identity(record, s, used, meta)
+    image = record_views(record, "image")[ref.view]
+    caption, captions = _view_captions(record, ref.view, annotations)
+    if record.meta.get("kind") == PHOTO:
+        key = record.key
+    else:
+        key = f"{record.provenance.source}/{record.provenance.source_id}_v{ref.view}"
+    common = dict(key=key, caption=caption, captions=captions)
     img = View("image", image.data, camera=image.camera)
     if family == "text2image":
-        return Sample(task=tasks.TEXT2IMAGE, views=[img], provenance=_provenance(record, s), **common)
+        if not caption.strip():
+            raise ItemError("caption", "no caption: the source gives none and annotators.captioner.path is not set")
+        return Sample(task=tasks.TEXT2IMAGE, views=[img], provenance=_provenance(record, s, *used), meta=meta,
+                      **common)
     if family == "depth":
-        depth = world_views(record, "depth")[ref.view]
-        return Sample(task=tasks.DEPTH2IMAGE, views=[img, depth], provenance=_provenance(record, s), **common)
+        depth = annotations["depth"].output if "depth" in annotations else record_views(record, "depth")[ref.view]
+        return Sample(task=tasks.DEPTH2IMAGE, views=[img, depth], provenance=_provenance(record, s, *used), **common)
     if family in ("semantic", "bbox"):
+        if "segmenter" in annotations:
+            from onegen.annotators.segment import class_map_view
+
+            cond, palette = class_map_view(annotations["segmenter"].output, family, rng)
+            return Sample(task=tasks.SEMANTIC2IMAGE if family == "semantic" else tasks.BBOX2IMAGE,
+                          views=[img, cond], provenance=_provenance(record, s, *used), palette=palette, **common)
         return _class_map(family, record, ref.view, img, rng, s, common)
     if family == "edges":
-        return _edges(record, img, rng, s, index, common)
+        return _edges(record, img, rng, s, options.edge_op(index), options, annotations, common)
     raise ValueError(f"unknown family {family!r}")
 
 
 def _class_map(family: str, record: Sample, view: int, img: View, rng, s: int, common: dict) -> Sample:
-    inst = world_views(record, "instance")[view]
+    inst = record_views(record, "instance")[view]
     labels = {int(k): v for k, v in record.meta["labels"].items()}
     boxes = {int(k): b for k, b in inst.meta["boxes"].items()}
     visible = [labels[k] for k in sorted(boxes) if k in labels]
@@ -119,13 +265,20 @@ def _class_map(family: str, record: Sample, view: int, img: View, rng, s: int, c
                   provenance=_provenance(record, s), palette=maps.palette_entries(colors, kind), **common)
 
 
-def _edges(record: Sample, img: View, rng, s: int, index: int, common: dict) -> Sample:
-    op = EDGE_OPS[index % len(EDGE_OPS)]
+def _edges(record: Sample, img: View, rng, s: int, op: str, options: BuildOptions,
+           annotations: dict[str, Annotation], common: dict) -> Sample:
     rgb = img.data
-    if op == "canny":
-        cond, meta = degrade.canny(rgb)
-        task = tasks.CANNY2IMAGE
-    elif op == "blur":
+    if op in ("canny", "hed"):
+        if op == "canny":
+            from onegen.annotators.edges import Canny  # thresholds drawn from the item seed, recorded
+
+            canny = Canny(options.canny_low, options.canny_high)
+            cond, used = canny([rgb], seeds=[s])[0], [canny.record]
+        else:
+            cond, used = annotations["hed"].output, annotations["hed"].records
+        return Sample(task=tasks.CANNY2IMAGE if op == "canny" else tasks.HED2IMAGE, views=[img, cond],
+                      provenance=_provenance(record, s, *used), **common)
+    if op == "blur":
         cond, meta = degrade.blur(rgb, rng)
         task = tasks.DEBLUR
     elif op == "downscale":
@@ -139,20 +292,20 @@ def _edges(record: Sample, img: View, rng, s: int, index: int, common: dict) -> 
 
 
 def _multiview(record: Sample, s: int, normalize: bool) -> Sample:
-    images = world_views(record, "image")
+    images = record_views(record, "image")
     rays = rays_for_cameras([v.camera for v in images], normalize=normalize).astype(np.float16)
     views = [View("image", v.data, camera=v.camera) for v in images]
     views += [View("rays", r, role="camera", camera=v.camera, meta={"normalized": normalize})
               for r, v in zip(rays, images)]
-    return Sample(key=f"world/{record.provenance.source_id}", task=tasks.MULTIVIEW, caption=record.caption,
+    return Sample(key=record.key, task=tasks.MULTIVIEW, caption=record.caption,
                   views=views, provenance=_provenance(record, s), captions=dict(record.captions))
 
 
-def _identity(record: Sample, s: int) -> Sample:
-    images = world_views(record, "image")
-    captions = [record.captions[f"view{k}"] for k in range(len(images))]
-    return Sample(key=f"world/{record.provenance.source_id}", task=tasks.FACEID,
+def _identity(record: Sample, s: int, used: list[dict], meta: dict) -> Sample:
+    images = record_views(record, "image")
+    captions = [record.captions.get(f"view{k}", "") for k in range(len(images))]
+    return Sample(key=record.key, task=tasks.FACEID,
                   caption=tasks.faceid_prompt(captions).removeprefix(tasks.FACEID).strip(),
                   views=[View("image", v.data, camera=v.camera) for v in images],
-                  provenance=_provenance(record, s), captions=dict(record.captions),
-                  meta={"identity": record.meta["identity"], "label": record.meta["label"]})
+                  provenance=_provenance(record, s, *used), captions=dict(record.captions),
+                  meta={**{k: record.meta[k] for k in ("identity", "label") if k in record.meta}, **meta})

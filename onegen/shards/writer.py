@@ -1,9 +1,16 @@
 """Atomic, resumable, byte-reproducible shard writer.
 
 Items are numbered 0..n-1 and ``make_sample(i)`` must be a pure function of ``i`` (all
-randomness seeded from it). Shards cover consecutive item ranges and are cut at
-``max_samples`` or ``max_bytes``. Each finished shard has a sidecar ``shard-NNNNNN.json``
-(its manifest entry: item range, count, bytes, sha256, task histogram, fingerprint).
+randomness seeded from it). Shards cover consecutive item ranges. Each finished shard has a
+sidecar ``shard-NNNNNN.json`` (its manifest entry: item range, count, bytes, sha256, task
+histogram, fingerprint). Two ways to cut the ranges:
+
+* ``build_shards`` (one process, e.g. the world stage) cuts at ``max_samples`` written samples
+  or ``max_bytes``, so a shard's end depends on the samples before it;
+* ``plan_ranges`` fixes every shard's item range up front from the item count alone, and
+  ``write_shard`` writes one planned shard; shards are then independent, so any number of
+  workers can write them in any order and the result is the same bytes (the family stages).
+  A planned shard records items that failed (``ItemFailure``) in ``shard-NNNNNN.errors.jsonl``.
 
 * A shard is written to a hidden temporary name and renamed when complete, so a kill leaves
   no partial shard visible; its sidecar is written (atomically) after the rename, and a shard
@@ -11,6 +18,8 @@ randomness seeded from it). Shards cover consecutive item ranges and are cut at
 * A rerun skips finished shards whose fingerprint (the inputs' hash) matches; a missing shard
   is rebuilt from its recorded item range, so it comes back byte-identical.
 * Tar headers carry no time, user or host, and members are written in a fixed order.
+* Planned shards go through a per-process temporary name, so two writers of one shard (a
+  worker of an aborted run still finishing) never interleave; both rename identical bytes.
 """
 
 from __future__ import annotations
@@ -29,8 +38,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from onegen.format import Sample, encode_sample
-
-SHARD_GLOB = "shard-*.tar"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -103,52 +110,149 @@ def _finished(out_dir: Path, index: int, fingerprint: str, verify: bool) -> dict
     return entry
 
 
+@dataclass(frozen=True)
+class ItemFailure:
+    """An item that could not become a sample: which one, at which stage, and why."""
+
+    index: int
+    source: str
+    source_id: str | None
+    stage: str  # read, annotate:<name>, caption, build, encode
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "source": self.source, "source_id": self.source_id, "stage": self.stage,
+                "reason": self.reason}
+
+
+def errors_name(index: int) -> str:
+    return f"shard-{index:06d}.errors.jsonl"
+
+
+class _ShardFile:
+    """One shard being written under a temporary name: samples in, manifest entry out."""
+
+    def __init__(self, final: Path, tmp: Path, start: int):
+        self.final, self.tmp, self.start = final, tmp, start
+        self.raw = open(tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.USTAR_FORMAT)
+        self.tasks: Counter[str] = Counter()
+        self.resolutions: Counter[str] = Counter()
+        self.views: Counter[str] = Counter()
+        self.count = self.size = self.skipped = 0
+        self.failures: list[ItemFailure] = []
+
+    def add(self, members: list[tuple[str, bytes]], sample: Sample) -> None:
+        for name, data in members:
+            _tar_member(self.tar, name, data)
+            self.size += len(data) + 512
+        self.count += 1
+        self.tasks[sample.task] += 1
+        self.resolutions[_resolution(sample)] += 1
+        self.views[str(len(sample.views))] += 1
+
+    def close(self, end: int, fingerprint: str) -> dict:
+        self.tar.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        sha = sha256_file(self.tmp)
+        size = self.tmp.stat().st_size
+        errors = self.final.with_name(errors_name(int(self.final.stem.split("-")[1])))
+        if self.failures:  # before the rename: a visible shard never lacks its errors file
+            atomic_write_bytes(errors, "".join(json.dumps(f.to_json(), sort_keys=True) + "\n"
+                                               for f in self.failures).encode())
+        else:
+            errors.unlink(missing_ok=True)
+        os.replace(self.tmp, self.final)
+        entry = {
+            "shard": self.final.name,
+            "start": self.start,
+            "end": end,
+            "count": self.count,
+            "skipped": self.skipped,
+            "failed": len(self.failures),
+            "bytes": size,
+            "sha256": sha,
+            "tasks": dict(sorted(self.tasks.items())),
+            "resolutions": dict(sorted(self.resolutions.items())),
+            "views": dict(sorted(self.views.items())),
+            "fingerprint": fingerprint,
+        }
+        write_json(self.final.with_suffix(".json"), entry)
+        return entry
+
+
 def _write_one(out_dir: Path, index: int, start: int, n_items: int, make_sample, limits: ShardLimits,
                stop_at: int | None, fingerprint: str, bar: tqdm) -> dict:
     """Write shard ``index`` from item ``start``; stop at ``stop_at`` (a recorded end) or the limits."""
     final = out_dir / shard_name(index)
-    tmp = out_dir / f".{final.name}.tmp"
-    tasks: Counter[str] = Counter()
-    resolutions: Counter[str] = Counter()
-    views: Counter[str] = Counter()
-    count = size = skipped = 0
+    shard = _ShardFile(final, out_dir / f".{final.name}.tmp", start)
     i = start
-    with open(tmp, "wb") as raw:
-        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-            while i < n_items and (stop_at is None or i < stop_at):
-                if stop_at is None and (count >= limits.max_samples or (count and size >= limits.max_bytes)):
-                    break
-                sample = make_sample(i)
-                i += 1
-                bar.update(1)
-                if sample is None:  # the builder dropped this item on purpose; counted, never hidden
-                    skipped += 1
-                    continue
-                for name, data in sample_members(sample):
-                    _tar_member(tf, name, data)
-                    size += len(data) + 512
-                count += 1
-                tasks[sample.task] += 1
-                resolutions[_resolution(sample)] += 1
-                views[str(len(sample.views))] += 1
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, final)
-    entry = {
-        "shard": final.name,
-        "start": start,
-        "end": i,
-        "count": count,
-        "skipped": skipped,
-        "bytes": final.stat().st_size,
-        "sha256": sha256_file(final),
-        "tasks": dict(sorted(tasks.items())),
-        "resolutions": dict(sorted(resolutions.items())),
-        "views": dict(sorted(views.items())),
-        "fingerprint": fingerprint,
-    }
-    write_json(final.with_suffix(".json"), entry)
+    while i < n_items and (stop_at is None or i < stop_at):
+        if stop_at is None and (shard.count >= limits.max_samples or (shard.count and shard.size >= limits.max_bytes)):
+            break
+        sample = make_sample(i)
+        i += 1
+        bar.update(1)
+        if sample is None:  # the builder dropped this item on purpose; counted, never hidden
+            shard.skipped += 1
+            continue
+        shard.add(sample_members(sample), sample)
+    return shard.close(i, fingerprint)
+
+
+def plan_ranges(n_items: int, per_shard: int) -> list[tuple[int, int]]:
+    """Item ranges of the planned shards: a function of the item count alone."""
+    return [(s, min(s + per_shard, n_items)) for s in range(0, n_items, per_shard)]
+
+
+def finished_shard(out_dir: Path, index: int, start: int, end: int, fingerprint: str,
+                   verify: bool = True) -> dict | None:
+    """The manifest entry of planned shard ``index`` if it is on disk, intact, for exactly these items."""
+    entry = _finished(out_dir, index, fingerprint, verify)
+    if entry is None or entry.get("_missing") or (entry["start"], entry["end"]) != (start, end):
+        return None
     return entry
+
+
+def write_shard(out_dir: Path, index: int, start: int, outcomes: list[Sample | ItemFailure | None],
+                fingerprint: str) -> dict:
+    """Write planned shard ``index`` holding items ``start, start+1, ...`` (one outcome each).
+
+    ``None`` is an item dropped on purpose (counted as skipped); an ``ItemFailure`` goes to the
+    shard's errors file; a sample that cannot be encoded becomes an ``encode`` failure.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / shard_name(index)
+    shard = _ShardFile(final, out_dir / f".{final.name}.{os.getpid()}.tmp", start)
+    for i, outcome in enumerate(outcomes, start):
+        if outcome is None:
+            shard.skipped += 1
+        elif isinstance(outcome, ItemFailure):
+            shard.failures.append(outcome)
+        else:
+            try:
+                members = sample_members(outcome)
+            except Exception as e:  # noqa: BLE001 -- one bad sample must not sink its shard
+                shard.failures.append(ItemFailure(i, outcome.provenance.source, outcome.provenance.source_id,
+                                                  "encode", f"{type(e).__name__}: {e}"))
+                continue
+            shard.add(members, outcome)
+    return shard.close(start + len(outcomes), fingerprint)
+
+
+def finish_shards(out_dir: Path, entries: list[dict], fingerprint: str) -> dict:
+    """After every planned shard is written: drop shards of an earlier, larger build; write stats.json."""
+    _remove_beyond(out_dir, len(entries))
+    stats = dataset_stats(entries, fingerprint)
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    for stale in out_dir.glob(".*.tmp"):  # left by a killed run; never visible as a shard
+        stale.unlink(missing_ok=True)
 
 
 def build_shards(
@@ -166,8 +270,7 @@ def build_shards(
     ``on_shard`` receives each newly written shard's manifest entry plus its build seconds.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".*.tmp"):  # left by a killed run; never visible as a shard
-        stale.unlink()
+    remove_stale_temporaries(out_dir)
     entries: list[dict] = []
     start, index = 0, 0
     with tqdm(total=n_items, desc=desc, unit="item", dynamic_ncols=True) as bar:
@@ -191,8 +294,8 @@ def build_shards(
 
 def _remove_beyond(out_dir: Path, n_shards: int) -> None:
     """Shards past the last one belong to an earlier, larger build with other inputs."""
-    for path in list(out_dir.glob(SHARD_GLOB)) + list(out_dir.glob("shard-*.json")):
-        if int(path.stem.split("-")[1]) >= n_shards:
+    for path in out_dir.glob("shard-*"):
+        if int(path.name[len("shard-"):].split(".")[0]) >= n_shards:
             path.unlink()
 
 
@@ -208,6 +311,7 @@ def dataset_stats(entries: list[dict], fingerprint: str) -> dict:
         "shards": len(entries),
         "samples": sum(e["count"] for e in entries),
         "skipped": sum(e["skipped"] for e in entries),
+        "failed": sum(e.get("failed", 0) for e in entries),
         "bytes": sum(e["bytes"] for e in entries),
         "tasks": total("tasks"),
         "resolutions": total("resolutions"),

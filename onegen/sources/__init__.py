@@ -32,6 +32,10 @@ def open_source(cfg: SourceConfig, seed: int = 0):
     Each reader is imported here, so a build pulls in only the libraries its sources need
     (``datasets`` for hf_dataset, ``h5py`` for hypersim, ...).
     """
+    if cfg.kind == "sample_photos":
+        from onegen.sources.sample_photos import SamplePhotosSource
+
+        return SamplePhotosSource()
     if cfg.kind == "image_folder":
         from onegen.sources.image_folder import ImageFolderSource
 

@@ -50,12 +50,13 @@ def test_world_has_scene_and_identity_records(project):
 
 
 def test_family_counts_and_tokens(project):
-    expected = {"text2image": 24, "depth": 24, "semantic": 24, "bbox": 24, "edges": 24, "multiview": 6, "id": 3}
+    # the world's 6 scenes x 4 views, plus the 6 sample photos where only deterministic annotators are needed
+    expected = {"text2image": 30, "depth": 24, "semantic": 24, "bbox": 24, "edges": 30, "multiview": 6, "id": 3}
     for fam, n in expected.items():
         st = json.loads((project / "data/shards" / fam / "stats.json").read_text())
         assert st["samples"] == n, fam
     edges = json.loads((project / "data/shards/edges/stats.json").read_text())["tasks"]
-    assert edges == {tasks.CANNY2IMAGE: 6, tasks.DEBLUR: 6, tasks.UPSCALE: 6, tasks.INPAINT: 6}
+    assert edges == {tasks.CANNY2IMAGE: 8, tasks.DEBLUR: 8, tasks.UPSCALE: 7, tasks.INPAINT: 7}
 
 
 def test_depth_samples_hold_metric_depth_with_scale(project):

@@ -1,0 +1,166 @@
+"""The conditions UniCon evaluates, each as: annotate an image, draw the annotation as the picture
+a generator is given, and compare the generated image's annotation with the real image's.
+
+* ``canny``    -- OpenCV Canny at fixed thresholds (exact and offline): edge EMSE;
+* ``softedge`` -- HED soft edges (UniCon's SoftEdge; ``annotators.edges.hed_path``): edge EMSE;
+* ``depth``    -- Depth-Anything-V2 relative depth (``annotators.depth.path``): AbsRel;
+* ``pose``     -- YOLO + ViTPose people (``annotators.pose``): PCK@0.1, greedy matching.
+
+Per-item scores carry the metric's raw numbers; :meth:`Condition.aggregate` turns a list of them
+into the benchmark's numbers in UniCon's units (EMSE x 1e-2, AbsRel and PCK in %).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from evals.condition import metrics
+from onegen.annotators import degrade
+from onegen.annotators.base import annotator_record
+
+# Fixed (OpenCV's usual 100/200), the same for the condition and the re-annotation: a copy of the
+# real image then scores exactly 0, and any other score is the generator's.
+CANNY_THRESHOLDS = (100, 200)
+
+
+class Condition(Protocol):
+    kind: str
+    record: dict
+
+    def __call__(self, images: list[np.ndarray]) -> list:
+        """One annotation per HxWx3 uint8 image."""
+
+    def picture(self, annotation) -> np.ndarray:
+        """The annotation as the HxWx3 uint8 condition image a generator receives."""
+
+    def compare(self, generated, reference) -> dict[str, float]:
+        """Per-item scores of a generated image's annotation against the real image's."""
+
+    def aggregate(self, scores: list[dict[str, float]]) -> dict[str, float]:
+        """The benchmark's numbers from per-item scores."""
+
+
+class _Edges:
+    def picture(self, annotation):
+        return np.repeat(np.asarray(annotation, np.uint8)[..., None], 3, axis=2)
+
+    def compare(self, generated, reference):
+        return {"edge_emse": metrics.edge_emse(generated, reference)}
+
+    def aggregate(self, scores):
+        return {"edge_emse": 100.0 * float(np.mean([s["edge_emse"] for s in scores]))}
+
+
+class Canny(_Edges):
+    kind = "canny"
+
+    def __init__(self):
+        import cv2
+
+        self.record = annotator_record("opencv-canny", f"{cv2.__version__}/{CANNY_THRESHOLDS}", None)
+
+    def __call__(self, images):
+        return [degrade.canny(im, *CANNY_THRESHOLDS)[0] for im in images]
+
+
+class SoftEdges(_Edges):
+    """HED soft edges as 8-bit maps (``onegen.annotators.edges.HED``), compared in [0, 1]."""
+
+    kind = "softedge"
+
+    def __init__(self, annotator):
+        self.annotator, self.record = annotator, annotator.record
+
+    @classmethod
+    def load(cls, params) -> "SoftEdges":
+        from onegen.annotators.edges import HED
+
+        return cls(HED.load(params.annotators.edges, params.annotators.device))
+
+    def __call__(self, images):
+        return [v.data for v in self.annotator(images)]
+
+
+class Depth:
+    """Depth-Anything-V2's relative disparity, recovered as float from its stored 16-bit view."""
+
+    kind = "depth"
+
+    def __init__(self, annotator):
+        self.annotator, self.record = annotator, annotator.record
+
+    @classmethod
+    def load(cls, params) -> "Depth":
+        from onegen.annotators.depth import DepthAnnotator
+
+        return cls(DepthAnnotator.load(params.annotators.depth, params.annotators.device))
+
+    def __call__(self, images):
+        out = []
+        for v in self.annotator(images):
+            lo, hi = float(v.meta["raw_min"]), float(v.meta["raw_max"])
+            out.append(lo + v.data.astype(np.float64) / 65535.0 * (hi - lo))
+        return out
+
+    def picture(self, annotation):
+        from onegen.annotators.depth import condition_image
+
+        return condition_image(annotation)
+
+    def compare(self, generated, reference):
+        return {"depth_abs_rel": metrics.depth_abs_rel(generated, reference)}
+
+    def aggregate(self, scores):
+        return {"depth_abs_rel": 100.0 * float(np.mean([s["depth_abs_rel"] for s in scores]))}
+
+
+class Pose:
+    """People from the pose annotator; a keypoint is visible at the annotator's own score threshold."""
+
+    kind = "pose"
+
+    def __init__(self, annotator, keypoint_threshold: float):
+        self.annotator, self.threshold = annotator, keypoint_threshold
+        self.record = getattr(annotator, "record", None)
+
+    @classmethod
+    def load(cls, params) -> "Pose":
+        from onegen.annotators.pose import PoseAnnotator
+
+        return cls(PoseAnnotator.load(params.annotators.pose, params.annotators.device),
+                   params.annotators.pose.keypoint_threshold)
+
+    def __call__(self, images):
+        return self.annotator(images)
+
+    def people(self, result) -> list[metrics.Person]:
+        return [metrics.Person(k[:, :2], k[:, 2] >= self.threshold, b[:4])
+                for k, b in zip(result.keypoints, result.boxes)]
+
+    def picture(self, annotation):
+        return annotation.skeleton
+
+    def compare(self, generated, reference):
+        correct, total = metrics.pose_pck(self.people(reference), self.people(generated))
+        return {"pose_correct": float(correct), "pose_total": float(total)}
+
+    def aggregate(self, scores):
+        """Mean over images whose real image shows someone; the others have no PCK."""
+        per_image = [s["pose_correct"] / s["pose_total"] for s in scores if s["pose_total"] > 0]
+        return {"pose_pck": 100.0 * float(np.mean(per_image))} if per_image else {}
+
+
+def load(kind: str, params) -> Condition:
+    """The condition ``kind`` with its annotator loaded from ``params.annotators``."""
+    if kind == "canny":
+        return Canny()
+    classes = {"softedge": SoftEdges, "depth": Depth, "pose": Pose}
+    if kind not in classes:
+        raise ValueError(f"unknown condition {kind!r}: use canny, softedge, depth or pose")
+    return classes[kind].load(params)
+
+
+# Which per-item keys each condition's compare() writes: how aggregate() tells scores apart.
+SCORE_KEYS = {"canny": "edge_emse", "softedge": "edge_emse", "depth": "depth_abs_rel", "pose": "pose_total"}

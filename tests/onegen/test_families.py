@@ -1,0 +1,151 @@
+"""Task families on records of any source in the world-record shape: enumeration, ground truth
+first, model annotators' outputs where a record has none."""
+
+import numpy as np
+import pytest
+
+from onegen import families, tasks
+from onegen.annotators.base import annotator_record
+from onegen.annotators.captioner import CaptionResult
+from onegen.annotators.filters import FilterVerdict
+from onegen.annotators.segment import Segmentation
+from onegen.config import WorldConfig
+from onegen.families import (PHOTO, PHOTO_INFO, Annotation, BuildOptions, ItemError, RecordInfo, Ref, build,
+                             enumerate_items)
+from onegen.format import Provenance, Sample, View, decode_sample, encode_sample
+from onegen.sources.world_records import RECORD_TASK, make_record
+
+CFG = WorldConfig(scenes=2, views_per_scene=3, id_groups=1, resolution=32)
+DA = annotator_record("depth-anything-v2", "1", "ab" * 32)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return [make_record(CFG, 0, i) for i in range(CFG.scenes + CFG.id_groups)]
+
+
+def photo(source_id="cat", caption="a tabby cat", size=32):
+    rng = np.random.default_rng(1)
+    captions = {"original": caption} if caption else {}
+    image = View("image", rng.integers(0, 256, (size, size, 3), np.uint8))
+    return Sample(f"photos/{source_id}", RECORD_TASK, caption, [image], Provenance("photos", source_id, 0),
+                  captions=captions, meta={"kind": PHOTO})
+
+
+def test_record_info_reads_kind_views_and_ground_truth(world):
+    scene, ident = RecordInfo.of(world[0]), RecordInfo.of(world[-1])
+    assert scene.kind == "scene" and scene.images == 3 and {"depth", "instance"} <= scene.modalities
+    assert ident.kind == "identity" and "depth" not in ident.modalities
+    assert RecordInfo.of(photo()) == PHOTO_INFO
+
+
+def test_enumeration_keeps_world_first_and_leaves_out_what_needs_a_missing_annotator(world):
+    infos = {"photos": [PHOTO_INFO] * 5, "world": [RecordInfo.of(r) for r in world]}
+    refs, left = enumerate_items("depth", infos)
+    assert refs == [Ref("world", i, k) for i in range(2) for k in range(3)]  # photos have no depth
+    assert left == {("photos", PHOTO, ("depth",)): 5}
+    refs, left = enumerate_items("depth", infos, {"depth"})
+    assert refs[6:] == [Ref("photos", j) for j in range(5)] and not left
+    refs, left = enumerate_items("semantic", infos, {"captioner"})  # the segmenter is missing too
+    assert len(refs) == 6 and left == {("photos", PHOTO, ("segmenter",)): 5}
+    edges, _ = enumerate_items("edges", infos)  # deterministic ops need no model
+    assert len(edges) == 11
+    assert enumerate_items("id", infos)[0] == [Ref("world", 2)]
+    assert enumerate_items("multiview", infos)[0] == [Ref("world", 0), Ref("world", 1)]
+
+
+def test_model_annotators_run_only_where_ground_truth_is_missing(world):
+    scene = RecordInfo.of(world[0])
+    assert families.annotators_for("depth", "world", scene) == ((), ())
+    assert families.annotators_for("depth", "photos", PHOTO_INFO)[0] == ("depth",)
+    assert families.annotators_for("bbox", "photos", PHOTO_INFO)[0] == ("captioner", "segmenter")
+    assert families.annotators_for("text2image", "photos", PHOTO_INFO)[1] == ("filters", "captioner")
+    assert families.annotators_for("text2image", "world", scene) == ((), ())
+    assert families.annotators_for("edges", "world", scene, "hed")[0] == ("hed",)
+
+
+def test_world_depth_keeps_exact_metric_depth(world):
+    s = build("depth", Ref("world", 0, 1), world[0], 0, 1)
+    assert s.key == "world/scene_0000000_v1" and s.task == tasks.DEPTH2IMAGE
+    assert s.views[1].meta["depth_scale"] == 0.001 and s.caption == world[0].captions["view1"]
+    assert np.array_equal(s.views[1].data, families.record_views(world[0], "depth")[1].data)
+
+
+def test_photo_depth_comes_from_the_annotator_with_its_provenance():
+    rec = photo()
+    depth = View("depth", np.arange(32 * 32, dtype=np.uint16).reshape(32, 32), role="condition",
+                 meta={"kind": "relative-disparity"})
+    s = build("depth", Ref("photos", 0), rec, 0, 7, {"depth": Annotation(depth, [DA])})
+    assert s.key == "photos/cat" and [v.modality for v in s.views] == ["image", "depth"]
+    assert s.views[1] is depth and s.provenance.annotators == [DA] and s.provenance.source_id == "cat"
+    back = decode_sample(encode_sample(s))
+    assert np.array_equal(back.views[1].data, depth.data)
+
+
+def test_text2image_keeps_the_original_caption_beside_the_vlm_one():
+    vlm = CaptionResult(True, "A long description of a striped cat on a sofa.", ("cat", "sofa"), None, "", 1)
+    rec = annotator_record("vlm-captioner", "1", "cd" * 32)
+    s = build("text2image", Ref("photos", 0), photo(), 0, 0, {"captioner": Annotation(vlm, [rec])})
+    assert s.caption == "a tabby cat" and s.captions == {"original": "a tabby cat", "vlm": vlm.caption}
+    alone = build("text2image", Ref("photos", 0), photo(caption=""), 0, 0, {"captioner": Annotation(vlm, [rec])})
+    assert alone.caption == vlm.caption and alone.provenance.annotators == [rec]
+
+
+def test_text2image_without_any_caption_is_a_failed_item():
+    with pytest.raises(ItemError, match="no caption") as e:
+        build("text2image", Ref("photos", 0), photo(caption=""), 0, 0)
+    assert e.value.stage == "caption"
+
+
+def test_a_filter_drops_items_and_records_its_scores_on_kept_ones():
+    rec = annotator_record("clip-filter", "1", "ef" * 32)
+    no = FilterVerdict(nsfw=0.9, quality=0.8, keep=False, reason="nsfw 0.90 >= 0.5")
+    yes = FilterVerdict(nsfw=0.1, quality=0.8, keep=True, reason="")
+    assert build("text2image", Ref("photos", 0), photo(), 0, 0, {"filters": Annotation(no, [rec])}) is None
+    kept = build("text2image", Ref("photos", 0), photo(), 0, 0, {"filters": Annotation(yes, [rec])})
+    assert kept.meta["filters"]["nsfw"] == 0.1 and kept.provenance.annotators == [rec]
+
+
+def test_identity_is_kept_only_if_the_filter_keeps_every_image(world):
+    rec = annotator_record("clip-filter", "1", "ef" * 32)
+    n = len(families.record_views(world[-1], "image"))
+    verdicts = [FilterVerdict(0.1, 0.9, True, "")] * (n - 1) + [FilterVerdict(0.1, 0.1, False, "quality")]
+    assert build("id", Ref("world", 2), world[-1], 0, 0, {"filters": Annotation(verdicts, [rec])}) is None
+    assert build("id", Ref("world", 2), world[-1], 0, 0).task == tasks.FACEID
+
+
+def test_segmenter_output_becomes_palette_maps_named_in_the_prompt():
+    inst = np.zeros((32, 32), np.uint16)
+    inst[4:12, 4:20], inst[16:30, 10:28] = 1, 2
+    seg = Segmentation(["cat", "sofa"], ["cat", "sofa"], np.array([[4, 4, 20, 12], [10, 16, 28, 30]], np.float32),
+                       np.array([0.9, 0.8], np.float32), np.array([0.9, 0.9], np.float32),
+                       np.stack([inst == 1, inst == 2]), inst)
+    recs = [annotator_record("grounding-dino", "1", "01" * 32), annotator_record("sam", "1", "02" * 32)]
+    for family, task in (("semantic", tasks.SEMANTIC2IMAGE), ("bbox", tasks.BBOX2IMAGE)):
+        s = build(family, Ref("photos", 0), photo(), 0, 3, {"segmenter": Annotation(seg, recs)})
+        assert s.task == task and s.views[1].modality == family and s.provenance.annotators == recs
+        colours = {tuple(int(p["hex"][i:i + 2], 16) for i in (0, 2, 4)) for p in s.palette}
+        assert {tuple(c) for c in s.views[1].data.reshape(-1, 3)} - {(0, 0, 0)} == colours
+        assert {p["label"] for p in s.palette} == {"cat", "sofa"}
+
+
+def test_edge_ops_cycle_with_seeded_recorded_canny_thresholds_and_hed_when_configured(world):
+    tasks_seen = [build("edges", Ref("world", 0, 0), world[0], 0, i).task for i in range(4)]
+    assert tasks_seen == [tasks.CANNY2IMAGE, tasks.DEBLUR, tasks.UPSCALE, tasks.INPAINT]
+    a, b = (build("edges", Ref("world", 0, 0), world[0], 0, i) for i in (0, 4))
+    assert a.views[1].meta["seed"] != b.views[1].meta["seed"]  # thresholds drawn per item
+    assert 50 <= a.views[1].meta["low"] <= 150 <= a.views[1].meta["high"] <= 250
+    assert build("edges", Ref("world", 0, 0), world[0], 0, 0).views[1].meta == a.views[1].meta
+    hed_opts = BuildOptions(hed=True)
+    assert [hed_opts.edge_op(i) for i in range(5)] == ["canny", "blur", "downscale", "inpaint", "hed"]
+    hed = View("hed", np.full((32, 32), 7, np.uint8), role="condition", meta={"op": "hed"})
+    rec = annotator_record("hed", "1", "03" * 32)
+    s = build("edges", Ref("photos", 0), photo(), 0, 4, {"hed": Annotation(hed, [rec])}, hed_opts)
+    assert s.task == tasks.HED2IMAGE and s.views[1] is hed and s.provenance.annotators == [rec]
+
+
+def test_builds_are_pure_functions_of_the_item(world):
+    for fam in ("text2image", "depth", "semantic", "bbox", "edges"):
+        a = encode_sample(build(fam, Ref("world", 1, 2), world[1], 0, 5))
+        b = encode_sample(build(fam, Ref("world", 1, 2), world[1], 0, 5))
+        assert a == b, fam

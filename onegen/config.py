@@ -295,7 +295,7 @@ class WorldGenEvalConfig(_Strict):
     """GenEval on the procedural world: prompts from the world's grammar, a YOLO detector trained on renders."""
 
     prompts: int = Field(48, ge=1, description="prompts, cycling through GenEval's six tags")
-    train_images: int = Field(400, ge=1, description="detector training renders (world.resolution)")
+    train_images: int = Field(320, ge=1, description="detector training renders (world.resolution)")
     val_images: int = Field(128, ge=1, description="held-out renders: the detector's mAP50 and score calibration")
     epochs: int = Field(20, ge=1)
     imgsz: int = Field(128, ge=32, multiple_of=32, description="detector input size")
@@ -341,7 +341,8 @@ class ConditionConfig(_Strict):
 
 
 class EvalsConfig(_Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["world_depth", "world_nvs", "world_pose"],
+    benchmarks: list[str] = Field(default_factory=lambda: ["world_depth", "world_nvs", "world_pose", "world_id",
+                                                          "world_conditions", "world_geneval"],
                                   description="what `dvc repro` evaluates")
     predictor: str = Field("baseline", description="'baseline' (each benchmark's reference), 'folder:<path>' "
                                                    "or 'model:<checkpoint>'")

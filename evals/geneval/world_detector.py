@@ -1,0 +1,199 @@
+"""The world edition's detector: YOLOv8n-seg trained on procedural renders (``onegen world-detector``).
+
+Random scenes seen from random cameras are exported in YOLO's segmentation format -- one
+``<class> x1 y1 x2 y2 ...`` line per visible instance, its outline polygon from the exact instance
+mask, normalised to 0..1 -- with the world's four shapes as classes. The training and held-out
+sets come from separate seed streams. Training is a real, seeded CPU run (``amp=False``,
+offline) from the architecture's yaml, no pretrained weights; the held-out mAP50 of the final
+weights is written beside them (``metrics.json``) and reported by ``world_geneval``.
+
+Score calibration: GenEval's thresholds (0.3, and 0.9 for counting) are probabilities -- its
+Mask2Former scores an instance by class probability times mask confidence. A YOLOv8 score is
+trained towards the IoU of its box, and on objects ten to twenty pixels wide a box rarely reaches
+IoU 0.9, so raw scores would fail every counting prompt however right the detections. The stage
+therefore fits a Platt scaling on the held-out renders, ``p = sigmoid(a * logit(score) + b)``, the
+probability that a detection is a true object of its class (box IoU >= 0.5, greedy matching), and
+the world edition's detector reports ``p``. It is monotone (``a > 0``), so rankings and mAP are
+unchanged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from evals.geneval.detector import YoloDetector, ultralytics_offline
+from onegen.config import Params, WorldGenEvalConfig
+from onegen.seeding import item_seed
+from onegen.shards.writer import atomic_write_bytes, write_json
+from onegen.sources import procedural as world
+
+ARCH = "yolov8n-seg.yaml"
+CLASSES = world.SHAPES
+# Objects per scene: crowded training scenes give more instances per image of compute; the
+# held-out scenes spread like the world's own (and the prompts': 1-4 objects).
+OBJECTS = {"train": (2, 8), "val": (1, 6)}
+# Fitted to 128-pixel renders on 2 CPU cores: one optimizer step per batch (nbs = batch), no
+# mosaic (it halves already small objects), mild scale jitter, colour jitter kept small because
+# colour is judged separately.
+TRAIN_ARGS = dict(optimizer="AdamW", lr0=0.006, warmup_epochs=1, mosaic=0.0, scale=0.25, hsv_s=0.2, hsv_v=0.2,
+                  workers=0, amp=False, deterministic=True, plots=False, val=False, verbose=False)
+
+
+def detector_dir(params: Params) -> Path:
+    return params.paths.data / "world_detector"
+
+
+def instance_polygon(mask: np.ndarray) -> np.ndarray:
+    """One closed outline (K, 2) of pixel-centre coordinates covering a possibly split mask.
+
+    YOLO takes one polygon per instance; an instance cut in pieces by an occluder keeps all of
+    them, joined by zero-width bridges (out along a segment and back) between nearest points.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    parts = sorted((c.reshape(-1, 2) for c in contours), key=lambda c: -cv2.contourArea(c.astype(np.float32)))
+    if not parts:
+        raise ValueError("empty mask has no outline")
+    path = parts[0]
+    for part in parts[1:]:
+        d = ((path[:, None, :] - part[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        path = np.concatenate([path[: i + 1], part[j:], part[: j + 1], path[i:]])
+    return path.astype(np.float64)
+
+
+def label_lines(render: world.Render, scene: world.Scene) -> list[str]:
+    """YOLO segmentation label lines for every visible object of ``render``."""
+    h, w = render.instance.shape
+    lines = []
+    for o in scene.objects:
+        if o.instance_id not in render.boxes:
+            continue
+        poly = instance_polygon(render.instance == o.instance_id)
+        if len(poly) < 3:  # a sliver of one or two pixels: no polygon to learn from
+            continue
+        # contours run through pixel centres; +0.5 puts them in image coordinates
+        xy = (poly + 0.5) / np.array([w, h])
+        lines.append(" ".join([str(CLASSES.index(o.shape)), *(f"{v:.6f}" for v in np.clip(xy, 0, 1).ravel())]))
+    return lines
+
+
+def render_split(split: str, i: int, seed: int, size: int) -> tuple[world.Scene, world.Render]:
+    """Image ``i`` of a split: a random scene from a random camera."""
+    s = item_seed(seed, f"world_detector/{split}", i)
+    scene = world.sample_scene(s, *OBJECTS[split])
+    return scene, world.render(scene, world.random_camera(s, size, size))
+
+
+def export_split(root: Path, split: str, n: int, seed: int, size: int) -> None:
+    """``n`` renders of random scenes into ``root/images/<split>`` and ``root/labels/<split>``."""
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        scene, r = render_split(split, i, seed, size)
+        cv2.imwrite(str(root / "images" / split / f"{i:05d}.png"), r.rgb[..., ::-1])
+        (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(label_lines(r, scene)))
+
+
+def export_dataset(root: Path, cfg: WorldGenEvalConfig, size: int) -> Path:
+    """The training and held-out sets in YOLO layout; returns the dataset yaml."""
+    export_split(root, "train", cfg.train_images, cfg.seed, size)
+    export_split(root, "val", cfg.val_images, cfg.seed, size)
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+    (root / "data.yaml").write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return root / "data.yaml"
+
+
+def _box_iou(a, b) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih)
+
+
+def match_detections(dets: dict[str, list[dict]], scene: world.Scene, render: world.Render,
+                     iou: float = 0.5) -> list[tuple[float, bool]]:
+    """(score, is a true object) per detection: per class, most confident first, each matched to
+    the free ground-truth box of its class it overlaps most, if by ``iou`` or more."""
+    out = []
+    for name, found in dets.items():
+        truth = [render.boxes[o.instance_id] for o in scene.objects
+                 if o.shape == name and o.instance_id in render.boxes]
+        free = set(range(len(truth)))
+        for d in sorted(found, key=lambda d: -d["score"]):
+            best = max(free, key=lambda j: _box_iou(d["box"], truth[j]), default=None)
+            hit = best is not None and _box_iou(d["box"], truth[best]) >= iou
+            if hit:
+                free.discard(best)
+            out.append((d["score"], hit))
+    return out
+
+
+def fit_platt(scores: np.ndarray, correct: np.ndarray, prior: float = 1.0) -> tuple[float, float]:
+    """``(a, b)`` of ``sigmoid(a * logit(score) + b)`` by Newton's method on the logistic loss, with a
+    weak Gaussian prior at the identity (a = 1, b = 0) so a small or one-sided set stays finite."""
+    s = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+    x, y = np.log(s / (1 - s)), np.asarray(correct, np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(a * x + b)))
+        grad = np.array([((p - y) * x).sum() + prior * (a - 1), (p - y).sum() + prior * b])
+        w = p * (1 - p)
+        hess = np.array([[(w * x * x).sum() + prior, (w * x).sum()], [(w * x).sum(), w.sum() + prior]])
+        step = np.linalg.solve(hess, grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    if not a > 0:
+        raise ValueError(f"score calibration is not increasing (a = {a:.3g}): the detector's scores carry no signal")
+    return float(a), float(b)
+
+
+def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
+    """Export, train, evaluate on the held-out renders; writes ``weights.pt`` and ``metrics.json``."""
+    ultralytics = ultralytics_offline()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="world_detector_") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        data = export_dataset(tmp / "data", cfg, size)
+        t_export = time.perf_counter() - t0
+        model = ultralytics.YOLO(ARCH, task="segment")
+        model.train(data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, nbs=cfg.batch,
+                    seed=cfg.seed, device="cpu", project=str(tmp / "runs"), name="train", exist_ok=True, **TRAIN_ARGS)
+        t_train = time.perf_counter() - t0 - t_export
+        tmp_weights = tmp / "runs" / "train" / "weights" / "last.pt"
+        val = ultralytics.YOLO(str(tmp_weights), task="segment").val(
+            data=str(data), split="val", imgsz=cfg.imgsz, batch=cfg.batch, device="cpu", plots=False, verbose=False,
+            project=str(tmp / "runs"), name="val", exist_ok=True)
+        detector = YoloDetector.load(tmp_weights, "world detector")
+        pairs = []
+        for i in range(cfg.val_images):
+            scene, r = render_split("val", i, cfg.seed, size)
+            pairs += match_detections(detector([r.rgb])[0], scene, r)
+        scores, correct = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
+        a, b = fit_platt(scores, correct)
+        atomic_write_bytes(out_dir / "weights.pt", tmp_weights.read_bytes())
+    m = val.results_dict
+    metrics = {
+        "map50_box": float(m["metrics/mAP50(B)"]), "map50_95_box": float(m["metrics/mAP50-95(B)"]),
+        "map50_mask": float(m["metrics/mAP50(M)"]), "map50_95_mask": float(m["metrics/mAP50-95(M)"]),
+        "precision_box": float(m["metrics/precision(B)"]), "recall_box": float(m["metrics/recall(B)"]),
+        "per_class_map50_box": {CLASSES[c]: float(v) for c, v in zip(val.box.ap_class_index, val.box.ap50)},
+        "score_calibration": {"a": a, "b": b, "detections": len(scores), "correct": int(correct.sum())},
+        "train_images": cfg.train_images, "val_images": cfg.val_images, "epochs": cfg.epochs, "imgsz": cfg.imgsz,
+        "render_size": size, "seed": cfg.seed, "arch": ARCH, "ultralytics": ultralytics.__version__,
+        "export_seconds": round(t_export, 1), "train_seconds": round(t_train, 1),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def run(params: Params) -> dict:
+    """The ``world_detector`` stage: ``data/world_detector/{weights.pt, metrics.json}``."""
+    return train(params.evals.geneval.world, params.world.resolution, detector_dir(params))

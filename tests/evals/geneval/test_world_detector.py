@@ -1,0 +1,161 @@
+"""The world detector: YOLO segmentation export of the world's masks, a tiny real training run,
+the detector adapter on its weights, and world_geneval end to end with the oracle."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from evals import benchmark
+from evals.geneval.benchmark import WorldGenEval
+from evals.geneval.detector import YoloDetector
+from evals.geneval.world_detector import (CLASSES, export_split, fit_platt, instance_polygon, label_lines,
+                                          match_detections, train)
+from evals.geneval.world_prompts import WorldOracle
+from onegen.config import Params, WorldGenEvalConfig
+from onegen.sources import procedural as world
+
+
+def _raster(poly_xy: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pixels whose centre lies inside the polygon (coordinates in image units)."""
+    out = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(out, [np.round(poly_xy - 0.5).astype(np.int32)], 1)
+    return out.astype(bool)
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_polygon_of_a_split_mask_covers_both_parts():
+    mask = np.zeros((40, 40), bool)
+    mask[5:15, 5:15] = True
+    mask[22:35, 20:38] = True  # a second piece, as when an occluder cuts an object in two
+    poly = instance_polygon(mask)
+    assert _iou(_raster(poly + 0.5, 40, 40), mask) > 0.97
+    with pytest.raises(ValueError, match="empty mask"):
+        instance_polygon(np.zeros((5, 5), bool))
+
+
+def test_yolo_labels_match_the_instance_masks():
+    checked = 0
+    for s in range(6):
+        scene = world.sample_scene(300 + s, 2, 6)
+        r = world.render(scene, world.random_camera(300 + s, 96, 96))
+        lines = label_lines(r, scene)
+        visible = [o for o in scene.objects if o.instance_id in r.boxes]
+        big = [o for o in visible if (r.instance == o.instance_id).sum() >= 30]
+        assert len(lines) >= len(big)
+        for line, o in zip(lines, visible):  # one line per visible object, in scene order
+            fields = line.split()
+            cls, xy = int(fields[0]), np.array(fields[1:], float).reshape(-1, 2)
+            assert CLASSES[cls] == o.shape and len(xy) >= 3 and ((xy >= 0) & (xy <= 1)).all()
+            mask = r.instance == o.instance_id
+            if mask.sum() >= 30:
+                assert _iou(_raster(xy * 96, 96, 96), mask) > 0.8
+                checked += 1
+    assert checked >= 10
+
+
+def test_matching_counts_each_true_object_once():
+    scene = world.Scene((world.SceneObject("cube", "red", "rubber", "small", (0.0, 0.0), 0.0, 1),
+                         world.SceneObject("cube", "blue", "rubber", "small", (1.0, 0.0), 0.0, 2)), seed=0)
+    r = world.Render(rgb=None, depth=None, instance=None, semantic=None, camera=None,
+                     boxes={1: (10, 10, 20, 20), 2: (40, 10, 50, 20)})
+    dets = {"cube": [{"box": [10, 10, 20, 20], "score": 0.9},    # exact: true
+                     {"box": [11, 10, 21, 20], "score": 0.8},    # the same cube again (IoU 0.82): false
+                     {"box": [41, 11, 51, 21], "score": 0.7},    # the other cube, IoU 81/119 = 0.68: true
+                     {"box": [70, 70, 80, 80], "score": 0.6}],   # nothing there: false
+            "sphere": [{"box": [10, 10, 20, 20], "score": 0.95}]}  # right place, wrong class: false
+    assert sorted(match_detections(dets, scene, r)) == [(0.6, False), (0.7, True), (0.8, False), (0.9, True),
+                                                        (0.95, False)]
+
+
+def test_platt_scaling_recovers_a_known_calibration():
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.02, 0.98, 20000)
+    x = np.log(s / (1 - s))
+    y = rng.random(20000) < 1 / (1 + np.exp(-(2.0 * x + 1.0)))  # true a = 2, b = 1
+    a, b = fit_platt(s, y)
+    assert abs(a - 2.0) < 0.1 and abs(b - 1.0) < 0.1
+    a, b = fit_platt(s, rng.random(20000) < s)  # already calibrated: the identity
+    assert abs(a - 1.0) < 0.05 and abs(b) < 0.05
+    a, b = fit_platt(np.full(5, 0.1), np.zeros(5))  # one-sided and tiny: finite, still increasing
+    assert np.isfinite([a, b]).all() and a > 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch on a handful of 64-pixel renders: a real (if useless) training run."""
+    out = tmp_path_factory.mktemp("data") / "world_detector"
+    cfg = WorldGenEvalConfig(train_images=8, val_images=4, epochs=1, imgsz=64, batch=4, seed=5)
+    return out, train(cfg, 64, out)
+
+
+def test_export_writes_yolo_layout(tmp_path):
+    export_split(tmp_path, "train", 3, seed=1, size=64)
+    images = sorted((tmp_path / "images" / "train").glob("*.png"))
+    labels = sorted((tmp_path / "labels" / "train").glob("*.txt"))
+    assert [p.stem for p in images] == [p.stem for p in labels] == ["00000", "00001", "00002"]
+    assert cv2.imread(str(images[0])).shape == (64, 64, 3)
+
+
+def test_training_smoke_run_writes_loadable_weights_and_metrics(trained):
+    out, metrics = trained
+    assert (out / "weights.pt").is_file()
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert 0.0 <= metrics["map50_box"] <= 1.0 and metrics["epochs"] == 1 and metrics["train_images"] == 8
+    assert metrics["score_calibration"]["a"] > 0 and metrics["score_calibration"]["detections"] >= 0
+    det = YoloDetector.load(out / "weights.pt", "test")
+    assert det.names == list(CLASSES)
+    det.CONF = 0.0  # an untrained model's scores are tiny: look at everything it returns
+    images = [world.render(world.sample_scene(s, 2, 4), world.random_camera(s, 64, 64)).rgb for s in (1, 2)]
+    out_dets = det(images)
+    assert len(out_dets) == 2
+    n = 0
+    for dets in out_dets:
+        for name, found in dets.items():
+            assert name in CLASSES
+            for x in found:
+                x1, y1, x2, y2 = x["box"]
+                assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64 and 0 <= x["score"] <= 1
+                assert x["mask"].shape == (64, 64) and x["mask"].dtype == bool
+                n += 1
+    assert n > 0
+    assert [sorted(d) for d in det(images)] == [sorted(d) for d in out_dets]  # deterministic
+
+
+def test_detector_load_errors_name_the_key(tmp_path):
+    from onegen.annotators.base import AnnotatorError
+
+    with pytest.raises(AnnotatorError, match="evals.geneval.detector_path is not set"):
+        YoloDetector.load_coco(None)
+    with pytest.raises(AnnotatorError, match="my.key: .* not found"):
+        YoloDetector.load(tmp_path / "missing.pt", "my.key")
+
+
+def test_world_geneval_end_to_end_with_the_oracle(trained, tmp_path):
+    out, metrics = trained
+    params = Params.model_validate({"paths": {"data": str(out.parent), "reports": str(tmp_path)},
+                                    "world": {"resolution": 64},
+                                    "evals": {"geneval": {"world": {"prompts": 6, "seed": 3}}}})
+    bench = WorldGenEval(params)
+    bench.name = "world_geneval"
+    result = benchmark.run(bench, WorldOracle(), tmp_path / "run", batch_size=2, limit=4)
+    m = result["metrics"]
+    assert result["n_items"] == 4 and result["model"]["kind"] == "baseline"
+    assert set(m) == {"overall", "single_object", "two_object", "counting", "colors", "correct_images",
+                      "correct_prompts", "detector_map50"}
+    assert all(0.0 <= v <= 1.0 for v in m.values()) and m["detector_map50"] == metrics["map50_box"]
+    assert (tmp_path / "run" / "samples.png").is_file()
+    again = benchmark.run(bench, WorldOracle(), tmp_path / "run", batch_size=2, limit=4)  # resumes from the cache
+    assert again["metrics"] == m
+
+
+def test_world_geneval_without_a_detector_says_which_stage_to_run(tmp_path):
+    params = Params.model_validate({"paths": {"data": str(tmp_path)}})
+    with pytest.raises(FileNotFoundError, match="onegen world-detector"):
+        WorldGenEval(params)

@@ -6,8 +6,11 @@ An image is judged from its detections, per class a list of ``{"box": [x1, y1, x
 1. **Keep** (the original does this in its detection step; here ``judge`` does it, so callers pass
    raw detections): per class, scores strictly above 0.3 -- 0.9 when the prompt's tag is
    ``counting`` --, most confident first, at most 16. Nothing else is suppressed (the original's
-   extra NMS is off: ``max_overlap`` 1.0). Equal scores keep numpy's ``argsort(...)[::-1]`` order
-   on these machines: the later detection first.
+   extra NMS is off: ``max_overlap`` 1.0). Scores are compared as float32, the dtype of mmdet's
+   result arrays (a score of exactly float32(0.3) is not above 0.3). Equal scores come in the order
+   of the original's ``argsort(...)[::-1]`` under its pinned numpy 1.23.1, which newer numpy (SIMD
+   sorts) does not keep: the later detection first while the class has at most 16 detections in
+   all (kept or not), an introsort's order beyond (``quicksort_order``).
 2. **include** clauses, ANDed: a clause holds if at least ``count`` objects of its class are kept;
    then, if it names a ``color``, its ``count`` most confident objects must all have that colour;
    then, if it names a ``position`` ``[relation, k]``, every one of those objects must stand in
@@ -18,7 +21,8 @@ An image is judged from its detections, per class a list of ``{"box": [x1, y1, x
 Position compares box centres: the offset of A's centre from B's, each component shrunk towards
 zero by 0.1 x (A's size + B's size) along that axis, divided by the unshrunk offset's length; A
 is "left of" B when the x part is below -0.5, "right of" above 0.5, "above"/"below" likewise in y
-(down). If both shrunk parts are (near) zero, A and B stand in no relation at all.
+(down). If both shrunk parts are (near) zero, A and B stand in no relation at all. All of it in
+float32, as the original computes on mmdet's boxes: float64 rounds differently at the boundaries.
 """
 
 from __future__ import annotations
@@ -45,24 +49,99 @@ def keep_detections(detections: dict[str, list[dict]], tag: str) -> dict[str, li
     most confident first; classes with none kept are left out."""
     kept = {}
     for name, dets in detections.items():
-        scores = np.array([_score(name, d) for d in dets], dtype=np.float64)
-        order = np.argsort(scores, kind="stable")[::-1]
-        order = order[scores[order] > threshold(tag)][:MAX_OBJECTS]
+        scores = np.array([_score(name, d) for d in dets], dtype=np.float32)
+        order = np.array(quicksort_order(scores.tolist()), dtype=np.intp)[::-1]
+        order = order[scores[order] > np.float32(threshold(tag))][:MAX_OBJECTS]
         if order.size:
             kept[name] = [dets[i] for i in order]
     return kept
 
 
+def quicksort_order(values: list[float]) -> list[int]:
+    """The indices that sort ``values`` ascending, in the order numpy 1.23's default ``argsort``
+    (introsort: median-of-three quicksort, insertion sort on stretches of at most 16, heapsort when
+    too deep) leaves equal values."""
+    v, idx = values, list(range(len(values)))
+    lo, hi, depth = 0, len(v) - 1, 2 * max(len(v).bit_length() - 1, 0)
+    stack = []
+    while True:
+        if depth < 0:
+            _heapsort(v, idx, lo, hi)
+        else:
+            while hi - lo > 15:
+                mid = lo + ((hi - lo) >> 1)
+                if v[idx[mid]] < v[idx[lo]]:
+                    idx[mid], idx[lo] = idx[lo], idx[mid]
+                if v[idx[hi]] < v[idx[mid]]:
+                    idx[hi], idx[mid] = idx[mid], idx[hi]
+                if v[idx[mid]] < v[idx[lo]]:
+                    idx[mid], idx[lo] = idx[lo], idx[mid]
+                pivot = v[idx[mid]]
+                i, j = lo, hi - 1
+                idx[mid], idx[j] = idx[j], idx[mid]
+                while True:
+                    i += 1
+                    while v[idx[i]] < pivot:
+                        i += 1
+                    j -= 1
+                    while pivot < v[idx[j]]:
+                        j -= 1
+                    if i >= j:
+                        break
+                    idx[i], idx[j] = idx[j], idx[i]
+                idx[i], idx[hi - 1] = idx[hi - 1], idx[i]
+                depth -= 1
+                if i - lo < hi - i:  # go on with the smaller side, the larger waits
+                    stack.append((i + 1, hi, depth))
+                    hi = i - 1
+                else:
+                    stack.append((lo, i - 1, depth))
+                    lo = i + 1
+            for i in range(lo + 1, hi + 1):
+                k, j = idx[i], i
+                while j > lo and v[k] < v[idx[j - 1]]:
+                    idx[j] = idx[j - 1]
+                    j -= 1
+                idx[j] = k
+        if not stack:
+            return idx
+        lo, hi, depth = stack.pop()
+
+
+def _heapsort(v: list[float], idx: list[int], lo: int, hi: int) -> None:
+    """numpy's heapsort of ``idx[lo..hi]`` by ``v``, its heap numbered from 1."""
+    n = hi - lo + 1
+
+    def sift(item: int, i: int, n: int) -> None:
+        j = 2 * i
+        while j <= n:
+            if j < n and v[idx[lo + j - 1]] < v[idx[lo + j]]:
+                j += 1
+            if not v[item] < v[idx[lo + j - 1]]:
+                break
+            idx[lo + i - 1] = idx[lo + j - 1]
+            i, j = j, 2 * j
+        idx[lo + i - 1] = item
+
+    for top in range(n >> 1, 0, -1):
+        sift(idx[lo + top - 1], top, n)
+    while n > 1:
+        last = idx[lo + n - 1]
+        idx[lo + n - 1] = idx[lo]
+        n -= 1
+        sift(last, 1, n)
+
+
 def relations(box_a, box_b) -> set[str]:
     """Where box A stands relative to box B (a subset of ``RELATIONS``)."""
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = box_a, box_b
-    offset = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2, (ay1 + ay2) / 2 - (by1 + by2) / 2)
-    sizes = (abs(ax2 - ax1) + abs(bx2 - bx1), abs(ay2 - ay1) + abs(by2 - by1))
-    shrunk = [max(abs(o) - POSITION_MARGIN * s, 0.0) * _sign(o) for o, s in zip(offset, sizes)]
-    if all(abs(v) < 1e-3 for v in shrunk):
+    corners = np.array([box_a, box_b], dtype=np.float32).reshape(2, 2, 2)  # per box [[x1, y1], [x2, y2]]
+    center_a, center_b = corners.mean(axis=1)
+    size_a, size_b = np.abs(corners[:, 1] - corners[:, 0])
+    offset = center_a - center_b
+    shrunk = np.maximum(np.abs(offset) - np.float32(POSITION_MARGIN) * (size_a + size_b), 0) * np.sign(offset)
+    if np.all(np.abs(shrunk) < np.float32(1e-3)):
         return set()
-    length = math.hypot(*offset)
-    dx, dy = shrunk[0] / length, shrunk[1] / length
+    dx, dy = shrunk / np.linalg.norm(offset)
     found = set()
     if dx < -0.5:
         found.add("left of")
@@ -121,6 +200,7 @@ def judge(metadata: dict, detections: dict, height: int, width: int) -> tuple[bo
                             rels = relations(obj["box"], target["box"])
                             if relation not in rels:
                                 ok = False
+                                # the original joins a set, in an order that varies run to run
                                 named = " and ".join(r for r in RELATIONS if r in rels)
                                 reasons.append(f"expected {name} {relation} target, found {named} target")
                                 break
@@ -135,10 +215,6 @@ def judge(metadata: dict, detections: dict, height: int, width: int) -> tuple[bo
             correct = False
             reasons.append(f"expected {name}<{count}, found {n}")
     return correct, "\n".join(reasons)
-
-
-def _sign(v: float) -> float:
-    return (v > 0) - (v < 0)
 
 
 def _score(name: str, d: dict) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from evals.geneval import judge
-from evals.geneval.rules import keep_detections, relations
+from evals.geneval.rules import keep_detections, quicksort_order, relations
 
 H = W = 100
 
@@ -49,6 +49,9 @@ CASES = [
     ("single: score 0.31 kept", SINGLE, {"cat": [d(BOX, 0.31)]}, True, ""),
     ("single: score 0.29 dropped", SINGLE, {"cat": [d(BOX, 0.29)]}, False, "expected cat>=1, found 0"),
     ("single: score exactly 0.3 dropped", SINGLE, {"cat": [d(BOX, 0.3)]}, False, "expected cat>=1, found 0"),
+    # mmdet's scores are float32: float32(0.3) = 0.30000001192... is not above float32(0.3)
+    ("single: score float32(0.3) dropped", SINGLE, {"cat": [d(BOX, 0.30000001192092896)]}, False,
+     "expected cat>=1, found 0"),
     ("single: more cats are fine (at least)", SINGLE, {"cat": [d(BOX)] * 5}, True, ""),
     # --- two objects: clauses ANDed, every failure reported in clause order
     ("two: both", TWO, {"cat": [d(BOX, 0.5)], "dog": [d(BOX, 0.5)]}, True, ""),
@@ -83,6 +86,10 @@ CASES = [
      {"car": [d(BOX, 0.7, "red"), d(BOX, 0.7, "blue")]}, False, "expected red car>=1, found 0 red; and 1 blue"),
     ("colour: score tie, the later (red) one is top", RED_CAR,
      {"car": [d(BOX, 0.7, "blue"), d(BOX, 0.7, "red")]}, True, ""),
+    # 17 detections in all (the 15 below threshold count too): numpy 1.23's argsort partitions, and
+    # its order puts the earlier tied car on top (see test_quicksort_order)
+    ("colour: score tie among 17 detections, the earlier (red) one is top", RED_CAR,
+     {"car": [d(BOX, 0.7, "red"), d(BOX, 0.7, "blue")] + [d(BOX, 0.2)] * 15}, True, ""),
     ("colour: wrong colour on the 2nd instance", RED_APPLES,
      {"apple": [d(BOX, 0.9, "red"), d(BOX, 0.8, "green"), d(BOX, 0.7, "red")]}, False,
      "expected red apple>=2, found 1 red; and 1 red, 1 green"),
@@ -122,6 +129,10 @@ CASES = [
     # offset (6.2, 8): shrunk 5.2 / 10.12 = 0.514 > 0.5
     ("pos: dx just above 0.5", pos("right of"),
      {"teddy bear": [d((20, 30, 25, 30))], "dog": [d((26.2, 38, 31.2, 38))]}, True, ""),
+    # exactly -0.6 / 1.2 = -0.5 in decimals, but on float32 boxes (20.8 -> 20.799999, 21.8 -> 21.799999) the
+    # offset is -1.2000008, shrunk -0.60000074: dx = -0.5000003 < -0.5
+    ("pos: float32 rounding decides an exact boundary", pos("left of"),
+     {"teddy bear": [d((20, 30, 25, 30))], "dog": [d((20.8, 30, 21.8, 30))]}, True, ""),
     ("pos: diagonal holds both relations", pos("below"),
      {"teddy bear": [d((10, 10, 20, 20))], "dog": [d((40, 40, 50, 50))]}, True, ""),
     ("pos: no reference", pos("right of"), {"dog": [d((60, 40, 80, 60))]}, False,
@@ -157,6 +168,23 @@ def test_relations_arithmetic():
     assert relations((10, 40, 30, 60), (60, 40, 80, 60)) == {"left of"}
     assert relations((40, 40, 50, 50), (10, 10, 20, 20)) == {"right of", "below"}
     assert relations((0, 0, 10, 10), (0, 0, 10, 10)) == set()
+
+
+def test_quicksort_order():
+    """numpy 1.23's argsort (GenEval's pinned numpy) on ties: insertion sort up to 16 values, a
+    median-of-three partition beyond (traced by hand for the 17-value cases)."""
+    assert quicksort_order([]) == []
+    assert quicksort_order([0.5, 0.7, 0.5, 0.7]) == [0, 2, 1, 3]
+    # pivot 0.2 (the median of v[0], v[8], v[16] after swaps); partition swaps outside-in, then the
+    # two halves are insertion-sorted
+    assert quicksort_order([0.7, 0.7] + [0.2] * 15) == [8, 14, 13, 12, 11, 10, 9, 15, 16, 6, 5, 4, 3, 2, 7, 1, 0]
+    assert quicksort_order([0.7] * 17) == [0, 14, 13, 12, 11, 10, 9, 15, 8, 6, 5, 4, 3, 2, 1, 7, 16]
+    # a median-of-three killer (Musser) with ties: deep enough to fall back to heapsort; the order
+    # numpy 1.23.5's np.argsort gives
+    killer = [1, 20, 3, 22, 5, 24, 7, 26, 9, 28, 11, 30, 13, 32, 15, 34, 17, 36, 19, 38,
+              4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 0]
+    assert quicksort_order(killer) == [38, 0, 2, 20, 4, 21, 6, 22, 8, 23, 10, 24, 12, 25, 14, 26, 16, 27, 18, 1,
+                                       28, 3, 29, 30, 5, 7, 31, 32, 9, 11, 33, 34, 13, 35, 15, 36, 17, 37, 19]
 
 
 def test_keep_detections_sorts_thresholds_caps_and_returns_the_same_dicts():

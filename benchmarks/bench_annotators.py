@@ -38,9 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "onegen-yolo-config"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onegen import tasks  # noqa: E402
 from onegen.annotators import batching  # noqa: E402
+from onegen.annotators.yolo import import_ultralytics  # noqa: E402
 from onegen.format import Provenance, Sample, View, encode_sample  # noqa: E402
 
 TARGETS = {"depth": 0.9, "segment": 0.9}  # issue 3 acceptance
@@ -117,7 +115,7 @@ def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[i
 
 def pose_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
     from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
-    from ultralytics import YOLO
+    YOLO = import_ultralytics().YOLO
 
     from onegen.annotators.pose import PoseAnnotator
 

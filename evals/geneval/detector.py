@@ -20,43 +20,18 @@ GenEval's detector, which plugs in as any callable of the interface above.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from onegen.annotators.base import require_path, weights_sha256
+from onegen.annotators.yolo import import_ultralytics
 
 Detections = dict[str, list[dict]]
 Detector = Callable[[list[np.ndarray]], list[Detections]]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OBJECT_NAMES = Path(__file__).with_name("data") / "object_names.txt"  # GenEval's names, in COCO class order
-
-
-def ultralytics_offline():
-    """Import ``ultralytics`` set up never to reach the network (SPEC pitfalls): offline, no
-    auto-installs, settings (and any font) in the project's cache, weights_only checkpoint loads."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(PROJECT_ROOT / ".cache" / "ultralytics"))
-    import torch
-    import ultralytics
-    import ultralytics.utils.torch_utils
-    from ultralytics.utils import SETTINGS
-
-    # ultralytics pins the whole process to cpu_count - 1 torch threads whenever it picks a CPU
-    # device (one core of a 2-core machine, for training and for every model sharing the process):
-    # keep torch's own setting instead.
-    ultralytics.utils.torch_utils.NUM_THREADS = torch.get_num_threads()
-
-    # no usage events, no experiment-tracker callbacks (ray is installed: its Tune hook would attach)
-    quiet = {k: False for k in ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")}
-    if any(SETTINGS.get(k) != v for k, v in quiet.items()):
-        SETTINGS.update(quiet)
-    return ultralytics
 
 
 def geneval_names() -> list[str]:
@@ -88,7 +63,7 @@ class YoloDetector:
     def load(cls, path: Path | None, key: str, names: list[str] | None = None, device: str = "auto",
              calibration: tuple[float, float] | None = None) -> "YoloDetector":
         path = require_path(key, path, "ultralytics YOLO segmentation checkpoint (.pt)")
-        YOLO = ultralytics_offline().YOLO
+        YOLO = import_ultralytics().YOLO
         model = YOLO(str(path), task="segment")
         if model.task != "segment":
             raise ValueError(f"{key}: {path} is a YOLO {model.task} model; GenEval needs a segmentation model")

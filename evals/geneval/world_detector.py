@@ -26,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from evals.geneval.detector import YoloDetector, ultralytics_offline
+from evals.geneval.detector import YoloDetector
+from onegen.annotators.yolo import import_ultralytics
 from onegen.config import Params, WorldGenEvalConfig
 from onegen.seeding import item_seed
 from onegen.shards.writer import atomic_write_bytes, write_json
@@ -156,7 +157,7 @@ def fit_platt(scores: np.ndarray, correct: np.ndarray, prior: float = 1.0) -> tu
 
 def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
     """Export, train, evaluate on the held-out renders; writes ``weights.pt`` and ``metrics.json``."""
-    ultralytics = ultralytics_offline()
+    ultralytics = import_ultralytics()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="world_detector_") as tmp:
         tmp = Path(tmp)

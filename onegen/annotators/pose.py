@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from onegen.annotators import batching
 from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
+from onegen.annotators.yolo import import_ultralytics
 
 if TYPE_CHECKING:
     from onegen.config import PoseAnnotatorConfig
@@ -192,9 +192,7 @@ class PoseAnnotator:
 
         det_path = require_path("annotators.pose.detector_path", cfg.detector_path, "ultralytics YOLO .pt")
         pose_path = require_path("annotators.pose.path", cfg.path, "ViTPose folder")
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-        os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-        from ultralytics import YOLO
+        YOLO = import_ultralytics().YOLO
 
         # ultralytics .pt files are pickled modules, loaded by ultralytics itself: trust the path
         detector = YOLO(str(det_path)).model.fuse(verbose=False)

@@ -98,11 +98,11 @@ def tiny_models(tmp_path_factory):
     """A COCO-sized YOLOv8n-seg and a tiny CLIP, seeded random weights, saved as the user's files would be."""
     import open_clip
 
-    from evals.geneval.detector import ultralytics_offline
+    from onegen.annotators.yolo import import_ultralytics
 
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    ultralytics_offline().YOLO("yolov8n-seg.yaml").save(d / "yolo.pt")
+    import_ultralytics().YOLO("yolov8n-seg.yaml").save(d / "yolo.pt")
     cfg = {"embed_dim": 16,
            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}

@@ -1,25 +1,20 @@
-import os
 import re
-import tempfile
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "onegen-yolo-config"))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from transformers import (
     VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor,
 )
-from transformers.models.vitpose.image_processing_vitpose import box_to_center_and_scale  # noqa: E402
+from transformers.models.vitpose.image_processing_vitpose import box_to_center_and_scale
 
-from onegen.annotators.base import AnnotatorError  # noqa: E402
-from onegen.annotators.pose import (  # noqa: E402
+from onegen.annotators.base import AnnotatorError
+from onegen.annotators.pose import (
     OPENPOSE_COLORS, PoseAnnotator, box_to_center_scale, crop_persons, heatmap_peaks, render_skeleton,
 )
-from onegen.config import PoseAnnotatorConfig  # noqa: E402
+from onegen.config import PoseAnnotatorConfig
+from onegen.annotators.yolo import import_ultralytics
 
 CROP = (64, 48)
 
@@ -34,7 +29,7 @@ def _save_vitpose(folder: Path, seed: int = 0) -> Path:
 
 
 def _save_yolo(path: Path) -> Path:
-    from ultralytics import YOLO
+    YOLO = import_ultralytics().YOLO
 
     torch.manual_seed(0)
     yolo = YOLO("yolov8n.yaml")  # the real YOLOv8 architecture, random weights, built offline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from onegen import tasks
 from onegen.camera import Camera, intrinsics_from_fov, look_at
@@ -29,3 +30,13 @@ def synthetic_sample(i: int, task: str = tasks.DEPTH2IMAGE, size: int = 16, sour
 @pytest.fixture
 def make_sample():
     return synthetic_sample
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are op-overhead bound; a second OpenMP thread only adds barrier stalls on shared
+    cores. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

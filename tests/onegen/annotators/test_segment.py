@@ -88,13 +88,7 @@ def _save_owlv2(folder):
                    tokenizer=tokenizer).save_pretrained(folder)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are op-overhead bound; a second OpenMP thread only adds barrier stalls on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

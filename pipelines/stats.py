@@ -71,9 +71,13 @@ def run(params: Params) -> dict:
             raise FileNotFoundError(f"{stats_path}: missing -- run `onegen shards {fam}` first")
         per_family[fam] = json.loads(stats_path.read_text())
     md = ["# One-Gen dataset card", "", f"Profile `{params.profile}`, seed {params.seed}.", "",
-          "| family | shards | samples | skipped | MB |", "|---|---:|---:|---:|---:|"]
+          "| family | shards | samples | skipped | failed | MB |", "|---|---:|---:|---:|---:|---:|"]
     for fam, st in per_family.items():
-        md.append(f"| {fam} | {st['shards']} | {st['samples']} | {st['skipped']} | {st['bytes'] / 2**20:.2f} |")
+        md.append(f"| {fam} | {st['shards']} | {st['samples']} | {st['skipped']} | {st.get('failed', 0)} "
+                  f"| {st['bytes'] / 2**20:.2f} |")
+    md += ["", "Skipped items were left out on purpose (e.g. a photo without a caption for text-to-image); failed "
+           "ones (decode errors, annotator exceptions, rejected captions) are listed with their reason in "
+           "`data/shards/<family>/shard-*.errors.jsonl`."]
     totals: dict[str, dict[str, int]] = {"tasks": {}, "resolutions": {}, "views": {}}
     for st in per_family.values():
         for field, acc in totals.items():
@@ -94,6 +98,7 @@ def run(params: Params) -> dict:
     summary = {"samples": sum(s["samples"] for s in per_family.values()),
                "bytes": sum(s["bytes"] for s in per_family.values()),
                "skipped": sum(s["skipped"] for s in per_family.values()),
+               "failed": sum(s.get("failed", 0) for s in per_family.values()),
                "families": {f: s["samples"] for f, s in per_family.items()}, **totals}
     write_json(reports / "dataset_stats.json", summary)
     return summary

@@ -95,6 +95,9 @@ def test_dataset_card_and_grids(project):
     for fam in FAMILIES:
         assert f"| {fam} |" in card and (project / "reports/dataset" / f"{fam}.png").is_file()
     assert "[[multiview]]" in card
+    assert "| family | shards | samples | skipped | failed | MB |" in card
+    summary = json.loads((project / "reports/dataset_stats.json").read_text())
+    assert summary["failed"] == 0 and summary["skipped"] == 0
 
 
 def test_deleted_shard_is_rebuilt_byte_identical(project):

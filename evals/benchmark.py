@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from onegen.jsonl import append_jsonl
@@ -53,6 +55,12 @@ class Benchmark(ABC):
     def sample_grid(self, items: list[dict], predictions: list, path: Path) -> bool:
         """Optionally write a PNG of a few predictions beside their inputs; True if written."""
         return False
+
+
+def save_tile_grid(rows: list[list[np.ndarray]], path: Path, side: int = 128) -> None:
+    """Save rows of images, each resized to ``side`` x ``side``, as one PNG (``sample_grid`` helper)."""
+    Image.fromarray(np.concatenate([np.concatenate([np.asarray(Image.fromarray(t).resize((side, side))) for t in row], 1)
+                                    for row in rows], 0)).save(path)
 
 
 def _item_fingerprint(item: dict) -> str:

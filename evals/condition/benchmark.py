@@ -23,9 +23,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from PIL import Image
 
-from evals.benchmark import Benchmark
+from evals.benchmark import Benchmark, save_tile_grid
 from evals.condition import conditions as cond
 from evals.condition import fid as fid_lib
 from evals.predictors import PredictionError
@@ -44,10 +43,6 @@ def _image(pred, item: dict) -> np.ndarray:
         got = f"{pred.dtype} {list(pred.shape)}" if isinstance(pred, np.ndarray) else type(pred).__name__
         raise PredictionError(f"{item['id']}: generated image must be {item['size'][0]}x{item['size'][1]}x3 uint8, got {got}")
     return pred
-
-
-def _tile(image: np.ndarray, side: int = 128) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((side, side)))
 
 
 class _ConditionBenchmark(Benchmark):
@@ -88,8 +83,7 @@ class _ConditionBenchmark(Benchmark):
         return metrics
 
     def sample_grid(self, items, predictions, path):
-        rows = [np.concatenate([_tile(it["condition"]), _tile(p), _tile(it["image"])], 1) for it, p in zip(items, predictions)]
-        Image.fromarray(np.concatenate(rows, 0)).save(path)
+        save_tile_grid([[it["condition"], p, it["image"]] for it, p in zip(items, predictions)], path)
         return True
 
 

@@ -8,9 +8,8 @@ range, AbsRel and δ1 per image, averaged over images, reported in percent like 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from evals.benchmark import Benchmark
+from evals.benchmark import Benchmark, save_tile_grid
 from evals.depth import metrics
 from evals.registry import register
 from onegen.config import Params
@@ -40,11 +39,8 @@ class _DepthBenchmark(Benchmark):
                 "delta1": 100 * float(np.mean([s["delta1"] for s in scores]))}
 
     def sample_grid(self, items, predictions, path):
-        rows = []
-        for it, pred in zip(items, predictions):
-            tiles = [it["rgb"], _depth_image(it["depth"], it["depth"] > 0), _depth_image(pred, np.ones_like(pred, bool))]
-            rows.append(np.concatenate([np.asarray(Image.fromarray(t).resize((128, 128))) for t in tiles], 1))
-        Image.fromarray(np.concatenate(rows, 0)).save(path)
+        save_tile_grid([[it["rgb"], _depth_image(it["depth"], it["depth"] > 0),
+                         _depth_image(pred, np.ones_like(pred, bool))] for it, pred in zip(items, predictions)], path)
         return True
 
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from PIL import Image
 
-from evals.benchmark import Benchmark
+from evals.benchmark import Benchmark, save_tile_grid
 from evals.identity import world_attributes
 from evals.identity.datasets import IdentityDataError
 from evals.predictors import PredictionError
@@ -70,10 +69,6 @@ def _image(pred, item_id: str) -> np.ndarray:
     return pred
 
 
-def _tile(image: np.ndarray, side: int = 128) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((side, side)))
-
-
 class _IdentityBenchmark(Benchmark):
     clip = None
 
@@ -90,9 +85,8 @@ class _IdentityBenchmark(Benchmark):
         return aggregate_identity(scores)
 
     def sample_grid(self, items, predictions, path):
-        rows = [np.concatenate([_tile(it["reference"][0]), _tile(p), *([_tile(it["target"])] if "target" in it else [])], 1)
-                for it, p in zip(items, predictions)]
-        Image.fromarray(np.concatenate(rows, 0)).save(path)
+        save_tile_grid([[it["reference"][0], p, *([it["target"]] if "target" in it else [])]
+                        for it, p in zip(items, predictions)], path)
         return True
 
 

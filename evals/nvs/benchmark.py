@@ -8,9 +8,8 @@ weights from a local file); average per object, then over objects.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from evals.benchmark import Benchmark
+from evals.benchmark import Benchmark, save_tile_grid
 from evals.nvs import metrics
 from evals.registry import register
 from evals.world_rigs import world_rig
@@ -47,9 +46,8 @@ class _NVSBenchmark(Benchmark):
         rows = []
         for it, pred in zip(items, predictions):
             t = it["target_views"][:3]
-            tiles = [it["images"][it["condition_views"][0]], *(it["images"][v] for v in t), *(pred[v] for v in t)]
-            rows.append(np.concatenate([np.asarray(Image.fromarray(x).resize((96, 96))) for x in tiles], 1))
-        Image.fromarray(np.concatenate(rows, 0)).save(path)
+            rows.append([it["images"][it["condition_views"][0]], *(it["images"][v] for v in t), *(pred[v] for v in t)])
+        save_tile_grid(rows, path, side=96)
         return True
 
 

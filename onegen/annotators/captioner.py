@@ -247,6 +247,7 @@ class TransformersVLM:
     def _generate_batch(self, images, seeds, min_new_tokens) -> list[Generation]:
         from transformers import GenerationConfig, LogitsProcessorList
 
+        images = [im if im.flags.writeable else im.copy() for im in images]  # torch.from_numpy warns on read-only
         inputs = self._base_inputs(images) if self.cfg.image_tokens == "base" else self._anyres_inputs(images)
         length = (inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1]
         # Retries are few and come in odd batch sizes: a static cache and a decode graph for each would cost more
@@ -286,7 +287,6 @@ class TransformersVLM:
 
     def _anyres_inputs(self, images):
         """The processor's own inputs (each image's placeholder expanded to its anyres count)."""
-        images = [im if im.flags.writeable else im.copy() for im in images]  # torch.from_numpy warns on read-only
         inputs = self.processor(text=[self.prompt] * len(images), images=images, padding=True, return_tensors="pt",
                                 add_special_tokens=self.add_special_tokens, device=self.device).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -297,7 +297,6 @@ class TransformersVLM:
         features, projector, one newline embedding) spliced into the prompt's embeddings."""
         llava = self.model.model
         tile = self.model.config.vision_config.image_size
-        images = [im if im.flags.writeable else im.copy() for im in images]
         pixels = self.processor.image_processor(images, image_grid_pinpoints=[[tile, tile]], return_tensors="pt",
                                                 device=self.device)["pixel_values"][:, 0]
         layer = self.model.config.vision_feature_layer

@@ -23,7 +23,7 @@ from PIL import ImageOps
 
 from onegen.format import Provenance, Sample, View
 from onegen.sources import SourceError
-from onegen.sources.image_folder import DEFAULT_EXTENSIONS, _read_side_files
+from onegen.sources.image_folder import DEFAULT_EXTENSIONS, read_side_files
 from onegen.sources.scenes import (
     item_seed_for, load_image, reader_record, rgb_on_white, safe_id, square_crop, unique_ids,
 )
@@ -84,7 +84,7 @@ class IDFolderSource:
         subject, images = self.records[index]
         views, captions = [], {}
         for k, path in enumerate(images):
-            side_captions, side_meta = _read_side_files(path)
+            side_captions, side_meta = read_side_files(path)
             if side_captions.get("original"):
                 captions[f"view{k}"] = side_captions["original"]
             upright = ImageOps.exif_transpose(load_image(path))  # phone photos store their rotation in EXIF

@@ -51,7 +51,7 @@ def _load_rgb(path: Path) -> Image.Image:
         raise SourceError(f"{path}: cannot decode image: {one_line(e)}") from e
 
 
-def _read_side_files(image: Path) -> tuple[dict[str, str], dict]:
+def read_side_files(image: Path) -> tuple[dict[str, str], dict]:
     captions: dict[str, str] = {}
     meta: dict = {}
 
@@ -115,7 +115,7 @@ class ImageFolderSource:
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
-        captions, meta = _read_side_files(path)
+        captions, meta = read_side_files(path)
         return {"source_id": self.ids[index], "image": _load_rgb(path), "captions": captions,
                 "meta": {**meta, "file": path.relative_to(self.root).as_posix()}}
 

@@ -17,7 +17,8 @@ Random-weight text is garbage: these figures are speed only, never captions.
   warm-up (compilation) and is not timed. A pass over the same images with one new token
   (vision + prefill alone) splits our per-image time into prefill and decode.
 
-Prints and writes (``--json``) img/s, new tokens/s, peak GPU memory and the ratio ours / naive.
+Prints and writes (``--json``) img/s, new tokens/s, peak GPU memory, the GPU-busy fraction (NVML) and
+the ratio ours / naive.
 Needs only torch, torchvision, transformers, numpy and this repo's captioner (no pydantic), so it
 runs on a bare GPU image.
 """
@@ -28,6 +29,7 @@ import argparse
 import json
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -132,13 +134,54 @@ def naive_generate(model, processor, prompt: str, images, batch: int, new_tokens
     return made
 
 
-def timed(fn, device: torch.device) -> tuple[float, int, float | None]:
+class GpuBusy:
+    """Mean NVML utilisation (the share of time a kernel was running) over a region; None off CUDA.
+
+    Sampled every 50 ms from a thread; it says how much of the wall time the GPU idled while the host
+    prepared inputs or waited, which img/s alone does not."""
+
+    def __init__(self, device: torch.device):
+        self.handle, self.samples, self.stop = None, [], threading.Event()
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or torch.cuda.current_device())
+                self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+            except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
+                print(f"no GPU-busy figure: {e}", flush=True)
+
+    def __enter__(self):
+        if self.handle is not None:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.05):
+            self.samples.append(self.read())
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.stop.set()
+            self.thread.join()
+
+    @property
+    def fraction(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+
+
+def timed(fn, device: torch.device) -> tuple[float, int, float | None, float | None]:
+    """Seconds, new tokens, peak GiB and GPU-busy fraction of one call of ``fn``."""
     reset_peak(device)
     sync(device)
-    t0 = time.perf_counter()
-    made = fn()
-    sync(device)
-    return time.perf_counter() - t0, made, peak_gib(device)
+    with GpuBusy(device) as busy:
+        t0 = time.perf_counter()
+        made = fn()
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return seconds, made, peak_gib(device), busy.fraction
 
 
 def row(name: str, n: int, seconds: float, tokens: int, peak: float | None, **extra) -> dict:
@@ -197,10 +240,11 @@ def main() -> None:
             tokenize=False)
         bb = args.baseline_batch
         naive_generate(model, processor, prompt, images[:bb], bb, args.new_tokens)  # warm-up: CUDA init, cuBLAS
-        seconds, made, peak = timed(lambda: naive_generate(model, processor, prompt, images[: args.baseline_images],
+        seconds, made, peak, busy = timed(lambda: naive_generate(model, processor, prompt, images[: args.baseline_images],
                                                            bb, args.new_tokens), device)
         rows.append(row("naive generate", args.baseline_images, seconds, made, peak, batch=bb, static_cache=False,
-                        compile=False, attention="sdpa (stock)", image_tokens="anyres"))
+                        compile=False, attention="sdpa (stock)", image_tokens="anyres",
+                        gpu_busy=busy))
         print(rows[-1], flush=True)
 
     use_packed_gqa_sdpa(model)
@@ -209,7 +253,7 @@ def main() -> None:
     prefill_only = TransformersVLM(model, processor, SimpleNamespace(
         **{**vars(settings), "max_new_tokens": 1, "static_cache": False}), instruction(100, 150, 10))
     prefill_only.generate(images[: args.batch])  # warm-up
-    prefill_s, _, _ = timed(lambda: len(prefill_only.generate(images[: args.images])), device)
+    prefill_s, _, _, _ = timed(lambda: len(prefill_only.generate(images[: args.images])), device)
 
     vlm = TransformersVLM(model, processor, settings, instruction(100, 150, 10))
     image_tokens = vlm.num_image_tokens(images[:1])[0]
@@ -220,20 +264,21 @@ def main() -> None:
     def ours() -> int:
         return sum(len(g.token_ids) for g in vlm.generate(images[: args.images], min_new_tokens=args.new_tokens))
 
-    seconds, made, peak = timed(ours, device)
+    seconds, made, peak, busy = timed(ours, device)
     per_image_ms = 1000 / args.images
     rows.append(row("ours", args.images, seconds, made, peak, batch=args.batch, static_cache=args.static_cache,
                     compile=args.compile and device.type == "cuda", attention="sdpa + packed-GQA decode",
-                    image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1),
+                    image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1), gpu_busy=busy,
                     prefill_ms_per_image=round(prefill_s * per_image_ms, 1),
                     decode_ms_per_image=round((seconds - prefill_s) * per_image_ms, 1)))
     print(rows[-1], flush=True)
 
     ratio = rows[-1]["img_per_s"] / rows[0]["img_per_s"] if len(rows) == 2 else None
-    print(f"\n{'':16s} {'img/s':>8s} {'new tok/s':>10s} {'peak GiB':>9s}  batch")
+    print(f"\n{'':16s} {'img/s':>8s} {'new tok/s':>10s} {'peak GiB':>9s} {'GPU busy':>9s}  batch")
     for r in rows:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
-        print(f"{r['name']:16s} {r['img_per_s']:8.2f} {r['new_tok_per_s']:10.0f} {peak:>9s}  {r['batch']}")
+        busy = "-" if r["gpu_busy"] is None else f"{r['gpu_busy']:.2f}"
+        print(f"{r['name']:16s} {r['img_per_s']:8.2f} {r['new_tok_per_s']:10.0f} {peak:>9s} {busy:>9s}  {r['batch']}")
     if ratio is not None:
         print(f"ratio ours / naive: {ratio:.2f}x")
     summary = dict(

@@ -6,12 +6,14 @@
 2. fit a small SD3-style ``AutoencoderKL`` (16 latent channels, /8) on the world's images and
    depth maps, with its latent shift and scale measured afterwards (as SD3 did), because there is
    no offline pretrained VAE and a random one cannot be learned through;
-3. train the ``small`` Next-DiT (≈62 M parameters) with the project's trainer for a fixed number
+3. encode the shards into latent shards with it (and the prompts' text features), as the
+   ``latents`` stage does;
+4. train the ``small`` Next-DiT (≈62 M parameters) with the project's trainer for a fixed number
    of steps sized to fit ``--train-minutes`` (measured on a probe run);
-4. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
+5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
    model predictor beside each benchmark's baseline: image→depth AbsRel/δ1 against the best
    constant depth, 1-view→novel-view PSNR/SSIM against copying the input view;
-5. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
+6. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
 
 The text encoder stays the seeded-random tiny T5 (a fixed random feature map of the prompt's
 characters, frozen): results say ``weights: random`` for that reason. Everything else is learned
@@ -39,7 +41,7 @@ from model import train as trainer  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.format import decode_sample  # noqa: E402
 from onegen.shards.reader import ReadReport, depth_to_condition, iter_tar_samples, shard_urls  # noqa: E402
-from pipelines import evaluate, sample, shards, world  # noqa: E402
+from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
 
@@ -51,6 +53,7 @@ def make_params(args) -> Params:
     base["world"].update(scenes=args.scenes, views_per_scene=args.views, id_groups=0, resolution=args.resolution,
                          records_per_shard=256)
     base["shards"]["max_samples_per_shard"] = 1024
+    base["build"]["executor"] = "local"  # one machine, no annotator models: Ray would only add start-up
     base["shards"]["families"] = {f: {"enabled": f in FAMILIES, "sources": ["world"], "max_samples": None}
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
@@ -135,7 +138,7 @@ def main() -> None:
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-items", type=int, default=24)
-    ap.add_argument("--stage", choices=["all", "data", "vae", "train", "eval"], default="all")
+    ap.add_argument("--stage", choices=["all", "data", "vae", "latents", "train", "eval"], default="all")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
@@ -168,6 +171,12 @@ def main() -> None:
     if args.stage in ("all", "vae"):
         summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed)
         print("vae", summary["vae"])
+        save()
+    if args.stage in ("all", "latents"):  # the trainer reads latents made by the fitted VAE
+        t0 = time.time()
+        for fam in FAMILIES:
+            latents.run(params, fam)
+        summary["latents_seconds"] = round(time.time() - t0, 1)
         save()
     if args.stage in ("all", "train"):
         if not args.steps:

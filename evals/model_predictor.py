@@ -18,6 +18,7 @@ leaderboard labels the row so -- such numbers check the plumbing, never the meth
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,30 +30,30 @@ from model.nextdit import CONFIGS, NextDiT, load_released
 from model.sampler import Conditioning, estimate_cameras, sample
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
+from onegen.annotators.base import weights_sha256
 from onegen import tasks
 from onegen.config import Params
 from onegen.plucker import rays_for_cameras
 from onegen.camera import Camera
 
 
-def _load_transformer(path: Path, size: str, device) -> NextDiT:
+def transformer_weights(path: Path) -> Path:
+    """The file or folder whose weights ``model:<path>`` loads: a trainer checkpoint step (its EMA
+    weights when saved), a trainer output directory (its newest step), or a released folder."""
     path = Path(path)
-    if (path / "meta.json").is_file():  # a trainer checkpoint step directory
-        weights = path / "ema.safetensors" if (path / "ema.safetensors").is_file() else path / "model.safetensors"
+    if (path / "meta.json").is_file():
+        return path / "ema.safetensors" if (path / "ema.safetensors").is_file() else path / "model.safetensors"
+    if (path / "latest").is_file():
+        return transformer_weights(path / (path / "latest").read_text().strip())
+    return path
+
+
+def _load_transformer(weights: Path, size: str, device) -> NextDiT:
+    if weights.is_file():
         model = NextDiT(CONFIGS[size])
         model.load_state_dict(load_file(weights), strict=True)
         return model.to(device)
-    if (path / "latest").is_file():  # a trainer output directory: its newest checkpoint
-        return _load_transformer(path / (path / "latest").read_text().strip(), size, device)
-    return load_released(path, device=device)
-
-
-def _weights_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*.safetensors")):
-        h.update(p.name.encode())
-        h.update(str(p.stat().st_size).encode())
-    return h.hexdigest()[:16]
+    return load_released(weights, device=device)
 
 
 # Condition kinds of the condition benchmarks -> the prompt guide's task tokens.
@@ -82,16 +83,22 @@ class ModelPredictor:
         if not Path(checkpoint).exists():
             raise FileNotFoundError(f"model predictor: checkpoint {checkpoint} not found")
         self.checkpoint = Path(checkpoint)
-        self.model = _load_transformer(self.checkpoint, params.model.size, self.device).eval()
+        weights = transformer_weights(self.checkpoint)
+        self.model = _load_transformer(weights, params.model.size, self.device).eval()
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
         self.steps, self.cfg_scale, self.seed = steps, cfg_scale, seed
+        # Cached item scores are keyed by this: the bytes of every network that shapes an output, so a
+        # retrained checkpoint under the same path, or another VAE or text encoder, is scored afresh.
+        self.identity = hashlib.sha256(json.dumps([
+            weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
+            TextEncoder.identity_of(params.model.text_encoder, params.seed)]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = self.codec.random_weights or self.text.random_weights
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
-                "hash": f"{_weights_hash(self.checkpoint)}-s{self.steps}-g{self.cfg_scale}"}
+                "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):
         with torch.no_grad():

@@ -31,10 +31,16 @@ def require_path(key: str, path: Path | None, kind: str = "checkpoint") -> Path:
     return path
 
 
-@lru_cache(maxsize=64)
 def _hash_files(files: tuple[Path, ...]) -> str:
+    # Keyed by each file's stat too: a checkpoint rewritten in place (a retrained model under the same
+    # path) must not get the hash of the bytes it replaced.
+    return _hash_stated_files(tuple((f, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@lru_cache(maxsize=64)
+def _hash_stated_files(stated: tuple[tuple[Path, int, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for f in files:
+    for f, *_ in stated:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):

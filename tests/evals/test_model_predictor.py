@@ -51,3 +51,23 @@ def test_missing_checkpoint_is_a_clear_error(setup):
     r = runner.invoke(app, ["eval", "world_depth", "-p", str(setup / "params.yaml"),
                             "--predictor", f"model:{setup / 'nowhere'}"])
     assert r.exit_code == 1 and "checkpoint" in r.output and "not found" in r.output
+
+
+def test_retrained_weights_at_the_same_path_are_scored_afresh(setup, tmp_path):
+    """Cached item scores follow the weights' bytes, not the checkpoint's path or file sizes."""
+    step = tmp_path / "ck" / "step_0000001"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    (tmp_path / "ck" / "latest").write_text("step_0000001\n")
+    args = ["eval", "world_depth", "-p", str(setup / "params.yaml"), "--predictor", f"model:{tmp_path / 'ck'}"]
+    items = setup / "reports/evals/world_depth/items.jsonl"
+    keys = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_file(NextDiT(CONFIGS["tiny"]).state_dict(), str(step / "ema.safetensors"))
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        keys.append(json.loads((setup / "reports/evals/world_depth/result.json").read_text())["model"]["hash"])
+    assert keys[0] != keys[1]
+    rows = [json.loads(line) for line in items.read_text().splitlines()]
+    assert sum(row["key"]["model"] == keys[1] for row in rows) == 2  # both items predicted again

@@ -155,10 +155,17 @@ def main() -> None:
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
             "stages": [params_.train.stages[0].model_copy(update={"steps": 30})],
             "out_dir": out / "probe", "checkpoint_every": 1000})})
-        t0 = time.time()
-        trainer.train(probe)
-        t_probe = time.time() - t0  # includes start-up, so the estimate errs on the short side
-        return max(int(30 * args.train_minutes * 60 / t_probe), 30)
+        stamps = {}
+
+        def stamp(step: int, _model) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the step's kernels, not only their launches
+            stamps[step] = time.perf_counter()
+
+        trainer.train(probe, on_step=stamp)
+        # Steps 10..30 only: start-up (data workers, first-batch allocation) made a whole-run probe
+        # size a 6-minute budget as ~1 minute of training.
+        return max(int(args.train_minutes * 60 * 20 / (stamps[30] - stamps[10])), 30)
 
     params = make_params(args)
     if args.stage in ("all", "data"):

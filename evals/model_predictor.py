@@ -96,8 +96,9 @@ class ModelPredictor:
             TextEncoder.identity_of(params.model.text_encoder, params.seed)]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
-        random = self.codec.random_weights or self.text.random_weights
+        random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
+                "random_parts": random,
                 "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):

@@ -52,7 +52,7 @@ def run(params: Params) -> dict:
         rows.append(np.concatenate([np.asarray(Image.fromarray(t).resize((TILE, TILE))) for t in tiles], 1))
     grid = Image.fromarray(np.concatenate(rows, 0))
     info = pred.describe()
-    label = "random VAE/T5: plumbing check only" if info["weights"] == "random" else info["name"]
+    label = f"random {' and '.join(info['random_parts'])}: not a result" if info["random_parts"] else info["name"]
     canvas = Image.new("RGB", (grid.width, grid.height + 16), "white")
     canvas.paste(grid, (0, 16))
     ImageDraw.Draw(canvas).text((4, 2), f"image / depth / text->img / depth->img / img->depth [{label}]",

@@ -3,9 +3,13 @@
     python benchmarks/bench_annotators.py [--stages depth,pose,filters,hed] [--json runs/bench_annotators.json]
     python benchmarks/bench_annotators.py --quick --device cpu     # smoke test: tiny models, a few images
 
-End to end = PNG/JPEG bytes -> decode (thread pool, prefetched) -> annotator (its own batched
+End to end = PNG/JPEG bytes -> decode (worker pool, prefetched) -> annotator (its own batched
 device preprocessing, model, postprocessing; ``--inflight`` batches at once so one batch's host
-work overlaps another's GPU work) -> encode the outputs as One-Gen members (thread pool) -> one tar.
+work overlaps another's GPU work) -> encode the outputs as One-Gen members (worker pool) -> one tar.
+The pools are worker processes by default, as in the Ray build (read and write tasks in their own
+processes, the annotator alone in its actor); ``--pool threads`` puts them in this interpreter,
+where the annotator's kernel launches wait for the GIL behind decode/encode Python. The GPU-busy
+column (NVML) says whether a shortfall is the GPU starving or doing more than the bare model.
 Bare = the same network on a batch of already-preprocessed tensors on the device, back to back.
 The ratio e2e/bare says how much of the GPU the pipeline keeps; issue 3 asks >= 0.9 for depth and
 segmentation. Host = the same pipeline with the model's outputs cached: the CPU side's ceiling
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import queue
 import sys
@@ -34,8 +39,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 
@@ -45,6 +52,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_busy import GpuBusy  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.annotators import batching  # noqa: E402
 from onegen.annotators.yolo import import_ultralytics  # noqa: E402
@@ -78,6 +86,28 @@ def _members(index: int, task: str, views: list[View], record: dict, meta: dict 
     return encode_sample(Sample(key, task, "", views, prov, meta=meta or {}))
 
 
+# Encoders are module-level (bound with functools.partial) so process pools can run them.
+def encode_views(task: str, record: dict, index: int, view: View) -> dict:
+    return _members(index, task, [view], record)
+
+
+def encode_pose(record: dict, index: int, res) -> dict:
+    views = [View("pose", res.skeleton, role="condition"), View("keypoints", res.keypoints, role="condition")]
+    return _members(index, tasks.POSE2IMAGE, views, record)
+
+
+def encode_filter(record: dict, index: int, verdict) -> dict:
+    return _members(index, tasks.TEXT2IMAGE, [], record, meta={"filter": verdict.to_json()})
+
+
+def encode_segment(record: dict, index: int, seg) -> dict:
+    from onegen.annotators.segment import class_map_view
+
+    rng = np.random.default_rng(index)
+    (sem, palette), (box, _) = class_map_view(seg, "semantic", rng), class_map_view(seg, "bbox", rng)
+    return _members(index, tasks.SEMANTIC2IMAGE, [sem, box], record, meta={"palette": palette})
+
+
 # --- stages ------------------------------------------------------------------------------------
 # Each builder returns a Stage from (quick, device, batch, image size, temp dir).
 #
@@ -107,10 +137,8 @@ def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[i
     def bare():
         annot.forward(x)
 
-    def encode(i, view):
-        return _members(i, tasks.DEPTH2IMAGE, [view], annot.record)
-
-    return Stage("depth", f"{what}, input {tuple(x.shape[2:])}", batch, annot, encode, bare)
+    return Stage("depth", f"{what}, input {tuple(x.shape[2:])}", batch, annot,
+                 partial(encode_views, tasks.DEPTH2IMAGE, annot.record), bare)
 
 
 def pose_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
@@ -145,11 +173,7 @@ def pose_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[in
             annot.detector(det_in)
             annot.pose_model(pixel_values=crops)
 
-    def encode(i, res):
-        views = [View("pose", res.skeleton, role="condition"), View("keypoints", res.keypoints, role="condition")]
-        return _members(i, tasks.POSE2IMAGE, views, annot.record)
-
-    return Stage("pose", what, batch, annotate, encode, bare, note="2 given persons/image")
+    return Stage("pose", what, batch, annotate, partial(encode_pose, annot.record), bare, note="2 given persons/image")
 
 
 def filters_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
@@ -175,10 +199,7 @@ def filters_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple
     def bare():
         annot.embed(x)
 
-    def encode(i, verdict):
-        return _members(i, tasks.TEXT2IMAGE, [], annot.record, meta={"filter": verdict.to_json()})
-
-    return Stage("filters", what, batch, annot, encode, bare)
+    return Stage("filters", what, batch, annot, partial(encode_filter, annot.record), bare)
 
 
 def hed_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
@@ -198,10 +219,8 @@ def hed_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int
         with batching.autocast(device, annot.amp):
             annot.net(x)
 
-    def encode(i, view):
-        return _members(i, tasks.HED2IMAGE, [view], annot.record)
-
-    return Stage("hed", f"HED (ControlNet VGG), short side {size}", batch, annot, encode, bare)
+    return Stage("hed", f"HED (ControlNet VGG), short side {size}", batch, annot,
+                 partial(encode_views, tasks.HED2IMAGE, annot.record), bare)
 
 
 def _tiny_sam():
@@ -221,7 +240,7 @@ def segment_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple
     from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessor, GroundingDinoProcessor)
 
-    from onegen.annotators.segment import Segmenter, class_map_view
+    from onegen.annotators.segment import Segmenter
     from onegen.config import SegmenterConfig
 
     torch.manual_seed(0)
@@ -258,13 +277,9 @@ def segment_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple
             for emb in seg.masker.sam.image_encoder(sam_pixels):
                 seg.masker.decode(emb, boxes)
 
-    def encode(i, s):
-        rng = np.random.default_rng(i)
-        (sem, palette), (box, _) = class_map_view(s, "semantic", rng), class_map_view(s, "bbox", rng)
-        return _members(i, tasks.SEMANTIC2IMAGE, [sem, box], seg.records[1], meta={"palette": palette})
-
     what = "tiny Grounding DINO + tiny SAM (quick)" if quick else "Grounding DINO Swin-T (800 short side) + SAM ViT-H 1024"
-    return Stage("segment", what, batch, lambda images: seg(images, [ENTITIES] * len(images)), encode, bare,
+    return Stage("segment", what, batch, lambda images: seg(images, [ENTITIES] * len(images)),
+                 partial(encode_segment, seg.records[1]), bare,
                  note="10 entities, 10 boxes/image")
 
 
@@ -299,38 +314,53 @@ def decode(blob: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def decode_chunk(blobs: list[bytes]) -> list[np.ndarray]:
+    return [decode(b) for b in blobs]
+
+
+def encode_chunk(encode: Callable[[int, object], dict], indices: list[int], outputs: list) -> list[dict]:
+    return [encode(i, out) for i, out in zip(indices, outputs)]
+
+
 def _tar_writer(path: Path, jobs: queue.Queue, written: list) -> None:
     with tarfile.open(path, "w") as tar:
         while (futures := jobs.get()) is not None:
             for f in futures:
-                members = f.result()
-                key = members.pop("__key__")
-                for name, data in sorted(members.items()):
-                    info = tarfile.TarInfo(f"{key}.{name}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                for members in f.result():
+                    key = members.pop("__key__")
+                    for name, data in sorted(members.items()):
+                        info = tarfile.TarInfo(f"{key}.{name}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
     written.append(path.stat().st_size)
 
 
-def end_to_end(stage: Stage, blobs: list[bytes], n: int, workers: int, inflight: int,
-               tar_path: Path) -> tuple[float, int]:
-    """Images/s from the first decode to the closed tar, and the tar's size."""
+CHUNK = 8  # images per decode or encode task: enough tasks in flight to keep every worker busy
+
+
+def _chunks(idx: list[int]) -> list[list[int]]:
+    return [idx[i : i + CHUNK] for i in range(0, len(idx), CHUNK)]
+
+
+def end_to_end(stage: Stage, blobs: list[bytes], n: int, pools: tuple[Executor, Executor], inflight: int,
+               tar_path: Path, device: torch.device) -> tuple[float, int, float | None]:
+    """Images/s from the first decode to the closed tar, the tar's size and the GPU-busy fraction."""
+    decoders, encoders = pools
     batches = [list(range(s, min(s + stage.batch, n))) for s in range(0, n, stage.batch)]
     prefetch = inflight + 2
     jobs: queue.Queue = queue.Queue()
     written: list[int] = []
-    with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(workers) as encoders, \
-            ThreadPoolExecutor(inflight) as runners:
+    with ThreadPoolExecutor(inflight) as runners, GpuBusy(device) as busy:
         t0 = time.perf_counter()
         writer = threading.Thread(target=_tar_writer, args=(tar_path, jobs, written))
         writer.start()
         decoded = {}
 
         def queue_decode(b):
-            decoded[b] = [decoders.submit(decode, blobs[i % len(blobs)]) for i in batches[b]]
+            decoded[b] = [decoders.submit(decode_chunk, [blobs[i % len(blobs)] for i in c]) for c in _chunks(batches[b])]
 
         def run(b):
-            return stage.annotate([f.result() for f in decoded[b]])
+            return stage.annotate([im for f in decoded[b] for im in f.result()])
 
         for b in range(min(prefetch, len(batches))):
             queue_decode(b)
@@ -342,13 +372,33 @@ def end_to_end(stage: Stage, blobs: list[bytes], n: int, workers: int, inflight:
                 queue_decode(b + prefetch)
             if b + inflight < len(batches):
                 running[b + inflight] = runners.submit(run, b + inflight)
-            jobs.put([encoders.submit(stage.encode, i, out) for i, out in zip(idx, outputs)])
+            jobs.put([encoders.submit(encode_chunk, stage.encode, c, outputs[k * CHUNK : k * CHUNK + len(c)])
+                      for k, c in enumerate(_chunks(idx))])
         jobs.put(None)
         writer.join()
         dt = time.perf_counter() - t0
     if not written:
         raise RuntimeError(f"{stage.name}: the tar writer failed")
-    return n / dt, written[0]
+    return n / dt, written[0], busy.fraction
+
+
+@contextmanager
+def host_pools(kind: str, workers: int):
+    """Decode and encode pools. ``processes`` is the Ray build's layout (CPU work in worker processes,
+    the annotator alone in its process); ``threads`` shares one interpreter, so the annotator's kernel
+    launches queue behind decode/encode Python for the GIL."""
+    if kind == "threads":
+        pools = ThreadPoolExecutor(workers), ThreadPoolExecutor(workers)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
+        pools = ProcessPoolExecutor(workers, mp_context=ctx), ProcessPoolExecutor(workers, mp_context=ctx)
+        for pool in pools:  # start every worker (and its imports) before anything is timed
+            list(pool.map(time.sleep, [0.2] * 2 * workers))
+    try:
+        yield pools
+    finally:
+        for pool in pools:
+            pool.shutdown()
 
 
 def host_only(stage: Stage, blobs: list[bytes]) -> Stage:
@@ -386,7 +436,9 @@ def main() -> None:
     ap.add_argument("--image-size", default="512x512", help="HxW of the synthetic inputs (quick: 64x80)")
     ap.add_argument("--format", choices=("jpeg", "png", "mixed"), default="jpeg", help="encoding of the inputs")
     ap.add_argument("--batch", type=int, help="images per annotator call for every stage (default per stage)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="decode threads and encode threads each")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="decode workers and encode workers each")
+    ap.add_argument("--pool", choices=("processes", "threads"), default="processes",
+                    help="where decode/encode run: worker processes (the Ray build's layout) or threads")
     ap.add_argument("--inflight", type=int, default=2, help="annotator batches running at once")
     ap.add_argument("--bare-iters", type=int, help="timed bare forwards (default 20; quick 2)")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_annotators.json"))
@@ -403,19 +455,19 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     blobs = synthetic_blobs(min(n, 64), image_hw, args.format)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, host_pools(args.pool, args.workers) as pools:
         for name in names:
             batch = args.batch or (4 if args.quick else GPU_BATCH[name])
             stage = STAGES[name](args.quick, device, batch, image_hw, Path(tmp))
             warm = min(n, 2 * batch * args.inflight)
-            end_to_end(stage, blobs, warm, args.workers, args.inflight, Path(tmp) / f"{name}-warm.tar")
+            end_to_end(stage, blobs, warm, pools, args.inflight, Path(tmp) / f"{name}-warm.tar", device)
             bare = bare_forward(stage, device, iters)
-            e2e, size = end_to_end(stage, blobs, n, args.workers, args.inflight, Path(tmp) / f"{name}.tar")
-            host, _ = end_to_end(host_only(stage, blobs), blobs, n, args.workers, args.inflight,
-                                 Path(tmp) / f"{name}-host.tar")
+            e2e, size, busy = end_to_end(stage, blobs, n, pools, args.inflight, Path(tmp) / f"{name}.tar", device)
+            host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, args.inflight,
+                                    Path(tmp) / f"{name}-host.tar", device)
             rows.append({"stage": name, "model": stage.model, "batch": batch, "e2e_images_per_s": e2e,
                          "bare_images_per_s": bare, "ratio": e2e / bare, "host_images_per_s": host,
-                         "target": TARGETS.get(name),
+                         "e2e_gpu_busy": busy, "target": TARGETS.get(name),
                          "meets_target": None if name not in TARGETS else e2e / bare >= TARGETS[name],
                          "tar_bytes": size, "note": stage.note})
             del stage
@@ -424,19 +476,21 @@ def main() -> None:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"annotator throughput, {dev}, torch {torch.__version__}; "
           f"{n} {args.format} images {image_hw[0]}x{image_hw[1]}, "
-          f"{args.workers} decode + {args.workers} encode threads, {args.inflight} batches in flight"
+          f"{args.workers} decode + {args.workers} encode {args.pool}, {args.inflight} batches in flight"
           + ("; QUICK: tiny models, not a measurement" if args.quick else "; random weights: speed only"))
     print(f"{'stage':<9}{'batch':>6}{'e2e img/s':>11}{'bare img/s':>12}{'ratio':>7}{'target':>8}{'host img/s':>12}"
-          "  model / note")
+          f"{'GPU busy':>10}  model / note")
     for r in rows:
         target = f"{r['target']:.2f}" if r["target"] else "-"
+        busy = "-" if r["e2e_gpu_busy"] is None else f"{r['e2e_gpu_busy']:.2f}"
         note = f"{r['model']}" + (f"; {r['note']}" if r["note"] else "")
         print(f"{r['stage']:<9}{r['batch']:>6}{r['e2e_images_per_s']:>11.1f}{r['bare_images_per_s']:>12.1f}"
-              f"{r['ratio']:>7.2f}{target:>8}{r['host_images_per_s']:>12.1f}  {note}")
-    print("ratio = e2e / bare; host = decode + encode + tar alone (model outputs cached): the CPU's ceiling")
+              f"{r['ratio']:>7.2f}{target:>8}{r['host_images_per_s']:>12.1f}{busy:>10}  {note}")
+    print("ratio = e2e / bare; host = decode + encode + tar alone (model outputs cached): the CPU's ceiling; "
+          "GPU busy = NVML utilisation during the e2e run")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": dev, "torch": torch.__version__, "quick": args.quick, "images": n, "image_hw": list(image_hw),
-              "format": args.format, "workers": args.workers, "inflight": args.inflight,
+              "format": args.format, "workers": args.workers, "pool": args.pool, "inflight": args.inflight,
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "stages": rows}
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")

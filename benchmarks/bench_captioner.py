@@ -29,7 +29,6 @@ import argparse
 import json
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_busy import GpuBusy  # noqa: E402
 from onegen.annotators.caption_text import instruction  # noqa: E402
 from onegen.annotators.captioner import TransformersVLM, use_packed_gqa_sdpa  # noqa: E402
 
@@ -132,44 +132,6 @@ def naive_generate(model, processor, prompt: str, images, batch: int, new_tokens
             out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         made += out[:, inputs["input_ids"].shape[1] :].numel()
     return made
-
-
-class GpuBusy:
-    """Mean NVML utilisation (the share of time a kernel was running) over a region; None off CUDA.
-
-    Sampled every 50 ms from a thread; it says how much of the wall time the GPU idled while the host
-    prepared inputs or waited, which img/s alone does not."""
-
-    def __init__(self, device: torch.device):
-        self.handle, self.samples, self.stop = None, [], threading.Event()
-        if device.type == "cuda":
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or torch.cuda.current_device())
-                self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
-            except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
-                print(f"no GPU-busy figure: {e}", flush=True)
-
-    def __enter__(self):
-        if self.handle is not None:
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.stop.wait(0.05):
-            self.samples.append(self.read())
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.stop.set()
-            self.thread.join()
-
-    @property
-    def fraction(self) -> float | None:
-        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
 
 
 def timed(fn, device: torch.device) -> tuple[float, int, float | None, float | None]:

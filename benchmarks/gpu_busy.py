@@ -1,0 +1,49 @@
+"""GPU-busy fraction for the benchmarks: NVML utilisation sampled while a region runs.
+
+NVML's utilisation is the share of time at least one kernel was running. Beside images/s it tells
+whether a pipeline starves the GPU (host-bound) or the GPU does more work than the bare model.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+class GpuBusy:
+    """Mean NVML utilisation (the share of time a kernel was running) over a region; None off CUDA.
+
+    Sampled every 50 ms from a thread; it says how much of the wall time the GPU idled while the host
+    prepared inputs or waited, which img/s alone does not."""
+
+    def __init__(self, device: torch.device):
+        self.handle, self.samples, self.stop = None, [], threading.Event()
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or torch.cuda.current_device())
+                self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+            except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
+                print(f"no GPU-busy figure: {e}", flush=True)
+
+    def __enter__(self):
+        if self.handle is not None:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.05):
+            self.samples.append(self.read())
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.stop.set()
+            self.thread.join()
+
+    @property
+    def fraction(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_busy import GpuBusy  # noqa: E402
+from benchmarks.gpu_busy import GpuBusy  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.annotators import batching  # noqa: E402
 from onegen.annotators.yolo import import_ultralytics  # noqa: E402

@@ -120,7 +120,8 @@ class CaptionerConfig(_Strict):
     path: Path | None = Field(None, description="local VLM folder (LlavaNextForConditionalGeneration by default)")
     backend: Literal["transformers", "vllm", "sglang"] = Field(
         "transformers", description="vllm / sglang: serving engines, used only if their package is installed")
-    batch_size: int = Field(64, ge=1, description="images per generate call; 7B anyres 672²: 64 fits 80 GB, base: 256")
+    batch_size: int = Field(40, ge=1, description="images per generate call; 7B on an 80 GB H100: anyres 672² 40 "
+                                                    "(45 GiB peak; 64 ran out of memory), base tiles 256 (61 GiB)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     attn_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
     image_tokens: Literal["anyres", "base"] = Field(

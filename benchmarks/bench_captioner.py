@@ -105,7 +105,8 @@ def job_settings(args) -> SimpleNamespace:
     """Every CaptionerConfig field, spelled out (this script runs without pydantic)."""
     return SimpleNamespace(
         path=None, backend="transformers", batch_size=args.batch, dtype=args.dtype, attn_implementation="sdpa",
-        image_tokens=args.image_tokens, static_cache=args.static_cache, compile=args.compile, length_bucketing=True,
+        image_tokens=args.image_tokens, quantize=args.quantize, static_cache=args.static_cache, compile=args.compile,
+        length_bucketing=True,
         max_new_tokens=args.new_tokens, min_words=100, max_words=150, max_entities=10, retries=0,
         retry_temperature=0.7, seed=0, instruction=None)
 
@@ -165,6 +166,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="our batch (default 40 anyres, 256 base; quick 4)")
     ap.add_argument("--baseline-batch", type=int, default=8)
     ap.add_argument("--image-tokens", choices=["anyres", "base"], default="anyres")
+    ap.add_argument("--quantize", choices=["none", "fp8"], default="none",
+                    help="fp8: our side's language-model linears in FP8 W8A8 (the naive loop stays bf16)")
     ap.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--new-tokens", type=int, default=150)
@@ -233,7 +236,8 @@ def main() -> None:
 
     seconds, made, peak, busy = timed(ours, device)
     per_image_ms = 1000 / args.images
-    rows.append(row("ours", args.images, seconds, made, peak, batch=args.batch, static_cache=args.static_cache,
+    rows.append(row("ours", args.images, seconds, made, peak, batch=args.batch, quantize=args.quantize,
+                    static_cache=args.static_cache,
                     compile=args.compile and device.type == "cuda", attention="sdpa + packed-GQA decode",
                     image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1), gpu_busy=busy,
                     prefill_ms_per_image=round(prefill_s * per_image_ms, 1),

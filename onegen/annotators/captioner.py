@@ -44,9 +44,11 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   at peak FLOPs and an ideal decode. Measured (H100, random weights, 2026-11-23,
   ``benchmarks/bench_captioner.py``): anyres B = 40 6.07 img/s against the naive loop's 1.06
   (5.7x), prefill 105 ms + decode 60 ms per image, GPU busy 0.88; ``image_tokens: base`` (577
-  image tokens, B = 256) 30.0 img/s (19.7x), prefill 20.5 ms + decode 12.9 ms per image. Still
-  on the table: prefill runs eager at ~45% of peak (FP8 GEMMs or a compiled prefill), decode at
-  ~55% of the bandwidth bound; ``generate`` waits on the device every step (stop check), and a
+  image tokens, B = 256) 30.0 img/s (19.7x), prefill 20.5 ms + decode 12.9 ms per image. The
+  prefill runs eager at ~45% of the bf16 peak: ``quantize: fp8`` (``onegen.annotators.fp8``,
+  W8A8 with per-row scales) doubles the GEMM peak and halves each decode step's weight bytes,
+  at the price of captions that differ from bf16's (not yet measured on a GPU). Still on the
+  table: decode runs at ~55% of the bandwidth bound; ``generate`` waits on the device every step (stop check), and a
   batch's decode never overlaps the next batch's prefill; the vLLM backend (continuous
   batching, chunked prefill) removes both.
 
@@ -71,6 +73,7 @@ import torch.nn.functional as F
 from onegen.annotators import caption_text
 from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
 from onegen.annotators.batching import check_images
+from onegen.annotators.fp8 import check_fp8_device, quantize_linears
 
 if TYPE_CHECKING:
     from onegen.config import CaptionerConfig
@@ -192,6 +195,12 @@ class TransformersVLM:
         if cfg.image_tokens == "base" and type(model).__name__ != "LlavaNextForConditionalGeneration":
             raise AnnotatorError(f"annotators.captioner.image_tokens=base is implemented for LLaVA-NeXT only, "
                                  f"not {type(model).__name__}")
+        if cfg.quantize == "fp8":
+            try:
+                check_fp8_device(self.device)
+            except RuntimeError as e:
+                raise AnnotatorError(f"annotators.captioner.quantize=fp8: {e}") from None
+            quantize_linears(model.get_decoder().layers)  # idempotent: an Fp8Linear is no nn.Linear
 
     @classmethod
     def from_folder(cls, path: Path, cfg: CaptionerConfig, instruction: str, device: str = "auto") -> TransformersVLM:
@@ -338,7 +347,8 @@ class VllmVLM:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         self.prompt = prompt_text(processor, instruction, path).removeprefix(processor.tokenizer.bos_token or "")
         self.llm = vllm.LLM(model=str(path), dtype=cfg.dtype, seed=cfg.seed, max_num_seqs=cfg.batch_size,
-                            limit_mm_per_prompt={"image": 1}, trust_remote_code=False)
+                            limit_mm_per_prompt={"image": 1}, trust_remote_code=False,
+                            quantization="fp8" if cfg.quantize == "fp8" else None)
 
     def generate(self, images, seeds=None, min_new_tokens=0) -> list[Generation]:
         from PIL import Image
@@ -373,7 +383,8 @@ class SglangVLM:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         self.prompt = prompt_text(processor, instruction, path).removeprefix(processor.tokenizer.bos_token or "")
         self.engine = sglang.Engine(model_path=str(path), dtype=cfg.dtype, random_seed=cfg.seed,
-                                    max_running_requests=cfg.batch_size)
+                                    max_running_requests=cfg.batch_size,
+                                    quantization="fp8" if cfg.quantize == "fp8" else None)
 
     def generate(self, images, seeds=None, min_new_tokens=0) -> list[Generation]:
         from PIL import Image
@@ -413,9 +424,10 @@ class Captioner:
 
     @property
     def version(self) -> str:
-        """Code version + what changes the answers: backend, image tokens, instruction."""
+        """Code version + what changes the answers: backend, image tokens, quantisation, instruction."""
         prompt = hashlib.sha256(self.instruction.encode()).hexdigest()[:8]
-        return f"{CODE_VERSION}+{self.vlm.name}.{self.cfg.image_tokens}.{prompt}"
+        quant = "" if self.cfg.quantize == "none" else f".{self.cfg.quantize}"
+        return f"{CODE_VERSION}+{self.vlm.name}.{self.cfg.image_tokens}{quant}.{prompt}"
 
     @property
     def record(self) -> dict:

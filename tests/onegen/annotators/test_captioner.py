@@ -256,8 +256,8 @@ def load_benchmark():
 
 def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
     bench = load_benchmark()
-    args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", static_cache=True, compile=True,
-                              new_tokens=150)
+    args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", static_cache=True,
+                              compile=True, new_tokens=150)
     settings = vars(bench.job_settings(args))
     assert set(settings) == set(CaptionerConfig.model_fields)  # runs without pydantic, so it lists them all
     CaptionerConfig(**settings)

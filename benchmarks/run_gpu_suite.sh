@@ -1,0 +1,28 @@
+#!/bin/bash
+# Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
+#     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]     (jobs: cap cap_fp8 cap_base ann ann_threads learn train_step)
+# Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
+# so a job that fails never hides the ones after it.
+set -u
+OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
+shift
+JOBS=${*:-cap cap_fp8 cap_base ann learn}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+step() { local name=$1; shift; echo "$(date +%T) start $name" >>"$OUT/status"
+         "$@" >"$OUT/$name.log" 2>&1; echo "$(date +%T) end $name rc=$?" >>"$OUT/status"; }
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+for job in $JOBS; do
+  case $job in
+    cap) step cap python benchmarks/bench_captioner.py --json "$OUT/cap.json" ;;
+    cap_fp8) step cap_fp8 python benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
+    cap_base) step cap_base python benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
+    ann) step ann python benchmarks/bench_annotators.py --json "$OUT/ann.json" ;;
+    ann_threads) step ann_threads python benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
+    learn) step learn python benchmarks/learn_procedural.py --out "$OUT/learn" --scenes 1500 --views 8 --batch 64 \
+             --workers 6 --train-minutes 6 --vae-seconds 60 ;;
+    train_step) step train_step python benchmarks/bench_train_step.py ;;
+    *) echo "unknown job $job" >&2; exit 2 ;;
+  esac
+done

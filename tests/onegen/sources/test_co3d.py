@@ -13,21 +13,12 @@ from onegen.format import decode_sample, encode_sample
 from onegen.plucker import rays_for_cameras
 from onegen.sources import SourceError, open_source
 from onegen.sources.co3d import CO3DSource
+from tests.onegen.sources.reader_checks import assert_record_info_matches, red_blob, red_centroid
 
 POINT = np.array([0.2, -0.15, 0.1])  # shown as a red blob in every frame
 W, H = 56, 40
 
 
-def blob(u, v, sigma=1.5):
-    yy, xx = np.mgrid[0:H, 0:W] + 0.5
-    red = 255 * np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * sigma**2))
-    return np.stack([red, 0 * red, 0 * red], axis=-1).round().astype(np.uint8)
-
-
-def centroid(rgb):
-    weight = np.clip(rgb[..., 0].astype(np.float64) - 20, 0, None)
-    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]] + 0.5
-    return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
 
 
 def pytorch3d_camera(eye):
@@ -56,7 +47,7 @@ def make_category(root: Path, category: str, sequences: dict[str, int], fmt: str
             R, T = pytorch3d_camera([2.5 * np.cos(a), 2.5 * np.sin(a), 0.8])
             focal, principal = [1.6, 1.5 * W / H] if fmt == "ndc_norm_image_bounds" else [2.1, 2.1], [0.05, -0.04]
             rel = f"{category}/{seq}/images/frame{i + 1:06d}.jpg"
-            Image.fromarray(blob(*pytorch3d_pixel(R, T, focal, principal, fmt))).save(root / rel, quality=95)
+            Image.fromarray(red_blob(H, W, *pytorch3d_pixel(R, T, focal, principal, fmt))).save(root / rel, quality=95)
             frames.append({"sequence_name": seq, "frame_number": i, "frame_timestamp": i / 30,
                            "image": {"path": rel, "size": [H, W]},
                            "depth": {"path": None, "scale_adjustment": 1.0},
@@ -99,7 +90,7 @@ def test_cameras_project_the_point_onto_its_blob(root: Path):
             cam = v.camera
             x = cam.K @ (cam.world_to_camera[:3, :3] @ POINT + cam.world_to_camera[:3, 3])
             assert x[2] > 0
-            np.testing.assert_allclose(centroid(v.data), x[:2] / x[2], atol=0.2, err_msg=f"{rec.key} {v.meta}")
+            np.testing.assert_allclose(red_centroid(v.data), x[:2] / x[2], atol=0.2, err_msg=f"{rec.key} {v.meta}")
         assert np.all(np.isfinite(rays_for_cameras([v.camera for v in rec.views])))
 
 
@@ -127,11 +118,7 @@ def test_hand_checked_camera(tmp_path: Path):
 
 
 def test_record_info_matches_the_record(root: Path):
-    src = open_it(root, seed=6)
-    for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+    assert_record_info_matches(open_it(root, seed=6))
 
 
 def test_view_choice_is_deterministic_and_seeded(root: Path):

@@ -12,20 +12,11 @@ from onegen.format import decode_sample, encode_sample
 from onegen.plucker import rays_for_cameras
 from onegen.sources import SourceError, open_source
 from onegen.sources.dl3dv import DL3DVSource
+from tests.onegen.sources.reader_checks import assert_record_info_matches, red_blob, red_centroid
 
 POINT = np.array([0.3, -0.2, 0.25])  # the 3D point every frame shows as a red blob
 
 
-def blob(h, w, u, v, sigma=1.5):
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
-    red = 255 * np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * sigma**2))
-    return np.stack([red, 0 * red, 0 * red], axis=-1).round().astype(np.uint8)
-
-
-def centroid(rgb):
-    weight = np.clip(rgb[..., 0].astype(np.float64) - 20, 0, None)
-    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]] + 0.5
-    return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
 
 
 def nerfstudio_c2w(eye, target=(0.0, 0.0, 0.0)) -> np.ndarray:
@@ -71,7 +62,7 @@ def make_scene(folder: Path, n: int, size=(64, 48), declared=None, per_frame=Fal
         c2w = nerfstudio_c2w(eye, POINT - off * aim[:3, 0] + off * aim[:3, 1] if off else np.zeros(3))
         u, v = gl_pixel(c2w, fx, fy, cx, cy, dist)
         (folder / subdir).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(blob(h, w, u * sx, v * sy)).save(folder / subdir / f"frame_{i + 1:05d}.png")
+        Image.fromarray(red_blob(h, w, u * sx, v * sy)).save(folder / subdir / f"frame_{i + 1:05d}.png")
         frame = {"file_path": f"images/frame_{i + 1:05d}.png", "transform_matrix": c2w.tolist(), "colmap_im_id": i}
         if per_frame:
             frame |= {"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": dw, "h": dh}
@@ -128,17 +119,13 @@ def test_cameras_project_the_point_onto_its_blob(root: Path):
             x = cam.K @ (cam.world_to_camera[:3, :3] @ POINT + cam.world_to_camera[:3, 3])
             assert x[2] > 0  # in front of the camera: OpenCV axes look down +z
             # ccc's frames are distorted: the blob sits where the undistorted pinhole camera puts the point
-            np.testing.assert_allclose(centroid(v.data), x[:2] / x[2], atol=0.15, err_msg=f"{rec.key} {v.meta}")
+            np.testing.assert_allclose(red_centroid(v.data), x[:2] / x[2], atol=0.15, err_msg=f"{rec.key} {v.meta}")
         rays = rays_for_cameras([v.camera for v in rec.views])
         assert rays.shape == (len(rec.views), 16, 4, 4) and np.all(np.isfinite(rays))
 
 
 def test_record_info_matches_the_record(root: Path):
-    src = open_it(root, seed=6)
-    for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+    assert_record_info_matches(open_it(root, seed=6))
 
 
 def test_view_choice_is_deterministic_and_seeded(root: Path):

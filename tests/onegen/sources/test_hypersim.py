@@ -13,6 +13,7 @@ from onegen.format import decode_sample, encode_sample
 from onegen.plucker import rays_for_cameras
 from onegen.sources import SourceError, open_source
 from onegen.sources.hypersim import HypersimSource, planar_depth
+from tests.onegen.sources.reader_checks import assert_record_info_matches, red_blob, red_centroid
 
 W, H = 64, 48  # the 48x48 centre crop starts at x = 8; at resolution 48 nothing is rescaled
 MPAU = 0.5  # metres per asset unit
@@ -40,9 +41,7 @@ def render(R_wc, C, M):
     """Tonemapped image with POINT as a red blob, and distance_from_camera in metres to the floor."""
     x = np.linalg.solve(M, R_wc.T @ (POINT - C))  # M [u, v, 1] ~ ray in camera space
     u, v = x[:2] / x[2]
-    yy, xx = np.mgrid[0:H, 0:W] + 0.5
-    red = 255 * np.exp(-((xx - (u + 1) * W / 2) ** 2 + (yy - (1 - v) * H / 2) ** 2) / (2 * 1.5**2))
-    rgb = np.stack([red, 0 * red, 0 * red], axis=-1).round().astype(np.uint8)
+    rgb = red_blob(H, W, (u + 1) * W / 2, (1 - v) * H / 2)
     rays = pixel_grid() @ M.T @ R_wc.T  # world-space rays (asset units per unit step)
     t = -C[2] / rays[..., 2]  # hit the floor z = 0
     return rgb, (t * np.linalg.norm(rays, axis=-1) * MPAU).astype(np.float16)
@@ -126,10 +125,7 @@ def test_cameras_project_the_point_onto_its_blob(root: Path):
             cam = v.camera
             x = cam.K @ (cam.world_to_camera[:3, :3] @ (POINT * MPAU) + cam.world_to_camera[:3, 3])  # metres
             assert x[2] > 0
-            weight = np.clip(v.data[..., 0].astype(float) - 20, 0, None)
-            yy, xx = np.mgrid[0:48, 0:48] + 0.5
-            found = np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
-            np.testing.assert_allclose(found, x[:2] / x[2], atol=0.2, err_msg=f"{rec.key} frame {v.meta}")
+            np.testing.assert_allclose(red_centroid(v.data), x[:2] / x[2], atol=0.2, err_msg=f"{rec.key} frame {v.meta}")
         assert np.all(np.isfinite(rays_for_cameras([v.camera for v in rec.views[::2]])))
 
 
@@ -148,11 +144,7 @@ def test_depth_is_planar_and_lands_on_the_floor(root: Path):
 
 
 def test_record_info_matches_the_record(root: Path):
-    src = open_it(root, seed=6)
-    for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+    assert_record_info_matches(open_it(root, seed=6))
 
 
 def test_planar_depth_hand_checked():

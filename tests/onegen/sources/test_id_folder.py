@@ -11,6 +11,7 @@ from onegen.config import SourceConfig
 from onegen.format import decode_sample, encode_sample
 from onegen.sources import SourceError, open_source
 from onegen.sources.id_folder import IDFolderSource, split_groups
+from tests.onegen.sources.reader_checks import assert_record_info_matches
 
 
 def photo(path: Path, value: int, size=(20, 14)) -> None:
@@ -69,11 +70,7 @@ def test_per_image_captions(root: Path):
 
 
 def test_record_info_matches_the_record(root: Path):
-    src = open_it(root, seed=6)
-    for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+    assert_record_info_matches(open_it(root, seed=6))
 
 
 def test_groups_are_seeded(root: Path):

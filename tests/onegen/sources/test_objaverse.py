@@ -11,6 +11,7 @@ from onegen.format import decode_sample, encode_sample
 from onegen.plucker import rays_for_cameras
 from onegen.sources import SourceError, open_source
 from onegen.sources.objaverse import ObjaverseSource
+from tests.onegen.sources.reader_checks import assert_record_info_matches, red_centroid
 
 POINT = np.array([0.12, -0.08, 0.1])  # shown as a red dot in every render
 FOV = 2 * np.degrees(np.arctan(16 / 35))  # 35 mm lens on a 32 mm sensor, as both render scripts
@@ -26,11 +27,6 @@ def red_dot_rgba(u, v, sigma=1.2):
     out[..., 3] = alpha.round()
     return out
 
-
-def redness_centroid(rgb):
-    weight = np.clip(rgb[..., 0].astype(np.float64) - rgb[..., 1] - 20, 0, None)  # white and red differ in G
-    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]] + 0.5
-    return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
 
 
 def axes(eye):
@@ -114,16 +110,12 @@ def test_cameras_project_the_point_onto_its_dot(root: Path):
             cam = v.camera
             x = cam.K @ (cam.world_to_camera[:3, :3] @ POINT + cam.world_to_camera[:3, 3])
             assert x[2] > 0
-            np.testing.assert_allclose(redness_centroid(v.data), x[:2] / x[2], atol=0.15, err_msg=rec.key)
+            np.testing.assert_allclose(red_centroid(v.data), x[:2] / x[2], atol=0.15, err_msg=rec.key)
         assert np.all(np.isfinite(rays_for_cameras([v.camera for v in rec.views], normalize=True)))
 
 
 def test_record_info_matches_the_record(root: Path):
-    src = open_it(root, seed=6)
-    for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+    assert_record_info_matches(open_it(root, seed=6))
 
 
 def test_view_choice_is_deterministic_and_seeded(root: Path):

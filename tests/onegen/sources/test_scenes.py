@@ -10,19 +10,9 @@ from onegen.sources import SourceError
 from onegen.sources.scenes import (
     check_pose, pick_views, read_captions_csv, rgb_on_white, safe_id, scale_intrinsics, square_crop,
 )
+from tests.onegen.sources.reader_checks import red_blob, red_centroid
 
 
-def blob(h: int, w: int, u: float, v: float, sigma: float = 1.5) -> np.ndarray:
-    """A red Gaussian blob centred at image point (u, v) (pixel centres at +0.5)."""
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
-    red = 255 * np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * sigma**2))
-    return np.stack([red, np.zeros_like(red), np.zeros_like(red)], axis=-1).round().astype(np.uint8)
-
-
-def centroid(rgb: np.ndarray) -> np.ndarray:
-    weight = np.clip(rgb[..., 0].astype(np.float64) - 20, 0, None)
-    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]] + 0.5
-    return np.array([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
 
 
 def project(K: np.ndarray, w2c: np.ndarray, X) -> np.ndarray:
@@ -35,15 +25,15 @@ def test_square_crop_moves_a_projected_point_exactly():
     w2c = np.eye(4)
     X = np.array([0.31, -0.12, 2.0])
     before = project(K, w2c, X)
-    image = Image.fromarray(blob(60, 90, *before))
+    image = Image.fromarray(red_blob(60, 90, *before))
     out, K2 = square_crop(image, K, 40)
     # crop of the 60x60 centre square (x0 = 15), then scale 40/60
     np.testing.assert_allclose(project(K2, w2c, X), (before - [15, 0]) * 40 / 60, atol=1e-12)
     assert out.size == (40, 40)
-    np.testing.assert_allclose(centroid(np.asarray(out)), project(K2, w2c, X), atol=0.1)
-    tall, K3 = square_crop(Image.fromarray(blob(90, 60, *before)), K, 30)  # y0 = 15 on a tall image
+    np.testing.assert_allclose(red_centroid(np.asarray(out)), project(K2, w2c, X), atol=0.1)
+    tall, K3 = square_crop(Image.fromarray(red_blob(90, 60, *before)), K, 30)  # y0 = 15 on a tall image
     np.testing.assert_allclose(project(K3, w2c, X), (before - [0, 15]) * 30 / 60, atol=1e-12)
-    np.testing.assert_allclose(centroid(np.asarray(tall)), project(K3, w2c, X), atol=0.1)
+    np.testing.assert_allclose(red_centroid(np.asarray(tall)), project(K3, w2c, X), atol=0.1)
 
 
 def test_scale_intrinsics_matches_a_resampled_image():

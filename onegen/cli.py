@@ -40,12 +40,16 @@ def world(params: Path = PARAMS):
     typer.echo(f"world: {st['samples']} records in {st['shards']} shards ({st['bytes'] / 2**20:.1f} MB)")
 
 
-@app.command()
-def shards(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"), params: Path = PARAMS):
-    """Build one task family's shards in data/shards/<family> (resumes; skips finished shards)."""
+def _check_family(family: str) -> None:
     if family not in FAMILIES:
         typer.echo(f"error: unknown family {family!r}; choose one of {', '.join(FAMILIES)}", err=True)
         raise typer.Exit(2)
+
+
+@app.command()
+def shards(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"), params: Path = PARAMS):
+    """Build one task family's shards in data/shards/<family> (resumes; skips finished shards)."""
+    _check_family(family)
     from pipelines import shards as stage
 
     st = _run(stage.run, _params(params), family)
@@ -55,9 +59,7 @@ def shards(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)
 @app.command()
 def latents(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES)}"), params: Path = PARAMS):
     """VAE-encode one family's shards (and cache its prompts' text features) into data/latents/<family>."""
-    if family not in FAMILIES:
-        typer.echo(f"error: unknown family {family!r}; choose one of {', '.join(FAMILIES)}", err=True)
-        raise typer.Exit(2)
+    _check_family(family)
     from pipelines import latents as stage
 
     st = _run(stage.run, _params(params), family)

@@ -38,6 +38,7 @@ class Benchmark(ABC):
     protocol_version = "1"
     setting = "default"
     data_name = ""
+    fixed_predictor: str | None = None  # a make_predictor spec this benchmark always uses
 
     @abstractmethod
     def items(self) -> Iterable[dict]:

@@ -1,5 +1,6 @@
 """Importing this module registers every benchmark (each module registers its own)."""
 
+from evals.annotators import benchmark as _annotators  # noqa: F401
 from evals.condition import benchmark as _condition  # noqa: F401
 from evals.depth import benchmark as _depth  # noqa: F401
 from evals.geneval import benchmark as _geneval  # noqa: F401

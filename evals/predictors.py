@@ -233,12 +233,17 @@ BASELINES = {"constant-depth": ConstantDepth, "copy-nearest-view": NearestCondit
 
 
 def make_predictor(spec: str, params=None):
-    """``baseline:<name>``, ``folder:<path>`` or ``model:<checkpoint>`` (OneDiffusion through the sampler)."""
+    """``baseline:<name>``, ``folder:<path>``, ``model:<checkpoint>`` (OneDiffusion through the sampler) or
+    ``annotators`` (params' annotators, for the annotator-quality benchmark)."""
     kind, _, arg = spec.partition(":")
     if kind == "baseline" and arg in BASELINES:
         return BASELINES[arg]()
     if kind == "folder" and arg:
         return FolderPredictions(Path(arg))
+    if kind == "annotators" and params is not None:
+        from evals.annotators.benchmark import AnnotatorSuite
+
+        return AnnotatorSuite.from_params(params)
     if kind == "model" and arg and params is not None:
         from evals.model_predictor import ModelPredictor
 

@@ -16,10 +16,12 @@ and named with the params key that would enable it.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,9 @@ from onegen.annotators import degrade, maps
 from onegen.format import Provenance, Sample, View
 from onegen.plucker import rays_for_cameras
 from onegen.seeding import item_seed
+
+if TYPE_CHECKING:
+    from onegen.config import AnnotatorsConfig
 
 VERSION = 2  # bump when the samples built from the same inputs change: it is part of the shard fingerprint
 SCENE, IDENTITY, PHOTO = "scene", "identity", "photo"
@@ -55,6 +60,13 @@ class ModelAnnotator:
     @property
     def keys(self) -> str:
         return " + ".join(f"annotators.{self.block}.{f}" for f in self.fields)
+
+    def configured(self, annotators: AnnotatorsConfig) -> bool:
+        return all(getattr(getattr(annotators, self.block), f) is not None for f in self.fields)
+
+    def load(self, annotators: AnnotatorsConfig):
+        module, cls = self.cls.split(":")
+        return getattr(importlib.import_module(module), cls).load(getattr(annotators, self.block), annotators.device)
 
 
 # In the order they run on an item: filters drop images before any other model sees them,

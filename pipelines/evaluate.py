@@ -15,7 +15,12 @@ def eval_dir(params: Params, name: str) -> Path:
 
 def run(params: Params, name: str, predictor_spec: str | None = None, limit: int | None = None) -> dict:
     bench = registry.get(name)(params)
-    spec = predictor_spec or params.evals.predictor
+    if bench.fixed_predictor:  # it scores something params configures, not a generative model
+        if predictor_spec:
+            raise ValueError(f"{name} always scores {bench.fixed_predictor}; --predictor does not apply")
+        spec = bench.fixed_predictor
+    else:
+        spec = predictor_spec or params.evals.predictor
     predictor = make_predictor(f"baseline:{bench.baseline}" if spec == "baseline" else spec, params)
     return benchmark.run(bench, predictor, eval_dir(params, name), params.evals.batch_size, limit)
 

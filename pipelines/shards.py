@@ -18,7 +18,6 @@ no caption) goes to its shard's ``errors.jsonl``; the stage fails only when more
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import tarfile
 import time
@@ -227,8 +226,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def configured(params: Params, name: str) -> bool:
-    a = MODEL_ANNOTATORS[name]
-    return all(getattr(getattr(params.annotators, a.block), f) is not None for f in a.fields)
+    return MODEL_ANNOTATORS[name].configured(params.annotators)
 
 
 def build_options(params: Params) -> BuildOptions:
@@ -325,10 +323,7 @@ def read_shard(ctx: BuildContext, job: ShardJob) -> list[Item]:
 
 
 def load_annotator(params: Params, name: str):
-    a = MODEL_ANNOTATORS[name]
-    module, cls = a.cls.split(":")
-    cfg = getattr(params.annotators, a.block)
-    return getattr(importlib.import_module(module), cls).load(cfg, params.annotators.device)
+    return MODEL_ANNOTATORS[name].load(params.annotators)
 
 
 def _item_images(family: str, item: Item) -> list[np.ndarray]:

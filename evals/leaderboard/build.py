@@ -44,7 +44,7 @@ PUBLISHED_PATH = Path(__file__).with_name("published.yaml")
 # tables call that whole test set "all".
 SETTING_ALIASES = {"default": "all"}
 
-Kind = Literal["model", "baseline", "predictions", "published"]
+Kind = Literal["model", "baseline", "predictions", "annotators", "published"]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
 
@@ -89,7 +89,7 @@ class Row(BaseModel):
 
 class _ResultModel(BaseModel):
     name: Text
-    kind: Literal["model", "baseline", "predictions"]
+    kind: Literal["model", "baseline", "predictions", "annotators"]
     hash: Text
     # Optional: "random" marks seeded random weights (tests, smoke runs), labelled on the page.
     weights: str | None = None
@@ -223,6 +223,12 @@ METRICS: dict[str, Metric] = {
     "delta1": Metric("δ1 (%)", True, 1),
     "fid": Metric("FID-6K", False, 2),
     "depth_abs_rel": Metric("Depth AbsRel (%)", False, 2),
+    "depth_delta1": Metric("Depth δ1 (%)", True, 1),
+    "box_ap50": Metric("Box AP50", True, 1),
+    "mask_iou": Metric("Mask IoU (%)", True, 1),
+    "caption_valid": Metric("Valid captions (%)", True, 1),
+    "entity_recall": Metric("Entity recall (%)", True, 1),
+    "caption_recall": Metric("Caption noun recall (%)", True, 1),
     "edge_emse": Metric("Edge EMSE (×1e-2)", False, 2),
     "pose_pck": Metric("Pose PCK@0.1 (%)", True, 2),
 }
@@ -246,6 +252,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world_pose": ("World — camera pose", "Pose protocol on jittered procedural rigs."),
     "world_id": ("World — ID customisation", "ID protocol on procedural subjects."),
     "world_conditions": ("World — conditions", "UniCon condition metrics on procedural scenes."),
+    "annotators": ("World — annotator quality", "The configured One-Gen annotators against exact ground truth: "
+                   "depth AbsRel/δ1 after alignment, box AP50, mask IoU, caption validity and noun recall."),
 }
 WORLD_INTRO = ("These editions run the same protocols on the built-in procedural world (rendered scenes with "
                "exact depth, masks, boxes and cameras) so that the pipeline is meaningful offline. They are "
@@ -258,7 +266,7 @@ CSV_COLUMNS = ["benchmark", "setting", "section", "origin", "model", "kind", "ra
 
 
 def is_world(benchmark: str) -> bool:
-    return benchmark.startswith("world_")
+    return benchmark.startswith("world_") or benchmark == "annotators"  # annotators: scored on world scenes
 
 
 def metric_info(key: str) -> Metric:

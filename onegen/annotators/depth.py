@@ -51,6 +51,12 @@ def to_uint16(disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return u.to(torch.int32), lo, hi
 
 
+def stored_disparity(view: View) -> np.ndarray:
+    """A stored depth view back to the network's relative disparity (float32, up to 16-bit rounding)."""
+    lo, hi = view.meta["raw_min"], view.meta["raw_max"]
+    return (view.data.astype(np.float32) / U16_MAX * (hi - lo) + lo).astype(np.float32)
+
+
 def disparity_to_condition(disparity: np.ndarray) -> torch.Tensor:
     """Stored relative disparity (HxW) -> the 3xHxW [-1, 1] image the model sees; near = -1."""
     d = disparity.astype(np.float32)

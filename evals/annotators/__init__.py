@@ -1,0 +1,1 @@
+"""Annotator quality on procedural scenes with exact ground truth (``onegen eval annotators``)."""

@@ -40,11 +40,12 @@ PERCENT = ("depth_abs_rel", "depth_delta1", "mask_iou", "caption_valid", "entity
 class AnnotatorSuite:
     """The predictor of this benchmark: every scored annotator that params configures."""
 
-    def __init__(self, models: dict[str, object], off: dict[str, str]):
+    def __init__(self, models: dict[str, object], off: dict[str, str], settings: dict | None = None):
         unknown = set(models) - set(SCORED)
         if unknown:
             raise ValueError(f"annotators: no quality metric for {sorted(unknown)}; scored: {', '.join(SCORED)}")
         self.models, self.off = models, off  # off: name -> the params keys that would switch it on
+        self.settings = settings or {}  # their params blocks: a threshold changes answers as weights do
 
     @classmethod
     def from_params(cls, params: Params) -> AnnotatorSuite:
@@ -52,7 +53,8 @@ class AnnotatorSuite:
         on = [a for a in wanted if a.configured(params.annotators)]
         if not on:
             raise FileNotFoundError("annotators: none is configured; set " + ", ".join(a.keys for a in wanted))
-        return cls({a.name: a.load(params.annotators) for a in on}, {a.name: a.keys for a in wanted if a not in on})
+        return cls({a.name: a.load(params.annotators) for a in on}, {a.name: a.keys for a in wanted if a not in on},
+                   {a.name: getattr(params.annotators, a.block).model_dump(mode="json") for a in on})
 
     def records(self) -> list[dict]:
         out = []
@@ -63,7 +65,7 @@ class AnnotatorSuite:
     def describe(self) -> dict:
         records = self.records()
         return {"name": "annotators: " + ", ".join(self.models), "kind": "annotators",
-                "hash": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16],
+                "hash": hashlib.sha256(json.dumps([records, self.settings], sort_keys=True).encode()).hexdigest()[:16],
                 "annotators": records, "not_configured": self.off}
 
     def __call__(self, images: list[np.ndarray]) -> list[dict]:

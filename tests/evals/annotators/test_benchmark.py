@@ -113,3 +113,13 @@ def test_nothing_configured_is_a_clear_error(tmp_path):
     p.write_text(yaml.safe_dump(_params(tmp_path)))
     r = CliRunner().invoke(app, ["eval", "annotators", "-p", str(p)])
     assert r.exit_code != 0 and "annotators: none is configured; set annotators.depth.path" in r.output
+
+
+def test_a_changed_setting_is_scored_afresh(tmp_path):
+    """The cache key covers the annotators' params blocks, not only their weights."""
+    _save_tiny_da(tmp_path / "da")
+    hashes = []
+    for size in (56, 112):
+        d = _params(tmp_path, {"device": "cpu", "depth": {"path": str(tmp_path / "da"), "input_size": size}})
+        hashes.append(AnnotatorSuite.from_params(parse_params(d)).describe()["hash"])
+    assert hashes[0] != hashes[1]

@@ -1,7 +1,6 @@
 """The shards stage on the one-process executor: planned shards, the world read by index,
 photos through the annotator path with the log naming what was skipped and why."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from onegen.shards.reader import ReadReport, iter_tar_samples
 from onegen.sources.sample_photos import SamplePhotosSource
 from pipelines import shards, world
 from pipelines.shards import annotator_line
+from tests.tiny_annotators import OPEN, build_tiny_llava_next, save_tiny_grounding_dino, tiny_sam
 
 
 def _config(root: Path, name: str, **shards_cfg) -> dict:
@@ -144,28 +144,18 @@ def test_sources_a_family_cannot_use_are_refused_at_load(root, tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-def _annotator_test_module(name: str):
-    """The annotator tests' own tiny-model builders (real architectures, seeded random weights)."""
-    path = Path(__file__).resolve().parents[1] / "onegen" / "annotators" / f"test_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_tiny_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_photos_go_through_the_captioner_then_the_segmenter_with_its_entities(root, tmp_path):
-    captioner_tests, segment_tests = _annotator_test_module("captioner"), _annotator_test_module("segment")
-    captioner_tests.build_tiny_llava_next(tmp_path / "vlm")
-    segment_tests._save_grounding_dino(tmp_path / "gdino")
+    build_tiny_llava_next(tmp_path / "vlm")
+    save_tiny_grounding_dino(tmp_path / "gdino")
     torch.manual_seed(0)
-    torch.save(segment_tests.tiny_sam().state_dict(), tmp_path / "sam.pth")
+    torch.save(tiny_sam().state_dict(), tmp_path / "sam.pth")
     d = _config(root, "wired")
     d["annotators"] = {
         "device": "cpu",
         "captioner": {"path": str(tmp_path / "vlm"), "batch_size": 4, "max_new_tokens": 6, "min_words": 3,
                       "max_words": 40, "max_entities": 3},
         "segmenter": {"detector_path": str(tmp_path / "gdino"), "sam_path": str(tmp_path / "sam.pth"),
-                      "sam_model": "vit_b", **segment_tests.OPEN}}
+                      "sam_model": "vit_b", **OPEN}}
     params = parse_params(d)
     if not (root / "wired" / "data" / "world").exists():
         shutil.copytree(root / "world", root / "wired" / "data" / "world")
@@ -189,7 +179,7 @@ def test_photos_go_through_the_captioner_then_the_segmenter_with_its_entities(ro
     answer = CaptionResult(True, "A photo with a sky above a tree.", ("sky", "tree"), None, "", 1)
     for it in items:
         it.annotations["captioner"] = Annotation(answer, [captioner.record])
-    segmenter = Segmenter.load(params.annotators.segmenter, "cpu", sam_build=segment_tests.tiny_sam)
+    segmenter = Segmenter.load(params.annotators.segmenter, "cpu", sam_build=tiny_sam)
     shards.annotate_items(ctx, "segmenter", segmenter, items)
     assert all(it.annotations["segmenter"].output.entities == ["sky", "tree"] for it in items)
     entry = shards.write_items(ctx, job, items)

@@ -17,9 +17,8 @@ from onegen.annotators.segment import Segmentation, Segmenter
 from onegen.cli import app
 from onegen.config import (CaptionerConfig, DepthAnnotatorConfig, SegmenterConfig, load_profile, parse_params,
                            profile_path)
-from tests.onegen.annotators.test_captioner import build_tiny_llava_next
-from tests.onegen.annotators.test_depth import _save_tiny_da
-from tests.onegen.annotators.test_segment import OPEN, _save_grounding_dino, tiny_sam
+from tests.tiny_annotators import (OPEN, build_tiny_llava_next, save_tiny_depth_anything, save_tiny_grounding_dino,
+                                   tiny_sam)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,8 +68,8 @@ def test_a_wrong_answer_costs_points():
 
 
 def test_every_scored_annotator_runs_its_full_path(tmp_path):
-    _save_tiny_da(tmp_path / "da")
-    _save_grounding_dino(tmp_path / "gdino")
+    save_tiny_depth_anything(tmp_path / "da")
+    save_tiny_grounding_dino(tmp_path / "gdino")
     torch.manual_seed(0)
     torch.save(tiny_sam().state_dict(), tmp_path / "sam.pth")
     build_tiny_llava_next(tmp_path / "vlm")
@@ -93,7 +92,7 @@ def test_every_scored_annotator_runs_its_full_path(tmp_path):
 
 
 def test_cli_scores_what_params_configures_and_names_the_rest(tmp_path):
-    _save_tiny_da(tmp_path / "da")
+    save_tiny_depth_anything(tmp_path / "da")
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump(_params(tmp_path, {"device": "cpu", "depth": {"path": str(tmp_path / "da"),
                                                                                "input_size": 56}})))
@@ -117,7 +116,7 @@ def test_nothing_configured_is_a_clear_error(tmp_path):
 
 def test_a_changed_setting_is_scored_afresh(tmp_path):
     """The cache key covers the annotators' params blocks, not only their weights."""
-    _save_tiny_da(tmp_path / "da")
+    save_tiny_depth_anything(tmp_path / "da")
     hashes = []
     for size in (56, 112):
         d = _params(tmp_path, {"device": "cpu", "depth": {"path": str(tmp_path / "da"), "input_size": size}})

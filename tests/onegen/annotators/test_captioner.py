@@ -11,44 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from onegen.annotators.base import AnnotatorError, weights_sha256
 from onegen.annotators.captioner import (
     CACHE_ROUND, Captioner, CaptionResult, Generation, TransformersVLM, _sdpa_packed_gqa, _SeededSampling,
     image_seed)
 from onegen.config import CaptionerConfig
+from tests.tiny_annotators import build_tiny_llava_next
 
-PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 SIZES = [(32, 32), (32, 64), (64, 32), (48, 40), (64, 64), (20, 30)]  # six different anyres token counts
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}[INST] {% for c in m['content'] %}{% if c['type'] == 'image' %}"
-            "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]{% endfor %}")
-WORDS = ("a the dog cat sky tree red blue green on in of with and is near under person car house grass water "
-         "CAPTION: ENTITIES: , .").split()
-
-
-def build_tiny_llava_next(folder):
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast)
-
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "<image>", "[INST]", "[/INST]"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>", extra_special_tokens=["<image>"])
-    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                              image_grid_pinpoints=PINPOINTS)
-    LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8, chat_template=TEMPLATE,
-                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=32, patch_size=8, projection_dim=32),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=512,
-                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
-        image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS, image_seq_length=16)
-    torch.manual_seed(0)
-    LlavaNextForConditionalGeneration(config).eval().save_pretrained(folder)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -3,7 +3,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 from transformers.models.dpt.image_processing_dpt import get_resize_output_image_size
 
 from onegen import tasks
@@ -12,21 +11,12 @@ from onegen.annotators.depth import DepthAnnotator, condition_image, disparity_t
 from onegen.config import DepthAnnotatorConfig
 from onegen.format import Provenance, Sample, View, decode_sample, encode_sample
 from onegen.shards.reader import depth_to_condition
-
-
-def _save_tiny_da(folder, seed=0):
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
-    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
-                              fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
-    torch.manual_seed(seed)
-    DepthAnythingForDepthEstimation(cfg).save_pretrained(folder)
-    return folder
+from tests.tiny_annotators import save_tiny_depth_anything
 
 
 @pytest.fixture(scope="module")
 def da_dir(tmp_path_factory):
-    return _save_tiny_da(tmp_path_factory.mktemp("da"))
+    return save_tiny_depth_anything(tmp_path_factory.mktemp("da"))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +94,7 @@ def test_condition_matches_the_world_depth_convention():
 
 
 def test_weights_hash_follows_the_weights(tmp_path, annotator):
-    other = DepthAnnotator.load(DepthAnnotatorConfig(path=_save_tiny_da(tmp_path / "b", seed=1)), device="cpu")
+    other = DepthAnnotator.load(DepthAnnotatorConfig(path=save_tiny_depth_anything(tmp_path / "b", seed=1)), device="cpu")
     assert other.record["weights_sha256"] != annotator.record["weights_sha256"]
 
 

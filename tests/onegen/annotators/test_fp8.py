@@ -8,7 +8,7 @@ from torch import nn
 from onegen.annotators.captioner import Captioner
 from onegen.annotators.fp8 import FP8, Fp8Linear, quantize_linears, quantize_rows
 from onegen.config import CaptionerConfig
-from tests.onegen.annotators.test_captioner import build_tiny_llava_next
+from tests.tiny_annotators import build_tiny_llava_next
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

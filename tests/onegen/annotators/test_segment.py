@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.predictor import SamPredictor
 
 from onegen import tasks
@@ -21,71 +19,8 @@ from onegen.annotators.segment import (SamMasks, Segmentation, Segmenter, class_
                                        paint_instances, pixel_box, sam_architecture)
 from onegen.config import SegmenterConfig
 from onegen.format import Provenance, Sample
+from tests.tiny_annotators import OPEN, save_tiny_grounding_dino, save_tiny_owlv2, tiny_sam
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-# Forced detections: random detectors score near chance, so thresholds of 0 keep every query.
-OPEN = dict(box_threshold=0.0, text_threshold=0.0, score_threshold=0.0, max_instances=6, batch_size=4)
-
-
-def tiny_sam() -> Sam:
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=64, patch_size=8, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0,
-                                      out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                      use_rel_pos=True, window_size=4, global_attn_indexes=(1,)),
-        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64),
-                                     mask_in_chans=4),
-        mask_decoder=MaskDecoder(transformer_dim=32, iou_head_depth=2, iou_head_hidden_dim=16,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2)),
-    )
-
-
-def _save_grounding_dino(folder):
-    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
-
-    # The model splits phrases at bert-base-uncased's ids for [CLS] [SEP] . ? (101, 102, 1012, 1029).
-    vocab = [f"[unused{i}]" for i in range(1100)]
-    specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
-    for i, t in specials.items():
-        vocab[i] = t
-    for i, t in enumerate([*LETTERS, *(f"##{c}" for c in LETTERS)]):
-        vocab[200 + i] = t
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
-    torch.manual_seed(0)
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-                                   out_indices=[2, 3, 4]),
-        text_config=BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30, num_feature_levels=3,
-        encoder_n_points=1, decoder_n_points=1)
-    GroundingDinoForObjectDetection(config).save_pretrained(folder)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-
-
-def _save_owlv2(folder):
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-
-    vocab = {"!": 0}
-    for t in [*LETTERS, *(f"{c}</w>" for c in LETTERS), "<|startoftext|>", "<|endoftext|>"]:
-        vocab[t] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    torch.manual_seed(0)
-    config = Owlv2Config(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        projection_dim=16)
-    model = Owlv2ForObjectDetection(config)
-    with torch.no_grad():  # random box heads saturate to degenerate boxes; keep them near the patch priors
-        model.box_head.dense2.weight.mul_(0.01)
-    model.save_pretrained(folder)
-    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
-                   tokenizer=tokenizer).save_pretrained(folder)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("segmenter")
-    _save_grounding_dino(root / "gdino")
-    _save_owlv2(root / "owlv2")
+    save_tiny_grounding_dino(root / "gdino")
+    save_tiny_owlv2(root / "owlv2")
     torch.manual_seed(0)
     torch.save(tiny_sam().state_dict(), root / "sam.pth")
     return root

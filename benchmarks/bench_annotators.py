@@ -382,6 +382,12 @@ def end_to_end(stage: Stage, blobs: list[bytes], n: int, pools: tuple[Executor, 
     return n / dt, written[0], busy.fraction
 
 
+def _one_thread() -> None:
+    """A pool worker is one of many: OpenCV's and torch's own thread pools would oversubscribe the cores."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 @contextmanager
 def host_pools(kind: str, workers: int):
     """Decode and encode pools. ``processes`` is the Ray build's layout (CPU work in worker processes,
@@ -391,7 +397,7 @@ def host_pools(kind: str, workers: int):
         pools = ThreadPoolExecutor(workers), ThreadPoolExecutor(workers)
     else:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
-        pools = ProcessPoolExecutor(workers, mp_context=ctx), ProcessPoolExecutor(workers, mp_context=ctx)
+        pools = tuple(ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) for _ in range(2))
         for pool in pools:  # start every worker (and its imports) before anything is timed
             list(pool.map(time.sleep, [0.2] * 2 * workers))
     try:
@@ -436,7 +442,8 @@ def main() -> None:
     ap.add_argument("--image-size", default="512x512", help="HxW of the synthetic inputs (quick: 64x80)")
     ap.add_argument("--format", choices=("jpeg", "png", "mixed"), default="jpeg", help="encoding of the inputs")
     ap.add_argument("--batch", type=int, help="images per annotator call for every stage (default per stage)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="decode workers and encode workers each")
+    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() // 2),
+                    help="decode workers and encode workers each (default: half the cores each)")
     ap.add_argument("--pool", choices=("processes", "threads"), default="processes",
                     help="where decode/encode run: worker processes (the Ray build's layout) or threads")
     ap.add_argument("--inflight", type=int, default=2, help="annotator batches running at once")

@@ -1,7 +1,9 @@
 """GPU-busy fraction for the benchmarks: NVML utilisation sampled while a region runs.
 
-NVML's utilisation is the share of time at least one kernel was running. Beside images/s it tells
-whether a pipeline starves the GPU (host-bound) or the GPU does more work than the bare model.
+NVML's utilisation is the share of time at least one kernel was running, averaged by the driver over
+its own window (1/6 s to 1 s), so regions of a few seconds or more read true; quick smoke runs do not.
+Beside images/s it tells whether a pipeline starves the GPU (host-bound) or the GPU does more work
+than the bare model.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ class GpuBusy:
                 import pynvml
 
                 pynvml.nvmlInit()
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or torch.cuda.current_device())
+                # By UUID: NVML numbers every GPU of the host, whatever CUDA_VISIBLE_DEVICES shows torch.
+                uuid = torch.cuda.get_device_properties(device.index or torch.cuda.current_device()).uuid
+                self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
                 self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
             except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
                 print(f"no GPU-busy figure: {e}", flush=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -152,19 +153,21 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
 
     def probe_steps(params_: Params) -> int:
+        # 40 steps, timed from 10 to 30: start-up (data workers, first-batch allocation) and the final
+        # checkpoint write stay outside, which once made a 6-minute budget ~1 minute of training.
+        shutil.rmtree(out / "probe", ignore_errors=True)  # a finished probe would resume and time nothing
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
-            "stages": [params_.train.stages[0].model_copy(update={"steps": 30})],
+            "stages": [params_.train.stages[0].model_copy(update={"steps": 40})],
             "out_dir": out / "probe", "checkpoint_every": 1000})})
         stamps = {}
 
         def stamp(step: int, _model) -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # the step's kernels, not only their launches
-            stamps[step] = time.perf_counter()
+            if step in (10, 30):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # the steps' kernels, not only their launches
+                stamps[step] = time.perf_counter()
 
         trainer.train(probe, on_step=stamp)
-        # Steps 10..30 only: start-up (data workers, first-batch allocation) made a whole-run probe
-        # size a 6-minute budget as ~1 minute of training.
         return max(int(args.train_minutes * 60 * 20 / (stamps[30] - stamps[10])), 30)
 
     params = make_params(args)

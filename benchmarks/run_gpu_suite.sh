@@ -10,8 +10,8 @@ JOBS=${*:-cap cap_fp8 cap_base ann learn}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-step() { local name=$1; shift; echo "$(date +%T) start $name" >>"$OUT/status"
-         "$@" >"$OUT/$name.log" 2>&1; echo "$(date +%T) end $name rc=$?" >>"$OUT/status"; }
+step() { local name=$1 rc; shift; echo "$(date +%T) start $name" >>"$OUT/status"
+         "$@" >"$OUT/$name.log" 2>&1; rc=$?; echo "$(date +%T) end $name rc=$rc" >>"$OUT/status"; }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 for job in $JOBS; do
   case $job in

@@ -5,7 +5,8 @@ ask a predictor for an item's prediction, and how to score it with pure metric f
 
 * ``items()``       -- the evaluation items (may stream), each a dict with a unique ``"id"``;
 * ``predict(predictor, batch)`` -- predictions for a batch of items;
-* ``score(item, prediction)``   -- per-item metrics (floats);
+* ``score(item, prediction)``   -- per-item metrics (floats; a JSON string where ``aggregate`` pools
+                                   more than a number, e.g. detections for an AP);
 * ``aggregate(scores)``         -- the benchmark's numbers, in the papers' units.
 
 ``run`` caches every item's scores in ``items.jsonl`` as it goes, so a killed evaluation resumes
@@ -48,7 +49,7 @@ class Benchmark(ABC):
     def predict(self, predictor, batch: list[dict]) -> list: ...
 
     @abstractmethod
-    def score(self, item: dict, prediction) -> dict[str, float]: ...
+    def score(self, item: dict, prediction) -> dict[str, float | str]: ...
 
     @abstractmethod
     def aggregate(self, scores: list[dict[str, float]]) -> dict[str, float]: ...

@@ -101,7 +101,8 @@ def sample(params: Path = PARAMS):
 
 @app.command("eval")
 def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
-             predictor: str = typer.Option(None, help="'baseline', 'folder:<path>'; default evals.predictor"),
+             predictor: str = typer.Option(None, help="'baseline', 'folder:<path>', 'model:<checkpoint>'; default "
+                                                      "evals.predictor ('annotators' always scores params' annotators)"),
              limit: int = typer.Option(None, help="evaluate only the first N items"),
              params: Path = PARAMS):
     """Run one benchmark (resumable) into reports/evals/<name>/result.json."""

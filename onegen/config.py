@@ -127,7 +127,8 @@ class CaptionerConfig(_Strict):
     image_tokens: Literal["anyres", "base"] = Field(
         "anyres", description="base: the base-resolution tile only (LLaVA-NeXT: 577 image tokens instead of up to ~2.9k)")
     quantize: Literal["none", "fp8"] = Field(
-        "none", description="fp8: W8A8 language-model linears (Ada/Hopper; numbers differ from bf16's)")
+        "none", description="fp8: W8A8 language-model linears (Ada/Hopper, bf16 model; numbers differ from bf16's; "
+                            "vllm/sglang use their own online fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
     compile: bool = Field(True, description="torch.compile + CUDA graphs for the decode step (CUDA, static cache)")
     length_bucketing: bool = Field(True, description="batch images with similar image-token counts together")

@@ -28,13 +28,14 @@ from evals.benchmark import Benchmark, save_tile_grid
 from evals.depth.benchmark import WORLD_RANGE
 from evals.depth.metrics import evaluate_depth
 from evals.registry import register
+from onegen.annotators.base import resolve_device
 from onegen.config import Params
 from onegen.families import MODEL_ANNOTATORS
 from onegen.seeding import item_seed
 from onegen.sources import procedural as world
 
 SCORED = ("depth", "segmenter", "captioner")
-PERCENT = ("depth_abs_rel", "depth_delta1", "mask_iou", "caption_valid", "entity_recall", "caption_recall")
+PERCENT = ("depth_abs_rel", "depth_delta1", "caption_valid", "entity_recall", "caption_recall")
 
 
 class AnnotatorSuite:
@@ -45,7 +46,8 @@ class AnnotatorSuite:
         if unknown:
             raise ValueError(f"annotators: no quality metric for {sorted(unknown)}; scored: {', '.join(SCORED)}")
         self.models, self.off = models, off  # off: name -> the params keys that would switch it on
-        self.settings = settings or {}  # their params blocks: a threshold changes answers as weights do
+        # Their params blocks and the device: a threshold or another dtype changes answers as weights do.
+        self.settings = settings or {}
 
     @classmethod
     def from_params(cls, params: Params) -> AnnotatorSuite:
@@ -54,7 +56,8 @@ class AnnotatorSuite:
         if not on:
             raise FileNotFoundError("annotators: none is configured; set " + ", ".join(a.keys for a in wanted))
         return cls({a.name: a.load(params.annotators) for a in on}, {a.name: a.keys for a in wanted if a not in on},
-                   {a.name: getattr(params.annotators, a.block).model_dump(mode="json") for a in on})
+                   {"device": str(resolve_device(params.annotators.device)),
+                    **{a.name: getattr(params.annotators, a.block).model_dump(mode="json") for a in on}})
 
     def records(self) -> list[dict]:
         out = []
@@ -115,10 +118,12 @@ class AnnotatorQuality(Benchmark):
             m = evaluate_depth(prediction["disparity"], item["depth"], item["depth"] > 0, *WORLD_RANGE,
                                space="disparity")
             out |= {"depth_abs_rel": m["abs_rel"], "depth_delta1": m["delta1"]}
-        if "segmentation" in prediction and item["labels"]:
+        if "segmentation" in prediction:
             seg = prediction["segmentation"]
-            out["mask_iou"] = float(np.mean(metrics.best_mask_iou(seg.masks, item["instance"])))
-            # AP pools every image's matches, so the item keeps them (cached beside its floats).
+            ious = metrics.best_mask_iou(seg.masks, item["instance"])
+            out |= {"mask_iou_sum": float(np.sum(ious)), "mask_instances": float(len(ious))}
+            # AP pools every image's matches (an image without objects contributes false positives),
+            # so the item keeps them, cached as JSON beside its floats.
             out["box_matches"] = json.dumps(metrics.match_detections(seg.boxes, seg.labels, seg.scores,
                                                                      item["boxes"], item["labels"]))
             out["box_ground_truth"] = json.dumps(Counter(item["labels"]))
@@ -131,10 +136,13 @@ class AnnotatorQuality(Benchmark):
 
     def aggregate(self, scores):
         out = {k: 100 * float(np.mean(v)) for k in PERCENT if (v := [s[k] for s in scores if k in s])}
-        with_boxes = [s for s in scores if "box_matches" in s]
-        if with_boxes:
-            matches = [tuple(m) for s in with_boxes for m in json.loads(s["box_matches"])]
-            counts = sum((Counter(json.loads(s["box_ground_truth"])) for s in with_boxes), Counter())
+        segmented = [s for s in scores if "box_matches" in s]
+        instances = sum(s["mask_instances"] for s in segmented)
+        if instances:  # pooled over every instance of every image, like the boxes below
+            out["mask_iou"] = 100 * sum(s["mask_iou_sum"] for s in segmented) / instances
+        counts = sum((Counter(json.loads(s["box_ground_truth"])) for s in segmented), Counter())
+        if sum(counts.values()):
+            matches = [tuple(m) for s in segmented for m in json.loads(s["box_matches"])]
             out["box_ap50"] = 100 * metrics.mean_ap(matches, dict(counts))
         return out
 

@@ -1,10 +1,12 @@
 """Annotator quality metrics against exact ground truth: pure numpy, no IO.
 
-* boxes: AP at IoU 0.5 per class (all-point interpolated precision, COCO/VOC-2010 style: every
-  prediction sorted by score, each matched greedily to the best unmatched ground-truth box of its
-  class), averaged over the classes that have ground truth;
+* boxes: AP at IoU 0.5 per class, averaged over the classes that have ground truth. Predictions
+  are taken by score and each matches the best *unmatched* ground-truth box of its class (COCO's
+  rule; VOC instead fails a prediction whose best box is taken), and precision is interpolated at
+  every recall step (VOC 2010's all-point AP; COCO samples 101 points). So it equals neither
+  pycocotools nor the VOC devkit to the last digit, and ranks annotators the same way;
 * masks: for each ground-truth instance, the best IoU any predicted mask reaches (class-agnostic,
-  so a mislabelled but well-cut mask still scores), averaged over instances;
+  so a mislabelled but well-cut mask still scores), averaged over all instances of all images;
 * entities: the share of the visible object nouns that the entity list names (a plural counts).
 """
 

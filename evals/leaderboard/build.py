@@ -224,7 +224,7 @@ METRICS: dict[str, Metric] = {
     "fid": Metric("FID-6K", False, 2),
     "depth_abs_rel": Metric("Depth AbsRel (%)", False, 2),
     "depth_delta1": Metric("Depth δ1 (%)", True, 1),
-    "box_ap50": Metric("Box AP50", True, 1),
+    "box_ap50": Metric("Box AP50 (%)", True, 1),
     "mask_iou": Metric("Mask IoU (%)", True, 1),
     "caption_valid": Metric("Valid captions (%)", True, 1),
     "entity_recall": Metric("Entity recall (%)", True, 1),
@@ -420,7 +420,7 @@ def render_csv(tables: Sequence[Table]) -> str:
 # --- HTML ------------------------------------------------------------------------------------
 
 _COLOURS = {"model": "#1d4ed8", "random weights": "#c2410c", "baseline": "#6b7280", "predictions": "#0f766e",
-            "published": "#cbd5e1"}
+            "annotators": "#7c3aed", "published": "#cbd5e1"}
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;margin:0;background:#f8fafc}
@@ -444,7 +444,7 @@ table.lb td.src{color:#6b7280;font-size:12px;white-space:normal;min-width:240px;
 table.lb td.src code{font-size:11px;color:#1f2937;word-break:break-all}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-weight:600;color:#fff}
 .badge.published{background:#94a3b8}.badge.model{background:#1d4ed8}.badge.baseline{background:#6b7280}
-.badge.predictions{background:#0f766e}.badge.random{background:#c2410c}
+.badge.predictions{background:#0f766e}.badge.random{background:#c2410c}.badge.annotators{background:#7c3aed}
 .scroll{overflow-x:auto}
 .charts{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0 4px}
 .charts svg{background:#fff;box-shadow:0 1px 2px #0001}

@@ -34,11 +34,15 @@ def require_path(key: str, path: Path | None, kind: str = "checkpoint") -> Path:
 def _hash_files(files: tuple[Path, ...]) -> str:
     # Keyed by each file's stat too: a checkpoint rewritten in place (a retrained model under the same
     # path) must not get the hash of the bytes it replaced.
-    return _hash_stated_files(tuple((f, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    return _hash_stated_files(tuple((f, *_stat_key(f.stat())) for f in files))
+
+
+def _stat_key(st) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @lru_cache(maxsize=64)
-def _hash_stated_files(stated: tuple[tuple[Path, int, int, int], ...]) -> str:
+def _hash_stated_files(stated: tuple[tuple, ...]) -> str:
     h = hashlib.sha256()
     for f, *_ in stated:
         h.update(f.name.encode())

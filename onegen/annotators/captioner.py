@@ -197,7 +197,7 @@ class TransformersVLM:
                                  f"not {type(model).__name__}")
         if cfg.quantize == "fp8":
             try:
-                check_fp8_device(self.device)
+                check_fp8_device(self.device, self.dtype)
             except RuntimeError as e:
                 raise AnnotatorError(f"annotators.captioner.quantize=fp8: {e}") from None
             quantize_linears(model.get_decoder().layers)  # idempotent: an Fp8Linear is no nn.Linear

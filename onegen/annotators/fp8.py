@@ -10,6 +10,9 @@ Per-row activation scales keep a row's result independent of every other row of 
 quantising never makes a caption depend on its batch. It does change the numbers against bf16:
 captions from an FP8 run are not byte-equal to a bf16 run's, and the option is off by default.
 The embeddings, the LM head, the vision tower and the projector stay in their own dtype.
+
+This is the transformers backend's scheme; the vLLM and SGLang backends get ``quantization="fp8"``,
+their own online FP8 (per-tensor activation scales), which these guarantees do not cover.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x8, x_scale = quantize_rows(x.reshape(-1, self.in_features))
+        x8, x_scale = quantize_rows(x.reshape(-1, self.in_features).contiguous())  # row-major for the GEMM
         y = torch._scaled_mm(x8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=x.dtype)
         if self.bias is not None:
             y = y + self.bias
@@ -53,8 +56,14 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def check_fp8_device(device: torch.device) -> None:
-    """FP8 GEMMs need compute capability 8.9 (Ada, Hopper) on CUDA; CPU runs them (slowly) for tests."""
+def check_fp8_device(device: torch.device, dtype: torch.dtype) -> None:
+    """FP8 GEMMs need compute capability 8.9 (Ada, Hopper) on CUDA, and bf16 around them: row-wise
+    scaled GEMMs output bf16 only there, and an fp16 scale underflows to 0 for quiet rows (0/0 = NaN).
+    CPU runs them (slowly) for tests, in bf16 or float32."""
+    if dtype == torch.float16 or (device.type == "cuda" and dtype != torch.bfloat16):
+        raise RuntimeError(f"fp8 needs the model in bfloat16 (dtype: bfloat16 or auto), not {dtype}")
+    if device.type not in ("cuda", "cpu"):
+        raise RuntimeError(f"fp8 runs on CUDA (compute capability >= 8.9) or, for tests, the CPU; not {device.type}")
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
         raise RuntimeError(f"fp8 needs a GPU of compute capability >= 8.9 (Ada, Hopper); {name} is "

@@ -67,6 +67,21 @@ def test_a_wrong_answer_costs_points():
     assert m["box_ap50"] == 0 and m["mask_iou"] == pytest.approx(100)  # right cut, wrong name
 
 
+def test_boxes_on_an_empty_scene_are_false_positives():
+    bench = AnnotatorQuality(load_profile("default"))
+    item = next(iter(bench.items()))
+    empty = {**item, "instance": np.zeros_like(item["instance"]), "boxes": np.zeros((0, 4)), "labels": [],
+             "nouns": []}
+    pred = _oracle(item)["segmentation"]
+    alone = bench.aggregate([bench.score(item, {"segmentation": pred})])
+    assert alone["box_ap50"] == pytest.approx(100)
+    confident = Segmentation(pred.entities, pred.labels, pred.boxes, pred.scores + 1, pred.mask_scores, pred.masks,
+                             pred.instance)  # ranked above every true box, so they cost precision
+    both = bench.aggregate([bench.score(item, {"segmentation": pred}),
+                            bench.score(empty, {"segmentation": confident})])
+    assert both["box_ap50"] < 100 and both["mask_iou"] == pytest.approx(100)  # empty scenes add no instances
+
+
 def test_every_scored_annotator_runs_its_full_path(tmp_path):
     save_tiny_depth_anything(tmp_path / "da")
     save_tiny_grounding_dino(tmp_path / "gdino")

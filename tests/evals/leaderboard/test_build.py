@@ -89,6 +89,16 @@ def test_html_is_self_contained(tmp_path, results):
     assert 'class="badge baseline"' in page and 'class="badge random"' in page
 
 
+def test_annotator_quality_rows_are_drawn_in_the_world_section(tmp_path):
+    res = write_result(tmp_path / "reports/evals/annotators/result.json", "annotators", "default",
+                       {"depth_abs_rel": 9.5, "box_ap50": 41.0}, model="annotators: depth, segmenter",
+                       kind="annotators")
+    out = build_leaderboard([res], tmp_path / "out", root=tmp_path)
+    page = out["html"].read_text()
+    assert 'class="badge annotators"' in page and "Box AP50 (%)" in page
+    assert "World — annotator quality" in out["md"].read_text().split("Procedural-world sanity editions")[1]
+
+
 def test_missing_sample_is_omitted(tmp_path):
     res = write_result(tmp_path / "r.json", "nvs_gso", "1-view", {"psnr": 1.0}, samples="nowhere/samples.png")
     page = build_leaderboard([res], tmp_path / "out", root=tmp_path)["html"].read_text()

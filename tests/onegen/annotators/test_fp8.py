@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from onegen.annotators.base import AnnotatorError
 from onegen.annotators.captioner import Captioner
 from onegen.annotators.fp8 import FP8, Fp8Linear, quantize_linears, quantize_rows
 from onegen.config import CaptionerConfig
@@ -68,3 +69,11 @@ def test_fp8_captioner_keeps_batch_invariance_and_leaves_head_and_vision_alone(t
     ims = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(32, 32), (40, 64), (64, 40), (48, 48)]]
     alone = [vlm.generate([im], min_new_tokens=5)[0].token_ids for im in ims]
     assert [g.token_ids for g in vlm.generate(ims, min_new_tokens=5)] == alone
+
+
+def test_fp8_needs_a_bfloat16_model(tmp_path):
+    build_tiny_llava_next(tmp_path)
+    cfg = CaptionerConfig(path=tmp_path, dtype="float16", quantize="fp8", max_new_tokens=5, min_words=3, max_words=40,
+                          max_entities=3)
+    with pytest.raises(AnnotatorError, match=r"quantize=fp8: fp8 needs the model in bfloat16"):
+        Captioner.load(cfg, device="cpu")

@@ -9,6 +9,7 @@ than the bare model.
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -41,7 +42,7 @@ class GpuBusy:
 
     def _sample(self) -> None:
         while not self.stop.wait(0.05):
-            self.samples.append(self.read())
+            self.samples.append((time.perf_counter(), self.read()))
 
     def __exit__(self, *exc) -> None:
         if self.handle is not None:
@@ -50,4 +51,9 @@ class GpuBusy:
 
     @property
     def fraction(self) -> float | None:
-        return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
+        return self.fraction_between(float("-inf"), float("inf"))
+
+    def fraction_between(self, start: float, end: float) -> float | None:
+        """The mean over samples taken between two ``time.perf_counter()`` readings."""
+        window = [u for t, u in self.samples if start <= t <= end]
+        return round(sum(window) / len(window) / 100, 3) if window else None

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
-#     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]     (jobs: cap cap_fp8 cap_base ann ann_threads learn train_step)
+#     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
+#     jobs: cap cap_fp8 cap_base cap_build (needs ray) ann ann_threads learn train_step
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
 set -u
@@ -18,6 +19,7 @@ for job in $JOBS; do
     cap) step cap python benchmarks/bench_captioner.py --json "$OUT/cap.json" ;;
     cap_fp8) step cap_fp8 python benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
     cap_base) step cap_base python benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
+    cap_build) step cap_build python benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
     ann) step ann python benchmarks/bench_annotators.py --json "$OUT/ann.json" ;;
     ann_threads) step ann_threads python benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
     learn) step learn python benchmarks/learn_procedural.py --out "$OUT/learn" --scenes 1500 --views 8 --batch 64 \

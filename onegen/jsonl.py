@@ -17,7 +17,7 @@ def shard_logger(path: Path, **fields):
 
     def log(entry: dict) -> None:
         append_jsonl(path, {**fields, "shard": entry["shard"], "count": entry["count"], "bytes": entry["bytes"],
-                            "seconds": entry["seconds"],
+                            "failed": entry.get("failed", 0), "seconds": entry["seconds"],
                             "samples_per_s": round(entry["count"] / max(entry["seconds"], 1e-9), 2)})
 
     return log

@@ -36,9 +36,9 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_captioner import llava_next_config, llava_next_processor, naive_generate  # noqa: E402
+from benchmarks.bench_captioner import (  # noqa: E402
+    llava_next_config, llava_next_processor, naive_generate, naive_prompt)
 from benchmarks.gpu_busy import GpuBusy  # noqa: E402
-from onegen.annotators.caption_text import instruction  # noqa: E402
 from onegen.config import load_profile, parse_params  # noqa: E402
 
 
@@ -162,9 +162,7 @@ def main() -> None:
 
         model = LlavaNextForConditionalGeneration.from_pretrained(root / "vlm", dtype=dtype).to(device).eval()
         processor = AutoProcessor.from_pretrained(root / "vlm")
-        prompt = processor.apply_chat_template([{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": instruction(100, 150, 10)}]}], add_generation_prompt=True,
-            tokenize=False)
+        prompt = naive_prompt(processor)
         naive_generate(model, processor, prompt, images[:8], 8, args.new_tokens)  # warm-up
         with GpuBusy(device) as naive_busy:
             t0 = time.perf_counter()

@@ -126,6 +126,13 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
+def naive_prompt(processor) -> str:
+    """The captioner's instruction after one image, in the model's own chat template."""
+    return processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": instruction(100, 150, 10)}]}], add_generation_prompt=True,
+        tokenize=False)
+
+
 def naive_generate(model, processor, prompt: str, images, batch: int, new_tokens: int) -> int:
     """The plain loop: CPU preprocessing, ``generate`` per batch. Returns the new tokens made."""
     made = 0
@@ -205,9 +212,7 @@ def main() -> None:
     rows = []
 
     if args.baseline_images:
-        prompt = processor.apply_chat_template([{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": instruction(100, 150, 10)}]}], add_generation_prompt=True,
-            tokenize=False)
+        prompt = naive_prompt(processor)
         bb = args.baseline_batch
         naive_generate(model, processor, prompt, images[:bb], bb, args.new_tokens)  # warm-up: CUDA init, cuBLAS
         seconds, made, peak, busy = timed(lambda: naive_generate(model, processor, prompt, images[: args.baseline_images],

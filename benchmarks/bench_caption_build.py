@@ -51,6 +51,9 @@ def save_model(folder: Path, quick: bool, dtype: torch.dtype) -> None:
         model = LlavaNextForConditionalGeneration._from_config(config, dtype=dtype)
     model.save_pretrained(folder)
     llava_next_processor(config, quick).save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the actor loads its own copy: leave it the whole GPU
 
 
 def write_photos(folder: Path, n: int, size: int) -> list[np.ndarray]:

@@ -7,9 +7,10 @@ The job is bench_captioner.py's (LLaVA-NeXT-7B, seeded random weights, 672² pho
 each, greedy), now run as ``onegen shards text2image`` runs it: an image folder of JPEGs ->
 Ray read tasks (decode, CPU) -> the captioner as a GPU actor pool (``build.annotator_pools``) ->
 build-and-write tasks. The model is saved to disk first, since an actor loads it by path as a user's
-checkpoint would. Random weights never pass the caption validation, so every item ends in the
+checkpoint would, with its EOS logit zeroed so every image gets its 150 tokens (the naive loop
+forces them instead). Random weights never pass the caption validation, so every item ends in the
 shard's ``errors.jsonl`` (``max_failure_fraction: 1``): the GPU work is the real job, the shards
-are empty. Printed beside the naive ``generate`` loop (batch 8) on the same images, in this
+are empty, and an item that fails for any other reason (out of memory, say) stops the benchmark. Printed beside the naive ``generate`` loop (batch 8) on the same images, in this
 process after the build has given the GPU back:
 
 * steady img/s: images of every shard after the first / time between the first and the last shard
@@ -49,6 +50,8 @@ def save_model(folder: Path, quick: bool, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu"):
         model = LlavaNextForConditionalGeneration._from_config(config, dtype=dtype)
+    with torch.no_grad():  # EOS logit 0: random weights never stop early, so every image gets all its new tokens
+        model.lm_head.weight[config.text_config.eos_token_id].zero_()
     model.save_pretrained(folder)
     llava_next_processor(config, quick).save_pretrained(folder)
     del model
@@ -77,8 +80,9 @@ class ShardClock:
             self._read()
 
     def _read(self) -> None:
-        lines = self.log.read_text().splitlines() if self.log.is_file() else []
-        for line in lines[len(self.rows):]:
+        text = self.log.read_text() if self.log.is_file() else ""
+        complete = text[: text.rfind("\n") + 1].splitlines()  # a row still being written waits for the next poll
+        for line in complete[len(self.rows):]:
             self.rows.append((time.perf_counter(), json.loads(line)))
 
     def __enter__(self):
@@ -94,10 +98,47 @@ class ShardClock:
         return [(t, row["count"] + row.get("failed", 0)) for t, row in self.rows if "shard" in row]
 
 
+def check_ray_gpu(params, device: torch.device) -> None:
+    """Ray must see the GPU, or the captioner actor (num_gpus=1) waits forever for a place."""
+    import ray
+
+    from pipelines.ray_build import ensure_ray
+
+    ensure_ray(params.build)
+    if device.type == "cuda" and ray.cluster_resources().get("GPU", 0) < 1:
+        raise SystemExit(f"Ray sees no GPU ({ray.cluster_resources()}): the captioner actor could never start")
+
+
+def check_errors(shards_dir: Path) -> None:
+    """Every item should fail as random weights do (a rejected caption); anything else (out of memory,
+    a compile error, retried item by item) would make the figure meaningless."""
+    for path in sorted(shards_dir.glob("shard-*.errors.jsonl")):
+        for line in path.read_text().splitlines():
+            reason = json.loads(line).get("reason", "")
+            if "VLM answer rejected" not in reason:
+                raise SystemExit(f"{path.name}: an item failed for another reason than random weights: {reason}")
+
+
+def release_ray_gpu(device: torch.device) -> None:
+    """Shut Ray down and wait until its actor's memory is back, before the baseline loads a model."""
+    import ray
+
+    ray.shutdown()
+    if device.type != "cuda":
+        return
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        free, total = torch.cuda.mem_get_info()
+        if free > 0.8 * total:
+            return
+        time.sleep(1)
+    raise SystemExit(f"the Ray actor's GPU memory did not come back ({free / 2**30:.1f} GiB free)")
+
+
 def build_params(root: Path, args, device: torch.device) -> dict:
     d = load_profile("default").model_dump(mode="json")
     d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
-    d["world"]["enabled"] = False
+    d["world"].update(enabled=False, resolution=args.image_size)  # photos are cropped and resized to this
     d["sources"] = {"photos": {"kind": "image_folder", "path": str(root / "photos")}}
     d["shards"]["max_samples_per_shard"] = args.shard
     d["shards"]["families"] = {f: {"enabled": f == "text2image", "sources": ["photos"] if f == "text2image" else [],
@@ -130,7 +171,7 @@ def main() -> None:
     args.shard = args.shard or 2 * args.batch
     args.images = args.images or (3 * args.shard if q else 6 * args.shard)
     args.baseline_images = args.baseline_images or (8 if q else 16)
-    size = 64 if q else 672
+    size = args.image_size = 64 if q else 672
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if q:
         args.object_store_mb, args.cpu_workers = 256, 2
@@ -144,6 +185,7 @@ def main() -> None:
         images = write_photos(root / "photos", args.images, size)
         print(f"model and {args.images} photos on disk in {time.perf_counter() - t0:.0f} s", flush=True)
         params = parse_params(build_params(root, args, device))
+        check_ray_gpu(params, device)
         log = root / "reports" / "logs" / "shards_text2image.jsonl"
         with GpuBusy(device) as busy, ShardClock(log) as clock:
             start = time.perf_counter()
@@ -160,6 +202,10 @@ def main() -> None:
                      total_img_per_s=round(args.images / total_s, 3), total_s=round(total_s, 1),
                      failed=stats["failed"])
         print(build, flush=True)
+        check_errors(root / "data" / "shards" / "text2image")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": [build], "partial": True}, indent=1) + "\n")  # if the baseline dies
+        release_ray_gpu(device)
 
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 

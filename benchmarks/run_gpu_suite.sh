@@ -10,21 +10,26 @@ shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# Wheels installed with pip --target (a bare GPU image) go first, then this checkout.
+export PYTHONPATH=${SITE:-/tmp/site}:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 step() { local name=$1 rc; shift; echo "$(date +%T) start $name" >>"$OUT/status"
          "$@" >"$OUT/$name.log" 2>&1; rc=$?; echo "$(date +%T) end $name rc=$rc" >>"$OUT/status"; }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 for job in $JOBS; do
   case $job in
-    cap) step cap python benchmarks/bench_captioner.py --json "$OUT/cap.json" ;;
-    cap_fp8) step cap_fp8 python benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
-    cap_base) step cap_base python benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
-    cap_build) step cap_build python benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
-    ann) step ann python benchmarks/bench_annotators.py --json "$OUT/ann.json" ;;
-    ann_threads) step ann_threads python benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
-    learn) step learn python benchmarks/learn_procedural.py --out "$OUT/learn" --scenes 1500 --views 8 --batch 64 \
-             --workers 6 --train-minutes 6 --vae-seconds 60 ;;
-    train_step) step train_step python benchmarks/bench_train_step.py ;;
+    cap) step cap python3 benchmarks/bench_captioner.py --json "$OUT/cap.json" ;;
+    cap_fp8) step cap_fp8 python3 benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
+    cap_base) step cap_base python3 benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
+    cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
+    ann) step ann python3 benchmarks/bench_annotators.py --json "$OUT/ann.json" ;;
+    ann_threads) step ann_threads python3 benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
+    # its data, shards, latents and checkpoints (several GB) go to LEARN_DIR; OUT gets the summary and grid
+    learn) step learn python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}" --scenes 1500 --views 8 \
+             --batch 64 --workers 6 --train-minutes 6 --vae-seconds 60
+           cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
+           cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
+    train_step) step train_step python3 benchmarks/bench_train_step.py ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac
 done
+echo "$(date +%T) all done" >>"$OUT/status"

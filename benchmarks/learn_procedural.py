@@ -153,22 +153,23 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
 
     def probe_steps(params_: Params) -> int:
-        # 40 steps, timed from 10 to 30: start-up (data workers, first-batch allocation) and the final
-        # checkpoint write stay outside, which once made a 6-minute budget ~1 minute of training.
+        # 60 steps, timed from 10 to 50: start-up (data workers, first-batch allocation) and the final
+        # checkpoint write stay outside, which once made a 6-minute budget ~1 minute of training; 40
+        # steps average over the mixed stage's families (a multiview step costs more than a text2image one).
         shutil.rmtree(out / "probe", ignore_errors=True)  # a finished probe would resume and time nothing
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
-            "stages": [params_.train.stages[0].model_copy(update={"steps": 40})],
+            "stages": [params_.train.stages[0].model_copy(update={"steps": 60})],
             "out_dir": out / "probe", "checkpoint_every": 1000})})
         stamps = {}
 
         def stamp(step: int, _model) -> None:
-            if step in (10, 30):
+            if step in (10, 50):
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the steps' kernels, not only their launches
                 stamps[step] = time.perf_counter()
 
         trainer.train(probe, on_step=stamp)
-        return max(int(args.train_minutes * 60 * 20 / (stamps[30] - stamps[10])), 30)
+        return max(int(args.train_minutes * 60 * 40 / (stamps[50] - stamps[10])), 60)
 
     params = make_params(args)
     if args.stage in ("all", "data"):

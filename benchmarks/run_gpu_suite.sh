@@ -8,8 +8,14 @@ set -u
 OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
+for job in $JOBS; do
+  case $job in cap|cap_fp8|cap_base|cap_build|ann|ann_threads|learn|train_step) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_base cap_build ann ann_threads learn train_step" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
+trap 'echo "$(date +%T) all done" >>"$OUT/status"' EXIT  # what a poller waits for, however the suite ends
 # Wheels installed with pip --target (a bare GPU image) go first, then this checkout.
 export PYTHONPATH=${SITE:-/tmp/site}:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 step() { local name=$1 rc; shift; echo "$(date +%T) start $name" >>"$OUT/status"
@@ -29,7 +35,5 @@ for job in $JOBS; do
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py ;;
-    *) echo "unknown job $job" >&2; exit 2 ;;
   esac
 done
-echo "$(date +%T) all done" >>"$OUT/status"

@@ -12,7 +12,9 @@
    of steps sized to fit ``--train-minutes`` (measured on a probe run);
 5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
    model predictor beside each benchmark's baseline: image→depth AbsRel/δ1 against the best
-   constant depth, 1-view→novel-view PSNR/SSIM against copying the input view;
+   constant depth, 1-view→novel-view PSNR/SSIM against copying the input view, and text→image by
+   GenEval's rules on world prompts (a YOLO trained on world renders judges; the random-scene
+   baseline is the floor, the oracle render the ceiling);
 6. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
 
 The text encoder stays the seeded-random tiny T5 (a fixed random feature map of the prompt's
@@ -42,6 +44,8 @@ from model import train as trainer  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.format import decode_sample  # noqa: E402
 from onegen.shards.reader import ReadReport, depth_to_condition, iter_tar_samples, shard_urls  # noqa: E402
+from evals.geneval import world_detector  # noqa: E402
+from evals.geneval.benchmark import WorldGenEval  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
@@ -200,13 +204,21 @@ def main() -> None:
         save()
     if args.stage in ("all", "eval"):
         ckpt = params.train.out_dir
+        try:
+            WorldGenEval(params)  # text->image is judged by the world detector: is a current one there?
+        except FileNotFoundError:
+            summary["world_detector"] = world_detector.run(params)
+            save()
         evals = {}
-        for name in ("world_depth", "world_nvs"):
-            for spec in ("baseline", f"model:{ckpt}"):
+        # world_geneval's own baseline is the oracle (the evaluation's ceiling); random-scene is its floor.
+        for name, baselines in (("world_depth", ["baseline"]), ("world_nvs", ["baseline"]),
+                                ("world_geneval", ["baseline", "baseline:random-scene"])):
+            for spec in (*baselines, f"model:{ckpt}"):
+                folder = "model" if spec.startswith("model:") else spec.partition(":")[2] or "baseline"
                 p = params.model_copy(update={"paths": params.paths.model_copy(update={
-                    "reports": out / "reports" / ("baseline" if spec == "baseline" else "model")})})
+                    "reports": out / "reports" / folder})})
                 r = evaluate.run(p, name, spec)
-                evals[f"{name}/{r['model']['name'] if spec == 'baseline' else 'model'}"] = r["metrics"]
+                evals[f"{name}/{'model' if folder == 'model' else r['model']['name']}"] = r["metrics"]
                 print(name, spec, r["metrics"])
         summary["evals"] = evals
         summary["samples"] = sample.run(params)

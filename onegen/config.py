@@ -301,6 +301,8 @@ class WorldGenEvalConfig(_Strict):
     prompts: int = Field(48, ge=1, description="prompts, cycling through GenEval's six tags")
     train_images: int = Field(320, ge=1, description="detector training renders (world.resolution)")
     val_images: int = Field(128, ge=1, description="held-out renders: the detector's mAP50 and score calibration")
+    negatives_fraction: float = Field(0.25, ge=0, le=1, description="object-free images (noise, shuffled "
+                                      "patches) added per render, so garbage is not judged to hold shapes")
     epochs: int = Field(20, ge=1)
     imgsz: int = Field(128, ge=32, multiple_of=32, description="detector input size")
     batch: int = Field(8, ge=1)

@@ -180,6 +180,9 @@ class WorldGenEval(_GenEvalBenchmark):
             raise FileNotFoundError(f"world_geneval: no trained detector in {folder} (weights.pt, metrics.json): "
                                     f"run `onegen world-detector` (DVC stage world_detector)")
         self.detector_metrics = json.loads(metrics.read_text())
+        if "negative_fp_rate" not in self.detector_metrics:
+            raise FileNotFoundError(f"world_geneval: {metrics} predates negatives in training; run "
+                                    f"`onegen world-detector` again (DVC stage world_detector)")
         super().__init__(make_prompts(cfg.world.prompts, cfg.world.seed), cfg.images_per_prompt,
                          params.world.resolution, "world_geneval_", [weights_sha256(self.detector_path)])
 
@@ -189,4 +192,6 @@ class WorldGenEval(_GenEvalBenchmark):
                 WorldColorClassifier(world.COLORS))
 
     def aggregate(self, scores):
-        return {**summarize(scores), "detector_map50": float(self.detector_metrics["map50_box"])}
+        # The judge's own quality beside the scores: its mAP on renders, and how often it sees a shape in noise.
+        return {**summarize(scores), "detector_map50": float(self.detector_metrics["map50_box"]),
+                "detector_noise_fp": float(self.detector_metrics["negative_fp_rate"])}

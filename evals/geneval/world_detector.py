@@ -15,6 +15,13 @@ therefore fits a Platt scaling on the held-out renders, ``p = sigmoid(a * logit(
 probability that a detection is a true object of its class (box IoU >= 0.5, greedy matching), and
 the world edition's detector reports ``p``. It is monotone (``a > 0``), so rankings and mAP are
 unchanged.
+
+Negatives: a detector that has only seen clean renders finds confident shapes in noise, so a
+generator that paints garbage would pass GenEval's presence tags. Training therefore adds
+background images with empty labels (``negatives_fraction`` of the renders: smooth colour noise,
+pixel noise and renders cut into shuffled patches), the calibration counts detections on held-out
+negatives as false, and ``metrics.json`` reports ``negative_fp_rate``: the share of held-out
+negatives on which any detection clears GenEval's 0.3.
 """
 
 from __future__ import annotations
@@ -83,6 +90,25 @@ def label_lines(render: world.Render, scene: world.Scene) -> list[str]:
     return lines
 
 
+def negative_image(split: str, i: int, seed: int, size: int) -> np.ndarray:
+    """Image ``i`` of a split's negatives: no object a judge should find, in three kinds of texture."""
+    s = item_seed(seed, f"world_detector/{split}/negative", i)
+    rng = np.random.default_rng(s)
+    kind = i % 3
+    if kind == 0:  # smooth colour noise, the look of an undertrained generator
+        coarse = rng.integers(0, 256, (int(rng.integers(3, 12)),) * 2 + (3,), dtype=np.uint8)
+        return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    if kind == 1:  # pixel noise
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    # a render cut into shuffled patches: the world's colours and textures, no whole object
+    _, r = render_split("train" if split == "train" else "val", 10_000 + i, seed, size)
+    p = size // 8
+    tiles = [r.rgb[y : y + p, x : x + p] for y in range(0, size, p) for x in range(0, size, p)]
+    order = rng.permutation(len(tiles))
+    rows = [np.concatenate([tiles[k] for k in order[j : j + size // p]], 1) for j in range(0, len(tiles), size // p)]
+    return np.concatenate(rows, 0)
+
+
 def render_split(split: str, i: int, seed: int, size: int) -> tuple[world.Scene, world.Render]:
     """Image ``i`` of a split: a random scene from a random camera."""
     s = item_seed(seed, f"world_detector/{split}", i)
@@ -90,20 +116,24 @@ def render_split(split: str, i: int, seed: int, size: int) -> tuple[world.Scene,
     return scene, world.render(scene, world.random_camera(s, size, size))
 
 
-def export_split(root: Path, split: str, n: int, seed: int, size: int) -> None:
-    """``n`` renders of random scenes into ``root/images/<split>`` and ``root/labels/<split>``."""
+def export_split(root: Path, split: str, n: int, seed: int, size: int, negatives: int = 0) -> None:
+    """``n`` renders of random scenes, then ``negatives`` background images with empty labels, into
+    ``root/images/<split>`` and ``root/labels/<split>``."""
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         scene, r = render_split(split, i, seed, size)
         cv2.imwrite(str(root / "images" / split / f"{i:05d}.png"), r.rgb[..., ::-1])
         (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(label_lines(r, scene)))
+    for i in range(negatives):
+        cv2.imwrite(str(root / "images" / split / f"neg{i:05d}.png"), negative_image(split, i, seed, size)[..., ::-1])
+        (root / "labels" / split / f"neg{i:05d}.txt").write_text("")
 
 
 def export_dataset(root: Path, cfg: WorldGenEvalConfig, size: int) -> Path:
     """The training and held-out sets in YOLO layout; returns the dataset yaml."""
-    export_split(root, "train", cfg.train_images, cfg.seed, size)
-    export_split(root, "val", cfg.val_images, cfg.seed, size)
+    export_split(root, "train", cfg.train_images, cfg.seed, size, round(cfg.negatives_fraction * cfg.train_images))
+    export_split(root, "val", cfg.val_images, cfg.seed, size)  # mAP on renders alone, as before
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     (root / "data.yaml").write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     return root / "data.yaml"
@@ -177,8 +207,14 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
         for i in range(cfg.val_images):
             scene, r = render_split("val", i, cfg.seed, size)
             pairs += match_detections(detector([r.rgb])[0], scene, r)
+        n_neg = max(1, round(cfg.negatives_fraction * cfg.val_images))
+        negatives = detector([negative_image("val", i, cfg.seed, size) for i in range(n_neg)])
+        pairs += [(d["score"], False) for dets in negatives for found in dets.values() for d in found]
         scores, correct = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
         a, b = fit_platt(scores, correct)
+        calibrated = YoloDetector.load(tmp_weights, "world detector", calibration=(a, b))
+        fp_images = sum(any(d["score"] > 0.3 for found in dets.values() for d in found)
+                        for dets in calibrated([negative_image("val", i, cfg.seed, size) for i in range(n_neg)]))
         atomic_write_bytes(out_dir / "weights.pt", tmp_weights.read_bytes())
     m = val.results_dict
     metrics = {
@@ -187,6 +223,7 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
         "precision_box": float(m["metrics/precision(B)"]), "recall_box": float(m["metrics/recall(B)"]),
         "per_class_map50_box": {CLASSES[c]: float(v) for c, v in zip(val.box.ap_class_index, val.box.ap50)},
         "score_calibration": {"a": a, "b": b, "detections": len(scores), "correct": int(correct.sum())},
+        "negative_fp_rate": fp_images / n_neg, "val_negatives": n_neg,
         "train_images": cfg.train_images, "val_images": cfg.val_images, "epochs": cfg.epochs, "imgsz": cfg.imgsz,
         "render_size": size, "seed": cfg.seed, "arch": ARCH, "ultralytics": ultralytics.__version__,
         "export_seconds": round(t_export, 1), "train_seconds": round(t_train, 1),

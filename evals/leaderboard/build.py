@@ -210,6 +210,7 @@ METRICS: dict[str, Metric] = {
     "correct_images": Metric("Correct images", True, 2),
     "correct_prompts": Metric("Correct prompts", True, 2),
     "detector_map50": Metric("Detector mAP50", True, 2),
+    "detector_noise_fp": Metric("Detector sees shapes in noise", False, 2),
     "psnr": Metric("PSNR", True, 2),
     "ssim": Metric("SSIM", True, 3),
     "lpips": Metric("LPIPS", False, 3),

@@ -13,7 +13,7 @@ from evals import benchmark
 from evals.geneval.benchmark import WorldGenEval
 from evals.geneval.detector import YoloDetector
 from evals.geneval.world_detector import (CLASSES, export_split, fit_platt, instance_polygon, label_lines,
-                                          match_detections, train)
+                                          match_detections, negative_image, train)
 from evals.geneval.world_prompts import WorldOracle
 from onegen.config import Params, WorldGenEvalConfig
 from onegen.sources import procedural as world
@@ -103,12 +103,25 @@ def test_export_writes_yolo_layout(tmp_path):
     assert cv2.imread(str(images[0])).shape == (64, 64, 3)
 
 
+def test_negatives_are_background_images_with_empty_labels(tmp_path):
+    export_split(tmp_path, "train", 2, seed=1, size=64, negatives=3)
+    labels = {p.stem: p.read_text() for p in (tmp_path / "labels" / "train").glob("*.txt")}
+    assert sorted(labels) == ["00000", "00001", "neg00000", "neg00001", "neg00002"]
+    assert all(labels[k] == "" for k in labels if k.startswith("neg")) and labels["00000"]
+    kinds = [negative_image("train", i, 1, 64) for i in range(3)]  # smooth noise, pixel noise, shuffled render
+    assert all(k.shape == (64, 64, 3) and k.dtype == np.uint8 for k in kinds)
+    assert np.abs(np.diff(kinds[0].astype(int), axis=1)).mean() < np.abs(np.diff(kinds[1].astype(int), axis=1)).mean()
+    assert np.array_equal(negative_image("train", 2, 1, 64), kinds[2])  # seeded
+    assert not np.array_equal(negative_image("val", 2, 1, 64), kinds[2])  # held-out negatives are other images
+
+
 def test_training_smoke_run_writes_loadable_weights_and_metrics(trained):
     out, metrics = trained
     assert (out / "weights.pt").is_file()
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert 0.0 <= metrics["map50_box"] <= 1.0 and metrics["epochs"] == 1 and metrics["train_images"] == 8
     assert metrics["score_calibration"]["a"] > 0 and metrics["score_calibration"]["detections"] >= 0
+    assert 0 <= metrics["negative_fp_rate"] <= 1 and metrics["val_negatives"] == 1
     det = YoloDetector.load(out / "weights.pt", "test")
     assert det.names == list(CLASSES)
     det.CONF = 0.0  # an untrained model's scores are tiny: look at everything it returns
@@ -148,8 +161,9 @@ def test_world_geneval_end_to_end_with_the_oracle(trained, tmp_path):
     m = result["metrics"]
     assert result["n_items"] == 4 and result["model"]["kind"] == "baseline"
     assert set(m) == {"overall", "single_object", "two_object", "counting", "colors", "correct_images",
-                      "correct_prompts", "detector_map50"}
+                      "correct_prompts", "detector_map50", "detector_noise_fp"}
     assert all(0.0 <= v <= 1.0 for v in m.values()) and m["detector_map50"] == metrics["map50_box"]
+    assert m["detector_noise_fp"] == metrics["negative_fp_rate"]
     assert (tmp_path / "run" / "samples.png").is_file()
     again = benchmark.run(bench, WorldOracle(), tmp_path / "run", batch_size=2, limit=4)  # resumes from the cache
     assert again["metrics"] == m

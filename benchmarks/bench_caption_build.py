@@ -209,8 +209,8 @@ def main() -> None:
 
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-        model = LlavaNextForConditionalGeneration.from_pretrained(root / "vlm", dtype=dtype).to(device).eval()
-        processor = AutoProcessor.from_pretrained(root / "vlm")
+        model = LlavaNextForConditionalGeneration.from_pretrained(root / "vlm", dtype=dtype, local_files_only=True).to(device).eval()
+        processor = AutoProcessor.from_pretrained(root / "vlm", local_files_only=True)
         prompt = naive_prompt(processor)
         naive_generate(model, processor, prompt, images[:8], 8, args.new_tokens)  # warm-up
         with GpuBusy(device) as naive_busy:

@@ -101,7 +101,7 @@ def negative_image(split: str, i: int, seed: int, size: int) -> np.ndarray:
     if kind == 1:  # pixel noise
         return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     # a render cut into shuffled patches: the world's colours and textures, no whole object
-    _, r = render_split("train" if split == "train" else "val", 10_000 + i, seed, size)
+    _, r = render_split(split, 10_000 + i, seed, size)  # past the split's renders: a scene of its own
     p = size // 8
     tiles = [r.rgb[y : y + p, x : x + p] for y in range(0, size, p) for x in range(0, size, p)]
     order = rng.permutation(len(tiles))
@@ -208,13 +208,13 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
             scene, r = render_split("val", i, cfg.seed, size)
             pairs += match_detections(detector([r.rgb])[0], scene, r)
         n_neg = max(1, round(cfg.negatives_fraction * cfg.val_images))
-        negatives = detector([negative_image("val", i, cfg.seed, size) for i in range(n_neg)])
-        pairs += [(d["score"], False) for dets in negatives for found in dets.values() for d in found]
+        negatives = [negative_image("val", i, cfg.seed, size) for i in range(n_neg)]
+        pairs += [(d["score"], False) for dets in detector(negatives) for found in dets.values() for d in found]
         scores, correct = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
         a, b = fit_platt(scores, correct)
         calibrated = YoloDetector.load(tmp_weights, "world detector", calibration=(a, b))
         fp_images = sum(any(d["score"] > 0.3 for found in dets.values() for d in found)
-                        for dets in calibrated([negative_image("val", i, cfg.seed, size) for i in range(n_neg)]))
+                        for dets in calibrated(negatives))
         atomic_write_bytes(out_dir / "weights.pt", tmp_weights.read_bytes())
     m = val.results_dict
     metrics = {

@@ -204,15 +204,10 @@ def main() -> None:
         save()
     if args.stage in ("all", "eval"):
         ckpt = params.train.out_dir
-        try:
-            WorldGenEval(params)  # text->image is judged by the world detector: is a current one there?
-        except FileNotFoundError:
-            summary["world_detector"] = world_detector.run(params)
-            save()
-        evals = {}
-        # world_geneval's own baseline is the oracle (the evaluation's ceiling); random-scene is its floor.
-        for name, baselines in (("world_depth", ["baseline"]), ("world_nvs", ["baseline"]),
-                                ("world_geneval", ["baseline", "baseline:random-scene"])):
+        evals = summary["evals"] = {}  # figures of an earlier checkpoint never mix with these
+        summary.pop("world_geneval_error", None)
+
+        def score(name: str, baselines: list[str]) -> None:
             for spec in (*baselines, f"model:{ckpt}"):
                 folder = "model" if spec.startswith("model:") else spec.partition(":")[2] or "baseline"
                 p = params.model_copy(update={"paths": params.paths.model_copy(update={
@@ -220,10 +215,29 @@ def main() -> None:
                 r = evaluate.run(p, name, spec)
                 evals[f"{name}/{'model' if folder == 'model' else r['model']['name']}"] = r["metrics"]
                 print(name, spec, r["metrics"])
-        summary["evals"] = evals
+                save()  # each figure lands as soon as it exists: a later failure loses none of them
+
+        score("world_depth", ["baseline"])
+        score("world_nvs", ["baseline"])
         summary["samples"] = sample.run(params)
         save()
+        # text->image is judged by the world detector, which trains with ultralytics: a failure there
+        # is recorded beside the figures above rather than ending the run without them.
+        try:
+            try:
+                WorldGenEval(params)  # is a current detector there?
+            except FileNotFoundError:
+                summary["world_detector"] = world_detector.run(params)
+                save()
+            # its own baseline is the oracle (the evaluation's ceiling); random-scene is its floor
+            score("world_geneval", ["baseline", "baseline:random-scene"])
+        except Exception as e:  # noqa: BLE001 -- any failure of this one benchmark, named in the summary
+            summary["world_geneval_error"] = f"{type(e).__name__}: {e}"
+            save()
+            print(f"world_geneval failed: {summary['world_geneval_error']}", file=sys.stderr)
     print(json.dumps(summary, indent=1))
+    if "world_geneval_error" in summary:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

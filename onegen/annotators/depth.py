@@ -48,7 +48,7 @@ def to_uint16(disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     lo, hi = disparity.amin(dim=(1, 2)), disparity.amax(dim=(1, 2))
     span = torch.clamp(hi - lo, min=1e-12)[:, None, None]
     u = torch.round((disparity - lo[:, None, None]) / span * U16_MAX).clamp_(0, U16_MAX)
-    return u.to(torch.int32), lo, hi
+    return u.to(torch.uint16), lo, hi  # cast on the device: half the bytes of int32 to copy back
 
 
 def stored_disparity(view: View) -> np.ndarray:
@@ -128,7 +128,7 @@ class DepthAnnotator:
             pred = self.forward(self.preprocess(batching.upload([images[i] for i in idx], self.device)))
             pred = F.interpolate(pred[:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
             u, lo, hi = to_uint16(pred)
-            u, lo, hi = u.cpu().numpy().astype(np.uint16), lo.tolist(), hi.tolist()
+            u, (lo, hi) = u.cpu().numpy(), torch.stack([lo, hi]).tolist()
             for k, i in enumerate(idx):
                 out[i] = View("depth", u[k], role="condition",
                               meta={"kind": KIND, "near": "high", "raw_min": lo[k], "raw_max": hi[k]})

@@ -17,6 +17,8 @@ their own online FP8 (per-tensor activation scales), which these guarantees do n
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -26,9 +28,22 @@ FP8_MAX = torch.finfo(FP8).max
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., K] -> (float8 values, float32 scales [..., 1]) with ``values * scales ≈ x`` per row."""
-    # The scale is rounded to x's dtype first, so the division below and the GEMM use the same number.
-    scale = (x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX).to(x.dtype)
-    return (x / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale.float()
+    # float32 throughout, so the division and the GEMM use the same scale and the fused (compiled)
+    # version computes the very numbers of this eager one.
+    scale = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+@functools.cache
+def _fused_quantize_rows():
+    return torch.compile(quantize_rows, dynamic=True)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """:func:`quantize_rows` as one fused kernel on CUDA. Eager, its ~8 passes over the activations
+    cost what FP8 saves in the prefill GEMMs (H100: prefill 105 ms/image in bf16 and in eager FP8).
+    Inside the compiled decode step it is inlined like any other function."""
+    return _fused_quantize_rows()(x) if x.is_cuda else quantize_rows(x)
 
 
 class Fp8Linear(nn.Module):
@@ -46,7 +61,7 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x8, x_scale = quantize_rows(x.reshape(-1, self.in_features).contiguous())  # row-major for the GEMM
+        x8, x_scale = quantize_activations(x.reshape(-1, self.in_features).contiguous())  # row-major for the GEMM
         y = torch._scaled_mm(x8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=x.dtype)
         if self.bias is not None:
             y = y + self.bias

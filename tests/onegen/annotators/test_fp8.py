@@ -23,6 +23,15 @@ def test_quantize_rows_round_trips_within_fp8_precision():
     assert not torch.equal(back, x)
 
 
+def test_fused_quantize_rows_computes_the_eager_numbers():
+    # CUDA runs quantize_rows compiled (one fused kernel); it must be the same function, any row count
+    fused = torch.compile(quantize_rows, dynamic=True)
+    for rows in (37, 5):
+        x = (torch.randn(rows, 64) * torch.logspace(-3, 3, rows)[:, None]).bfloat16()
+        (q0, s0), (q1, s1) = quantize_rows(x), fused(x)
+        assert torch.equal(q0.view(torch.uint8), q1.view(torch.uint8)) and torch.equal(s0, s1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_linear_is_close_to_the_linear_and_row_independent(dtype):
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_annotators.py [--stages depth,pose,filters,hed] [--json runs/bench_annotators.json]
     python benchmarks/bench_annotators.py --quick --device cpu     # smoke test: tiny models, a few images
+    python benchmarks/bench_annotators.py --stages depth --profile # + GPU time per image, e2e vs bare, top kernels
 
 End to end = PNG/JPEG bytes -> decode (worker pool, prefetched) -> annotator (its own batched
 device preprocessing, model, postprocessing; ``--inflight`` batches at once so one batch's host
@@ -452,6 +453,26 @@ def annotator_alone(stage: Stage, blobs: list[bytes], iters: int) -> float:
         return stage.batch * iters / runner.submit(timed).result()
 
 
+def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> dict:
+    """Where ``run()``'s images spent the GPU: kernel and copy time per image, and the ops that took it.
+
+    The profiler's device activity is device-wide, so kernels launched from the annotator's worker
+    threads count and the pools' CPU work never does. Against the wall time it says whether the GPU
+    idled or did more per image than the bare forward does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        images = run()
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    ops = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()]
+    ops.sort(key=lambda o: -o[1])
+    busy_ms = sum(ms for _, ms, _ in ops)
+    return {"images": images, "wall_ms_per_image": 1e3 * wall / images, "op_ms_per_image": busy_ms / images,
+            "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
@@ -467,6 +488,8 @@ def main() -> None:
                     help="where decode/encode run: worker processes (the Ray build's layout) or threads")
     ap.add_argument("--inflight", type=int, default=2, help="annotator batches running at once")
     ap.add_argument("--bare-iters", type=int, help="timed bare forwards (default 20; quick 2)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile a short bare and e2e run per stage: device op time per image and top ops")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_annotators.json"))
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -474,13 +497,15 @@ def main() -> None:
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+    if args.profile and device.type != "cuda":
+        ap.error("--profile measures GPU kernel time: it needs --device cuda")
     image_hw = (64, 80) if args.quick and args.image_size == "512x512" else tuple(map(int, args.image_size.split("x")))
     n = args.images or (12 if args.quick else 1024)
     iters = args.bare_iters or (2 if args.quick else 20)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     blobs = synthetic_blobs(min(n, 64), image_hw, args.format)
-    rows = []
+    rows, profiles = [], {}
     with tempfile.TemporaryDirectory() as tmp, host_pools(args.pool, args.workers) as pools:
         for name in names:
             batch = args.batch or (4 if args.quick else GPU_BATCH[name])
@@ -492,6 +517,18 @@ def main() -> None:
             e2e, size, busy = end_to_end(stage, blobs, n, pools, args.inflight, Path(tmp) / f"{name}.tar", device)
             host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, args.inflight,
                                     Path(tmp) / f"{name}-host.tar", device)
+            if args.profile:
+                few = min(n, 4 * batch * args.inflight)
+
+                def profiled_bare() -> int:
+                    bare_forward(stage, device, 4)
+                    return 4 * stage.batch
+
+                def profiled_e2e() -> int:
+                    end_to_end(stage, blobs, few, pools, args.inflight, Path(tmp) / f"{stage.name}-prof.tar", device)
+                    return few
+
+                profiles[name] = {"bare": op_profile(profiled_bare, device), "e2e": op_profile(profiled_e2e, device)}
             rows.append({"stage": name, "model": stage.model, "batch": batch, "e2e_images_per_s": e2e,
                          "bare_images_per_s": bare, "annotator_images_per_s": alone, "ratio": e2e / bare, "host_images_per_s": host,
                          "e2e_gpu_busy": busy, "target": TARGETS.get(name),
@@ -517,10 +554,17 @@ def main() -> None:
     print("ratio = e2e / bare; annot = the annotator's own calls on decoded images (bare + upload, pre/post-"
           "processing, copy back), one thread; host = decode + encode + tar alone (model outputs cached): the CPU's "
           "ceiling; GPU busy = NVML utilisation during the e2e run")
+    for name, prof in profiles.items():
+        print(f"profile {name}: " + "; ".join(
+            f"{side} {p['op_ms_per_image']:.2f} ms of GPU time per image "
+            f"in {p['wall_ms_per_image']:.2f} ms wall" for side, p in prof.items()))
+        for op in prof["e2e"]["top_ops"]:
+            print(f"    e2e {op['ms_per_image']:8.3f} ms/image {op['calls']:>6} calls  {op['op']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": dev, "torch": torch.__version__, "quick": args.quick, "images": n, "image_hw": list(image_hw),
               "format": args.format, "workers": args.workers, "pool": args.pool, "inflight": args.inflight,
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "stages": rows}
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "stages": rows,
+              "profiles": profiles}
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
 

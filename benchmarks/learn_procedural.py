@@ -58,7 +58,10 @@ def make_params(args) -> Params:
     base["world"].update(scenes=args.scenes, views_per_scene=args.views, id_groups=0, resolution=args.resolution,
                          records_per_shard=256)
     base["shards"]["max_samples_per_shard"] = 1024
-    base["build"]["executor"] = "local"  # one machine, no annotator models: Ray would only add start-up
+    if args.ray_cpus:  # shards in parallel: the same bytes as one process, in a fraction of the time
+        base["build"].update(executor="ray", num_cpus=args.ray_cpus, cpu_workers=args.ray_cpus)
+    else:
+        base["build"]["executor"] = "local"
     base["shards"]["families"] = {f: {"enabled": f in FAMILIES, "sources": ["world"], "max_samples": None}
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
@@ -134,7 +137,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8, help="orbit views per training scene and per NVS item")
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=4, help="training data-loader workers")
+    ap.add_argument("--ray-cpus", type=int, default=0,
+                    help="build the shards with an in-process Ray of this many CPUs (0: one process, no Ray)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)

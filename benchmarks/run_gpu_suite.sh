@@ -27,11 +27,11 @@ for job in $JOBS; do
     cap_fp8) step cap_fp8 python3 benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
     cap_base) step cap_base python3 benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
     cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
-    ann) step ann python3 benchmarks/bench_annotators.py --json "$OUT/ann.json" ;;
+    ann) step ann python3 benchmarks/bench_annotators.py --profile --json "$OUT/ann.json" ;;
     ann_threads) step ann_threads python3 benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
     # its data, shards, latents and checkpoints (several GB) go to LEARN_DIR; OUT gets the summary and grid
     learn) step learn python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}" --scenes 1500 --views 8 \
-             --batch 64 --workers 6 --train-minutes 6 --vae-seconds 60
+             --batch 64 --workers 6 --ray-cpus 12 --train-minutes 6 --vae-seconds 60
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py ;;

@@ -188,6 +188,10 @@ def main() -> None:
             shards.run(params, fam)
         summary["data_seconds"] = round(time.time() - t0, 1)
         save()
+        if args.ray_cpus:
+            import ray
+
+            ray.shutdown()  # its workers and object store are not needed again, and forking beside them is unsafe
     if args.stage in ("all", "vae"):
         summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed)
         print("vae", summary["vae"])

@@ -89,11 +89,13 @@ class ModelPredictor:
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
         self.steps, self.cfg_scale, self.seed = steps, cfg_scale, seed
+        self.normalize_rays = params.shards.rays_normalize_cameras  # as the training shards' ray views
         # Cached item scores are keyed by this: the bytes of every network that shapes an output, so a
         # retrained checkpoint under the same path, or another VAE or text encoder, is scored afresh.
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
-            TextEncoder.identity_of(params.model.text_encoder, params.seed)]).encode()).hexdigest()[:16]
+            TextEncoder.identity_of(params.model.text_encoder, params.seed),
+            self.normalize_rays]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
@@ -128,7 +130,7 @@ class ModelPredictor:
             order = list(it["condition_views"]) + list(it["target_views"])
             h, w = it["images"][0].shape[:2]
             cams = [Camera(it["K"], it["world_to_camera"][i], h, w) for i in order]
-            rays = torch.from_numpy(rays_for_cameras(cams, normalize=True)).float()
+            rays = torch.from_numpy(rays_for_cameras(cams, normalize=self.normalize_rays)).float()
             images = [it["images"][i] if i in it["condition_views"] else np.zeros_like(it["images"][0]) for i in order]
             z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
             seq = torch.stack([x for pair in zip(z, rays) for x in pair])[None]

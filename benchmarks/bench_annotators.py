@@ -346,8 +346,8 @@ def _chunks(idx: list[int]) -> list[list[int]]:
 
 
 def end_to_end(stage: Stage, blobs: list[bytes], n: int, pools: tuple[Executor, Executor], inflight: int,
-               tar_path: Path, device: torch.device) -> tuple[float, int, float | None]:
-    """Images/s from the first decode to the closed tar, the tar's size and the GPU-busy fraction."""
+               tar_path: Path, device: torch.device) -> tuple[float, int, GpuBusy]:
+    """Images/s from the first decode to the closed tar, the tar's size and the GPU's NVML samples."""
     decoders, encoders = pools
     batches = [list(range(s, min(s + stage.batch, n))) for s in range(0, n, stage.batch)]
     prefetch = inflight + 2
@@ -382,7 +382,7 @@ def end_to_end(stage: Stage, blobs: list[bytes], n: int, pools: tuple[Executor, 
         dt = time.perf_counter() - t0
     if not written:
         raise RuntimeError(f"{stage.name}: the tar writer failed")
-    return n / dt, written[0], busy.fraction
+    return n / dt, written[0], busy
 
 
 def _one_thread() -> None:
@@ -512,7 +512,8 @@ def main() -> None:
             stage = STAGES[name](args.quick, device, batch, image_hw, Path(tmp))
             warm = min(n, 2 * batch * args.inflight)
             end_to_end(stage, blobs, warm, pools, args.inflight, Path(tmp) / f"{name}-warm.tar", device)
-            bare = bare_forward(stage, device, iters)
+            with GpuBusy(device) as bare_busy:
+                bare = bare_forward(stage, device, iters)
             alone = annotator_alone(stage, blobs, iters)
             e2e, size, busy = end_to_end(stage, blobs, n, pools, args.inflight, Path(tmp) / f"{name}.tar", device)
             host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, args.inflight,
@@ -531,7 +532,9 @@ def main() -> None:
                 profiles[name] = {"bare": op_profile(profiled_bare, device), "e2e": op_profile(profiled_e2e, device)}
             rows.append({"stage": name, "model": stage.model, "batch": batch, "e2e_images_per_s": e2e,
                          "bare_images_per_s": bare, "annotator_images_per_s": alone, "ratio": e2e / bare, "host_images_per_s": host,
-                         "e2e_gpu_busy": busy, "target": TARGETS.get(name),
+                         "e2e_gpu_busy": busy.fraction, "e2e_sm_clock_mhz": busy.sm_clock_mhz,
+                         "bare_gpu_busy": bare_busy.fraction, "bare_sm_clock_mhz": bare_busy.sm_clock_mhz,
+                         "target": TARGETS.get(name),
                          "meets_target": None if name not in TARGETS else e2e / bare >= TARGETS[name],
                          "tar_bytes": size, "note": stage.note})
             del stage
@@ -543,17 +546,19 @@ def main() -> None:
           f"{args.workers} decode + {args.workers} encode {args.pool}, {args.inflight} batches in flight"
           + ("; QUICK: tiny models, not a measurement" if args.quick else "; random weights: speed only"))
     print(f"{'stage':<9}{'batch':>6}{'e2e img/s':>11}{'bare img/s':>12}{'ratio':>7}{'target':>8}{'annot img/s':>13}"
-          f"{'host img/s':>12}{'GPU busy':>10}  model / note")
+          f"{'host img/s':>12}{'GPU busy':>10}{'SM MHz e2e/bare':>17}  model / note")
     for r in rows:
         target = f"{r['target']:.2f}" if r["target"] else "-"
         busy = "-" if r["e2e_gpu_busy"] is None else f"{r['e2e_gpu_busy']:.2f}"
+        clocks = "-" if r["e2e_sm_clock_mhz"] is None else f"{r['e2e_sm_clock_mhz']}/{r['bare_sm_clock_mhz']}"
         note = f"{r['model']}" + (f"; {r['note']}" if r["note"] else "")
         print(f"{r['stage']:<9}{r['batch']:>6}{r['e2e_images_per_s']:>11.1f}{r['bare_images_per_s']:>12.1f}"
               f"{r['ratio']:>7.2f}{target:>8}{r['annotator_images_per_s']:>13.1f}{r['host_images_per_s']:>12.1f}"
-              f"{busy:>10}  {note}")
+              f"{busy:>10}{clocks:>17}  {note}")
     print("ratio = e2e / bare; annot = the annotator's own calls on decoded images (bare + upload, pre/post-"
           "processing, copy back), one thread; host = decode + encode + tar alone (model outputs cached): the CPU's "
-          "ceiling; GPU busy = NVML utilisation during the e2e run")
+          "ceiling; GPU busy = NVML utilisation during the e2e run; SM MHz = mean SM clock (a long run that the "
+          "power limit slows is not the bare burst's speed)")
     for name, prof in profiles.items():
         print(f"profile {name}: " + "; ".join(
             f"{side} {p['op_ms_per_image']:.2f} ms of GPU time per image "

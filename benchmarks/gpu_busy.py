@@ -1,4 +1,4 @@
-"""GPU-busy fraction for the benchmarks: NVML utilisation sampled while a region runs.
+"""GPU-busy fraction (and SM clock) for the benchmarks: NVML sampled while a region runs.
 
 NVML's utilisation is the share of time at least one kernel was running, averaged by the driver over
 its own window (1/6 s to 1 s), so regions of a few seconds or more read true; quick smoke runs do not.
@@ -30,7 +30,8 @@ class GpuBusy:
                 # By UUID: NVML numbers every GPU of the host, whatever CUDA_VISIBLE_DEVICES shows torch.
                 uuid = torch.cuda.get_device_properties(device.index or torch.cuda.current_device()).uuid
                 self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-                self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+                self.read = lambda: (pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu,
+                                     pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM))
             except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
                 print(f"no GPU-busy figure: {e}", flush=True)
 
@@ -55,5 +56,11 @@ class GpuBusy:
 
     def fraction_between(self, start: float, end: float) -> float | None:
         """The mean over samples taken between two ``time.perf_counter()`` readings."""
-        window = [u for t, u in self.samples if start <= t <= end]
+        window = [u for t, (u, _) in self.samples if start <= t <= end]
         return round(sum(window) / len(window) / 100, 3) if window else None
+
+    @property
+    def sm_clock_mhz(self) -> int | None:
+        """Mean SM clock: a long run that the power limit slows reads lower than a short burst, so two
+        regions' speeds compare only at like clocks."""
+        return round(sum(c for _, (_, c) in self.samples) / len(self.samples)) if self.samples else None

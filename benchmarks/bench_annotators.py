@@ -11,7 +11,9 @@ The pools are worker processes by default, as in the Ray build (read and write t
 processes, the annotator alone in its actor); ``--pool threads`` puts them in this interpreter,
 where the annotator's kernel launches wait for the GIL behind decode/encode Python. The GPU-busy
 column (NVML) says whether a shortfall is the GPU starving or doing more than the bare model.
-Bare = the same network on a batch of already-preprocessed tensors on the device, back to back.
+Bare = the same network on a batch of already-preprocessed tensors on the device, back to back,
+for as long as the e2e run took and right after it (so both run at the same power-limited clocks;
+the SM clock column shows them).
 The ratio e2e/bare says how much of the GPU the pipeline keeps; issue 3 asks >= 0.9 for depth and
 segmentation. Annot = the annotator's own calls on decoded images back to back (upload, device pre-
 and postprocessing, copy back around the bare forward), so e2e < annot points at the pipeline and
@@ -416,24 +418,29 @@ def host_only(stage: Stage, blobs: list[bytes]) -> Stage:
     return replace(stage, annotate=lambda images: cached[: len(images)])
 
 
-def bare_forward(stage: Stage, device: torch.device, iters: int) -> float:
+def bare_forward(stage: Stage, device: torch.device, iters: int, min_seconds: float = 0.0) -> float:
     """Images/s of back-to-back bare forwards, run from a worker thread as the annotator calls are
-    (on CPU, torch's thread pools behave differently from the main thread)."""
-    def timed() -> float:
+    (on CPU, torch's thread pools behave differently from the main thread). Rounds of ``iters``
+    forwards repeat until ``min_seconds`` have passed: set to the e2e run's duration, both sides run
+    as long, so both meet the same power-limited clocks (a 3 s burst runs faster than a 10 s run)."""
+    def timed() -> tuple[float, int]:
         with torch.inference_mode():
             for _ in range(2):
                 stage.bare()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                stage.bare()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - t0
+            t0, done = time.perf_counter(), 0
+            while done == 0 or time.perf_counter() - t0 < min_seconds:
+                for _ in range(iters):
+                    stage.bare()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                done += iters
+            return time.perf_counter() - t0, done
 
     with ThreadPoolExecutor(1) as runner:
-        return stage.batch * iters / runner.submit(timed).result()
+        seconds, done = runner.submit(timed).result()
+    return stage.batch * done / seconds
 
 
 def annotator_alone(stage: Stage, blobs: list[bytes], iters: int) -> float:
@@ -487,7 +494,8 @@ def main() -> None:
     ap.add_argument("--pool", choices=("processes", "threads"), default="processes",
                     help="where decode/encode run: worker processes (the Ray build's layout) or threads")
     ap.add_argument("--inflight", type=int, default=2, help="annotator batches running at once")
-    ap.add_argument("--bare-iters", type=int, help="timed bare forwards (default 20; quick 2)")
+    ap.add_argument("--bare-iters", type=int,
+                    help="bare forwards per timed round; rounds repeat for the e2e run's duration (default 20; quick 2)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile a short bare and e2e run per stage: device op time per image and top ops")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_annotators.json"))
@@ -512,10 +520,10 @@ def main() -> None:
             stage = STAGES[name](args.quick, device, batch, image_hw, Path(tmp))
             warm = min(n, 2 * batch * args.inflight)
             end_to_end(stage, blobs, warm, pools, args.inflight, Path(tmp) / f"{name}-warm.tar", device)
-            with GpuBusy(device) as bare_busy:
-                bare = bare_forward(stage, device, iters)
-            alone = annotator_alone(stage, blobs, iters)
             e2e, size, busy = end_to_end(stage, blobs, n, pools, args.inflight, Path(tmp) / f"{name}.tar", device)
+            with GpuBusy(device) as bare_busy:  # as long as e2e ran, right after it: the same clocks
+                bare = bare_forward(stage, device, iters, min_seconds=0 if args.quick else n / e2e)
+            alone = annotator_alone(stage, blobs, iters)
             host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, args.inflight,
                                     Path(tmp) / f"{name}-host.tar", device)
             if args.profile:

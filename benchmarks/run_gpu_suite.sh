@@ -33,7 +33,7 @@ for job in $JOBS; do
     # shards on an in-process Ray where it is installed (the same bytes as one process, faster)
     learn) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}" --scenes 1500 --views 8 \
-             --batch 64 --workers 6 --ray-cpus $ray_cpus --train-minutes 6 --vae-seconds 60
+             --batch 64 --workers 6 --ray-cpus $ray_cpus --train-minutes 7.5 --vae-seconds 60
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py ;;

@@ -9,14 +9,20 @@ writes another one in its place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from onegen.hub_cache import resolve_model_path
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 FAMILIES = ("text2image", "depth", "semantic", "bbox", "multiview", "id", "edges")
 Family = Literal["text2image", "depth", "semantic", "bbox", "multiview", "id", "edges"]
+
+
+# Weights: a local path, or hf:<org>/<name>[@rev][/path] resolved in the local Hugging Face cache at load
+ModelPath = Annotated[Path, BeforeValidator(resolve_model_path)]
 
 
 class ConfigError(ValueError):
@@ -117,7 +123,7 @@ class ShardsConfig(_Strict):
 class CaptionerConfig(_Strict):
     """Any transformers image-text-to-text VLM (LLaVA-NeXT as the paper): long caption + entities in one pass."""
 
-    path: Path | None = Field(None, description="local VLM folder (LlavaNextForConditionalGeneration by default)")
+    path: ModelPath | None = Field(None, description="local VLM folder (LlavaNextForConditionalGeneration by default)")
     backend: Literal["transformers", "vllm", "sglang"] = Field(
         "transformers", description="vllm / sglang: serving engines, used only if their package is installed")
     batch_size: int = Field(40, ge=1, description="images per generate call; 7B on an 80 GB H100: anyres 672² 40 "
@@ -153,8 +159,8 @@ class SegmenterConfig(_Strict):
     """Entities -> boxes (open-vocabulary detector) -> masks (segment-anything, box prompts)."""
 
     detector: Literal["grounding_dino", "owlv2"] = "grounding_dino"
-    detector_path: Path | None = Field(None, description="local transformers detector folder")
-    sam_path: Path | None = Field(None, description="segment-anything checkpoint (.pth)")
+    detector_path: ModelPath | None = Field(None, description="local transformers detector folder")
+    sam_path: ModelPath | None = Field(None, description="segment-anything checkpoint (.pth)")
     sam_model: Literal["vit_b", "vit_l", "vit_h"] = Field("vit_h", description="registry type of sam_path")
     batch_size: int = Field(8, ge=1)
     box_threshold: float = Field(0.35, ge=0, le=1, description="Grounding DINO: a query's best token prob must exceed")
@@ -169,7 +175,7 @@ class SegmenterConfig(_Strict):
 class DepthAnnotatorConfig(_Strict):
     """Depth-Anything-V2 (DepthAnythingForDepthEstimation): relative depth, stored 16-bit."""
 
-    path: Path | None = Field(None, description="local Depth-Anything-V2 folder")
+    path: ModelPath | None = Field(None, description="local Depth-Anything-V2 folder")
     batch_size: int = Field(16, ge=1)
     input_size: int = Field(518, ge=14, description="side the DA-V2 processor resizes towards (then a multiple of 14)")
     amp: Literal["off", "bf16", "fp16"] = Field("bf16", description="CUDA autocast of the DINOv2 backbone; the DPT head stays float32")
@@ -178,8 +184,8 @@ class DepthAnnotatorConfig(_Strict):
 class PoseAnnotatorConfig(_Strict):
     """ultralytics YOLO person boxes -> ViTPose COCO keypoints -> OpenPose-style skeleton."""
 
-    detector_path: Path | None = Field(None, description="ultralytics YOLO weights (.pt)")
-    path: Path | None = Field(None, description="local ViTPose folder (VitPoseForPoseEstimation)")
+    detector_path: ModelPath | None = Field(None, description="ultralytics YOLO weights (.pt)")
+    path: ModelPath | None = Field(None, description="local ViTPose folder (VitPoseForPoseEstimation)")
     batch_size: int = Field(16, ge=1, description="images per detector batch; person crops per ViTPose batch is 4x")
     detector_size: int = Field(640, ge=32, multiple_of=32, description="square letterbox side of the detector input")
     person_class: int = Field(0, ge=0, description="detector class index of 'person' (COCO: 0)")
@@ -194,7 +200,7 @@ class PoseAnnotatorConfig(_Strict):
 class EdgesConfig(_Strict):
     """Canny is always on (OpenCV); HED needs a checkpoint."""
 
-    hed_path: Path | None = Field(None, description="HED checkpoint (optional)")
+    hed_path: ModelPath | None = Field(None, description="HED checkpoint (optional)")
     canny_low: tuple[int, int] = Field((50, 150), description="range of the seeded lower Canny threshold")
     canny_high: tuple[int, int] = Field((150, 250), description="range of the seeded upper Canny threshold")
     hed_size: int = Field(512, ge=16, description="short side HED runs at (ControlNet's detect resolution)")
@@ -212,7 +218,7 @@ class EdgesConfig(_Strict):
 class FiltersConfig(_Strict):
     """CLIP (open_clip) NSFW / quality filters for the ID and text-to-image sources."""
 
-    clip_path: Path | None = Field(None, description="open_clip checkpoint file")
+    clip_path: ModelPath | None = Field(None, description="open_clip checkpoint file")
     clip_model: str = Field("ViT-L-14", description="open_clip architecture of the checkpoint ('ViT-L-14-quickgelu' for OpenAI's)")
     nsfw_threshold: float = Field(0.5, ge=0, le=1, description="drop at or above this zero-shot NSFW probability")
     min_quality: float = Field(0.3, ge=0, le=1, description="drop below this zero-shot quality probability")
@@ -312,8 +318,8 @@ class WorldGenEvalConfig(_Strict):
 class GenEvalConfig(_Strict):
     """GenEval (paper Table 1): the 553 shipped prompts, 4 images each, detector + CLIP colour."""
 
-    detector_path: Path | None = Field(None, description="ultralytics YOLO segmentation weights (COCO classes)")
-    clip_path: Path | None = Field(None, description="open_clip state dict of OpenAI's ViT-L-14 for the colour classifier")
+    detector_path: ModelPath | None = Field(None, description="ultralytics YOLO segmentation weights (COCO classes)")
+    clip_path: ModelPath | None = Field(None, description="open_clip state dict of OpenAI's ViT-L-14 for the colour classifier")
     clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture of clip_path (OpenAI weights use QuickGELU)")
     image_size: int = Field(1024, ge=64, multiple_of=8, description="generated image size (paper Table 1: 1024)")
     images_per_prompt: int = Field(4, ge=1)
@@ -324,10 +330,10 @@ class IdentityConfig(_Strict):
     """Unsplash-50 ID (paper Table 3): reference faces and prompts from a local folder."""
 
     path: Path | None = Field(None, description="folder of reference faces + prompts (layout: evals/identity/datasets.py)")
-    arcface_path: Path | None = Field(None, description="ArcFace embedding model (.onnx)")
+    arcface_path: ModelPath | None = Field(None, description="ArcFace embedding model (.onnx)")
     arcface_mean: float = Field(127.5, description="ArcFace input normalisation (x - mean) / std (insightface: 127.5)")
     arcface_std: float = Field(127.5, gt=0)
-    clip_path: Path | None = Field(None, description="open_clip checkpoint for CLIP-T: a weights file, or a folder "
+    clip_path: ModelPath | None = Field(None, description="open_clip checkpoint for CLIP-T: a weights file, or a folder "
                                                      "with open_clip_config.json (Hub layout)")
     clip_model: str = Field("ViT-L-14", description="open_clip architecture of a clip_path weights file")
     resolution: int = Field(512, ge=16, multiple_of=8, description="side of generated images (paper: 512 for 2-3 views)")
@@ -336,7 +342,7 @@ class IdentityConfig(_Strict):
 class ConditionConfig(_Strict):
     """UniCon condition metrics: FID and condition fidelity by re-annotating generated images."""
 
-    inception_path: Path | None = Field(None, description="FID Inception weights (torch-fidelity's pt_inception-"
+    inception_path: ModelPath | None = Field(None, description="FID Inception weights (torch-fidelity's pt_inception-"
                                                           "2015-12-05 state dict): required by unicon_conditions, "
                                                           "optional in world_conditions")
     path: Path | None = Field(None, description="real images for unicon_conditions: image folder with metadata.jsonl "
@@ -355,7 +361,7 @@ class EvalsConfig(_Strict):
     sampling_steps: int = Field(100, ge=1, description="Euler steps of the model predictor (paper: 100)")
     cfg_scale: float = Field(5.0, ge=1.0, description="classifier-free guidance of the model predictor (paper: 5)")
     batch_size: int = Field(8, ge=1)
-    lpips_weights: Path | None = Field(None, description="local LPIPS(alex) state dict; unset = no LPIPS")
+    lpips_weights: ModelPath | None = Field(None, description="local LPIPS(alex) state dict; unset = no LPIPS")
     world: WorldEvalConfig = WorldEvalConfig()
     nyuv2: NYUv2Config = NYUv2Config()
     diode: DIODEConfig = DIODEConfig()
@@ -370,9 +376,9 @@ class ModelConfig(_Strict):
     stand-ins for tests and the offline CPU default, whose outputs are never a result."""
 
     size: Literal["tiny", "small", "onediffusion-2.8b", "lumina2-2.6b"] = "tiny"
-    vae: Path | None = Field(None, description="AutoencoderKL folder (or a Hub-layout repo with vae/)")
-    text_encoder: Path | None = Field(None, description="T5 encoder folder (or a repo with text_encoder/ + tokenizer/)")
-    checkpoint: Path | None = Field(None, description="released transformer/ folder to start from")
+    vae: ModelPath | None = Field(None, description="AutoencoderKL folder (or a Hub-layout repo with vae/)")
+    text_encoder: ModelPath | None = Field(None, description="T5 encoder folder (or a repo with text_encoder/ + tokenizer/)")
+    checkpoint: ModelPath | None = Field(None, description="released transformer/ folder to start from")
     max_text_tokens: int = Field(300, ge=1)
 
 

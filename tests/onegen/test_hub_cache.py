@@ -1,0 +1,74 @@
+"""``hf:<org>/<name>[@rev][/path]`` weights keys: resolved in a local Hugging Face cache, never fetched.
+
+Each test writes the cache the way ``hf download`` leaves it (``models--org--name/refs/main`` naming a
+commit, ``snapshots/<commit>/`` holding the files) in a temporary ``HF_HUB_CACHE``.
+"""
+
+import numpy as np
+import pytest
+from huggingface_hub import constants
+
+from onegen.annotators.depth import DepthAnnotator
+from onegen.config import ConfigError, DepthAnnotatorConfig, load_profile, parse_params
+from onegen.hub_cache import resolve_model_path
+from tests.tiny_annotators import save_tiny_depth_anything
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cached_snapshot(cache, repo: str):
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    snapshot = root / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_resolves_a_repo_a_revision_and_a_file_in_it(hub_cache):
+    snapshot = cached_snapshot(hub_cache, "org/weights")
+    (snapshot / "model.pt").write_bytes(b"x")
+    assert resolve_model_path("hf:org/weights") == snapshot
+    assert resolve_model_path(f"hf:org/weights@{COMMIT}") == snapshot
+    assert resolve_model_path("hf:org/weights/model.pt") == snapshot / "model.pt"
+    assert resolve_model_path("weights/local.pt") == "weights/local.pt"  # a plain path is left alone
+    assert resolve_model_path(None) is None
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("hf:org/absent", "org/absent is not in the local Hugging Face cache"),
+    (f"hf:org/weights@{'f' * 40}", f"org/weights@{'f' * 40} is not in the local Hugging Face cache"),
+    ("hf:org/weights/missing.pt", "no missing.pt in the cached snapshot"),
+    ("hf:org", "expected hf:<org>/<name>"),
+])
+def test_what_is_missing_is_named(hub_cache, spec, says):
+    cached_snapshot(hub_cache, "org/weights")
+    with pytest.raises(ValueError, match=says.replace("[", r"\[")):
+        resolve_model_path(spec)
+
+
+def test_an_annotator_loads_from_the_cache_as_from_its_folder(hub_cache, tmp_path):
+    snapshot = save_tiny_depth_anything(cached_snapshot(hub_cache, "org/tiny-depth"))
+    data = load_profile("default").model_dump(mode="json")
+    data["annotators"]["depth"].update(path="hf:org/tiny-depth", input_size=56)
+    cfg = parse_params(data).annotators.depth
+    assert cfg.path == snapshot
+    from_cache = DepthAnnotator.load(cfg, device="cpu")
+    from_folder = DepthAnnotator.load(DepthAnnotatorConfig(path=snapshot, input_size=56), device="cpu")
+    assert from_cache.record == from_folder.record  # the provenance hash is of the same bytes
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert np.array_equal(from_cache([image])[0].data, from_folder([image])[0].data)
+
+
+def test_a_params_key_not_in_the_cache_fails_at_load_naming_the_key(hub_cache):
+    data = load_profile("default").model_dump(mode="json")
+    data["model"]["vae"] = "hf:stabilityai/absent/vae"
+    with pytest.raises(ConfigError, match=r"model\.vae: .*stabilityai/absent is not in the local Hugging Face cache"):
+        parse_params(data, "params.yaml")

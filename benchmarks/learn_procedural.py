@@ -65,6 +65,7 @@ def make_params(args) -> Params:
     base["shards"]["families"] = {f: {"enabled": f in FAMILIES, "sources": ["world"], "max_samples": None}
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
+    base["latents"]["batch_size"] = 64  # 128² views: bigger VAE batches than the default's, fewer launches and syncs
     base["reader"].update(batch_size=args.batch, num_workers=args.workers)
     base["evals"].update(sampling_steps=args.sampling_steps, cfg_scale=args.cfg, batch_size=8)
     base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views)

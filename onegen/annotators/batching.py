@@ -74,3 +74,28 @@ def processor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
     cfg_file = Path(folder) / "preprocessor_config.json"
     cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
     return tuple(cfg.get("image_mean", IMAGENET_MEAN)), tuple(cfg.get("image_std", IMAGENET_STD))
+
+
+class HostCopy:
+    """Device tensors on their way to the host: queued behind the work that makes them, into pinned
+    buffers, without blocking the caller; ``wait()`` returns them as numpy arrays.
+
+    An annotator queues its next batch before it waits for this one, so the device never idles
+    while the host turns a finished batch into outputs."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self.event = None
+        if tensors[0].device.type == "cuda":
+            self.host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                         for t in tensors]
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = [t.cpu() for t in tensors]
+
+    def wait(self) -> list[np.ndarray]:
+        if self.event is None:
+            return [h.numpy() for h in self.host]
+        self.event.synchronize()
+        return [h.numpy().copy() for h in self.host]  # the pinned buffers go back to torch's cache now
+

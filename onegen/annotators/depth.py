@@ -18,6 +18,7 @@ factor closest to 1 that brings one side to ``input_size``, round both sides to 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 KIND = "relative-disparity"
 U16_MAX = 65535
+QUEUED_BATCHES = 2  # batches on the device ahead of the one being collected: enough to hide the host's share
 
 
 def input_shape(height: int, width: int, size: int, multiple: int) -> tuple[int, int]:
@@ -123,13 +125,26 @@ class DepthAnnotator:
     def __call__(self, images: list[np.ndarray]) -> list[View]:
         batching.check_images(images, self.name)
         out: list[View | None] = [None] * len(images)
+        queued: deque[tuple[list[int], batching.HostCopy]] = deque()
         for idx in batching.shape_batches(images, self.batch_size):
-            h, w = images[idx[0]].shape[:2]
-            pred = self.forward(self.preprocess(batching.upload([images[i] for i in idx], self.device)))
-            pred = F.interpolate(pred[:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
-            u, lo, hi = to_uint16(pred)
-            u, (lo, hi) = u.cpu().numpy(), torch.stack([lo, hi]).tolist()
-            for k, i in enumerate(idx):
-                out[i] = View("depth", u[k], role="condition",
-                              meta={"kind": KIND, "near": "high", "raw_min": lo[k], "raw_max": hi[k]})
+            queued.append((idx, self._launch([images[i] for i in idx])))
+            if len(queued) > QUEUED_BATCHES:
+                self._collect(*queued.popleft(), out)
+        while queued:
+            self._collect(*queued.popleft(), out)
         return out
+
+    def _launch(self, batch: list[np.ndarray]) -> batching.HostCopy:
+        """One batch's device work, queued: upload, network, resize back, 16-bit, copy to the host."""
+        h, w = batch[0].shape[:2]
+        pred = self.forward(self.preprocess(batching.upload(batch, self.device)))
+        pred = F.interpolate(pred[:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
+        u, lo, hi = to_uint16(pred)
+        return batching.HostCopy(u, torch.stack([lo, hi]))
+
+    @staticmethod
+    def _collect(idx: list[int], copy: batching.HostCopy, out: list) -> None:
+        u, (lo, hi) = copy.wait()
+        for k, i in enumerate(idx):
+            out[i] = View("depth", u[k], role="condition",
+                          meta={"kind": KIND, "near": "high", "raw_min": float(lo[k]), "raw_max": float(hi[k])})

@@ -7,7 +7,8 @@ from transformers.models.dpt.image_processing_dpt import get_resize_output_image
 
 from onegen import tasks
 from onegen.annotators.base import AnnotatorError
-from onegen.annotators.depth import DepthAnnotator, condition_image, disparity_to_condition, input_shape
+from onegen.annotators.depth import (QUEUED_BATCHES, DepthAnnotator, condition_image, disparity_to_condition,
+                                     input_shape)
 from onegen.config import DepthAnnotatorConfig
 from onegen.format import Provenance, Sample, View, decode_sample, encode_sample
 from onegen.shards.reader import depth_to_condition
@@ -51,6 +52,17 @@ def test_deterministic_and_batch_independent(annotator):
     for i, img in enumerate(imgs):
         alone = annotator([img])[0].data.astype(np.int64)
         assert np.abs(alone - a[i].data.astype(np.int64)).max() <= 2
+
+
+def test_batches_queued_ahead_come_back_in_order(annotator):
+    # batch_size 1: six batches, more than are queued on the device before the first is collected
+    one_by_one = DepthAnnotator(annotator.model, "x", annotator.device, input_size=56, batch_size=1)
+    imgs = _images() + [im[::-1, ::-1].copy() for im in _images()]
+    queued, together = one_by_one(imgs), annotator(imgs)
+    assert len(imgs) > QUEUED_BATCHES + 1
+    for q, t, img in zip(queued, together, imgs):
+        assert q.data.shape == img.shape[:2]
+        assert np.abs(q.data.astype(np.int64) - t.data.astype(np.int64)).max() <= 2
 
 
 def test_stored_view_round_trips_through_the_sample_format(annotator):

@@ -54,6 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from onegen.hub_cache import resolve_model_path
+
 __all__ = [
     "NextDiTConfig",
     "CONFIGS",
@@ -698,7 +700,7 @@ def load_released(path: str | Path, device: str | torch.device = "cpu", dtype: t
     """
     from safetensors.torch import load_file
 
-    folder = Path(path)
+    folder = Path(resolve_model_path(path, "model.checkpoint"))
     files = _safetensor_files(folder) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError(f"model.checkpoint: no released transformer (diffusion_pytorch_model*.safetensors) "

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from onegen.annotators.base import weights_sha256
+from onegen.hub_cache import resolve_model_path
 
 MAX_TOKENS = 300
 
@@ -52,7 +53,7 @@ class TextEncoder:
         """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
         if path is None:
             return f"random-tiny-t5-seed{seed}"
-        path = Path(path)
+        path = Path(resolve_model_path(path, "model.text_encoder"))
         return weights_sha256(path / "text_encoder" if (path / "text_encoder").is_dir() else path)
 
     @classmethod
@@ -62,7 +63,7 @@ class TextEncoder:
         if path is None:
             tok = char_tokenizer()
             return cls(tiny_t5(len(tok), seed, dim).to(device), tok, max_tokens, random_weights=True)
-        path = Path(path)
+        path = Path(resolve_model_path(path, "model.text_encoder"))
         enc_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
         tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else enc_dir
         if not (enc_dir / "config.json").is_file():

@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from onegen.annotators.base import weights_sha256
+from onegen.hub_cache import resolve_model_path
 
 LATENT_CHANNELS = 16
 DOWNSAMPLE = 8
@@ -45,7 +46,7 @@ class LatentCodec:
         """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
         if path is None:
             return f"random-tiny-vae-seed{seed}"
-        path = Path(path)
+        path = Path(resolve_model_path(path, "model.vae"))
         return weights_sha256(path / "vae" if (path / "vae" / "config.json").is_file() else path)
 
     @classmethod
@@ -54,7 +55,7 @@ class LatentCodec:
             torch.manual_seed(seed)
             vae = AutoencoderKL(**tiny_vae_config()).to(device)
             return cls(vae if dtype == torch.float32 else vae.to(dtype=dtype), random_weights=True)
-        path = Path(path)
+        path = Path(resolve_model_path(path, "model.vae"))
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model.vae: no AutoencoderKL at {path} (expected config.json there or in vae/)")

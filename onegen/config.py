@@ -14,15 +14,16 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from onegen.hub_cache import resolve_model_path
+from onegen.hub_cache import check_model_path
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 FAMILIES = ("text2image", "depth", "semantic", "bbox", "multiview", "id", "edges")
 Family = Literal["text2image", "depth", "semantic", "bbox", "multiview", "id", "edges"]
 
 
-# Weights: a local path, or hf:<org>/<name>[@rev][/path] resolved in the local Hugging Face cache at load
-ModelPath = Annotated[Path, BeforeValidator(resolve_model_path)]
+# Weights: a local path, or hf:<org>/<name>[@rev][/path] in the local Hugging Face cache, looked up where the
+# weights are opened (onegen.hub_cache); validation checks its form only
+ModelPath = Annotated[Path, BeforeValidator(check_model_path)]
 
 
 class ConfigError(ValueError):
@@ -490,7 +491,8 @@ def _format_error(where: str, err: ValidationError) -> str:
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{where}: {path}: {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")  # a validator's own message says it all
+            lines.append(f"{where}: {path}: {msg}" + ("" if e["type"] == "value_error" else got_s))
     return "; ".join(lines)
 
 

@@ -4,38 +4,66 @@ A weights key in params takes a local path, or ``hf:<org>/<name>[@<revision>][/<
 the snapshot of that repo already in the local Hugging Face cache (``HF_HUB_CACHE``, or
 ``HF_HOME``/hub), looked up with ``local_files_only`` -- what a data team has after
 ``hf download`` on a login node. The path inside the repo names one file of it (a ``.pt``,
-``.pth`` or ``.onnx`` checkpoint) or a sub-folder (``vae``, ``text_encoder``).
+``.pth`` or ``.onnx`` checkpoint) or a sub-folder (``vae``, ``text_encoder``). A revision is a
+branch, tag or commit without ``/`` (a pull request's ``refs/pr/N``: use its commit).
+
+Params validation checks only the form (:func:`check_model_path`); the cache is looked up where
+the weights are opened (:func:`resolve_model_path`), on the machine that opens them: a stage
+that never loads a model never needs its snapshot, and Ray workers resolve in their own cache.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 PREFIX = "hf:"
 
 
-def resolve_model_path(value: object) -> object:
-    """``hf:...`` -> the cached snapshot path (``ValueError`` naming what is missing); else unchanged."""
+class HubSpec(NamedTuple):
+    repo: str
+    revision: str | None
+    inside: str
+
+
+def parse_hub_spec(value: object) -> HubSpec | None:
+    """``hf:...`` -> its parts (``ValueError`` when malformed); anything else -> None."""
     if not isinstance(value, (str, Path)) or not str(value).startswith(PREFIX):
-        return value
-    spec = str(value)[len(PREFIX):]
-    org, _, rest = spec.partition("/")
+        return None
+    org, _, rest = str(value)[len(PREFIX):].partition("/")
     name_rev, _, inside = rest.partition("/")
-    name, _, revision = name_rev.partition("@")
-    if not org or not name:
-        raise ValueError(f"{value!r}: expected hf:<org>/<name>[@revision][/path/in/repo]")
+    name, at, revision = name_rev.partition("@")
+    if not org or not name or (at and not revision):
+        raise ValueError(f"{value}: expected hf:<org>/<name>[@revision][/path/in/repo]")
+    return HubSpec(f"{org}/{name}", revision or None, inside)
+
+
+def check_model_path(value: object) -> object:
+    """Params validation: an ``hf:`` value must be well formed; the value itself is kept."""
+    parse_hub_spec(value)
+    return value
+
+
+def resolve_model_path(value: object, key: str = "") -> object:
+    """``hf:...`` -> the cached snapshot path; else unchanged. Not cached: ``FileNotFoundError`` naming
+    ``key`` (the params key), the repo and the ``hf download`` that fetches it beforehand."""
+    spec = parse_hub_spec(value)
+    if spec is None:
+        return value
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    repo = f"{org}/{name}"
+    where = f"{key}: {value}" if key else str(value)
     try:
-        folder = Path(snapshot_download(repo, revision=revision or None, cache_dir=constants.HF_HUB_CACHE,
+        folder = Path(snapshot_download(spec.repo, revision=spec.revision, cache_dir=constants.HF_HUB_CACHE,
                                         local_files_only=True))
     except LocalEntryNotFoundError:
-        raise ValueError(f"{value}: {repo}{'@' + revision if revision else ''} is not in the local Hugging Face "
-                         f"cache {constants.HF_HUB_CACHE} (weights are never downloaded at run time: "
-                         f"`hf download {repo}` beforehand)") from None
-    target = folder / inside if inside else folder
+        at = f"@{spec.revision}" if spec.revision else ""
+        fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "")
+        raise FileNotFoundError(f"{where}: {spec.repo}{at} is not in the local Hugging Face cache "
+                                f"{constants.HF_HUB_CACHE} (weights are never downloaded at run time: "
+                                f"`{fetch}` beforehand)") from None
+    target = folder / spec.inside if spec.inside else folder
     if not target.exists():
-        raise ValueError(f"{value}: no {inside} in the cached snapshot {folder}")
+        raise FileNotFoundError(f"{where}: no {spec.inside} in the cached snapshot {folder}")
     return target

@@ -24,6 +24,8 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
+from onegen.hub_cache import resolve_model_path
+
 PEAK = 255.0
 # cv2.PSNR adds DBL_EPSILON to the RMSE, which is what makes identical images 361.20 dB rather than inf.
 _DBL_EPSILON = sys.float_info.epsilon
@@ -135,7 +137,7 @@ class LPIPSAlex:
     """
 
     def __init__(self, weights_path: str | os.PathLike[str], device: str | torch.device = "cpu"):
-        path = Path(weights_path)
+        path = Path(resolve_model_path(weights_path, LPIPS_PARAMS_KEY))
         if not path.is_file():
             raise FileNotFoundError(f"LPIPS weights not found: {path} (set {LPIPS_PARAMS_KEY} to a local "
                                     "AlexNet+LPIPS state-dict file, see evals.nvs.metrics.LPIPSAlex)")

@@ -2,7 +2,8 @@
 
 An annotator is a class with ``load(cfg, device)`` (a classmethod building it from its params
 block) and a batched ``__call__(images) -> outputs``. It never reaches the hub: weights come
-from the local path its params key names, and a missing one fails with that key and the path.
+from the local path its params key names (or an ``hf:`` repo already in the local Hugging Face
+cache), and a missing one fails with that key and the path.
 ``record`` (name, version, weights hash) goes into the provenance of every sample it touched.
 """
 
@@ -13,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from onegen.hub_cache import resolve_model_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".npz")
 
@@ -25,7 +28,10 @@ def require_path(key: str, path: Path | None, kind: str = "checkpoint") -> Path:
     """``path`` if it exists, else a one-line error naming the params key that should point at it."""
     if path is None:
         raise AnnotatorError(f"{key} is not set: point it at a local {kind} (weights are never downloaded)")
-    path = Path(path)
+    try:
+        path = Path(resolve_model_path(path, key))
+    except (OSError, ValueError) as e:
+        raise AnnotatorError(str(e)) from None
     if not path.exists():
         raise AnnotatorError(f"{key}: {kind} not found at {path}")
     return path

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from huggingface_hub import constants
 
+from model.vae import LatentCodec
+from onegen.annotators.base import AnnotatorError
 from onegen.annotators.depth import DepthAnnotator
 from onegen.config import ConfigError, DepthAnnotatorConfig, load_profile, parse_params
 from onegen.hub_cache import resolve_model_path
@@ -44,14 +46,21 @@ def test_resolves_a_repo_a_revision_and_a_file_in_it(hub_cache):
 
 @pytest.mark.parametrize("spec, says", [
     ("hf:org/absent", "org/absent is not in the local Hugging Face cache"),
-    (f"hf:org/weights@{'f' * 40}", f"org/weights@{'f' * 40} is not in the local Hugging Face cache"),
+    (f"hf:org/weights@{'f' * 40}", f"--revision {'f' * 40}` beforehand"),
     ("hf:org/weights/missing.pt", "no missing.pt in the cached snapshot"),
-    ("hf:org", "expected hf:<org>/<name>"),
 ])
 def test_what_is_missing_is_named(hub_cache, spec, says):
     cached_snapshot(hub_cache, "org/weights")
-    with pytest.raises(ValueError, match=says.replace("[", r"\[")):
-        resolve_model_path(spec)
+    with pytest.raises(FileNotFoundError, match=f"the.key: {spec}: .*{says}"):
+        resolve_model_path(spec, "the.key")
+
+
+@pytest.mark.parametrize("spec", ["hf:org", "hf:/name", "hf:org/name@"])
+def test_a_malformed_spec_fails_at_params_load_naming_the_key(spec):
+    data = load_profile("default").model_dump(mode="json")
+    data["model"]["vae"] = spec
+    with pytest.raises(ConfigError, match=r"^params.yaml: model\.vae: hf:.*: expected hf:<org>/<name>"):
+        parse_params(data, "params.yaml")
 
 
 def test_an_annotator_loads_from_the_cache_as_from_its_folder(hub_cache, tmp_path):
@@ -59,7 +68,7 @@ def test_an_annotator_loads_from_the_cache_as_from_its_folder(hub_cache, tmp_pat
     data = load_profile("default").model_dump(mode="json")
     data["annotators"]["depth"].update(path="hf:org/tiny-depth", input_size=56)
     cfg = parse_params(data).annotators.depth
-    assert cfg.path == snapshot
+    assert str(cfg.path) == "hf:org/tiny-depth"  # looked up where the weights are opened, not at params load
     from_cache = DepthAnnotator.load(cfg, device="cpu")
     from_folder = DepthAnnotator.load(DepthAnnotatorConfig(path=snapshot, input_size=56), device="cpu")
     assert from_cache.record == from_folder.record  # the provenance hash is of the same bytes
@@ -67,8 +76,12 @@ def test_an_annotator_loads_from_the_cache_as_from_its_folder(hub_cache, tmp_pat
     assert np.array_equal(from_cache([image])[0].data, from_folder([image])[0].data)
 
 
-def test_a_params_key_not_in_the_cache_fails_at_load_naming_the_key(hub_cache):
+def test_a_key_not_in_the_cache_fails_where_it_is_opened_naming_the_key(hub_cache):
     data = load_profile("default").model_dump(mode="json")
+    data["annotators"]["depth"]["path"] = "hf:depth-anything/absent"
     data["model"]["vae"] = "hf:stabilityai/absent/vae"
-    with pytest.raises(ConfigError, match=r"model\.vae: .*stabilityai/absent is not in the local Hugging Face cache"):
-        parse_params(data, "params.yaml")
+    params = parse_params(data)  # stages that open neither still run
+    with pytest.raises(AnnotatorError, match=r"^annotators\.depth\.path: hf:depth-anything/absent: .*not in the local"):
+        DepthAnnotator.load(params.annotators.depth, device="cpu")
+    with pytest.raises(FileNotFoundError, match=r"^model\.vae: hf:stabilityai/absent/vae: .*not in the local"):
+        LatentCodec.load(params.model.vae)

@@ -40,6 +40,7 @@ class Benchmark(ABC):
     setting = "default"
     data_name = ""
     fixed_predictor: str | None = None  # a make_predictor spec this benchmark always uses
+    needs: str = ""  # the predictor method ``predict`` calls: a predictor without it cannot answer
 
     @abstractmethod
     def items(self) -> Iterable[dict]:

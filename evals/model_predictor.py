@@ -53,7 +53,7 @@ def _load_transformer(weights: Path, size: str, device) -> NextDiT:
         model = NextDiT(CONFIGS[size])
         model.load_state_dict(load_file(weights), strict=True)
         return model.to(device)
-    return load_released(weights, device=device)
+    return load_released(weights, device=device, key="model predictor")
 
 
 # Condition kinds of the condition benchmarks -> the prompt guide's task tokens.

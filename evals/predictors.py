@@ -132,9 +132,9 @@ class FolderPredictions:
     def describe(self) -> dict:
         h = hashlib.sha256()
         for p in sorted(self.root.rglob("*")):
-            if p.is_file():
-                h.update(p.relative_to(self.root).as_posix().encode())
-                h.update(str(p.stat().st_size).encode())
+            if p.is_file():  # name, size and modification time: rewritten predictions are scored afresh
+                st = p.stat()
+                h.update(f"{p.relative_to(self.root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         return {"name": self.name, "kind": "predictions", "hash": h.hexdigest()[:16]}
 
     def _file(self, item_id: str, suffix: str) -> Path:

@@ -690,24 +690,25 @@ def _safetensor_files(folder: Path) -> list[Path]:
 
 
 def load_released(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  config: NextDiTConfig | None = None) -> NextDiT:
+                  config: NextDiTConfig | None = None, key: str = "model.checkpoint") -> NextDiT:
     """Load the released OneDiffusion ``transformer`` folder (strict key/shape match).
 
     The folder holds ``diffusion_pytorch_model*.safetensors`` (single file or sharded with its
     ``.index.json``) and usually the diffusers ``config.json``; the architecture comes from
     ``config`` if given, else from that ``config.json``, else ``CONFIGS["onediffusion-2.8b"]``.
-    ``dtype`` casts the floating tensors (default: as stored).  Never downloads anything.
+    ``dtype`` casts the floating tensors (default: as stored).  Never downloads anything; errors
+    name ``key``, where the path came from.
     """
     from safetensors.torch import load_file
 
-    folder = Path(resolve_model_path(path, "model.checkpoint"))
+    folder = Path(resolve_model_path(path, key))
     files = _safetensor_files(folder) if folder.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"model.checkpoint: no released transformer (diffusion_pytorch_model*.safetensors) "
-                                f"at {folder}; set params key model.checkpoint to the local 'transformer' folder")
+        raise FileNotFoundError(f"{key}: no released transformer (diffusion_pytorch_model*.safetensors) "
+                                f"at {folder}; point it at the local 'transformer' folder")
     missing_shards = [str(f) for f in files if not f.is_file()]
     if missing_shards:
-        raise FileNotFoundError(f"model.checkpoint: shard(s) missing under {folder}: {', '.join(missing_shards)}")
+        raise FileNotFoundError(f"{key}: shard(s) missing under {folder}: {', '.join(missing_shards)}")
     if config is None:
         cfg_json = folder / "config.json"
         config = config_from_released_json(cfg_json) if cfg_json.is_file() else CONFIGS["onediffusion-2.8b"]
@@ -728,7 +729,7 @@ def load_released(path: str | Path, device: str | torch.device = "cpu", dtype: t
     if missing or unexpected or wrong:
         def head(keys):
             return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
-        raise RuntimeError(f"model.checkpoint: {folder} does not match the NextDiT config "
+        raise RuntimeError(f"{key}: {folder} does not match the NextDiT config "
                            f"(missing {len(missing)}: {head(missing)}; unexpected {len(unexpected)}: "
                            f"{head(unexpected)}; wrong shape {len(wrong)}: "
                            f"{head([f'{k} {got[k]} vs {wanted[k]}' for k in wrong])})")

@@ -52,7 +52,7 @@ from model.nextdit import CONFIGS, NextDiT, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents
-from onegen.config import Params, TrainConfig, TrainStage, load_params
+from onegen.config import ConfigError, Params, TrainConfig, TrainStage, load_params
 from onegen.jsonl import append_jsonl
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
@@ -745,7 +745,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     ap.add_argument("--params", "-p", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
-    summary = train(load_params(args.params))
+    try:
+        params = load_params(args.params)
+    except ConfigError as e:  # every rank would print the same traceback
+        raise SystemExit(f"error: {e}") from None
+    summary = train(params)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
 

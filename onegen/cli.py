@@ -10,7 +10,8 @@ import typer
 from onegen.config import FAMILIES, ConfigError, load_params, profile_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Build the One-Gen dataset. Every subcommand is a DVC stage; `dvc repro` runs them all.")
+                  help="Build the One-Gen dataset, train and evaluate OneDiffusion. Each pipeline subcommand is a "
+                       "DVC stage (`dvc repro` runs them all); `check` and `params` manage params.yaml.")
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (validated against the schema)")
 
 
@@ -26,8 +27,9 @@ def _run(fn, *args):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return fn(*args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) quotes its message
+        typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -71,8 +73,9 @@ def stats(params: Path = PARAMS):
     """Write the dataset card reports/dataset.md with histograms and example grids."""
     from pipelines import stats as stage
 
-    st = _run(stage.run, _params(params))
-    typer.echo(f"stats: {st['samples']} samples; card at reports/dataset.md")
+    p = _params(params)
+    st = _run(stage.run, p)
+    typer.echo(f"stats: {st['samples']} samples; card at {p.paths.reports / 'dataset.md'}")
 
 
 @app.command()
@@ -95,15 +98,16 @@ def sample(params: Path = PARAMS):
     """Sample a grid (text->image, depth->image, image->depth) from the latest checkpoint into reports/samples."""
     from pipelines import sample as stage
 
-    info = _run(stage.run, _params(params))
-    typer.echo(f"sample: reports/samples/samples.png ({info['model']['weights']} weights)")
+    p = _params(params)
+    info = _run(stage.run, p)
+    typer.echo(f"sample: {p.paths.reports / 'samples' / 'samples.png'} ({info['model']['weights']} weights)")
 
 
 @app.command("eval")
 def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
              predictor: str = typer.Option(None, help="'baseline', 'folder:<path>', 'model:<checkpoint>'; default "
                                                       "evals.predictor ('annotators' always scores params' annotators)"),
-             limit: int = typer.Option(None, help="evaluate only the first N items"),
+             limit: int = typer.Option(None, min=1, help="evaluate only the first N items"),
              params: Path = PARAMS):
     """Run one benchmark (resumable) into reports/evals/<name>/result.json."""
     from pipelines import evaluate as stage
@@ -128,8 +132,9 @@ def leaderboard(params: Path = PARAMS):
     """Merge every result with the papers' published numbers into reports/leaderboard.{md,csv,html}."""
     from pipelines import evaluate as stage
 
-    _run(stage.leaderboard, _params(params))
-    typer.echo("leaderboard: reports/leaderboard.md, .csv, .html")
+    p = _params(params)
+    _run(stage.leaderboard, p)
+    typer.echo(f"leaderboard: {p.paths.reports / 'leaderboard'}.md, .csv, .html")
 
 
 @app.command("params")

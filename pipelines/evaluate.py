@@ -22,6 +22,10 @@ def run(params: Params, name: str, predictor_spec: str | None = None, limit: int
     else:
         spec = predictor_spec or params.evals.predictor
     predictor = make_predictor(f"baseline:{bench.baseline}" if spec == "baseline" else spec, params)
+    if bench.needs and not hasattr(predictor, bench.needs):
+        who = predictor.describe()
+        raise ValueError(f"{name}: the {who['kind']} {who['name']!r} cannot answer it (no {bench.needs}); "
+                         f"its own baseline is baseline:{bench.baseline}")
     return benchmark.run(bench, predictor, eval_dir(params, name), params.evals.batch_size, limit)
 
 

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 
 from onegen.config import ActorPoolConfig, BuildConfig
-from pipelines.shards import BuildContext, ShardJob, annotate_items, load_annotator, read_shard, write_items
+from pipelines.shards import (BuildContext, ShardJob, StageError, annotate_items, load_annotator, read_shard,
+                              write_items)
 
 
 def ensure_ray(cfg: BuildConfig) -> None:
@@ -35,7 +36,13 @@ def ensure_ray(cfg: BuildConfig) -> None:
         return
     common = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address, **common)
+        try:
+            ray.init(address=cfg.ray_address, **common)
+        except (ConnectionError, RuntimeError, ValueError, ModuleNotFoundError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = ' (ray:// addresses need the Ray Client: pip install "ray[client]==2.60.0")' \
+                if cfg.ray_address.startswith("ray://") and "ray[client]" not in first else ""
+            raise StageError(f"build.ray_address={cfg.ray_address!r}: cannot attach: {first}{hint}") from None
     else:
         ray.init(address="local", num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_mb * 2**20, **common)
 

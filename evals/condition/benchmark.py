@@ -46,6 +46,7 @@ def _image(pred, item: dict) -> np.ndarray:
 
 
 class _ConditionBenchmark(Benchmark):
+    needs = "generate_from_condition"
     conditions: dict[str, cond.Condition]
     fid: fid_lib.InceptionFeatures | None = None
 

@@ -21,6 +21,7 @@ WORLD_RANGE = (0.1, 60.0)  # metres: the procedural ground ends at 30 m, cameras
 
 class _DepthBenchmark(Benchmark):
     baseline = "constant-depth"
+    needs = "predict_depth"
     depth_range: tuple[float, float] = metrics.NYU_RANGE
     space = "depth"
 

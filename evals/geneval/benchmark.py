@@ -87,6 +87,7 @@ def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
 
 class _GenEvalBenchmark(Benchmark):
     baseline = "random-scene"
+    needs = "generate_images"
     protocol_version = "2"  # 2: float32 thresholds and relations, numpy-1.23 tie order (as the original)
 
     def __init__(self, prompts: list[dict], n_images: int, image_size: int, id_prefix: str, evaluator: list):
@@ -105,8 +106,6 @@ class _GenEvalBenchmark(Benchmark):
                 for i, m in enumerate(self.prompts)]
 
     def predict(self, predictor, batch):
-        if not hasattr(predictor, "generate_images"):
-            raise ValueError(f"{self.name}: predictor {predictor.describe()['name']!r} cannot generate images")
         generated = predictor.generate_images(batch)
         if len(generated) != len(batch):
             raise ValueError(f"{self.name}: predictor returned {len(generated)} image sets for {len(batch)} prompts")

@@ -70,6 +70,7 @@ def _image(pred, item_id: str) -> np.ndarray:
 
 
 class _IdentityBenchmark(Benchmark):
+    needs = "generate_with_reference"
     clip = None
 
     def predict(self, predictor, batch):

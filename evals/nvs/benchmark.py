@@ -18,6 +18,7 @@ from onegen.config import Params
 
 class _NVSBenchmark(Benchmark):
     baseline = "copy-nearest-view"
+    needs = "predict_views"
 
     def __init__(self, params: Params):
         path = params.evals.lpips_weights

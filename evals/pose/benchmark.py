@@ -20,6 +20,7 @@ GSO_POSE_VIEWS = tuple(range(0, 25, 3))  # 9 views spread over each object's 25
 
 class _PoseBenchmark(Benchmark):
     baseline = "random-cameras"
+    needs = "predict_cameras"
 
     def predict(self, predictor, batch):
         return predictor.predict_cameras(batch)

@@ -10,13 +10,16 @@ cache), and a missing one fails with that key and the path.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from onegen.hub_cache import resolve_model_path
 
+T = TypeVar("T")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".npz")
 
 
@@ -35,6 +38,16 @@ def require_path(key: str, path: Path | None, kind: str = "checkpoint") -> Path:
     if not path.exists():
         raise AnnotatorError(f"{key}: {kind} not found at {path}")
     return path
+
+
+def open_weights(key: str, path: Path, load: Callable[[], T]) -> T:
+    """``load()``, with a failure to read the weights at ``path`` (a folder missing its safetensors,
+    a truncated file) as one line naming the params ``key``, not the library's traceback."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AnnotatorError(f"{key}: cannot load {path}: {first}") from None
 
 
 def _hash_files(files: tuple[Path, ...]) -> str:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from onegen.annotators import batching
-from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
+from onegen.annotators.base import (AnnotatorError, annotator_record, open_weights, require_path, resolve_device,
+                                    weights_sha256)
 from onegen.format import View
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ class DepthAnnotator:
         from transformers import DepthAnythingForDepthEstimation
 
         path = require_path("annotators.depth.path", cfg.path, "Depth-Anything-V2 folder")
-        model = DepthAnythingForDepthEstimation.from_pretrained(path, local_files_only=True)
+        model = open_weights("annotators.depth.path", path,
+                             lambda: DepthAnythingForDepthEstimation.from_pretrained(path, local_files_only=True))
         mean, std = batching.processor_stats(path)
         return cls(model, weights_sha256(path), resolve_device(device), input_size=cfg.input_size,
                    mean=mean, std=std, batch_size=cfg.batch_size, amp=cfg.amp)

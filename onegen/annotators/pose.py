@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from onegen.annotators import batching
-from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
+from onegen.annotators.base import (AnnotatorError, annotator_record, open_weights, require_path, resolve_device,
+                                    weights_sha256)
 from onegen.annotators.yolo import import_ultralytics
 
 if TYPE_CHECKING:
@@ -195,8 +196,10 @@ class PoseAnnotator:
         YOLO = import_ultralytics().YOLO
 
         # ultralytics .pt files are pickled modules, loaded by ultralytics itself: trust the path
-        detector = YOLO(str(det_path)).model.fuse(verbose=False)
-        pose_model = VitPoseForPoseEstimation.from_pretrained(pose_path, local_files_only=True)
+        detector = open_weights("annotators.pose.detector_path", det_path,
+                                lambda: YOLO(str(det_path)).model.fuse(verbose=False))
+        pose_model = open_weights("annotators.pose.path", pose_path,
+                                  lambda: VitPoseForPoseEstimation.from_pretrained(pose_path, local_files_only=True))
         mean, std = batching.processor_stats(pose_path)
         both = hashlib.sha256((weights_sha256(det_path) + weights_sha256(pose_path)).encode()).hexdigest()
         return cls(detector, pose_model, both, resolve_device(device), detector_size=cfg.detector_size,

@@ -104,17 +104,21 @@ def sample(params: Path = PARAMS):
 
 
 @app.command("eval")
-def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso"),
+def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso "
+                                                   "(an unknown name lists them all)"),
              predictor: str = typer.Option(None, help="'baseline', 'folder:<path>', 'model:<checkpoint>'; default "
                                                       "evals.predictor ('annotators' always scores params' annotators)"),
              limit: int = typer.Option(None, min=1, help="evaluate only the first N items"),
              params: Path = PARAMS):
-    """Run one benchmark (resumable) into reports/evals/<name>/result.json."""
+    """Run one benchmark (resumable) into reports/evals/<name>/result.json, or for a --predictor other than
+    params' evals.predictor into reports/evals/<name>/entries/<predictor>/: `onegen leaderboard` shows them all."""
     from pipelines import evaluate as stage
 
-    r = _run(stage.run, _params(params), name, predictor, limit)
+    p = _params(params)
+    r = _run(stage.run, p, name, predictor, limit)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
-    typer.echo(f"{name} [{r['model']['kind']}: {r['model']['name']}] on {r['n_items']} items: {shown}")
+    typer.echo(f"{name} [{r['model']['kind']}: {r['model']['name']}] on {r['n_items']} items: {shown} "
+               f"-> {stage.eval_dir(p, name, predictor) / 'result.json'}")
 
 
 @app.command("world-detector")

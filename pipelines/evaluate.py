@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from evals import benchmark, registry
@@ -9,8 +10,20 @@ from evals.predictors import make_predictor
 from onegen.config import Params
 
 
-def eval_dir(params: Params, name: str) -> Path:
-    return params.paths.reports / "evals" / name
+def eval_dir(params: Params, name: str, predictor_spec: str | None = None) -> Path:
+    """``reports/evals/<name>`` for the predictor params configure (the DVC stage's result); any other
+    predictor gets ``entries/<spec as a file name>`` under it, so adding a model to the leaderboard
+    never replaces the configured result, nor another model's."""
+    folder = params.paths.reports / "evals" / name
+    if predictor_spec is None or predictor_spec == params.evals.predictor:
+        return folder
+    return folder / "entries" / (re.sub(r"[^A-Za-z0-9._-]+", "_", predictor_spec).strip("_") or "_")
+
+
+def result_paths(params: Params) -> list[Path]:
+    """Every result the leaderboard shows: each benchmark's configured predictor, then its entries."""
+    evals = params.paths.reports / "evals"
+    return sorted(evals.glob("*/result.json")) + sorted(evals.glob("*/entries/*/result.json"))
 
 
 def run(params: Params, name: str, predictor_spec: str | None = None, limit: int | None = None) -> dict:
@@ -18,19 +31,19 @@ def run(params: Params, name: str, predictor_spec: str | None = None, limit: int
     if bench.fixed_predictor:  # it scores something params configures, not a generative model
         if predictor_spec:
             raise ValueError(f"{name} always scores {bench.fixed_predictor}; --predictor does not apply")
-        spec = bench.fixed_predictor
+        spec, out = bench.fixed_predictor, eval_dir(params, name)
     else:
         spec = predictor_spec or params.evals.predictor
+        out = eval_dir(params, name, spec)
     predictor = make_predictor(f"baseline:{bench.baseline}" if spec == "baseline" else spec, params)
     if bench.needs and not hasattr(predictor, bench.needs):
         who = predictor.describe()
         raise ValueError(f"{name}: the {who['kind']} {who['name']!r} cannot answer it (no {bench.needs}); "
                          f"its own baseline is baseline:{bench.baseline}")
-    return benchmark.run(bench, predictor, eval_dir(params, name), params.evals.batch_size, limit)
+    return benchmark.run(bench, predictor, out, params.evals.batch_size, limit)
 
 
 def leaderboard(params: Params) -> dict:
     from evals.leaderboard.build import build_leaderboard
 
-    results = sorted((params.paths.reports / "evals").glob("*/result.json"))
-    return build_leaderboard(results, params.paths.reports)
+    return build_leaderboard(result_paths(params), params.paths.reports)

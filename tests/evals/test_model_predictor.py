@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from model.nextdit import CONFIGS, NextDiT
 from onegen.cli import app
+from tests.evals.cli_output import printed_result
 from onegen.config import profile_path
 
 runner = CliRunner()
@@ -42,7 +43,8 @@ def setup(tmp_path_factory):
 def test_model_predictor_answers_every_benchmark(setup, name, keys):
     r = runner.invoke(app, ["eval", name, "-p", str(setup / "params.yaml"), "--predictor", f"model:{setup / 'ck'}"])
     assert r.exit_code == 0, r.output
-    res = json.loads((setup / "reports/evals" / name / "result.json").read_text())
+    res = json.loads(printed_result(r.output).read_text())
+    assert printed_result(r.output).parent.parent.name == "entries"  # beside the configured predictor's result
     assert res["model"]["kind"] == "model" and res["model"]["weights"] == "random"
     assert set(res["metrics"]) == keys and all(v == v for v in res["metrics"].values())  # no NaN
 
@@ -60,14 +62,14 @@ def test_retrained_weights_at_the_same_path_are_scored_afresh(setup, tmp_path):
     (step / "meta.json").write_text(json.dumps({"step": 1}))
     (tmp_path / "ck" / "latest").write_text("step_0000001\n")
     args = ["eval", "world_depth", "-p", str(setup / "params.yaml"), "--predictor", f"model:{tmp_path / 'ck'}"]
-    items = setup / "reports/evals/world_depth/items.jsonl"
     keys = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         save_file(NextDiT(CONFIGS["tiny"]).state_dict(), str(step / "ema.safetensors"))
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
-        keys.append(json.loads((setup / "reports/evals/world_depth/result.json").read_text())["model"]["hash"])
+        keys.append(json.loads(printed_result(r.output).read_text())["model"]["hash"])
+    items = printed_result(r.output).with_name("items.jsonl")
     assert keys[0] != keys[1]
     rows = [json.loads(line) for line in items.read_text().splitlines()]
     assert sum(row["key"]["model"] == keys[1] for row in rows) == 2  # both items predicted again

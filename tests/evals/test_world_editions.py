@@ -1,5 +1,6 @@
 """Procedural-world editions end to end through the CLI: baselines score, oracles score perfectly."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from evals import registry
 from onegen.cli import app
+from tests.evals.cli_output import printed_result
 from onegen.config import load_params, profile_path
 
 runner = CliRunner()
@@ -30,7 +32,7 @@ def params_file(tmp_path_factory) -> Path:
 def _eval(params_file, name, *extra):
     r = runner.invoke(app, ["eval", name, "-p", str(params_file), *extra])
     assert r.exit_code == 0, r.output
-    return json.loads((params_file.parent / "reports/evals" / name / "result.json").read_text())
+    return json.loads(printed_result(r.output).read_text())
 
 
 def _items(params_file, name):
@@ -48,6 +50,12 @@ def test_world_depth_baseline_and_oracle(params_file, tmp_path):
     oracle = _eval(params_file, "world_depth", "--predictor", f"folder:{preds}")
     assert oracle["model"]["kind"] == "predictions"
     assert oracle["metrics"]["abs_rel"] < 1e-3 and oracle["metrics"]["delta1"] == pytest.approx(100)
+    assert _eval(params_file, "world_depth") == base  # the other predictor's run replaced nothing
+    r = runner.invoke(app, ["leaderboard", "-p", str(params_file)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((params_file.parent / "reports/leaderboard.csv").open()))
+    shown = {(row["model"], row["kind"]) for row in rows if row["benchmark"] == "world_depth"}
+    assert shown == {("constant-depth", "baseline"), ("depth_preds", "predictions")}  # both, side by side
 
 
 def test_world_nvs_baseline_below_oracle(params_file, tmp_path):

@@ -16,6 +16,7 @@ import evals.condition.benchmark  # noqa: F401 -- registers unicon_conditions an
 from evals import registry
 from model.nextdit import CONFIGS, NextDiT
 from onegen.cli import app
+from tests.evals.cli_output import printed_result
 from onegen.config import load_params, profile_path
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def _write(root, d):
 def _eval(params, name, *extra):
     r = runner.invoke(app, ["eval", name, "-p", str(params), *extra])
     assert r.exit_code == 0, r.output
-    return json.loads((params.parent / "reports/evals" / name / "result.json").read_text()), r.output
+    return json.loads(printed_result(r.output).read_text()), r.output
 
 
 def test_world_canny_copy_is_exact_and_chance_is_far(tmp_path):

@@ -15,6 +15,7 @@ import evals.identity.benchmark as identity  # registers unsplash50_id and world
 from evals import registry
 from model.nextdit import CONFIGS, NextDiT
 from onegen.cli import app
+from tests.evals.cli_output import printed_result
 from onegen.config import load_params, profile_path
 from onegen.sources import procedural as world
 
@@ -52,7 +53,7 @@ def project(tmp_path_factory):
 def _eval(params, name, *extra):
     r = runner.invoke(app, ["eval", name, "-p", str(params), *extra])
     assert r.exit_code == 0, r.output
-    return json.loads((params.parent / "reports/evals" / name / "result.json").read_text()), r.output
+    return json.loads(printed_result(r.output).read_text()), r.output
 
 
 def test_world_id_chance_below_oracle_below_copy(project, tmp_path):
@@ -129,7 +130,7 @@ def test_unsplash50_scores_faces_and_counts_a_miss_as_zero(unsplash, face_image)
     assert res["metrics"]["id"] == pytest.approx(0.5)  # (1 + 0) / 2: the miss counts
     assert res["metrics"]["id_detected"] == pytest.approx(1.0) and res["metrics"]["det_rate"] == 50.0
     assert "astronaut_001: no face found in the generated image (ID scored 0)" in out
-    per_item = json.loads((unsplash / "reports/evals/unsplash50_id/scores.json").read_text())
+    per_item = json.loads(printed_result(out).with_name("scores.json").read_text())
     assert per_item["astronaut_001"]["detected"] == 0.0 and per_item["astronaut_000"]["detected"] == 1.0
 
 

@@ -106,8 +106,10 @@ def sample(params: Path = PARAMS):
 @app.command("eval")
 def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_depth, depth_nyuv2, nvs_gso "
                                                    "(an unknown name lists them all)"),
-             predictor: str = typer.Option(None, help="'baseline', 'folder:<path>', 'model:<checkpoint>'; default "
-                                                      "evals.predictor ('annotators' always scores params' annotators)"),
+             predictor: str = typer.Option(None, help="'baseline', 'baseline:<name>', 'folder:<path>' or "
+                                                      "'model:<checkpoint>'; default: params' evals.predictor (the "
+                                                      "'annotators' benchmark takes none: it scores the configured "
+                                                      "annotators)"),
              limit: int = typer.Option(None, min=1, help="evaluate only the first N items"),
              params: Path = PARAMS):
     """Run one benchmark (resumable) into reports/evals/<name>/result.json, or for a --predictor other than

@@ -30,8 +30,12 @@ class GpuBusy:
                 # By UUID: NVML numbers every GPU of the host, whatever CUDA_VISIBLE_DEVICES shows torch.
                 uuid = torch.cuda.get_device_properties(device.index or torch.cuda.current_device()).uuid
                 self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-                self.read = lambda: (pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu,
-                                     pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM))
+                try:  # some virtual and MIG devices report no clock: keep the busy figure then
+                    pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM)
+                    clock = lambda: pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM)  # noqa: E731
+                except pynvml.NVMLError:
+                    clock = lambda: None  # noqa: E731
+                self.read = lambda: (pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu, clock())
             except Exception as e:  # noqa: BLE001 - the figure is optional, the timing is not
                 print(f"no GPU-busy figure: {e}", flush=True)
 
@@ -63,4 +67,5 @@ class GpuBusy:
     def sm_clock_mhz(self) -> int | None:
         """Mean SM clock: a long run that the power limit slows reads lower than a short burst, so two
         regions' speeds compare only at like clocks."""
-        return round(sum(c for _, (_, c) in self.samples) / len(self.samples)) if self.samples else None
+        clocks = [c for _, (_, c) in self.samples if c is not None]
+        return round(sum(clocks) / len(clocks)) if clocks else None

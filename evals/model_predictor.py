@@ -33,6 +33,7 @@ from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
 from onegen.annotators.base import weights_sha256
 from onegen import tasks
 from onegen.config import Params
+from onegen.hub_cache import resolve_model_path
 from onegen.plucker import rays_for_cameras
 from onegen.camera import Camera
 
@@ -80,9 +81,10 @@ def _to_unit(images: list[np.ndarray]) -> torch.Tensor:
 class ModelPredictor:
     def __init__(self, params: Params, checkpoint: Path, steps: int = 100, cfg_scale: float = 5.0, seed: int = 0):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if not Path(checkpoint).exists():
+        checkpoint = Path(resolve_model_path(checkpoint, "model predictor"))
+        if not checkpoint.exists():
             raise FileNotFoundError(f"model predictor: checkpoint {checkpoint} not found")
-        self.checkpoint = Path(checkpoint)
+        self.checkpoint = checkpoint
         weights = transformer_weights(self.checkpoint)
         self.model = _load_transformer(weights, params.model.size, self.device).eval()
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed)

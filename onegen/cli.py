@@ -116,11 +116,10 @@ def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_de
     params' evals.predictor into reports/evals/<name>/entries/<predictor>/: `onegen leaderboard` shows them all."""
     from pipelines import evaluate as stage
 
-    p = _params(params)
-    r = _run(stage.run, p, name, predictor, limit)
+    r = _run(stage.run, _params(params), name, predictor, limit)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
     typer.echo(f"{name} [{r['model']['kind']}: {r['model']['name']}] on {r['n_items']} items: {shown} "
-               f"-> {stage.eval_dir(p, name, predictor) / 'result.json'}")
+               f"-> {Path(r['dir']) / 'result.json'}")
 
 
 @app.command("world-detector")

@@ -51,15 +51,22 @@ def resolve_model_path(value: object, key: str = "") -> object:
     if spec is None:
         return value
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
     where = f"{key}: {value}" if key else str(value)
+    fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "") + \
+        (f' --include "{spec.inside}*"' if spec.inside else "")
+    # Only the part named must be cached: `hf download --include "vae/*"` leaves the rest out.
+    wanted = [spec.inside, f"{spec.inside}/*"] if spec.inside else None
     try:
         folder = Path(snapshot_download(spec.repo, revision=spec.revision, cache_dir=constants.HF_HUB_CACHE,
-                                        local_files_only=True))
+                                        local_files_only=True, allow_patterns=wanted))
+    except IncompleteSnapshotError as e:  # a LocalEntryNotFoundError too: the cached part misses files
+        missing = str(e).split(" is incomplete: ")[-1].split(". ")[0]
+        raise FileNotFoundError(f"{where}: the cached snapshot of {spec.repo} is incomplete ({missing}); "
+                                f"weights are never downloaded at run time: `{fetch}` beforehand") from None
     except LocalEntryNotFoundError:
         at = f"@{spec.revision}" if spec.revision else ""
-        fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "")
         raise FileNotFoundError(f"{where}: {spec.repo}{at} is not in the local Hugging Face cache "
                                 f"{constants.HF_HUB_CACHE} (weights are never downloaded at run time: "
                                 f"`{fetch}` beforehand)") from None

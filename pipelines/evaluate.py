@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -10,14 +11,26 @@ from evals.predictors import make_predictor
 from onegen.config import Params
 
 
-def eval_dir(params: Params, name: str, predictor_spec: str | None = None) -> Path:
+def canonical_spec(spec: str, baseline: str) -> str:
+    """One spelling per predictor: ``baseline`` is the benchmark's own, paths lose ``./`` and trailing ``/``."""
+    if spec == "baseline":
+        return f"baseline:{baseline}"
+    kind, _, arg = spec.partition(":")
+    return f"{kind}:{Path(arg)}" if kind in ("folder", "model") and arg else spec
+
+
+def eval_dir(params: Params, name: str, predictor_spec: str | None = None, baseline: str = "") -> Path:
     """``reports/evals/<name>`` for the predictor params configure (the DVC stage's result); any other
-    predictor gets ``entries/<spec as a file name>`` under it, so adding a model to the leaderboard
-    never replaces the configured result, nor another model's."""
+    predictor gets ``entries/<spec as a file name>-<hash>`` under it, so adding a model to the
+    leaderboard never replaces the configured result, nor another model's."""
     folder = params.paths.reports / "evals" / name
-    if predictor_spec is None or predictor_spec == params.evals.predictor:
+    if predictor_spec is None:
         return folder
-    return folder / "entries" / (re.sub(r"[^A-Za-z0-9._-]+", "_", predictor_spec).strip("_") or "_")
+    spec = canonical_spec(predictor_spec, baseline)
+    if spec == canonical_spec(params.evals.predictor, baseline):
+        return folder
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")[:60]
+    return folder / "entries" / f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def result_paths(params: Params) -> list[Path]:
@@ -34,13 +47,13 @@ def run(params: Params, name: str, predictor_spec: str | None = None, limit: int
         spec, out = bench.fixed_predictor, eval_dir(params, name)
     else:
         spec = predictor_spec or params.evals.predictor
-        out = eval_dir(params, name, spec)
+        out = eval_dir(params, name, spec, bench.baseline)
     predictor = make_predictor(f"baseline:{bench.baseline}" if spec == "baseline" else spec, params)
     if bench.needs and not hasattr(predictor, bench.needs):
         who = predictor.describe()
         raise ValueError(f"{name}: the {who['kind']} {who['name']!r} cannot answer it (no {bench.needs}); "
                          f"its own baseline is baseline:{bench.baseline}")
-    return benchmark.run(bench, predictor, out, params.evals.batch_size, limit)
+    return {**benchmark.run(bench, predictor, out, params.evals.batch_size, limit), "dir": str(out)}
 
 
 def leaderboard(params: Params) -> dict:

@@ -38,7 +38,7 @@ def ensure_ray(cfg: BuildConfig) -> None:
     if cfg.ray_address:
         try:
             ray.init(address=cfg.ray_address, **common)
-        except (ConnectionError, RuntimeError, ValueError, ModuleNotFoundError) as e:
+        except Exception as e:  # noqa: BLE001 -- whatever ray.init raises, the user needs the key and the reason
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = ' (ray:// addresses need the Ray Client: pip install "ray[client]==2.60.0")' \
                 if cfg.ray_address.startswith("ray://") and "ray[client]" not in first else ""

@@ -89,7 +89,7 @@ class HostCopy:
             self.host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                          for t in tensors]
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(tensors[0].device))  # the copies' device, not the current one
         else:
             self.host = [t.cpu() for t in tensors]
 

@@ -14,6 +14,7 @@ from evals import registry
 from onegen.cli import app
 from tests.evals.cli_output import printed_result
 from onegen.config import load_params, profile_path
+from pipelines.evaluate import eval_dir
 
 runner = CliRunner()
 
@@ -56,6 +57,15 @@ def test_world_depth_baseline_and_oracle(params_file, tmp_path):
     rows = list(csv.DictReader((params_file.parent / "reports/leaderboard.csv").open()))
     shown = {(row["model"], row["kind"]) for row in rows if row["benchmark"] == "world_depth"}
     assert shown == {("constant-depth", "baseline"), ("depth_preds", "predictions")}  # both, side by side
+
+
+def test_each_predictor_has_one_result_folder(params_file):
+    params = load_params(params_file)
+    top = params.paths.reports / "evals" / "world_depth"
+    assert eval_dir(params, "world_depth", "baseline:constant-depth", "constant-depth") == top  # = evals.predictor
+    a, b = (eval_dir(params, "world_depth", f"folder:{p}", "constant-depth") for p in ("/d/a_b", "/d/a/b"))
+    assert a != b and a.parent == b.parent == top / "entries"  # alike as file names, still apart
+    assert eval_dir(params, "world_depth", "model:ck/", "") == eval_dir(params, "world_depth", "model:./ck", "")
 
 
 def test_world_nvs_baseline_below_oracle(params_file, tmp_path):

@@ -2,10 +2,10 @@
 
 A weights key in params takes a local path, or ``hf:<org>/<name>[@<revision>][/<path in the repo>]``:
 the snapshot of that repo already in the local Hugging Face cache (``HF_HUB_CACHE``, or
-``HF_HOME``/hub), looked up with ``local_files_only`` -- what a data team has after
-``hf download`` on a login node. The path inside the repo names one file of it (a ``.pt``,
-``.pth`` or ``.onnx`` checkpoint) or a sub-folder (``vae``, ``text_encoder``). A revision is a
-branch, tag or commit without ``/`` (a pull request's ``refs/pr/N``: use its commit).
+``HF_HOME``/hub) -- what a data team has after ``hf download`` on a login node
+(``--include "vae/*"`` for one part of it). The path inside the repo names one file of it (a
+``.pt``, ``.pth`` or ``.onnx`` checkpoint) or a sub-folder (``vae``, ``text_encoder``). A revision
+is a branch, tag or commit without ``/`` (a pull request's ``refs/pr/N``: use its commit).
 
 Params validation checks only the form (:func:`check_model_path`); the cache is looked up where
 the weights are opened (:func:`resolve_model_path`), on the machine that opens them: a stage
@@ -14,10 +14,12 @@ that never loads a model never needs its snapshot, and Ray workers resolve in th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
 PREFIX = "hf:"
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class HubSpec(NamedTuple):
@@ -46,30 +48,30 @@ def check_model_path(value: object) -> object:
 
 def resolve_model_path(value: object, key: str = "") -> object:
     """``hf:...`` -> the cached snapshot path; else unchanged. Not cached: ``FileNotFoundError`` naming
-    ``key`` (the params key), the repo and the ``hf download`` that fetches it beforehand."""
+    ``key`` (the params key), the repo and the ``hf download`` that fetches it beforehand.
+
+    The lookup reads the cache's documented layout (``models--<org>--<name>/refs/<revision>`` holds a
+    commit, ``snapshots/<commit>/`` its files) and nothing else: no hub client, so nothing can reach
+    the network.
+    """
     spec = parse_hub_spec(value)
     if spec is None:
         return value
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+    from huggingface_hub import constants
 
     where = f"{key}: {value}" if key else str(value)
-    fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "") + \
-        (f' --include "{spec.inside}*"' if spec.inside else "")
-    # Only the part named must be cached: `hf download --include "vae/*"` leaves the rest out.
-    wanted = [spec.inside, f"{spec.inside}/*"] if spec.inside else None
-    try:
-        folder = Path(snapshot_download(spec.repo, revision=spec.revision, cache_dir=constants.HF_HUB_CACHE,
-                                        local_files_only=True, allow_patterns=wanted))
-    except IncompleteSnapshotError as e:  # a LocalEntryNotFoundError too: the cached part misses files
-        missing = str(e).split(" is incomplete: ")[-1].split(". ")[0]
-        raise FileNotFoundError(f"{where}: the cached snapshot of {spec.repo} is incomplete ({missing}); "
-                                f"weights are never downloaded at run time: `{fetch}` beforehand") from None
-    except LocalEntryNotFoundError:
+    cache = Path(constants.HF_HUB_CACHE)
+    repo_dir = cache / f"models--{spec.repo.replace('/', '--')}"
+    revision = spec.revision or "main"
+    ref = repo_dir / "refs" / revision
+    commit = revision if COMMIT.fullmatch(revision) else (ref.read_text().strip() if ref.is_file() else None)
+    folder = repo_dir / "snapshots" / commit if commit else None
+    if folder is None or not folder.is_dir():
+        fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "") + \
+            (f' --include "{spec.inside}*"' if spec.inside else "")
         at = f"@{spec.revision}" if spec.revision else ""
-        raise FileNotFoundError(f"{where}: {spec.repo}{at} is not in the local Hugging Face cache "
-                                f"{constants.HF_HUB_CACHE} (weights are never downloaded at run time: "
-                                f"`{fetch}` beforehand)") from None
+        raise FileNotFoundError(f"{where}: {spec.repo}{at} is not in the local Hugging Face cache {cache} "
+                                f"(weights are never downloaded at run time: `{fetch}` beforehand)")
     target = folder / spec.inside if spec.inside else folder
     if not target.exists():
         raise FileNotFoundError(f"{where}: no {spec.inside} in the cached snapshot {folder}")

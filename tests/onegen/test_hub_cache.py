@@ -55,19 +55,14 @@ def test_what_is_missing_is_named(hub_cache, spec, says):
         resolve_model_path(spec, "the.key")
 
 
-def test_a_part_downloaded_alone_resolves_and_the_whole_repo_is_named_incomplete(hub_cache):
-    # `hf download org/sd3 --include "vae/*"`: hub keeps the repo's file list, the snapshot holds only vae/
-    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
-
+def test_a_part_downloaded_alone_resolves(hub_cache):
+    # `hf download org/sd3 --include "vae/*"`: the snapshot holds vae/ only
     snapshot = cached_snapshot(hub_cache, "org/sd3")
     (snapshot / "vae").mkdir()
     (snapshot / "vae" / "config.json").write_text("{}")
-    listing = {f: TreeCacheEntry(size=2, blob_id="0" * 40) for f in ("vae/config.json", "unet/config.json")}
-    write_tree_cache(str(hub_cache / "models--org--sd3"), COMMIT, listing)
     assert resolve_model_path("hf:org/sd3/vae") == snapshot / "vae"
-    with pytest.raises(FileNotFoundError, match=r"snapshot of org/sd3 is incomplete \(1 file\(s\) are missing "
-                                                r"\(unet/config.json\)\)"):
-        resolve_model_path("hf:org/sd3")
+    with pytest.raises(FileNotFoundError, match=r"no unet in the cached snapshot"):
+        resolve_model_path("hf:org/sd3/unet")
 
 
 @pytest.mark.parametrize("spec", ["hf:org", "hf:/name", "hf:org/name@"])

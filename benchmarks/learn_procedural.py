@@ -12,7 +12,8 @@
    of steps sized to fit ``--train-minutes`` (measured on a probe run);
 5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
    model predictor beside each benchmark's baseline: image→depth AbsRel/δ1 against the best
-   constant depth, 1-view→novel-view PSNR/SSIM against copying the input view, and text→image by
+   constant depth, 1-view→novel-view PSNR/SSIM against copying the input view (at ``--cfg`` and,
+   as its prompt is a generic one, unguided too), and text→image by
    GenEval's rules on world prompts (a YOLO trained on world renders judges; the random-scene
    baseline is the floor, the oracle render the ceiling);
 6. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
@@ -229,6 +230,12 @@ def main() -> None:
 
         score("world_depth", ["baseline"])
         score("world_nvs", ["baseline"])
+        if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
+            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0}),
+                                          "paths": params.paths.model_copy(update={"reports": out / "reports" / "cfg1"})})
+            evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
+            print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
+            save()
         summary["samples"] = sample.run(params)
         save()
         # text->image is judged by the world detector, which trains with ultralytics: a failure there

@@ -103,7 +103,7 @@ class ModelPredictor:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
                 "random_parts": random,
-                "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}"}
+                "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}-seed{self.seed}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):
         with torch.no_grad():
@@ -114,15 +114,20 @@ class ModelPredictor:
         ne, nm = self.text([""])
         return Conditioning(e, m, ne, nm)
 
-    def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str]) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
+    def _generators(self, ids: list[str]) -> list[torch.Generator]:
+        """One generator per item, seeded by (seed, item id): an item's noise, and so its score, never
+        depends on its batch's other items or its place among them (a resumed run scores as a whole one)."""
+        return [torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{self.seed}/{i}".encode()).digest()[:8],
+                                                             "little") % 2**63) for i in ids]
+
+    def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str], ids: list[str]) -> torch.Tensor:
         return sample(self._denoise, views.to(self.device), start, self._cond(prompts), steps=self.steps,
-                      cfg_scale=self.cfg_scale, generator=g)
+                      cfg_scale=self.cfg_scale, generator=self._generators(ids))
 
     def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
         z = self.codec.encode(_to_unit([it["rgb"] for it in items]).to(self.device))
         views = torch.stack([z, torch.zeros_like(z)], dim=1)
-        out = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(items))
+        out = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(items), [it["id"] for it in items])
         depth = self.codec.decode(out[:, 1]).mean(dim=1)  # the model's depth image, near = -1
         return [d.cpu().numpy() + 1.0 for d in depth]
 
@@ -137,7 +142,7 @@ class ModelPredictor:
             z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
             seq = torch.stack([x for pair in zip(z, rays) for x in pair])[None]
             start = [v for i in order for v in ((0.0 if i in it["condition_views"] else 1.0), 0.0)]
-            out = self._sample(seq, start, [f"{tasks.MULTIVIEW} a photo"])
+            out = self._sample(seq, start, [f"{tasks.MULTIVIEW} a photo"], [it["id"]])
             decoded = self.codec.decode(out[0, 0::2])
             pix = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             results.append({i: pix[k] for k, i in enumerate(order) if i in it["target_views"]})
@@ -154,7 +159,7 @@ class ModelPredictor:
             z = self.codec.encode(_to_unit([_fit(r, h, w) for r in it["reference"]]).to(self.device))
             views = torch.cat([torch.zeros_like(z[:1]), z])[None]
             prompt = tasks.faceid_prompt([it["prompt"], *it["reference_captions"]])
-            out += self._pixels(self._sample(views, [1.0] + [0.0] * len(z), [prompt])[:, 0])
+            out += self._pixels(self._sample(views, [1.0] + [0.0] * len(z), [prompt], [it["id"]])[:, 0])
         return out
 
     def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
@@ -166,7 +171,8 @@ class ModelPredictor:
             z = self.codec.encode(_to_unit([items[i]["condition"] for i in idx]).to(self.device))
             views = torch.stack([torch.zeros_like(z), z], dim=1)
             prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in idx]
-            for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts)[:, 0])):
+            ids = [items[i]["id"] for i in idx]
+            for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts, ids)[:, 0])):
                 out[i] = pix
         return out
 
@@ -176,7 +182,7 @@ class ModelPredictor:
             (h, w), n = it["size"], it["n_images"]
             views = torch.zeros(n, 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
             prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, it["prompt"])] * n
-            out.append(self._pixels(self._sample(views, [1.0], prompts)[:, 0]))
+            out.append(self._pixels(self._sample(views, [1.0], prompts, [f"{it['id']}/{k}" for k in range(n)])[:, 0]))
         return out
 
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -186,6 +192,6 @@ class ModelPredictor:
             z = self.codec.encode(_to_unit(it["images"]).to(self.device))[None]
             cams = estimate_cameras(self._denoise, z, it["K"], h, w, self._cond([f"{tasks.MULTIVIEW} a photo"]),
                                     steps=self.steps, cfg_scale=self.cfg_scale,
-                                    generator=torch.Generator().manual_seed(self.seed))[0]
+                                    generator=self._generators([it["id"]]))[0]
             out.append((np.stack([c.rotation for c in cams]), np.stack([c.centre for c in cams])))
         return out

@@ -40,7 +40,9 @@ guidance also pushes towards agreement with them.
 
 Determinism: all randomness of sample ``b`` comes from its own generator, seeded from
 ``(one draw of the caller's generator, b)``, so a fresh generator with a given seed produces the
-same sample ``b`` at any batch size (as long as the denoiser treats samples independently).
+same sample ``b`` at any batch size (as long as the denoiser treats samples independently). A
+caller whose samples have identities (an evaluation's items) passes one generator per sample
+instead, so a sample's noise never depends on where in a batch it lands.
 """
 
 from __future__ import annotations
@@ -147,8 +149,14 @@ def euler_sigmas(steps: int, shift: float | Literal["dynamic"] = "dynamic", n_to
 # Randomness: one generator per sample
 # ---------------------------------------------------------------------------------------------
 
-def _per_sample_generators(generator: torch.Generator | None, batch: int) -> list[torch.Generator]:
-    """CPU generators for samples 0..B-1, seeded from one draw of ``generator`` and the sample index."""
+def _per_sample_generators(generator: torch.Generator | Sequence[torch.Generator] | None,
+                           batch: int) -> list[torch.Generator]:
+    """CPU generators for samples 0..B-1: the caller's own, one per sample, or seeded from one draw of
+    ``generator`` and the sample index."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"sampler: {len(generator)} generators for {batch} samples")
+        return list(generator)
     device = generator.device if generator is not None else "cpu"
     base = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
     return [torch.Generator().manual_seed((base + b * 0x9E3779B97F4A7C15) % 2**64) for b in range(batch)]
@@ -233,7 +241,7 @@ def sample(
     cfg_scale: float = 5.0,
     cfg_on_views: bool = False,
     shift: float | Literal["dynamic"] = "dynamic",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     hold: Tensor | None = None,
     partial: dict | None = None,
     return_trajectory: bool = False,
@@ -248,7 +256,8 @@ def sample(
         steps, cfg_scale: Euler steps; guidance scale (1 = one unguided call per step).
         cfg_on_views: the uncond half also loses the condition views (start 0 or held) to noise.
         shift: ``'dynamic'`` (from the number of denoised tokens of each sample) or a static shift.
-        generator: seeds all noise (one draw, then one generator per sample).
+        generator: seeds all noise (one draw, then one generator per sample), or a list of B
+            generators, sample b's noise from the b-th.
         hold: ``[B, F]`` bool; held views stay at σ_c = start (re-noised each step, never integrated).
         partial: ``{"view": i, "mask": [B,1,H,W] (1 = known), "guidance": w}`` -- UniCon partial
             conditioning of view i from the known region of ``views[:, i]``: each step the known

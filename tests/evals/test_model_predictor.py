@@ -73,3 +73,25 @@ def test_retrained_weights_at_the_same_path_are_scored_afresh(setup, tmp_path):
     assert keys[0] != keys[1]
     rows = [json.loads(line) for line in items.read_text().splitlines()]
     assert sum(row["key"]["model"] == keys[1] for row in rows) == 2  # both items predicted again
+
+
+def test_an_items_prediction_does_not_depend_on_its_batch(setup):
+    """Noise is keyed by item id: the same depth alone, first or second in a batch (a resumed run drops
+    scored items from its batches, which must not change the rest's scores)."""
+    import numpy as np
+
+    from evals import registry
+    from evals.model_predictor import ModelPredictor
+    from onegen.config import load_params
+
+    params = load_params(setup / "params.yaml")
+    items = list(registry.get("world_depth")(params).items())
+    assert len(items) == 2
+    predictor = ModelPredictor(params, setup / "ck", steps=2, cfg_scale=2.0)
+    together = predictor.predict_depth(items)
+    alone = predictor.predict_depth(items[1:])[0]
+    swapped = predictor.predict_depth(items[::-1])[0]
+    assert np.abs(together[1] - alone).max() < 1e-4 and np.abs(swapped - alone).max() < 1e-4
+    assert np.abs(together[0] - together[1]).max() > 1e-3  # different items, different noise
+    other_seed = ModelPredictor(params, setup / "ck", steps=2, cfg_scale=2.0, seed=1)
+    assert other_seed.describe()["hash"] != predictor.describe()["hash"]  # cached scores follow the seed

@@ -370,6 +370,22 @@ def test_batch_size_does_not_change_a_sample():
     torch.testing.assert_close(run(4), full, atol=0, rtol=0)  # and the same seed repeats
 
 
+def test_per_sample_generators_make_a_sample_independent_of_its_place():
+    views = torch.zeros(3, 1, 2, 4, 4, dtype=DT)
+    world = GaussianWorld([0.0], torch.eye(1))
+
+    def run(seeds: list[int]) -> torch.Tensor:
+        return sample(world, views[: len(seeds)], [1.0], text(len(seeds)), steps=4, cfg_scale=1.0,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds])
+
+    abc = run([7, 8, 9])
+    torch.testing.assert_close(run([9, 7])[0], abc[2], atol=1e-12, rtol=0)  # moved to the front: unchanged
+    torch.testing.assert_close(run([8])[0], abc[1], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="2 generators for 3 samples"):
+        sample(world, views, [1.0], text(3), steps=2, cfg_scale=1.0,
+               generator=[torch.Generator(), torch.Generator()])
+
+
 # ---------------------------------------------------------------------------------------------
 # Partial conditioning (UniCon: latent replacement + reconstruction guidance)
 # ---------------------------------------------------------------------------------------------

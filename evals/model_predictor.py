@@ -51,6 +51,10 @@ def transformer_weights(path: Path) -> Path:
 
 def _load_transformer(weights: Path, size: str, device) -> NextDiT:
     if weights.is_file():
+        meta_file = weights.with_name("meta.json")
+        made = json.loads(meta_file.read_text()).get("model_size") if meta_file.is_file() else None
+        if made is not None and made != size:
+            raise ValueError(f"model predictor: {weights.parent} holds a {made!r} model but model.size is {size!r}")
         model = NextDiT(CONFIGS[size])
         model.load_state_dict(load_file(weights), strict=True)
         return model.to(device)

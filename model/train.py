@@ -604,6 +604,10 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
     start = int(meta.get("step", 0))
+    wanted_cfg = json.loads(json.dumps(CONFIGS[params.model.size].to_dict()))  # as meta.json holds it
+    if ckpt and meta.get("model_config", wanted_cfg) != wanted_cfg:
+        raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model but model.size is "
+                         f"{params.model.size!r}: set it back, or give train.out_dir a fresh folder")
     if ckpt and dist.main:
         if meta.get("config_hash") != chash:
             tqdm.write(f"train: resuming {ckpt} written under another config (hash {meta.get('config_hash')} "

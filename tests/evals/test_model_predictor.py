@@ -95,3 +95,16 @@ def test_an_items_prediction_does_not_depend_on_its_batch(setup):
     assert np.abs(together[0] - together[1]).max() > 1e-3  # different items, different noise
     other_seed = ModelPredictor(params, setup / "ck", steps=2, cfg_scale=2.0, seed=1)
     assert other_seed.describe()["hash"] != predictor.describe()["hash"]  # cached scores follow the seed
+
+
+def test_a_checkpoint_of_another_size_is_refused_in_one_line(setup, tmp_path):
+    import shutil
+
+    from evals.model_predictor import ModelPredictor
+    from onegen.config import load_params
+
+    ck = tmp_path / "ck"
+    shutil.copytree(setup / "ck", ck)
+    (ck / "step_0000001" / "meta.json").write_text(json.dumps({"step": 1, "model_size": "small"}))
+    with pytest.raises(ValueError, match=r"holds a 'small' model but model\.size is 'tiny'"):
+        ModelPredictor(load_params(setup / "params.yaml"), ck)

@@ -109,6 +109,14 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
+def test_resuming_another_model_size_is_one_clear_error(project):
+    """The finished tiny run of the test above, resumed as `small`: refused before anything is built."""
+    params = run_params(project, "ref")
+    small = params.model_copy(update={"model": params.model.model_copy(update={"size": "small"})})
+    with pytest.raises(ValueError, match=r"holds a 'tiny' model but model\.size is 'small'"):
+        train(small, _two_stage_cfg(project / "ref/ck"))
+
+
 def test_checkpoint_is_atomic_and_stale_temp_ignored(project, monkeypatch):
     params = run_params(project, "atomic")
     cfg = TrainConfig(stages=[TrainStage(name="all", families=["text2image"], steps=4, batch_size=2)],

@@ -130,8 +130,8 @@ def euler_sigmas(steps: int, shift: float | Literal["dynamic"] = "dynamic", n_to
     the resolution-dependent (exponential) shift ``e^mu / (e^mu + 1/σ − 1)`` with
     ``mu = dynamic_shift_mu(n_tokens)``. A final 0 is appended (the last Euler step lands on data).
     """
-    if steps < 1:
-        raise ValueError(f"sampler: steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"sampler: steps must be an integer >= 1, got {steps!r}")
     sigma = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
     if shift == "dynamic":
         if n_tokens is None:
@@ -179,7 +179,7 @@ def _start_strengths(start: Tensor | Sequence[float], B: int, F: int, device: to
         s = s.expand(B, -1)
     if s.shape != (B, F):
         raise ValueError(f"sampler: start must be [F]={F} or [B, F]=[{B}, {F}], got {tuple(s.shape)}")
-    if bool(((s < 0) | (s > 1)).any()):
+    if not bool(((s >= 0) & (s <= 1)).all()):  # NaN fails too
         raise ValueError("sampler: start strengths must lie in [0, 1]")
     return s.clone()
 
@@ -195,6 +195,9 @@ def _partial_spec(partial: dict | None, views: Tensor, denoised: Tensor) -> _Par
     if partial is None:
         return None
     B, F, _, H, W = views.shape
+    unknown = sorted(set(partial) - {"view", "mask", "guidance"})
+    if unknown or not {"view", "mask"} <= set(partial):
+        raise ValueError(f"sampler: partial takes 'view', 'mask' and optionally 'guidance', got {sorted(partial)}")
     view = int(partial["view"])
     if not 0 <= view < F:
         raise ValueError(f"sampler: partial view {view} out of range for {F} views")
@@ -258,7 +261,7 @@ def sample(
         shift: ``'dynamic'`` (from the number of denoised tokens of each sample) or a static shift.
         generator: seeds all noise (one draw, then one generator per sample), or a list of B
             generators, sample b's noise from the b-th.
-        hold: ``[B, F]`` bool; held views stay at σ_c = start (re-noised each step, never integrated).
+        hold: ``[F]`` or ``[B, F]`` bool; held views stay at σ_c = start (re-noised each step, never integrated).
         partial: ``{"view": i, "mask": [B,1,H,W] (1 = known), "guidance": w}`` -- UniCon partial
             conditioning of view i from the known region of ``views[:, i]``: each step the known
             region is replaced by its forward sample ``(1 − σ)·y + σ·ε`` (ε = the view's initial
@@ -280,7 +283,13 @@ def sample(
     dtype = torch.promote_types(views.dtype, torch.float32)
     clean = views.to(dtype)
     s = _start_strengths(start, B, F, views.device)
+    if not math.isfinite(cfg_scale):
+        raise ValueError(f"sampler: cfg_scale must be finite, got {cfg_scale}")
     held = torch.zeros(B, F, dtype=torch.bool, device=views.device) if hold is None else hold.to(views.device, torch.bool)
+    if held.ndim == 1 and held.shape[0] == F:
+        held = held.expand(B, F)
+    if held.shape != (B, F):
+        raise ValueError(f"sampler: hold must be [F]={F} or [B, F]=[{B}, {F}], got {tuple(held.shape)}")
     if bool((held & (s <= 0)).any()):
         raise ValueError("sampler: a held view needs its noise level σ_c = start > 0")
     given = held | (s == 0)  # never integrated, returned as given
@@ -329,6 +338,9 @@ def sample(
             with torch.enable_grad():
                 x_req = x_in.detach().requires_grad_(True)
                 v = _velocity(denoise, x_req, t, cond, cfg_scale, drop, eps)
+                if not v.requires_grad:  # else only the known region, which the step masks out, would move
+                    raise ValueError("sampler: reconstruction guidance differentiates through the denoiser, whose "
+                                     "output has no gradient (is it run under torch.no_grad or inference_mode?)")
                 i, m = part.view, part.known
                 x_hat = x_req[:, i] - sigma[:, i, k].to(dtype)[:, None, None, None] * v[:, i]
                 loss = (m * (clean[:, i] - x_hat)).square().sum()

@@ -423,6 +423,41 @@ def test_partial_guidance_differentiates_through_the_denoiser():
     assert seen == [True] * 3
 
 
+def test_partial_guidance_refuses_a_denoiser_without_gradients():
+    def no_grad_denoiser(x, t, cond):
+        with torch.no_grad():
+            return ConstantWorld()(x, t, cond)
+
+    views = torch.ones(1, 1, 1, 4, 4, dtype=DT)
+    with pytest.raises(ValueError, match="no gradient"):
+        sample(no_grad_denoiser, views, [1.0], text(1), steps=2, cfg_scale=1.0,
+               partial={"view": 0, "mask": torch.ones(1, 1, 4, 4), "guidance": 0.1})
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(start=[1.0, float("nan")]), "start strengths"),
+    (dict(cfg_scale=float("nan")), "cfg_scale must be finite"),
+    (dict(steps=2.5), "steps must be an integer"),
+    (dict(hold=torch.tensor([[False, True, False]])), r"hold must be \[F\]=2"),
+    (dict(partial={"view": 0, "guidance": 1.0}), "partial takes 'view', 'mask'"),
+    (dict(partial={"view": 0, "mask": torch.ones(1, 1, 4, 4), "weight": 5.0}), "partial takes"),
+])
+def test_bad_sampler_inputs_are_one_clear_error(bad, says):
+    views = torch.ones(1, 2, 1, 4, 4, dtype=DT)
+    kw = dict(start=[1.0, 1.0], steps=2, cfg_scale=1.0) | bad
+    with pytest.raises(ValueError, match=says):
+        sample(ConstantWorld(), views, kw.pop("start"), text(1), **kw)
+
+
+def test_hold_may_be_given_per_view():
+    views = torch.ones(2, 2, 1, 4, 4, dtype=DT)
+    per_view = sample(ConstantWorld(), views, [1.0, 0.5], text(2), steps=3, cfg_scale=1.0,
+                      generator=torch.Generator().manual_seed(3), hold=torch.tensor([False, True]))
+    per_sample = sample(ConstantWorld(), views, [1.0, 0.5], text(2), steps=3, cfg_scale=1.0,
+                        generator=torch.Generator().manual_seed(3), hold=torch.tensor([[False, True]] * 2))
+    assert torch.equal(per_view, per_sample)
+
+
 # ---------------------------------------------------------------------------------------------
 # Camera-pose estimation
 # ---------------------------------------------------------------------------------------------

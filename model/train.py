@@ -147,9 +147,13 @@ def noise_generator(cfg: TrainConfig, slot: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(item_seed(cfg.seed, f"train/noise/{slot}", step))
 
 
+# Where and how often a run writes never changes its curve: a moved or re-logged run is still an exact continuation.
+BOOKKEEPING = {"out_dir", "log_every", "keep_checkpoints"}
+
+
 def config_hash(cfg: TrainConfig, params: Params) -> str:
-    blob = json.dumps({"train": cfg.model_dump(mode="json"), "model": params.model.model_dump(mode="json")},
-                      sort_keys=True)
+    blob = json.dumps({"train": cfg.model_dump(mode="json", exclude=BOOKKEEPING),
+                       "model": params.model.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -608,6 +612,9 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     if ckpt and meta.get("model_config", wanted_cfg) != wanted_cfg:
         raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model but model.size is "
                          f"{params.model.size!r}: set it back, or give train.out_dir a fresh folder")
+    if start > total:
+        raise ValueError(f"train: {ckpt} is at step {start}, past the recipe's {total} steps (train.stages): "
+                         f"lengthen the recipe, or give train.out_dir a fresh folder")
     if ckpt and dist.main:
         if meta.get("config_hash") != chash:
             tqdm.write(f"train: resuming {ckpt} written under another config (hash {meta.get('config_hash')} "

@@ -109,6 +109,13 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
+def test_a_recipe_shorter_than_its_checkpoint_is_one_clear_error(project):
+    cfg = _two_stage_cfg(project / "ref/ck")  # finished at step 14 by the test above
+    short = cfg.model_copy(update={"stages": [cfg.stages[0]]})
+    with pytest.raises(ValueError, match=r"at step 14, past the recipe's 6 steps"):
+        train(run_params(project, "ref"), short)
+
+
 def test_resuming_another_model_size_is_one_clear_error(project):
     """The finished tiny run of the test above, resumed as `small`: refused before anything is built."""
     params = run_params(project, "ref")

@@ -43,9 +43,10 @@ def run(params: Params) -> dict:
         depth_img = depth_to_condition(r.depth)[None]
         z_depth = pred.codec.encode(depth_img.to(pred.device))
         blank = torch.zeros_like(z_depth)
-        t2i = pred._sample(blank[:, None], [1.0], [tasks.task_prompt(tasks.TEXT2IMAGE, caption)])
-        d2i = pred._sample(torch.stack([blank, z_depth], 1), [1.0, 0.0], [tasks.task_prompt(tasks.DEPTH2IMAGE, caption)])
-        i2d = pred.predict_depth([{"rgb": r.rgb}])[0]
+        t2i = pred._sample(blank[:, None], [1.0], [tasks.task_prompt(tasks.TEXT2IMAGE, caption)], [f"sample/{i}/t2i"])
+        d2i = pred._sample(torch.stack([blank, z_depth], 1), [1.0, 0.0], [tasks.task_prompt(tasks.DEPTH2IMAGE, caption)],
+                           [f"sample/{i}/d2i"])
+        i2d = pred.predict_depth([{"rgb": r.rgb, "id": f"sample/{i}"}])[0]
         tiles = [r.rgb, _image(depth_img[0]), _image(pred.codec.decode(t2i[:, 0])[0]),
                  _image(pred.codec.decode(d2i[:, 0])[0]),
                  _image(torch.from_numpy(np.clip(i2d * 2 - 1, -1, 1))[None].expand(3, -1, -1))]

@@ -208,6 +208,8 @@ def main() -> None:
         if not args.steps:
             args.steps = probe_steps(params)
             params = make_params(args)
+        if summary.get("train", {}).get("steps") not in (None, args.steps):
+            shutil.rmtree(params.train.out_dir, ignore_errors=True)  # another step count is another run, not a resume
         t0 = time.time()
         result = trainer.train(params)
         summary["train"] = {"steps": args.steps, "seconds": round(time.time() - t0, 1), "batch": args.batch,

@@ -610,8 +610,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     start = int(meta.get("step", 0))
     wanted_cfg = json.loads(json.dumps(CONFIGS[params.model.size].to_dict()))  # as meta.json holds it
     if ckpt and meta.get("model_config", wanted_cfg) != wanted_cfg:
-        raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model but model.size is "
-                         f"{params.model.size!r}: set it back, or give train.out_dir a fresh folder")
+        raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model, not the architecture of "
+                         f"model.size {params.model.size!r}: set it back, or give train.out_dir a fresh folder")
     if start > total:
         raise ValueError(f"train: {ckpt} is at step {start}, past the recipe's {total} steps (train.stages): "
                          f"lengthen the recipe, or give train.out_dir a fresh folder")

@@ -64,15 +64,20 @@ def resolve_model_path(value: object, key: str = "") -> object:
     repo_dir = cache / f"models--{spec.repo.replace('/', '--')}"
     revision = spec.revision or "main"
     ref = repo_dir / "refs" / revision
-    commit = revision if COMMIT.fullmatch(revision) else (ref.read_text().strip() if ref.is_file() else None)
+    commit = revision.lower() if COMMIT.fullmatch(revision.lower()) else (ref.read_text().strip() if ref.is_file() else None)
     folder = repo_dir / "snapshots" / commit if commit else None
+    fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "") + \
+        (f' --include "{spec.inside}*"' if spec.inside else "")
     if folder is None or not folder.is_dir():
-        fetch = f"hf download {spec.repo}" + (f" --revision {spec.revision}" if spec.revision else "") + \
-            (f' --include "{spec.inside}*"' if spec.inside else "")
         at = f"@{spec.revision}" if spec.revision else ""
         raise FileNotFoundError(f"{where}: {spec.repo}{at} is not in the local Hugging Face cache {cache} "
                                 f"(weights are never downloaded at run time: `{fetch}` beforehand)")
     target = folder / spec.inside if spec.inside else folder
+    links = [target] if target.is_symlink() else list(target.rglob("*")) if target.is_dir() else []
+    broken = [p for p in links if p.is_symlink() and not p.exists()]  # a snapshot file is a link to its blob
+    if broken:
+        raise FileNotFoundError(f"{where}: the cached snapshot {folder} is incomplete ({len(broken)} file(s) without "
+                                f"their blob, e.g. {broken[0].relative_to(folder)}): `{fetch}` again beforehand")
     if not target.exists():
         raise FileNotFoundError(f"{where}: no {spec.inside} in the cached snapshot {folder}")
     return target

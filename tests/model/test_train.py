@@ -109,19 +109,28 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
+def finished_reference_run(project: Path) -> TrainConfig:
+    """The two-stage run of the resume test, finished at step 14 (trained here when run alone)."""
+    cfg = _two_stage_cfg(project / "ref/ck")
+    if find_checkpoint(cfg.out_dir) is None:
+        train(run_params(project, "ref"), cfg)
+    return cfg
+
+
 def test_a_recipe_shorter_than_its_checkpoint_is_one_clear_error(project):
-    cfg = _two_stage_cfg(project / "ref/ck")  # finished at step 14 by the test above
+    cfg = finished_reference_run(project)
     short = cfg.model_copy(update={"stages": [cfg.stages[0]]})
     with pytest.raises(ValueError, match=r"at step 14, past the recipe's 6 steps"):
         train(run_params(project, "ref"), short)
 
 
 def test_resuming_another_model_size_is_one_clear_error(project):
-    """The finished tiny run of the test above, resumed as `small`: refused before anything is built."""
+    """The finished tiny reference run, resumed as `small`: refused before anything is built."""
+    cfg = finished_reference_run(project)
     params = run_params(project, "ref")
     small = params.model_copy(update={"model": params.model.model_copy(update={"size": "small"})})
-    with pytest.raises(ValueError, match=r"holds a 'tiny' model but model\.size is 'small'"):
-        train(small, _two_stage_cfg(project / "ref/ck"))
+    with pytest.raises(ValueError, match=r"holds a 'tiny' model, not the architecture of model\.size 'small'"):
+        train(small, cfg)
 
 
 def test_checkpoint_is_atomic_and_stale_temp_ignored(project, monkeypatch):

@@ -65,6 +65,16 @@ def test_a_part_downloaded_alone_resolves(hub_cache):
         resolve_model_path("hf:org/sd3/unet")
 
 
+def test_a_file_whose_blob_is_missing_is_named_incomplete(hub_cache):
+    snapshot = cached_snapshot(hub_cache, "org/weights")
+    (snapshot / "vae").mkdir()
+    (snapshot / "vae" / "model.safetensors").symlink_to(hub_cache / "models--org--weights" / "blobs" / "absent")
+    for spec in ("hf:org/weights/vae", "hf:org/weights/vae/model.safetensors"):
+        with pytest.raises(FileNotFoundError, match=r"is incomplete \(1 file\(s\) without their blob, "
+                                                    r"e\.g\. vae/model\.safetensors\)"):
+            resolve_model_path(spec)
+
+
 @pytest.mark.parametrize("spec", ["hf:org", "hf:/name", "hf:org/name@"])
 def test_a_malformed_spec_fails_at_params_load_naming_the_key(spec):
     data = load_profile("default").model_dump(mode="json")

@@ -229,6 +229,10 @@ def main() -> None:
         **{**vars(settings), "max_new_tokens": 1, "static_cache": False}), instruction(100, 150, 10))
     prefill_only.generate(images[: args.batch])  # warm-up
     prefill_s, _, _, _ = timed(lambda: len(prefill_only.generate(images[: args.images])), device)
+    # ... of which the inputs: the processor (tiling, resizing, normalising), with base tiles the vision tower too
+    make_inputs = prefill_only._base_inputs if args.image_tokens == "base" else prefill_only._anyres_inputs
+    chunks = [images[i : i + args.batch] for i in range(0, args.images, args.batch)]
+    inputs_s, _, _, _ = timed(lambda: len([make_inputs(c) for c in chunks]), device)
 
     vlm = TransformersVLM(model, processor, settings, instruction(100, 150, 10))
     image_tokens = vlm.num_image_tokens(images[:1])[0]
@@ -246,6 +250,7 @@ def main() -> None:
                     compile=args.compile and device.type == "cuda", attention="sdpa + packed-GQA decode",
                     image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1), gpu_busy=busy,
                     prefill_ms_per_image=round(prefill_s * per_image_ms, 1),
+                    inputs_ms_per_image=round(inputs_s * per_image_ms, 1),
                     decode_ms_per_image=round((seconds - prefill_s) * per_image_ms, 1)))
     print(rows[-1], flush=True)
 

@@ -221,20 +221,16 @@ def main() -> None:
         summary.pop("world_geneval_error", None)
 
         def score(name: str, baselines: list[str]) -> None:
-            for spec in (*baselines, f"model:{ckpt}"):
-                folder = "model" if spec.startswith("model:") else spec.partition(":")[2] or "baseline"
-                p = params.model_copy(update={"paths": params.paths.model_copy(update={
-                    "reports": out / "reports" / folder})})
-                r = evaluate.run(p, name, spec)
-                evals[f"{name}/{'model' if folder == 'model' else r['model']['name']}"] = r["metrics"]
+            for spec in (*baselines, f"model:{ckpt}"):  # each predictor's result in its own folder (entries)
+                r = evaluate.run(params, name, spec)
+                evals[f"{name}/{'model' if spec.startswith('model:') else r['model']['name']}"] = r["metrics"]
                 print(name, spec, r["metrics"])
                 save()  # each figure lands as soon as it exists: a later failure loses none of them
 
         score("world_depth", ["baseline"])
         score("world_nvs", ["baseline"])
         if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
-            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0}),
-                                          "paths": params.paths.model_copy(update={"reports": out / "reports" / "cfg1"})})
+            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0})})
             evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
             print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
             save()

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from model.nextdit import CONFIGS, NextDiT, load_released
+from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.sampler import Conditioning, estimate_cameras, sample
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
@@ -35,6 +35,7 @@ from onegen import tasks
 from onegen.config import Params
 from onegen.hub_cache import resolve_model_path
 from onegen.plucker import rays_for_cameras
+from onegen.seeding import item_seed
 from onegen.camera import Camera
 
 
@@ -52,9 +53,10 @@ def transformer_weights(path: Path) -> Path:
 def _load_transformer(weights: Path, size: str, device) -> NextDiT:
     if weights.is_file():
         meta_file = weights.with_name("meta.json")
-        made = json.loads(meta_file.read_text()).get("model_size") if meta_file.is_file() else None
-        if made is not None and made != size:
-            raise ValueError(f"model predictor: {weights.parent} holds a {made!r} model but model.size is {size!r}")
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if "model_config" in meta and not is_architecture_of(meta["model_config"], size):
+            raise ValueError(f"model predictor: {weights.parent} holds a {meta.get('model_size')!r} model but "
+                             f"model.size is {size!r}")
         model = NextDiT(CONFIGS[size])
         model.load_state_dict(load_file(weights), strict=True)
         return model.to(device)
@@ -121,8 +123,7 @@ class ModelPredictor:
     def _generators(self, ids: list[str]) -> list[torch.Generator]:
         """One generator per item, seeded by (seed, item id): an item's noise, and so its score, never
         depends on its batch's other items or its place among them (a resumed run scores as a whole one)."""
-        return [torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{self.seed}/{i}".encode()).digest()[:8],
-                                                             "little") % 2**63) for i in ids]
+        return [torch.Generator().manual_seed(item_seed(self.seed, f"model-predictor/{i}", 0)) for i in ids]
 
     def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str], ids: list[str]) -> torch.Tensor:
         return sample(self._denoise, views.to(self.device), start, self._cond(prompts), steps=self.steps,

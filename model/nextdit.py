@@ -64,6 +64,7 @@ __all__ = [
     "count_parameters",
     "config_from_released_json",
     "load_released",
+    "is_architecture_of",
     "softcapped_attention",
 ]
 
@@ -137,6 +138,11 @@ class NextDiTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_architecture_of(model_config: dict, size: str) -> bool:
+    """Whether a checkpoint's recorded config (``meta.json``'s ``model_config``, tuples as lists) is ``size``'s."""
+    return model_config == json.loads(json.dumps(CONFIGS[size].to_dict()))
 
 
 CONFIGS: dict[str, NextDiTConfig] = {

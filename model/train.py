@@ -48,7 +48,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from model.loss import flow_matching_loss, sample_sigmas
-from model.nextdit import CONFIGS, NextDiT, load_released
+from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents
@@ -608,8 +608,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
     start = int(meta.get("step", 0))
-    wanted_cfg = json.loads(json.dumps(CONFIGS[params.model.size].to_dict()))  # as meta.json holds it
-    if ckpt and meta.get("model_config", wanted_cfg) != wanted_cfg:
+    if ckpt and "model_config" in meta and not is_architecture_of(meta["model_config"], params.model.size):
         raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model, not the architecture of "
                          f"model.size {params.model.size!r}: set it back, or give train.out_dir a fresh folder")
     if start > total:

@@ -105,6 +105,7 @@ def test_a_checkpoint_of_another_size_is_refused_in_one_line(setup, tmp_path):
 
     ck = tmp_path / "ck"
     shutil.copytree(setup / "ck", ck)
-    (ck / "step_0000001" / "meta.json").write_text(json.dumps({"step": 1, "model_size": "small"}))
+    meta = {"step": 1, "model_size": "small", "model_config": CONFIGS["small"].to_dict()}  # as the trainer writes
+    (ck / "step_0000001" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds a 'small' model but model\.size is 'tiny'"):
         ModelPredictor(load_params(setup / "params.yaml"), ck)

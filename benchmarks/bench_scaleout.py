@@ -1,9 +1,9 @@
 """Scale-out of the trainer: N GPUs against one GPU of the same machine, same process tree.
 
-    python benchmarks/bench_scaleout.py --gpus 2 --steps 60 --micro-batch 16
+    python benchmarks/bench_scaleout.py --gpus 2 --steps 60 --micro-batch 32 --resolution 256
 
-Builds a small procedural world and its shards, then trains the ``small`` model three times
-with ``torchrun`` (FSDP2, bf16):
+Builds a small procedural world, its shards and their latents (the trainer reads latents), then
+trains the model (``--size``, default ``small``) three times with ``torchrun`` (FSDP2, bf16):
   (a) 1 GPU, global batch N*b via N gradient-accumulation micro-steps  -> the loss reference;
   (b) N GPUs, global batch N*b, one micro-step each                    -> same samples, same seeds;
   (c) 1 GPU, global batch b                                            -> the per-GPU throughput reference.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from onegen.config import FAMILIES, load_params, profile_path
 
 
 def run(root: Path, name: str, nproc: int, batch: int, accum: int, steps: int, base: dict) -> list[dict]:
+    """One torchrun training; its metrics.jsonl rows."""
     d = json.loads(json.dumps(base))
     d["paths"]["reports"] = str(root / name / "reports")
     d["train"].update(stages=[{"name": "mixed", "families": list(FAMILIES), "steps": steps, "batch_size": batch}],
@@ -49,32 +51,50 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--micro-batch", type=int, default=32)
+    ap.add_argument("--resolution", type=int, default=256, help="world image size (latents are 1/8 of it)")
+    ap.add_argument("--size", default="small", help="model size from model.nextdit.CONFIGS")
+    ap.add_argument("--loader-workers", type=int, default=4, help="data loader workers per rank")
     ap.add_argument("--root", type=Path, default=Path("/tmp/onegen_scaleout"))
+    ap.add_argument("--json", type=Path, default=Path("runs/bench_scaleout.json"))
     args = ap.parse_args()
     root = args.root
     base = yaml.safe_load(profile_path("default").read_text())
     base["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
-    base["world"].update(scenes=64, id_groups=16, resolution=128)
-    base["model"]["size"] = "small"
+    base["world"].update(scenes=64, id_groups=16, resolution=args.resolution)
+    base["model"]["size"] = args.size
+    base["reader"]["num_workers"] = args.loader_workers
     (root).mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(base))
     params = load_params(root / "params.yaml")
-    from pipelines import shards, world
+    from pipelines import latents, shards, world
 
     world.run(params)
     for fam in FAMILIES:
         shards.run(params, fam)
+        latents.run(params, fam)
     b, n = args.micro_batch, args.gpus
     ref = run(root, "one_gpu_accum", 1, n * b, n, args.steps, base)
     multi = run(root, f"{n}_gpus", n, n * b, 1, args.steps, base)
     single = run(root, "one_gpu", 1, b, 1, args.steps, base)
     diffs = [abs(a["loss"] - m["loss"]) for a, m in zip(ref, multi) if a["step"] == m["step"]]
+    t1, tn = throughput(single), throughput(multi)
+    import torch
+
+    report = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+              "size": args.size, "resolution": args.resolution, "gpus": n, "micro_batch": b, "steps": args.steps,
+              "loss_max_abs_diff": max(diffs), "logged_steps": len(diffs),
+              "final_loss_accum": ref[-1]["loss"], "final_loss_multi": multi[-1]["loss"],
+              "samples_per_s_one": t1, "samples_per_s_multi": tn, "ratio": tn / t1, "target_ratio": 1.8,
+              "loss_curves": {"one_gpu_accum": [r["loss"] for r in ref], f"{n}_gpus": [r["loss"] for r in multi]}}
+    print(f"{report['device']}, torch {report['torch']}, model {args.size}, {args.resolution}px world, FSDP2 bf16")
     print(f"loss curve, 1 GPU x {n} accumulation vs {n} GPUs (same global batch {n * b}, seed): "
           f"max |diff| {max(diffs):.2e} over {len(diffs)} logged steps; final {ref[-1]['loss']:.4f} vs {multi[-1]['loss']:.4f}")
-    t1, tn = throughput(single), throughput(multi)
-    print(f"throughput: 1 GPU {t1:.1f} samples/s, {n} GPUs {tn:.1f} samples/s, ratio {tn / t1:.2f}")
-
+    print(f"throughput: 1 GPU {t1:.1f} samples/s, {n} GPUs {tn:.1f} samples/s, ratio {tn / t1:.2f} (target 1.8)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.json}")
 
 if __name__ == "__main__":
     sys.exit(main())

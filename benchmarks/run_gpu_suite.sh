@@ -1,7 +1,8 @@
 #!/bin/bash
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
-#     jobs: cap cap_fp8 cap_base cap_build (needs ray) ann ann_threads learn (faster with ray) train_step
+#     jobs: cap cap_fp8 cap_base cap_build (needs ray) ann ann_threads ann_inflight learn (faster with ray) train_step
+#           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
 set -u
@@ -9,8 +10,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_base|cap_build|ann|ann_threads|learn|train_step) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_base cap_build ann ann_threads learn train_step" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_base|cap_build|ann|ann_threads|ann_inflight|learn|train_step|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_base cap_build ann ann_threads ann_inflight learn train_step scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -29,6 +30,9 @@ for job in $JOBS; do
     cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
     ann) step ann python3 benchmarks/bench_annotators.py --profile --json "$OUT/ann.json" ;;
     ann_threads) step ann_threads python3 benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
+    ann_inflight) for k in 1 3; do  # does the depth ratio move with the annotator calls running at once?
+                    step ann_inflight$k python3 benchmarks/bench_annotators.py --stages depth --inflight $k --json "$OUT/ann_inflight$k.json"
+                  done ;;
     # its data, shards, latents and checkpoints (several GB) go to LEARN_DIR; OUT gets the summary and grid
     # shards on an in-process Ray where it is installed (the same bytes as one process, faster). 1300 steps of
     # `small` at batch 64 take ~6.6 min on an H100 (0.31 s/step measured): inside the issue's 8 minutes, no probe.
@@ -38,5 +42,6 @@ for job in $JOBS; do
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py ;;
+    scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 60 --json "$OUT/scaleout.json" ;;
   esac
 done

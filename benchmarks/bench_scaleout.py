@@ -1,6 +1,6 @@
 """Scale-out of the trainer: N GPUs against one GPU of the same machine, same process tree.
 
-    python benchmarks/bench_scaleout.py --gpus 2 --steps 60 --micro-batch 32 --resolution 256
+    python benchmarks/bench_scaleout.py --gpus 2 --steps 120 --micro-batch 32 --resolution 256
 
 Builds a small procedural world, its shards and their latents (the trainer reads latents), then
 trains the model (``--size``, default ``small``) three times with ``torchrun`` (FSDP2, bf16):
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -43,18 +44,21 @@ def run(root: Path, name: str, nproc: int, batch: int, accum: int, steps: int, b
 
 
 def throughput(rows: list[dict]) -> float:
+    """Samples/s over the second half of the run. Every logged window holds the same number of samples,
+    so the harmonic mean of their rates is total samples over total time: a window stalled on input
+    weighs what it cost (the arithmetic mean would let fast windows hide it)."""
     late = [r["samples_per_s"] for r in rows[len(rows) // 2:] if r.get("samples_per_s")]
-    return sum(late) / len(late)
+    return statistics.harmonic_mean(late)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--resolution", type=int, default=256, help="world image size (latents are 1/8 of it)")
     ap.add_argument("--size", default="small", help="model size from model.nextdit.CONFIGS")
-    ap.add_argument("--loader-workers", type=int, default=4, help="data loader workers per rank")
+    ap.add_argument("--loader-workers", type=int, default=8, help="data loader workers per rank")
     ap.add_argument("--root", type=Path, default=Path("/tmp/onegen_scaleout"))
     ap.add_argument("--json", type=Path, default=Path("runs/bench_scaleout.json"))
     args = ap.parse_args()

@@ -42,6 +42,6 @@ for job in $JOBS; do
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py ;;
-    scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 60 --json "$OUT/scaleout.json" ;;
+    scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 120 --json "$OUT/scaleout.json" ;;
   esac
 done

@@ -300,6 +300,7 @@ class TransformersVLM:
         return Generation(self.tokenizer.decode(kept, skip_special_tokens=True), tuple(kept),
                           truncated=end is None and len(row) >= self.cfg.max_new_tokens)
 
+    @torch.no_grad()  # also when called on its own (the benchmark times it): no graph kept per chunk
     def _anyres_inputs(self, images):
         """The processor's own inputs (each image's placeholder expanded to its anyres count)."""
         inputs = self.processor(text=[self.prompt] * len(images), images=images, padding=True, return_tensors="pt",
@@ -307,6 +308,7 @@ class TransformersVLM:
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
+    @torch.no_grad()
     def _base_inputs(self, images):
         """LLaVA-NeXT with the base tile only: the model's own single-tile features (patch
         features, projector, one newline embedding) spliced into the prompt's embeddings."""

@@ -60,6 +60,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_busy import GpuBusy  # noqa: E402
+from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.annotators import batching  # noqa: E402
 from onegen.annotators.yolo import import_ultralytics  # noqa: E402
@@ -484,26 +485,6 @@ def annotator_alone(stage: Stage, blobs: list[bytes], iters: int) -> float:
         return stage.batch * iters / runner.submit(timed).result()
 
 
-def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> dict:
-    """Where ``run()``'s images spent the GPU: kernel and copy time per image, and the ops that took it.
-
-    The profiler's device activity is device-wide, so kernels launched from the annotator's worker
-    threads count and the pools' CPU work never does. Against the wall time it says whether the GPU
-    idled or did more per image than the bare forward does."""
-    from torch.profiler import ProfilerActivity, profile
-
-    t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        images = run()
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - t0
-    ops = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()]
-    ops.sort(key=lambda o: -o[1])
-    busy_ms = sum(ms for _, ms, _ in ops)
-    return {"images": images, "wall_ms_per_image": 1e3 * wall / images, "op_ms_per_image": busy_ms / images,
-            "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
@@ -596,11 +577,8 @@ def main() -> None:
           "ceiling; GPU busy = NVML utilisation during the e2e run; SM MHz = mean SM clock (a long run that the "
           "power limit slows is not the bare burst's speed)")
     for name, prof in profiles.items():
-        print(f"profile {name}: " + "; ".join(
-            f"{side} {p['op_ms_per_image']:.2f} ms of GPU time per image "
-            f"in {p['wall_ms_per_image']:.2f} ms wall" for side, p in prof.items()))
-        for op in prof["e2e"]["top_ops"]:
-            print(f"    e2e {op['ms_per_image']:8.3f} ms/image {op['calls']:>6} calls  {op['op']}")
+        for side, p in prof.items():
+            print_profile(f"{name} {side}", p)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": dev, "torch": torch.__version__, "quick": args.quick, "images": n, "image_hw": list(image_hw),
               "format": args.format, "workers": args.workers, "pool": args.pool, "inflight": args.inflight,

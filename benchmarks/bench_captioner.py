@@ -3,6 +3,7 @@
     python benchmarks/bench_captioner.py --json $OUT/bench_captioner.json   # the job, one GPU
     python benchmarks/bench_captioner.py --quick --device cpu                # tiny smoke run (< 60 s)
     python benchmarks/bench_captioner.py --image-tokens base                 # the base-tile option
+    python benchmarks/bench_captioner.py --quantize fp8 --profile            # + the top kernels of one batch
 
 The job: LLaVA-NeXT-7B as llava-v1.6-mistral-7b (Mistral-7B text, CLIP ViT-L/14-336 vision,
 llava-v1.6 anyres pinpoints, vocab 32064) built from configs in code with seeded random weights
@@ -44,6 +45,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_busy import GpuBusy  # noqa: E402
+from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
 from onegen.annotators.caption_text import instruction  # noqa: E402
 from onegen.annotators.captioner import TransformersVLM, use_packed_gqa_sdpa  # noqa: E402
 
@@ -179,8 +181,12 @@ def main() -> None:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--new-tokens", type=int, default=150)
     ap.add_argument("--image-size", type=int, help="square input side (default 672; quick 64)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one batch of ours, prefill alone and whole: GPU ms per image and top kernels")
     ap.add_argument("--json", type=Path, default=Path("runs/bench_captioner.json"))
     args = ap.parse_args()
+    if args.profile and args.device != "cuda":
+        ap.error("--profile measures GPU kernel time: it needs --device cuda")
     q = args.quick
     args.batch = args.batch or (4 if q else 40 if args.image_tokens == "anyres" else 256)
     args.images = args.images or 2 * args.batch
@@ -253,6 +259,11 @@ def main() -> None:
                     inputs_ms_per_image=round(inputs_s * per_image_ms, 1),
                     decode_ms_per_image=round((seconds - prefill_s) * per_image_ms, 1)))
     print(rows[-1], flush=True)
+    profiles = {}
+    if args.profile:  # which kernels bound the prefill (FP8 GEMMs? attention? quantisation?) and the decode
+        one = images[: args.batch]
+        profiles = {"prefill": op_profile(lambda: len(prefill_only.generate(one)), device, top=12),
+                    "whole": op_profile(lambda: len(vlm.generate(one, min_new_tokens=args.new_tokens)), device, top=12)}
 
     ratio = rows[-1]["img_per_s"] / rows[0]["img_per_s"] if len(rows) == 2 else None
     print(f"\n{'':16s} {'img/s':>8s} {'new tok/s':>10s} {'peak GiB':>9s} {'GPU busy':>9s}  batch")
@@ -262,12 +273,14 @@ def main() -> None:
         print(f"{r['name']:16s} {r['img_per_s']:8.2f} {r['new_tok_per_s']:10.0f} {peak:>9s} {busy:>9s}  {r['batch']}")
     if ratio is not None:
         print(f"ratio ours / naive: {ratio:.2f}x")
+    for side, prof in profiles.items():
+        print_profile(f"ours, {side} (batch {args.batch})", prof)
     summary = dict(
         job=dict(model="llava-next-7b (mistral-7b + clip-l/336), random weights" if not q else "quick tiny llava-next",
                  image_size=size, new_tokens=args.new_tokens, greedy=True, dtype=args.dtype),
         device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, transformers=transformers.__version__, rows=rows,
-        ratio=None if ratio is None else round(ratio, 2),
+        ratio=None if ratio is None else round(ratio, 2), profiles=profiles,
         command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1) + "\n")

@@ -25,7 +25,7 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 for job in $JOBS; do
   case $job in
     cap) step cap python3 benchmarks/bench_captioner.py --json "$OUT/cap.json" ;;
-    cap_fp8) step cap_fp8 python3 benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --json "$OUT/cap_fp8.json" ;;
+    cap_fp8) step cap_fp8 python3 benchmarks/bench_captioner.py --quantize fp8 --baseline-images 8 --profile --json "$OUT/cap_fp8.json" ;;
     cap_base) step cap_base python3 benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
     cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
     ann) step ann python3 benchmarks/bench_annotators.py --profile --json "$OUT/ann.json" ;;

@@ -119,10 +119,9 @@ def encode_segment(record: dict, index: int, seg) -> dict:
 # --- stages ------------------------------------------------------------------------------------
 # Each builder returns a Stage from (quick, device, batch, image size, temp dir).
 #
-def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-
-    from onegen.annotators.depth import DepthAnnotator
+def depth_anything_config(quick: bool):
+    """DA-V2-Large's config (or a tiny one), its input size and a name for it."""
+    from transformers import DepthAnythingConfig, Dinov2Config
 
     if quick:
         backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
@@ -136,6 +135,15 @@ def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[i
         cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=1024,
                                   neck_hidden_sizes=[256, 512, 1024, 1024], fusion_hidden_size=256, head_hidden_size=32)
         size, what = 518, "DA-V2-L (ViT-L/14, 518)"
+    return cfg, size, what
+
+
+def depth_stage(quick: bool, device: torch.device, batch: int, image_hw: tuple[int, int], tmp: Path) -> Stage:
+    from transformers import DepthAnythingForDepthEstimation
+
+    from onegen.annotators.depth import DepthAnnotator
+
+    cfg, size, what = depth_anything_config(quick)
     torch.manual_seed(0)
     with torch.device(device):
         model = DepthAnythingForDepthEstimation(cfg)

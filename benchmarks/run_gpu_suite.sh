@@ -1,7 +1,8 @@
 #!/bin/bash
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
-#     jobs: cap cap_fp8 cap_base cap_build (needs ray) ann ann_threads ann_inflight learn (faster with ray) train_step
+#     jobs: cap cap_fp8 cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
+#           learn (faster with ray) train_step
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -10,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_base|cap_build|ann|ann_threads|ann_inflight|learn|train_step|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_base cap_build ann ann_threads ann_inflight learn train_step scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|train_step|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_base cap_build ann ann_threads ann_inflight ann_build learn train_step scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ for job in $JOBS; do
     cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
     ann) step ann python3 benchmarks/bench_annotators.py --profile --json "$OUT/ann.json" ;;
     ann_threads) step ann_threads python3 benchmarks/bench_annotators.py --stages depth --pool threads --json "$OUT/ann_threads.json" ;;
+    ann_build) step ann_build python3 benchmarks/bench_depth_build.py --json "$OUT/ann_build.json" ;;
     ann_inflight) for k in 1 3; do  # does the depth ratio move with the annotator calls running at once?
                     step ann_inflight$k python3 benchmarks/bench_annotators.py --stages depth --inflight $k --json "$OUT/ann_inflight$k.json"
                   done ;;

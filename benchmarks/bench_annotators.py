@@ -12,7 +12,8 @@ processes, the annotator alone in its actor); ``--pool threads`` puts them in th
 where the annotator's kernel launches wait for the GIL behind decode/encode Python. The GPU-busy
 column (NVML) says whether a shortfall is the GPU starving or doing more than the bare model.
 Every timed side calls the annotator from threads that have called it before (cuDNN plans are
-cached per thread: see :func:`warm_runners`).
+cached per thread: see :func:`warm_runners`), and cuDNN runs as the build runs it, without
+``cudnn.benchmark`` (whose timing-based choices could change outputs from one build to the next).
 Bare = the same network on a batch of already-preprocessed tensors on the device, back to back,
 for as long as the e2e run took and right after it (so both run at the same power-limited clocks;
 the SM clock column shows them).
@@ -379,20 +380,22 @@ def end_to_end(stage: Stage, blobs: list[bytes], n: int, pools: tuple[Executor, 
         def run(b):
             return stage.annotate([im for f in decoded[b] for im in f.result()])
 
-        for b in range(min(prefetch, len(batches))):
-            queue_decode(b)
-        running = {b: runners.submit(run, b) for b in range(min(inflight, len(batches)))}
-        for b, idx in enumerate(batches):
-            outputs = running.pop(b).result()
-            del decoded[b]
-            if b + prefetch < len(batches):
-                queue_decode(b + prefetch)
-            if b + inflight < len(batches):
-                running[b + inflight] = runners.submit(run, b + inflight)
-            jobs.put([encoders.submit(encode_chunk, stage.encode, c, outputs[k * CHUNK : k * CHUNK + len(c)])
-                      for k, c in enumerate(_chunks(idx))])
-        jobs.put(None)
-        writer.join()
+        try:
+            for b in range(min(prefetch, len(batches))):
+                queue_decode(b)
+            running = {b: runners.submit(run, b) for b in range(min(inflight, len(batches)))}
+            for b, idx in enumerate(batches):
+                outputs = running.pop(b).result()
+                del decoded[b]
+                if b + prefetch < len(batches):
+                    queue_decode(b + prefetch)
+                if b + inflight < len(batches):
+                    running[b + inflight] = runners.submit(run, b + inflight)
+                jobs.put([encoders.submit(encode_chunk, stage.encode, c, outputs[k * CHUNK : k * CHUNK + len(c)])
+                          for k, c in enumerate(_chunks(idx))])
+        finally:  # an annotator error must not leave the writer thread waiting forever
+            jobs.put(None)
+            writer.join()
         dt = time.perf_counter() - t0
     if not written:
         raise RuntimeError(f"{stage.name}: the tar writer failed")
@@ -409,11 +412,13 @@ def warm_runners(stage: Stage, blobs: list[bytes], threads: int) -> ThreadPoolEx
     annotator from one thread for its whole life, like these."""
     runners = ThreadPoolExecutor(threads)
     images = [decode(blobs[i % len(blobs)]) for i in range(stage.batch)]
-    barrier = threading.Barrier(threads)  # every call waits for the others: one call per thread
+    barrier = threading.Barrier(threads)  # no thread takes a second call before each has one
+    one_at_a_time = threading.Lock()  # plans chosen while another thread's kernels run could be the wrong ones
 
     def warm():
         barrier.wait()
-        stage.annotate(images)
+        with one_at_a_time:
+            stage.annotate(images)
 
     for f in [runners.submit(warm) for _ in range(threads)]:
         f.result()
@@ -521,53 +526,59 @@ def main() -> None:
     if args.profile and device.type != "cuda":
         ap.error("--profile measures GPU kernel time: it needs --device cuda")
     image_hw = (64, 80) if args.quick and args.image_size == "512x512" else tuple(map(int, args.image_size.split("x")))
-    n = args.images or (12 if args.quick else 1024)
+    total = args.images or (12 if args.quick else 1024)
     iters = args.bare_iters or (2 if args.quick else 20)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    blobs = synthetic_blobs(min(n, 64), image_hw, args.format)
+    blobs = synthetic_blobs(min(total, 64), image_hw, args.format)
     rows, profiles = [], {}
     with tempfile.TemporaryDirectory() as tmp, host_pools(args.pool, args.workers) as pools:
         for name in names:
             batch = args.batch or (4 if args.quick else GPU_BATCH[name])
+            n = max(batch, total // batch * batch)  # whole batches: a last, smaller one would be a new shape
             stage = STAGES[name](args.quick, device, batch, image_hw, Path(tmp))
-            runners = warm_runners(stage, blobs, args.inflight)
-            warm = min(n, 2 * batch * args.inflight)
-            end_to_end(stage, blobs, warm, pools, runners, args.inflight, Path(tmp) / f"{name}-warm.tar", device)
-            e2e, size, busy = end_to_end(stage, blobs, n, pools, runners, args.inflight, Path(tmp) / f"{name}.tar",
-                                         device)
-            with GpuBusy(device) as bare_busy:  # as long as e2e ran, right after it: the same clocks
-                bare = bare_forward(stage, device, iters, min_seconds=0 if args.quick else n / e2e)
-            alone = annotator_alone(stage, blobs, iters)
-            host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, runners, args.inflight,
-                                    Path(tmp) / f"{name}-host.tar", device)
-            if args.profile:
-                few = min(n, 4 * batch * args.inflight)
+            with warm_runners(stage, blobs, args.inflight) as runners:
+                warm = min(n, 2 * batch * args.inflight)
+                end_to_end(stage, blobs, warm, pools, runners, args.inflight, Path(tmp) / f"{name}-warm.tar", device)
+                e2e, size, busy = end_to_end(stage, blobs, n, pools, runners, args.inflight, Path(tmp) / f"{name}.tar",
+                                             device)
+                with GpuBusy(device) as bare_busy:  # as long as e2e ran, right after it: the same clocks
+                    bare = bare_forward(stage, device, iters, min_seconds=0 if args.quick else n / e2e)
+                alone = annotator_alone(stage, blobs, iters)
+                host, _, _ = end_to_end(host_only(stage, blobs), blobs, n, pools, runners, args.inflight,
+                                        Path(tmp) / f"{name}-host.tar", device)
+                if args.profile:
+                    few = min(n, 4 * batch * args.inflight)
 
-                def profiled_bare() -> int:
-                    bare_forward(stage, device, 4)
-                    return (2 + 4) * stage.batch  # its two warm-up forwards run inside the profile too
+                    @torch.inference_mode()
+                    def forwards(k: int) -> None:
+                        for _ in range(k):
+                            stage.bare()
 
-                def profiled_e2e() -> int:
-                    end_to_end(stage, blobs, few, pools, runners, args.inflight, Path(tmp) / f"{stage.name}-prof.tar",
-                               device)
-                    return few
+                    def profiled_bare() -> int:
+                        bare_thread.submit(forwards, 4).result()
+                        return 4 * stage.batch
 
-                profiles[name] = {"bare": op_profile(profiled_bare, device), "e2e": op_profile(profiled_e2e, device)}
-            rows.append({"stage": name, "model": stage.model, "batch": batch, "e2e_images_per_s": e2e,
-                         "bare_images_per_s": bare, "annotator_images_per_s": alone, "ratio": e2e / bare, "host_images_per_s": host,
-                         "e2e_gpu_busy": busy.fraction, "e2e_sm_clock_mhz": busy.sm_clock_mhz,
-                         "bare_gpu_busy": bare_busy.fraction, "bare_sm_clock_mhz": bare_busy.sm_clock_mhz,
-                         "target": TARGETS.get(name),
-                         "meets_target": None if name not in TARGETS else e2e / bare >= TARGETS[name],
-                         "tar_bytes": size, "note": stage.note})
-            runners.shutdown()
+                    def profiled_e2e() -> int:
+                        end_to_end(stage, blobs, few, pools, runners, args.inflight, Path(tmp) / f"{stage.name}-prof.tar",
+                                   device)
+                        return few
+
+                    with ThreadPoolExecutor(1) as bare_thread:  # warmed outside the profile, as the runners are
+                        bare_thread.submit(forwards, 2).result()
+                        profiles[name] = {"bare": op_profile(profiled_bare, device),
+                                          "e2e": op_profile(profiled_e2e, device)}
+                rows.append({"stage": name, "model": stage.model, "batch": batch, "images": n, "e2e_images_per_s": e2e,
+                             "bare_images_per_s": bare, "annotator_images_per_s": alone, "ratio": e2e / bare, "host_images_per_s": host,
+                             "e2e_gpu_busy": busy.fraction, "e2e_sm_clock_mhz": busy.sm_clock_mhz,
+                             "bare_gpu_busy": bare_busy.fraction, "bare_sm_clock_mhz": bare_busy.sm_clock_mhz,
+                             "target": TARGETS.get(name),
+                             "meets_target": None if name not in TARGETS else e2e / bare >= TARGETS[name],
+                             "tar_bytes": size, "note": stage.note})
             del stage
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"annotator throughput, {dev}, torch {torch.__version__}; "
-          f"{n} {args.format} images {image_hw[0]}x{image_hw[1]}, "
+          f"{total} {args.format} images {image_hw[0]}x{image_hw[1]} (whole batches of each), "
           f"{args.workers} decode + {args.workers} encode {args.pool}, {args.inflight} batches in flight"
           + ("; QUICK: tiny models, not a measurement" if args.quick else "; random weights: speed only"))
     print(f"{'stage':<9}{'batch':>6}{'e2e img/s':>11}{'bare img/s':>12}{'ratio':>7}{'target':>8}{'annot img/s':>13}"
@@ -588,7 +599,7 @@ def main() -> None:
         for side, p in prof.items():
             print_profile(f"{name} {side}", p)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    report = {"device": dev, "torch": torch.__version__, "quick": args.quick, "images": n, "image_hw": list(image_hw),
+    report = {"device": dev, "torch": torch.__version__, "quick": args.quick, "images": total, "image_hw": list(image_hw),
               "format": args.format, "workers": args.workers, "pool": args.pool, "inflight": args.inflight,
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "stages": rows,
               "profiles": profiles}

@@ -90,8 +90,6 @@ def main() -> None:
     args.image_size = args.image_size or (64 if q else 512)
     if q:
         args.object_store_mb, args.cpu_workers = 256, 2
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as bench_annotators: its bare side is timed so
 
     from pipelines import shards
 

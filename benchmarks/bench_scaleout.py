@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import shlex
-import statistics
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +28,8 @@ from onegen.config import FAMILIES, load_params, profile_path
 
 
 def run(root: Path, name: str, nproc: int, batch: int, accum: int, steps: int, base: dict) -> list[dict]:
-    """One torchrun training; its metrics.jsonl rows."""
+    """One torchrun training from scratch; its metrics.jsonl rows."""
+    shutil.rmtree(root / name, ignore_errors=True)  # the trainer would resume an earlier run's checkpoint
     d = json.loads(json.dumps(base))
     d["paths"]["reports"] = str(root / name / "reports")
     d["train"].update(stages=[{"name": "mixed", "families": list(FAMILIES), "steps": steps, "batch_size": batch}],
@@ -44,11 +45,13 @@ def run(root: Path, name: str, nproc: int, batch: int, accum: int, steps: int, b
 
 
 def throughput(rows: list[dict]) -> float:
-    """Samples/s over the second half of the run. Every logged window holds the same number of samples,
-    so the harmonic mean of their rates is total samples over total time: a window stalled on input
-    weighs what it cost (the arithmetic mean would let fast windows hide it)."""
-    late = [r["samples_per_s"] for r in rows[len(rows) // 2:] if r.get("samples_per_s")]
-    return statistics.harmonic_mean(late)
+    """Samples/s over the second half of the logged windows: their samples over their time. A window
+    of d steps holds d global batches, so each rate weighs by d (the last window can be shorter); a
+    window stalled on input weighs what it cost, which an arithmetic mean of rates would hide."""
+    steps = [0] + [r["step"] for r in rows]
+    windows = [(b - a, r["samples_per_s"]) for a, b, r in zip(steps, steps[1:], rows)]
+    late = windows[len(windows) // 2:]
+    return sum(d for d, _ in late) / sum(d / rate for d, rate in late)
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ so the shards are the bytes a one-process build writes.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Generic, TypeVar
@@ -19,16 +21,24 @@ T = TypeVar("T")
 MIN_ITEMS_PER_WORKER = 8  # below this, starting the worker processes costs more than they save
 
 
+def spawn_can_start() -> bool:
+    """A spawned worker re-runs ``__main__`` from its file; a script piped to ``python -`` has none
+    (its ``__file__`` is ``<stdin>``), so there the items are made in this process instead."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
+
+
 class Ahead(Generic[T]):
     """``make(i)`` for ``i < n``, up to ``window`` items ahead in ``workers`` processes; a context manager.
 
     ``make`` must pickle (a module-level function or a ``functools.partial`` of one). With one
-    worker, or too few items to pay for starting processes, it is called in this process."""
+    worker, too few items to pay for starting processes, or no ``__main__`` file for a worker to
+    start from, it is called in this process."""
 
     def __init__(self, make: Callable[[int], T], n: int, workers: int, window_per_worker: int = 4):
         self.make, self.n = make, n
         self.pool = None
-        if workers > 1 and n >= workers * MIN_ITEMS_PER_WORKER:
+        if workers > 1 and n >= workers * MIN_ITEMS_PER_WORKER and spawn_can_start():
             # spawn: never fork a process that may hold CUDA or Ray state
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         self.window = workers * window_per_worker

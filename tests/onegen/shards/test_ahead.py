@@ -2,6 +2,7 @@
 writes the bytes a one-process build writes, and resumes after a lost shard."""
 
 import hashlib
+import sys
 from functools import partial
 
 import pytest
@@ -29,6 +30,12 @@ def test_one_worker_or_few_items_stay_in_this_process():
     for workers, n in ((1, 100), (4, 10)):
         with Ahead(square, n, workers) as make:
             assert make(3) == 9 and make.pool is None
+
+
+def test_a_script_read_from_stdin_makes_items_here(monkeypatch):
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
+    with Ahead(square, 100, workers=4) as make:
+        assert make(7) == 49 and make.pool is None
 
 
 def test_errors_of_an_item_reach_the_caller():

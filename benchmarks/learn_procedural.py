@@ -205,6 +205,8 @@ def main() -> None:
         t0 = time.time()
         # One process per family: with a GPU the stage is bound by each process's own CPU work (shard
         # decoding, tensors, npy writing: ~4 ms a sample), so the families overlap; each writes its own folder.
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the VAE fit's cache: the three processes each hold a VAE and a text encoder
         with ProcessPoolExecutor(len(FAMILIES), mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(partial(latents.run, params), FAMILIES))
         summary["latents_seconds"] = round(time.time() - t0, 1)

@@ -255,7 +255,8 @@ class BuildConfig(_Strict):
 
     ray_address: str | None = Field(None, description="null = start Ray in-process; 'auto' or ray://host:port = attach")
     max_failure_fraction: float = Field(0.01, ge=0, le=1, description="end non-zero above this fraction of failed items")
-    executor: Literal["ray", "local"] = Field("ray", description="'local' = one process, shard after shard, no Ray")
+    executor: Literal["ray", "local"] = Field("ray", description="'local' = one process, shard after shard, no Ray "
+                                                                      "(the world still renders in cpu_workers processes)")
     cpu_workers: int = Field(2, ge=1, description="concurrent read / build-and-write tasks (one shard each); "
                                                   "also the procedural world's render processes")
     num_cpus: int = Field(2, ge=1, description="CPUs of the in-process Ray (ignored when attaching)")

@@ -14,6 +14,7 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -25,18 +26,20 @@ def spawn_can_start() -> bool:
     """A spawned worker re-runs ``__main__`` from its file; a script piped to ``python -`` has none
     (its ``__file__`` is ``<stdin>``), so there the items are made in this process instead."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
-    return path is None or os.path.exists(path)
+    return path is None or os.path.exists(os.path.join(multiprocessing.process.ORIGINAL_DIR or "", path))
 
 
 class Ahead(Generic[T]):
     """``make(i)`` for ``i < n``, up to ``window`` items ahead in ``workers`` processes; a context manager.
 
-    ``make`` must pickle (a module-level function or a ``functools.partial`` of one). With one
+    ``make`` must pickle (a module-level function or a ``functools.partial`` of one); ``setting`` names
+    the params key of ``workers`` for the error when the workers die. With one
     worker, too few items to pay for starting processes, or no ``__main__`` file for a worker to
     start from, it is called in this process."""
 
-    def __init__(self, make: Callable[[int], T], n: int, workers: int, window_per_worker: int = 4):
-        self.make, self.n = make, n
+    def __init__(self, make: Callable[[int], T], n: int, workers: int, window_per_worker: int = 4,
+                 setting: str = "build.cpu_workers"):
+        self.make, self.n, self.workers, self.setting = make, n, workers, setting
         self.pool = None
         if workers > 1 and n >= workers * MIN_ITEMS_PER_WORKER and spawn_can_start():
             # spawn: never fork a process that may hold CUDA or Ray state
@@ -57,7 +60,12 @@ class Ahead(Generic[T]):
             self.ahead.append(self.pool.submit(self.make, self.submitted))
             self.submitted += 1
         self.next += 1
-        return self.ahead.popleft().result()
+        try:
+            return self.ahead.popleft().result()
+        except BrokenProcessPool:
+            raise RuntimeError(f"the {self.workers} worker processes making items died (out of memory, or run from a "
+                               f"script without an `if __name__ == \"__main__\":` guard); {self.setting}: 1 makes "
+                               f"them in this process") from None
 
     def __enter__(self) -> Ahead[T]:
         return self

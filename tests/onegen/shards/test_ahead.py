@@ -2,6 +2,7 @@
 writes the bytes a one-process build writes, and resumes after a lost shard."""
 
 import hashlib
+import os
 import sys
 from functools import partial
 
@@ -36,6 +37,12 @@ def test_a_script_read_from_stdin_makes_items_here(monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
     with Ahead(square, 100, workers=4) as make:
         assert make(7) == 49 and make.pool is None
+
+
+def test_dead_workers_are_one_line_naming_the_setting():
+    with Ahead(os._exit, 40, workers=2) as make:  # a worker that ends mid-item, as an out-of-memory kill does
+        with pytest.raises(RuntimeError, match=r"worker processes making items died .*build.cpu_workers: 1"):
+            make(0)
 
 
 def test_errors_of_an_item_reach_the_caller():

@@ -135,21 +135,22 @@ def release_ray_gpu(device: torch.device) -> None:
     raise SystemExit(f"the Ray actor's GPU memory did not come back ({free / 2**30:.1f} GiB free)")
 
 
-def build_params(root: Path, args, device: torch.device) -> dict:
+def photo_build_params(root: Path, family: str, annotator: str, annotator_cfg: dict, args, device: torch.device,
+                       max_failure_fraction: float) -> dict:
+    """Params of a one-family build from ``root/photos`` on Ray, ``annotator`` as one GPU actor."""
     d = load_profile("default").model_dump(mode="json")
     d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
     d["world"].update(enabled=False, resolution=args.image_size)  # photos are cropped and resized to this
     d["sources"] = {"photos": {"kind": "image_folder", "path": str(root / "photos")}}
     d["shards"]["max_samples_per_shard"] = args.shard
-    d["shards"]["families"] = {f: {"enabled": f == "text2image", "sources": ["photos"] if f == "text2image" else [],
+    d["shards"]["families"] = {f: {"enabled": f == family, "sources": ["photos"] if f == family else [],
                                    "max_samples": None} for f in d["shards"]["families"]}
     d["annotators"]["device"] = device.type
-    d["annotators"]["captioner"] = {"path": str(root / "vlm"), "batch_size": args.batch, "retries": 0,
-                                    "max_new_tokens": args.new_tokens}
+    d["annotators"][annotator] = annotator_cfg
     gpu = 1.0 if device.type == "cuda" else 0.0
     d["build"].update(executor="ray", cpu_workers=args.cpu_workers, num_cpus=args.cpu_workers + 2,
-                      object_store_mb=args.object_store_mb, max_failure_fraction=1.0,
-                      annotator_pools={"captioner": {"concurrency": 1, "num_gpus": gpu, "num_cpus": 1}})
+                      object_store_mb=args.object_store_mb, max_failure_fraction=max_failure_fraction,
+                      annotator_pools={annotator: {"concurrency": 1, "num_gpus": gpu, "num_cpus": 1}})
     return d
 
 
@@ -184,7 +185,9 @@ def main() -> None:
         save_model(root / "vlm", q, dtype)
         images = write_photos(root / "photos", args.images, size)
         print(f"model and {args.images} photos on disk in {time.perf_counter() - t0:.0f} s", flush=True)
-        params = parse_params(build_params(root, args, device))
+        captioner = {"path": str(root / "vlm"), "batch_size": args.batch, "retries": 0, "max_new_tokens": args.new_tokens}
+        # every item fails caption validation, as random weights must: max_failure_fraction 1
+        params = parse_params(photo_build_params(root, "text2image", "captioner", captioner, args, device, 1.0))
         check_ray_gpu(params, device)
         log = root / "reports" / "logs" / "shards_text2image.jsonl"
         with GpuBusy(device) as busy, ShardClock(log) as clock:

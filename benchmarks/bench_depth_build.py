@@ -31,9 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_annotators import bare_forward, depth_anything_config, depth_stage, synthetic_blobs  # noqa: E402
-from benchmarks.bench_caption_build import ShardClock, check_ray_gpu, release_ray_gpu  # noqa: E402
+from benchmarks.bench_caption_build import (  # noqa: E402
+    ShardClock, check_ray_gpu, photo_build_params, release_ray_gpu)
 from benchmarks.gpu_busy import GpuBusy  # noqa: E402
-from onegen.config import load_profile, parse_params  # noqa: E402
+from onegen.config import parse_params  # noqa: E402
 
 
 def save_model(folder: Path, quick: bool) -> int:
@@ -52,23 +53,6 @@ def write_photos(folder: Path, n: int, side: int) -> None:
     blobs = synthetic_blobs(min(n, 64), (side, side), "jpeg")
     for i in range(n):
         (folder / f"{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
-
-
-def build_params(root: Path, args, input_size: int, device: torch.device) -> dict:
-    d = load_profile("default").model_dump(mode="json")
-    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
-    d["world"].update(enabled=False, resolution=args.image_size)  # photos are cropped and resized to this
-    d["sources"] = {"photos": {"kind": "image_folder", "path": str(root / "photos")}}
-    d["shards"]["max_samples_per_shard"] = args.shard
-    d["shards"]["families"] = {f: {"enabled": f == "depth", "sources": ["photos"] if f == "depth" else [],
-                                   "max_samples": None} for f in d["shards"]["families"]}
-    d["annotators"]["device"] = device.type
-    d["annotators"]["depth"] = {"path": str(root / "depth"), "batch_size": args.batch, "input_size": input_size}
-    gpu = 1.0 if device.type == "cuda" else 0.0
-    d["build"].update(executor="ray", cpu_workers=args.cpu_workers, num_cpus=args.cpu_workers + 2,
-                      object_store_mb=args.object_store_mb, max_failure_fraction=0.0,
-                      annotator_pools={"depth": {"concurrency": 1, "num_gpus": gpu, "num_cpus": 1}})
-    return d
 
 
 def main() -> None:
@@ -97,7 +81,8 @@ def main() -> None:
         root = Path(tmp)
         input_size = save_model(root / "depth", q)
         write_photos(root / "photos", args.images, args.image_size)
-        params = parse_params(build_params(root, args, input_size, device))
+        depth = {"path": str(root / "depth"), "batch_size": args.batch, "input_size": input_size}
+        params = parse_params(photo_build_params(root, "depth", "depth", depth, args, device, 0.0))
         check_ray_gpu(params, device)
         with GpuBusy(device) as busy, ShardClock(root / "reports" / "logs" / "shards_depth.jsonl") as clock:
             start = time.perf_counter()

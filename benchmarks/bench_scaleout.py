@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from onegen.config import FAMILIES, load_params, profile_path
@@ -86,8 +87,6 @@ def main() -> None:
     single = run(root, "one_gpu", 1, b, 1, args.steps, base)
     diffs = [abs(a["loss"] - m["loss"]) for a, m in zip(ref, multi) if a["step"] == m["step"]]
     t1, tn = throughput(single), throughput(multi)
-    import torch
-
     report = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
               "size": args.size, "resolution": args.resolution, "gpus": n, "micro_batch": b, "steps": args.steps,

@@ -137,7 +137,8 @@ class CaptionerConfig(_Strict):
         "none", description="fp8: W8A8 language-model linears (Ada/Hopper, bf16 model; numbers differ from bf16's; "
                             "vllm/sglang use their own online fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
-    compile: bool = Field(True, description="torch.compile + CUDA graphs for the decode step (CUDA, static cache)")
+    compile: bool = Field(True, description="torch.compile: CUDA graphs for the decode step, fused prefill "
+                                            "layers (CUDA, static cache)")
     length_bucketing: bool = Field(True, description="batch images with similar image-token counts together")
     max_new_tokens: int = Field(320, ge=1, description="room for a 150-word caption plus the entity line")
     min_words: int = Field(100, ge=1, description="paper §4: captions of 100-150 words")

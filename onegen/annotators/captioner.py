@@ -25,6 +25,13 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
 * Static KV cache + torch.compile (a transformers ``StaticCache``, what ``cache_implementation=
   "static"`` builds, with which ``generate`` compiles the decode step for CUDA graphs): one graph
   launch per step instead of ~1000 kernel launches.
+* Compiled prefill layers (``compile_prefill_layers``): ``generate`` runs the prefill eager, and
+  a profile of it (H200, FP8, batch 40) spent ~40 of its 75 ms of GPU time per image outside the
+  GEMMs and attention: float32 RMSNorm passes, RoPE's cats, copies, and three quantisations of one
+  input for q, k and v. Each decoder layer compiled with dynamic shapes fuses those; one graph
+  serves every layer and every prompt length.
+* The inputs of the next batch (processor: tiling, resizing, normalising, ~10 ms of host time per
+  image) are made in a second thread while the current batch generates.
 * Packed-GQA decode attention (``sdpa`` here): under compile, transformers' SDPA path copies the 8
   KV heads out to 32 query heads before every decode attention (4x the KV bytes written, then
   read: ~230 GB per step at B = 64). We fold the 4 query heads of each KV head into the query
@@ -50,11 +57,13 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   at the price of captions that differ from bf16's. Its first measurement, with the activations
   quantised eagerly: 6.20 img/s, prefill 105 ms + decode 56 ms per image, peak 38.9 GiB against
   45.4 -- the quantisation passes ate the GEMM gain. Fused into one kernel (H200, which has the
-  H100's compute peak): 6.93 img/s, prefill 90.8 ms (10.7 of it the processor) + decode 53.4 ms.
-  The FP8 GEMMs still run far from their peak (the prefill would be ~50 ms at half of it). Still on the
-  table: decode runs at ~55% of the bandwidth bound; ``generate`` waits on the device every step (stop check), and a
-  batch's decode never overlaps the next batch's prefill; the vLLM backend (continuous
-  batching, chunked prefill) removes both.
+  H100's compute peak): 6.93 img/s, prefill 90.8 ms (10.7 of it the processor) + decode 53.4 ms;
+  again a session later 7.35 img/s, 86.5 + 49.7 ms, and its profile put the prefill's FP8 GEMMs
+  at 30 ms per image (~1.4 PFLOP/s: near their peak) and ~40 ms in unfused elementwise work,
+  which the compiled prefill layers and the input thread above address (not yet measured). Still
+  on the table: decode attention reads the KV cache at ~50% of the bandwidth bound (24 of its 44
+  ms per image), and a batch's decode never overlaps the next batch's prefill; the vLLM backend
+  (continuous batching, chunked prefill) removes the latter.
 
 Batching never changes a result: rows are left-padded with masked pads and position ids from
 the attention mask, so an image's greedy tokens are the same at batch 1 and batch 64 (up to float
@@ -66,6 +75,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,6 +161,20 @@ def use_packed_gqa_sdpa(model) -> None:
     model.set_attn_implementation(PACKED_SDPA)
 
 
+def compile_prefill_layers(model) -> None:
+    """Compile each decoder layer of ``model``'s language model, with dynamic shapes, in place.
+
+    ``generate`` compiles only the decode step and runs the prefill eager: ~30 ms of a 672² image's
+    75 ms of prefill GPU time went to unfused elementwise passes (float32 RMSNorm, RoPE's cats,
+    copies) and FP8 activation quantisation (H200 profile, 2026-11-23). Compiled, each layer fuses
+    its norms, rotary embedding, SwiGLU and quantisation, and q/k/v share one quantisation of their
+    input. The layers are alike, so one graph serves all of them (regional compilation); the decode
+    step's whole-model compile traces through them as through plain modules. Idempotent."""
+    for layer in model.get_decoder().layers:
+        if layer._compiled_call_impl is None:
+            layer.compile(dynamic=True)
+
+
 class _SeededSampling:
     """Temperature sampling as argmax(logits / T + Gumbel noise), the noise of each row drawn from
     that row's own seed and step on the CPU: a sample depends on its image alone, on any device."""
@@ -196,6 +221,11 @@ class TransformersVLM:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self._cache, self._cache_batch, self._cache_len = None, 0, 0
+        # One lasting thread makes the next batch's inputs (a new thread per call would re-plan its cuDNN
+        # convolutions, which PyTorch caches per thread). The tokenizer is not safe to use from two threads
+        # at once (the processor sets its padding), hence the lock around inputs and decoding.
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="captioner-inputs")
+        self._tokenizer_lock = threading.Lock()
         if cfg.image_tokens == "base" and type(model).__name__ != "LlavaNextForConditionalGeneration":
             raise AnnotatorError(f"annotators.captioner.image_tokens=base is implemented for LLaVA-NeXT only, "
                                  f"not {type(model).__name__}")
@@ -205,6 +235,9 @@ class TransformersVLM:
             except RuntimeError as e:
                 raise AnnotatorError(f"annotators.captioner.quantize=fp8: {e}") from None
             quantize_linears(model.get_decoder().layers)  # idempotent: an Fp8Linear is no nn.Linear
+        # Where generate compiles the decode step (CUDA), the prefill's layers are compiled too.
+        if cfg.compile and cfg.static_cache and self.device.type == "cuda":
+            compile_prefill_layers(model)
 
     @classmethod
     def from_folder(cls, path: Path, cfg: CaptionerConfig, instruction: str, device: str = "auto") -> TransformersVLM:
@@ -250,32 +283,46 @@ class TransformersVLM:
     # -- generation ----------------------------------------------------------------------------
     def generate(self, images: list[np.ndarray], seeds: list[int] | None = None,
                  min_new_tokens: int = 0) -> list[Generation]:
-        """Greedy answers (seeded samples if ``seeds``), in input order."""
+        """Greedy answers (seeded samples if ``seeds``), in input order. The next batch's inputs
+        (anyres tiling, resizing, normalising: ~10 ms of host time per 672² image) are made in a
+        second thread while the current batch generates."""
         check_images(images, NAME)
         out: list[Generation | None] = [None] * len(images)
-        for idx in self.batches(images):
+        batches = self.batches(images)
+        pending = self._ahead.submit(self._inputs, [images[i] for i in batches[0]]) if batches else None
+        for k, idx in enumerate(batches):
+            inputs = pending.result()
+            if k + 1 < len(batches):
+                pending = self._ahead.submit(self._inputs, [images[i] for i in batches[k + 1]])
             batch_seeds = [seeds[i] for i in idx] if seeds is not None else None
-            for i, g in zip(idx, self._generate_batch([images[i] for i in idx], batch_seeds, min_new_tokens)):
+            for i, g in zip(idx, self._generate_batch(inputs, len(idx), batch_seeds, min_new_tokens)):
                 out[i] = g
         return out
 
+    def _inputs(self, images: list[np.ndarray]):
+        images = [im if im.flags.writeable else im.copy() for im in images]  # torch.from_numpy warns on read-only
+        with self._tokenizer_lock:
+            return self._base_inputs(images) if self.cfg.image_tokens == "base" else self._anyres_inputs(images)
+
     @torch.no_grad()  # not inference_mode: transformers' compiled static-cache decode is built for no_grad
-    def _generate_batch(self, images, seeds, min_new_tokens) -> list[Generation]:
+    def _generate_batch(self, inputs, batch: int, seeds, min_new_tokens) -> list[Generation]:
         from transformers import GenerationConfig, LogitsProcessorList
 
-        images = [im if im.flags.writeable else im.copy() for im in images]  # torch.from_numpy warns on read-only
-        inputs = self._base_inputs(images) if self.cfg.image_tokens == "base" else self._anyres_inputs(images)
         length = (inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1]
         # Retries are few and come in odd batch sizes: a static cache and a decode graph for each would cost more
         # than they save.
         cache = None
         if self.cfg.static_cache and seeds is None:
-            cache = self._static_cache(len(images), length + self.cfg.max_new_tokens)
+            cache = self._static_cache(batch, length + self.cfg.max_new_tokens)
         gen = GenerationConfig(
             max_new_tokens=self.cfg.max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, disable_compile=not self.cfg.compile or cache is None)
         processors = LogitsProcessorList([_SeededSampling(seeds, self.cfg.retry_temperature)] if seeds else [])
-        ids = self.model.generate(**inputs, past_key_values=cache, generation_config=gen, logits_processor=processors)
+        # The compiled prefill layers are specialised to the static cache: on a dynamic cache (retries) they run eager
+        stance = "default" if cache is not None else "force_eager"
+        with torch.compiler.set_stance(stance):
+            ids = self.model.generate(**inputs, past_key_values=cache, generation_config=gen,
+                                      logits_processor=processors)
         if "input_ids" in inputs:
             ids = ids[:, inputs["input_ids"].shape[1] :]
         return [self._decode(row) for row in ids.tolist()]
@@ -292,13 +339,20 @@ class TransformersVLM:
             return self._cache
         self._cache = None  # free the old one before the new one is allocated
         self._cache = StaticCache(config=self.model.config, max_cache_len=size)
+        # Allocated here, not lazily in the first layer call: inside a compiled prefill layer that would skip
+        # marking the tensors as static addresses, and the decode step's CUDA graph would be skipped.
+        text = self.model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self._cache.early_initialization(batch, text.num_key_value_heads, head_dim, self.dtype, self.device)
         self._cache_batch, self._cache_len = batch, size
         return self._cache
 
     def _decode(self, row: list[int]) -> Generation:
         end = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
         kept = row if end is None else row[:end]
-        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True), tuple(kept),
+        with self._tokenizer_lock:
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Generation(text, tuple(kept),
                           truncated=end is None and len(row) >= self.cfg.max_new_tokens)
 
     @torch.no_grad()  # also when called on its own (the benchmark times it): no graph kept per chunk

@@ -15,7 +15,7 @@ import torch
 from onegen.annotators.base import AnnotatorError, weights_sha256
 from onegen.annotators.captioner import (
     CACHE_ROUND, Captioner, CaptionResult, Generation, TransformersVLM, _sdpa_packed_gqa, _SeededSampling,
-    image_seed)
+    compile_prefill_layers, image_seed)
 from onegen.config import CaptionerConfig
 from tests.tiny_annotators import build_tiny_llava_next
 
@@ -117,6 +117,31 @@ def test_same_tokens_as_plain_generate(captioner, folder):
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         assert tuple(out[0, inputs["input_ids"].shape[1] :].tolist()) == mine
+
+
+def test_compiled_prefill_layers_give_the_eager_tokens(cfg, captioner):
+    """What CUDA runs (each decoder layer compiled with dynamic shapes, the static cache allocated up
+    front), here on the CPU: the same greedy tokens as eager; seeded retries (dynamic cache) stay eager."""
+    from torch._dynamo.utils import counters
+
+    eager_vlm = captioner.vlm
+    ims = images()
+    eager = token_ids(eager_vlm, ims, min_new_tokens=6)
+    retried = token_ids(eager_vlm, ims[:2], seeds=[1, 2])
+    model = type(eager_vlm.model)._from_config(eager_vlm.model.config, dtype=torch.float32).eval()
+    model.load_state_dict(eager_vlm.model.state_dict())
+    from onegen.annotators.captioner import use_packed_gqa_sdpa
+
+    use_packed_gqa_sdpa(model)
+    compile_prefill_layers(model)
+    compile_prefill_layers(model)  # idempotent
+    vlm = TransformersVLM(model, eager_vlm.processor, cfg, captioner.instruction)
+    graphs = counters["stats"]["unique_graphs"]
+    assert token_ids(vlm, ims, min_new_tokens=6) == eager
+    assert counters["stats"]["unique_graphs"] > graphs  # the layers really ran compiled
+    graphs = counters["stats"]["unique_graphs"]
+    assert token_ids(vlm, ims[:2], seeds=[1, 2]) == retried
+    assert counters["stats"]["unique_graphs"] == graphs  # retries: nothing compiled
 
 
 def test_packed_gqa_decode_attention_equals_stock_sdpa():

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.nextdit import CONFIGS, NextDiT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
+from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 
@@ -68,7 +73,7 @@ def count_flops(model, loss_fn, autocast) -> int:
 
 
 def measure(name: str, model, loss_fn, images_per_step: int, compile_: bool, steps: int, warmup: int,
-            device) -> dict:
+            device, profile: bool = False) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     run_model = torch.compile(model) if compile_ else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -100,6 +105,14 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: bool, ste
     mem = f"{row['peak_mem_gib']:.1f} GiB" if row["peak_mem_gib"] is not None else "n/a"
     print(f"{name:42s} compile={str(compile_):5s} {row['img_s']:8.2f} img/s {row['tflops']:7.1f} TFLOP/s "
           f"MFU {mfu}  peak {mem}", flush=True)
+    if profile:  # GEMMs, attention, elementwise or the optimizer: which one keeps the MFU down
+        def two_steps() -> int:
+            step()
+            step()
+            return 2 * images_per_step
+
+        row["profile"] = op_profile(two_steps, device, top=16)
+        print_profile(f"{name}, compile={compile_}", row["profile"])
     return row
 
 
@@ -110,7 +123,10 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
     ap.add_argument("--models", default="lumina,ours", help="comma list of lumina, ours")
     ap.add_argument("--extra", action="store_true", help="also multi-view batches and the 2.8B config")
+    ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
     args = ap.parse_args()
+    if args.profile and not torch.cuda.is_available():
+        ap.error("--profile measures GPU kernel time: it needs CUDA")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.quick:
@@ -131,7 +147,7 @@ def main() -> None:
             lumina = Lumina2Transformer2DModel(**lumina_kw).to(device)
             rows["lumina", compile_] = measure("diffusers Lumina2 (1 view)", lumina,
                                                lumina_step_fn(lumina, latent, batch, text_len, device), batch,
-                                               compile_, args.steps, warmup, device)
+                                               compile_, args.steps, warmup, device, args.profile)
             del lumina
             gc.collect()
             torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -141,7 +157,7 @@ def main() -> None:
         ours = NextDiT(cfg).to(device)
         rows["ours", compile_] = measure("ours, Lumina2 shape (1 view)", ours,
                                          ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
-                                         compile_, args.steps, warmup, device)
+                                         compile_, args.steps, warmup, device, args.profile)
         if args.extra:
             for views, lat, b in ((2, latent // 2, batch), (8, latent // 2, batch)):
                 measure(f"ours, Lumina2 shape ({views} views {lat * 8}²)", ours,

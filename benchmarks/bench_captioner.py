@@ -107,8 +107,8 @@ def job_settings(args) -> SimpleNamespace:
     """Every CaptionerConfig field, spelled out (this script runs without pydantic)."""
     return SimpleNamespace(
         path=None, backend="transformers", batch_size=args.batch, dtype=args.dtype, attn_implementation="sdpa",
-        image_tokens=args.image_tokens, quantize=args.quantize, static_cache=args.static_cache, compile=args.compile,
-        length_bucketing=True,
+        decode_attention=args.decode_attention, image_tokens=args.image_tokens, quantize=args.quantize,
+        static_cache=args.static_cache, compile=args.compile, length_bucketing=True,
         max_new_tokens=args.new_tokens, min_words=100, max_words=150, max_entities=10, retries=0,
         retry_temperature=0.7, seed=0, instruction=None)
 
@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--image-tokens", choices=["anyres", "base"], default="anyres")
     ap.add_argument("--quantize", choices=["none", "fp8"], default="none",
                     help="fp8: our side's language-model linears in FP8 W8A8 (the naive loop stays bf16)")
+    ap.add_argument("--decode-attention", choices=["sdpa", "flex"], default="sdpa",
+                    help="the compiled decode step's attention: packed-GQA SDPA or flex (split-KV decoding)")
     ap.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--new-tokens", type=int, default=150)
@@ -228,7 +230,7 @@ def main() -> None:
                         gpu_busy=busy))
         print(rows[-1], flush=True)
 
-    use_packed_gqa_sdpa(model)
+    use_packed_gqa_sdpa(model, decode=args.decode_attention)
     # Where our time goes: the same batches with one new token are vision + prefill alone (no decode step),
     # on the same kind of cache as ours: with a static one the prefill's layers run compiled, as in ours.
     prefill_only = TransformersVLM(model, processor, SimpleNamespace(**{**vars(settings), "max_new_tokens": 1}),
@@ -261,7 +263,8 @@ def main() -> None:
     per_image_ms = 1000 / args.images
     rows.append(row("ours", args.images, seconds, made, peak, batch=args.batch, quantize=args.quantize,
                     static_cache=args.static_cache,
-                    compile=args.compile and device.type == "cuda", attention="sdpa + packed-GQA decode",
+                    compile=args.compile and device.type == "cuda",
+                    attention=f"sdpa + {'packed-GQA' if args.decode_attention == 'sdpa' else 'flex'} decode",
                     image_tokens=f"{args.image_tokens} ({image_tokens} per image)", warmup_s=round(warmup, 1), gpu_busy=busy,
                     prefill_ms_per_image=round(prefill_s * per_image_ms, 1),
                     inputs_ms_per_image=round(inputs_s * per_image_ms, 1),

@@ -131,6 +131,9 @@ class CaptionerConfig(_Strict):
                                                     "(45 GiB peak; 64 ran out of memory), base tiles 256 (61 GiB)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     attn_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
+    decode_attention: Literal["sdpa", "flex"] = Field(
+        "sdpa", description="with sdpa: the compiled decode step's attention, packed-GQA SDPA or flex attention "
+                            "(split-KV decoding kernel)")
     image_tokens: Literal["anyres", "base"] = Field(
         "anyres", description="base: the base-resolution tile only (LLaVA-NeXT: 577 image tokens instead of up to ~2.9k)")
     quantize: Literal["none", "fp8"] = Field(

@@ -96,6 +96,7 @@ if TYPE_CHECKING:
 NAME = "captioner"
 CODE_VERSION = "1"
 PACKED_SDPA = "sdpa_packed_gqa"
+FLEX_DECODE = "sdpa_flex_decode"
 CACHE_ROUND = 128  # static KV cache lengths are multiples of this: few shapes, few compiled graphs
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -151,14 +152,45 @@ def _sdpa_packed_gqa(module, query, key, value, attention_mask, dropout=0.0, sca
     return out.reshape(b, 1, h, d), None
 
 
-def use_packed_gqa_sdpa(model) -> None:
-    """Switch a transformers model to SDPA with packed-GQA decode (masks built as for ``sdpa``)."""
+def flex_decode_attention(query, key, value, keep: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """One decode step's attention by flex attention: query (B, H, 1, D) against the cache (B, H_kv, L, D),
+    ``keep`` the (B, 1, 1, L) boolean SDPA mask; returns (B, 1, H, D) as transformers' attention functions do.
+
+    Compiled inside the decode step, Inductor lowers a short query to its split-KV decoding kernel
+    (flash-decoding): the cache of each (row, KV head) is read by several blocks at once. The packed
+    SDPA kernel gives each (row, KV head) one block, which read the cache at ~54% of the bandwidth
+    bound (H200, batch 40, 3200 keys: 24 of the decode's 44 ms of GPU time per image)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    keep = keep[:, 0, 0]
+
+    def masked(score, b, h, q_idx, kv_idx):
+        return torch.where(keep[b, kv_idx], score, -float("inf"))
+
+    out = flex_attention(query, key, value, score_mod=masked, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2)
+
+
+def _flex_decode(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """:func:`flex_decode_attention` for the compiled decode step; :func:`_sdpa_packed_gqa` everywhere else
+    (the prefill, and an eager decode, where flex would run unfused)."""
+    if (query.shape[2] != 1 or not torch.compiler.is_compiling() or attention_mask is None
+            or attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1 or kwargs.get("position_bias") is not None):
+        return _sdpa_packed_gqa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                is_causal=is_causal, **kwargs)
+    return flex_decode_attention(query, key, value, attention_mask, scaling), None
+
+
+def use_packed_gqa_sdpa(model, decode: str = "sdpa") -> None:
+    """Switch a transformers model to SDPA with packed-GQA decode (masks built as for ``sdpa``), or with
+    ``decode="flex"`` to flex attention for the compiled decode step."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(PACKED_SDPA, _sdpa_packed_gqa)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
-    model.set_attn_implementation(PACKED_SDPA)
+    name, fn = {"sdpa": (PACKED_SDPA, _sdpa_packed_gqa), "flex": (FLEX_DECODE, _flex_decode)}[decode]
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
 
 
 def compile_prefill_layers(model) -> None:
@@ -255,7 +287,7 @@ class TransformersVLM:
             raise AnnotatorError(f"annotators.captioner.path: no image-text-to-text VLM at {path}: {e}") from None
         model.to(dev).eval()
         if cfg.attn_implementation == "sdpa":
-            use_packed_gqa_sdpa(model)
+            use_packed_gqa_sdpa(model, decode=cfg.decode_attention)
         return cls(model, processor, cfg, instruction, path)
 
     # -- image tokens and batches ------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from onegen.annotators.base import AnnotatorError, weights_sha256
 from onegen.annotators.captioner import (
     CACHE_ROUND, Captioner, CaptionResult, Generation, TransformersVLM, _sdpa_packed_gqa, _SeededSampling,
-    compile_prefill_layers, image_seed)
+    compile_prefill_layers, flex_decode_attention, image_seed)
 from onegen.config import CaptionerConfig
 from tests.tiny_annotators import build_tiny_llava_next
 
@@ -158,6 +158,25 @@ def test_packed_gqa_decode_attention_equals_stock_sdpa():
     stock, _ = sdpa_attention_forward(Layer(), q, k, v, mask, scaling=0.25)
     assert ours.shape == stock.shape == (3, 1, 8, 16)
     torch.testing.assert_close(ours, stock, rtol=1e-6, atol=1e-6)
+    flex = flex_decode_attention(q, k, v, mask, scale=0.25)  # unfused here; compiled in the decode step on CUDA
+    assert flex.shape == stock.shape
+    torch.testing.assert_close(flex, stock, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(flex, flex_decode_attention(q, k, v, torch.ones_like(mask), scale=0.25))  # masked
+
+
+def test_flex_decode_is_only_taken_inside_a_compiled_decode_step(captioner, cfg):
+    """Eager (here: the CPU, whose decode is not compiled) it is the packed SDPA path: same tokens."""
+    from onegen.annotators.captioner import FLEX_DECODE, PACKED_SDPA, use_packed_gqa_sdpa
+
+    vlm, ims = captioner.vlm, images(SIZES[:3])
+    packed = token_ids(vlm, ims, min_new_tokens=6)
+    use_packed_gqa_sdpa(vlm.model, decode="flex")
+    try:
+        assert vlm.model.config._attn_implementation == FLEX_DECODE
+        assert token_ids(vlm, ims, min_new_tokens=6) == packed
+    finally:
+        use_packed_gqa_sdpa(vlm.model)
+    assert vlm.model.config._attn_implementation == PACKED_SDPA
 
 
 def test_base_resolution_option_caps_image_tokens(cfg, captioner):
@@ -253,7 +272,7 @@ def load_benchmark():
 def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
     bench = load_benchmark()
     args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", static_cache=True,
-                              compile=True, new_tokens=150)
+                              compile=True, new_tokens=150, decode_attention="flex")
     settings = vars(bench.job_settings(args))
     assert set(settings) == set(CaptionerConfig.model_fields)  # runs without pydantic, so it lists them all
     CaptionerConfig(**settings)

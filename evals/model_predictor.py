@@ -102,7 +102,7 @@ class ModelPredictor:
         # retrained checkpoint under the same path, or another VAE or text encoder, is scored afresh.
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
-            TextEncoder.identity_of(params.model.text_encoder, params.seed),
+            TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
             self.normalize_rays]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:

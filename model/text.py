@@ -49,10 +49,12 @@ class TextEncoder:
         self.dim = int(model.config.d_model if hasattr(model.config, "d_model") else model.config.hidden_size)
 
     @staticmethod
-    def identity_of(path: Path | None, seed: int = 0) -> str:
-        """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
+    def identity_of(path: Path | None, seed: int = 0, dim: int = 32) -> str:
+        """Names the weights ``load(path, seed=seed, dim=dim)`` gives, for caches made with them (the random
+        encoder's width is the transformer's caption width, so features cached for one model size never pass
+        for another's)."""
         if path is None:
-            return f"random-tiny-t5-seed{seed}"
+            return f"random-tiny-t5-d{dim}-seed{seed}"
         path = Path(resolve_model_path(path, "model.text_encoder"))
         return weights_sha256(path / "text_encoder" if (path / "text_encoder").is_dir() else path)
 

@@ -185,8 +185,8 @@ def check_latents(directory: Path, params: Params) -> None:
     if made["vae"] != want_vae:
         raise ValueError(f"{directory}: latents were made by VAE {made['vae'][:16]}, model.vae gives {want_vae[:16]} "
                          f"-- rerun `onegen latents {directory.name}`")
-    if made.get("text") is not None and (made["text"] != TextEncoder.identity_of(params.model.text_encoder, params.seed)
-                                         or made["max_text_tokens"] != params.model.max_text_tokens):
+    want_text = TextEncoder.identity_of(params.model.text_encoder, params.seed, CONFIGS[params.model.size].caption_channels)
+    if made.get("text") is not None and (made["text"] != want_text or made["max_text_tokens"] != params.model.max_text_tokens):
         raise ValueError(f"{directory}: cached text features come from another text encoder or token limit than "
                          f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {directory.name}`")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.nextdit import CONFIGS
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from onegen.config import Params
@@ -43,7 +44,8 @@ def latents_dir(params: Params, family: str) -> Path:
 def encoder_identity(params: Params) -> dict:
     """What made the latents: the trainer compares this with its own configuration."""
     return {"vae": LatentCodec.identity_of(params.model.vae, params.seed),
-            "text": TextEncoder.identity_of(params.model.text_encoder, params.seed) if params.latents.text else None,
+            "text": TextEncoder.identity_of(params.model.text_encoder, params.seed,
+                                            CONFIGS[params.model.size].caption_channels) if params.latents.text else None,
             "max_text_tokens": params.model.max_text_tokens if params.latents.text else None}
 
 
@@ -114,8 +116,6 @@ def run(params: Params, family: str) -> dict:
     identity = encoder_identity(params)
     text = None
     if params.latents.text:
-        from model.nextdit import CONFIGS
-
         text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens, device=device,
                                 seed=params.seed, dim=CONFIGS[params.model.size].caption_channels)
     records = [{"name": "vae", "version": "diffusers.AutoencoderKL", "weights_sha256": identity["vae"]}]

@@ -133,6 +133,23 @@ def test_resuming_another_model_size_is_one_clear_error(project):
         train(small, cfg)
 
 
+def test_latents_cached_for_another_model_size_are_refused(project, tmp_path):
+    """The random text encoder is as wide as the model's caption input: `small`'s cached features never pass
+    for `tiny`'s (they did, and failed later as a shape error inside the model)."""
+    from pipelines.latents import encoder_identity
+
+    params = run_params(project, "latents_check")
+    small = params.model_copy(update={"model": params.model.model_copy(update={"size": "small"})})
+    folder = tmp_path / "text2image"
+    folder.mkdir()
+    (folder / "latents.json").write_text(json.dumps(encoder_identity(small)))
+    with pytest.raises(ValueError, match=r"text2image: cached text features come from another text encoder"):
+        train_mod.check_latents(folder, params)
+    train_mod.check_latents(folder, small)
+    (folder / "latents.json").write_text(json.dumps(encoder_identity(params)))
+    train_mod.check_latents(folder, params)
+
+
 def test_checkpoint_is_atomic_and_stale_temp_ignored(project, monkeypatch):
     params = run_params(project, "atomic")
     cfg = TrainConfig(stages=[TrainStage(name="all", families=["text2image"], steps=4, batch_size=2)],

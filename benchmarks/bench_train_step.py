@@ -7,13 +7,15 @@ For each model, eager and ``torch.compile``: one training step = forward, MSE lo
 fused AdamW step, under bf16 autocast with fp32 master weights. Prints img/s, TFLOP/s (FLOPs
 counted once per model with ``torch.utils.flop_counter.FlopCounterMode`` on a real step, not
 by formula), MFU against the GPU's dense bf16 peak, peak memory, and the ratio of ours to
-compiled diffusers. Extra rows: our model on a 2-view 256² batch, an 8-view multiview 256²
-batch, and the ``onediffusion-2.8b`` config.
+compiled diffusers. Extra rows: our model without the logit soft-cap (what flex attention costs
+against SDPA), on a 2-view 256² batch, an 8-view multiview 256² batch, and the
+``onediffusion-2.8b`` config.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -159,13 +161,22 @@ def main() -> None:
                                          ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
                                          compile_, args.steps, warmup, device, args.profile)
         if args.extra:
+            # what the logit soft-cap costs: without it attention is plain SDPA (flash) instead of flex
+            torch.manual_seed(0)
+            uncapped = NextDiT(dataclasses.replace(cfg, attn_softcap=None)).to(device)
+            measure("ours, no soft-cap (SDPA attention)", uncapped,
+                    ours_step_fn(uncapped, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup,
+                    device)
+            del uncapped
             for views, lat, b in ((2, latent // 2, batch), (8, latent // 2, batch)):
                 measure(f"ours, Lumina2 shape ({views} views {lat * 8}²)", ours,
                         ours_step_fn(ours, views, lat, b, text_len, device), b, compile_, args.steps, warmup, device)
         del ours
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
-    if args.extra:
+    if args.extra and args.quick:
+        print("onediffusion-2.8b row skipped under --quick: with AdamW it needs ~45 GB")
+    elif args.extra:
         big = NextDiT(CONFIGS["onediffusion-2.8b"]).to(device)
         measure("ours, onediffusion-2.8b (2 views 256²)", big,
                 ours_step_fn(big, 2, latent // 2, batch, text_len, device), batch, modes[-1], args.steps, warmup, device)

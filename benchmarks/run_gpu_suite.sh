@@ -47,7 +47,7 @@ for job in $JOBS; do
              --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 1300 --vae-seconds 60
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
-    train_step) step train_step python3 benchmarks/bench_train_step.py --profile ;;
+    train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 120 --json "$OUT/scaleout.json" ;;
   esac
 done

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
+from model import nextdit  # noqa: E402
 from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
@@ -126,6 +128,8 @@ def main() -> None:
     ap.add_argument("--models", default="lumina,ours", help="comma list of lumina, ours")
     ap.add_argument("--extra", action="store_true", help="also multi-view batches and the 2.8B config")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
+    ap.add_argument("--flex-tiles", type=json.loads, default=None, metavar="JSON",
+                    help="also ours with these flex kernel_options for its head dim (bench_attention.py's candidates)")
     args = ap.parse_args()
     if args.profile and not torch.cuda.is_available():
         ap.error("--profile measures GPU kernel time: it needs CUDA")
@@ -160,6 +164,12 @@ def main() -> None:
         rows["ours", compile_] = measure("ours, Lumina2 shape (1 view)", ours,
                                          ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
                                          compile_, args.steps, warmup, device, args.profile)
+        if args.flex_tiles is not None and device.type == "cuda":
+            key = (torch.cuda.get_device_capability(device), cfg.head_dim)
+            nextdit.FLEX_TILES[key] = args.flex_tiles
+            measure(f"ours, flex tiles {json.dumps(args.flex_tiles)}", ours,
+                    ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup, device)
+            del nextdit.FLEX_TILES[key]
         if args.extra:
             # what the logit soft-cap costs: without it attention is plain SDPA (flash) instead of flex
             torch.manual_seed(0)

@@ -245,6 +245,18 @@ def _softcap_score_mod(cap: float):
     return score_mod
 
 
+# Flex tiles for head dims that Inductor's own table (keyed by head dim: 64, 128, 256) lacks, by
+# (compute capability, head dim); measured with ``benchmarks/bench_attention.py``. Elsewhere Inductor chooses.
+FLEX_TILES: dict[tuple[tuple[int, int], int], dict] = {}
+
+
+def flex_tiles(q: torch.Tensor) -> dict | None:
+    """The measured ``kernel_options`` for q's device and head dim, if any."""
+    if not q.is_cuda or not FLEX_TILES:
+        return None
+    return FLEX_TILES.get((torch.cuda.get_device_capability(q.device), q.shape[-1]))
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_flex_attention():
     # Default (auto-)dynamic compile: the first new sequence length recompiles once with
@@ -278,10 +290,11 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     q: [B, H, N, d]; k, v: [B, Hkv, N, d]; query head h reads K/V head h // (H / Hkv).
     backend: "flex" (compiled ``flex_attention``; CUDA), "flex_eager" (uncompiled flex, any
     device; slow, for checks), "math" (exact float32 reference) or "auto" (flex on CUDA,
-    math elsewhere).  Without a cap, SDPA is used for every backend.
+    math elsewhere).  Without a cap, SDPA is used for every backend but the reference "math" (which
+    ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
     """
     gqa = q.shape[1] != k.shape[1]
-    if softcap is None:
+    if softcap is None and backend != "math":
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if backend == "auto":
         backend = "flex" if q.is_cuda else "math"
@@ -293,7 +306,8 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
         with torch.autocast(q.device.type, enabled=False):
             return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
-                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa)
+                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
+                                              kernel_options=flex_tiles(q))
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -28,8 +28,8 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
 * Compiled prefill layers (``compile_prefill_layers``): ``generate`` runs the prefill eager, and
   a profile of it (H200, FP8, batch 40) spent ~40 of its 75 ms of GPU time per image outside the
   GEMMs and attention: float32 RMSNorm passes, RoPE's cats, copies, and three quantisations of one
-  input for q, k and v. Each decoder layer compiled with dynamic shapes fuses those; one graph
-  serves every layer and every prompt length.
+  input for q, k and v. Each decoder layer compiled with dynamic shapes fuses those; a graph per
+  layer (dynamo keeps ``layer_idx`` static) serves every prompt length.
 * The inputs of the next batch (processor: tiling, resizing, normalising, ~10 ms of host time per
   image) are made in a second thread while the current batch generates.
 * Packed-GQA decode attention (``sdpa`` here): under compile, transformers' SDPA path copies the 8
@@ -200,11 +200,24 @@ def compile_prefill_layers(model) -> None:
     75 ms of prefill GPU time went to unfused elementwise passes (float32 RMSNorm, RoPE's cats,
     copies) and FP8 activation quantisation (H200 profile, 2026-11-23). Compiled, each layer fuses
     its norms, rotary embedding, SwiGLU and quantisation, and q/k/v share one quantisation of their
-    input. The layers are alike, so one graph serves all of them (regional compilation); the decode
+    input. The layers share one code object, but dynamo guards on each layer's ``layer_idx`` (an int
+    attribute, which it keeps static): each layer gets its own graph (Inductor's cache makes the later
+    ones cheap), so the caller must allow a recompile per layer (``layer_recompiles``). The decode
     step's whole-model compile traces through them as through plain modules. Idempotent."""
     for layer in model.get_decoder().layers:
         if layer._compiled_call_impl is None:
             layer.compile(dynamic=True)
+
+
+def layer_recompiles(model):
+    """Dynamo's recompile limit raised to hold four graphs per decoder layer while the compiled layers run.
+
+    At the default limit (8), the H200 profile of 2026-11-24 found 8 of Mistral's 32 layers compiled and
+    the other 24 fallen back to eager (``hit config.recompile_limit``, last reason ``layer_idx == 7``).
+    Four, because dynamo specialises a dimension of size 1: batch 1 (a shard's last images) and length 1
+    (a decode step, where it is not compiled as a whole) each make another graph of every layer."""
+    limit = torch._dynamo.config.recompile_limit + 4 * len(model.get_decoder().layers)
+    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 class _SeededSampling:
@@ -352,7 +365,7 @@ class TransformersVLM:
         processors = LogitsProcessorList([_SeededSampling(seeds, self.cfg.retry_temperature)] if seeds else [])
         # The compiled prefill layers are specialised to the static cache: on a dynamic cache (retries) they run eager
         stance = "default" if cache is not None else "force_eager"
-        with torch.compiler.set_stance(stance):
+        with torch.compiler.set_stance(stance), layer_recompiles(self.model):
             ids = self.model.generate(**inputs, past_key_values=cache, generation_config=gen,
                                       logits_processor=processors)
         if "input_ids" in inputs:

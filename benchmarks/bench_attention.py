@@ -1,0 +1,109 @@
+"""Soft-capped self-attention, forward + backward, at the train step's shape: flex variants against SDPA.
+
+    python benchmarks/bench_attention.py            # Lumina2 2.6B shape: batch 4, 1024 tokens, 24/8 heads, d 96
+    python benchmarks/bench_attention.py --quick    # a CPU smoke run at toy sizes (forward only: flex has no CPU backward)
+
+The train step's profile (H200, eager) spent 6.6 ms per image in flex attention with the logit
+soft-cap, the backward 3x the forward. Inductor picks flex's tile sizes from a table keyed by head
+dim, which has no row for our 96, so this times the candidates side by side in one process:
+SDPA without the cap (cuDNN / flash: the speed the cap costs us against), flex without the cap,
+flex with it under Inductor's defaults, under explicit ``kernel_options``, and under max-autotune.
+Prints ms per call and TFLOP/s (FlashAttention's count: forward 4·B·H·N²·d, backward 2.5x that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.nextdit import _softcap_score_mod  # noqa: E402
+
+# Forward tiles (BLOCK_M, BLOCK_N, warps, stages) as Inductor's H100 table has them for d 64/128, and the
+# backward's (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) of its sm90 rule, to try on d 96.
+CANDIDATES = {
+    "fwd 128x64 w8 s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    "fwd 128x128 w8 s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    "fwd 128x64 w4 s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    "fwd 128x64 + bwd 64x128 w8": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
+                                   "BLOCK_M1": 64, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 64},
+}
+
+
+def time_call(fn, q, k, v, iters: int) -> float:
+    """Seconds per forward + backward (forward alone on the CPU), mean over ``iters`` after three warm-up calls."""
+    grad = torch.randn_like(q)
+
+    def call():
+        out = fn(q, k, v)
+        if q.requires_grad:
+            out.backward(grad)
+
+    for _ in range(3):
+        call()
+    if q.is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    if q.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="toy sizes, for a CPU smoke run")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--softcap", type=float, default=30.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from torch.nn.attention.flex_attention import flex_attention
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    b, h, hkv, n, d = (2, 4, 2, 64, 16) if args.quick else (4, 24, 8, 1024, 96)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator(device).manual_seed(0)
+    grad = device.type == "cuda"
+    q, k, v = (torch.randn(b, heads, n, d, device=device, dtype=dtype, generator=gen).requires_grad_(grad)
+               for heads in (h, hkv, hkv))
+    cap = _softcap_score_mod(args.softcap)
+    flops = (3.5 if grad else 1.0) * 4 * b * h * n * n * d
+
+    def flex(mode: str | None = None, capped: bool = True, options: dict | None = None):
+        torch.compiler.reset()  # each variant compiles afresh, none counts against another's cache entries
+        compiled = torch.compile(flex_attention, mode=mode)
+        return lambda q, k, v: compiled(q, k, v, score_mod=cap if capped else None, enable_gqa=True,
+                                        kernel_options=options)
+
+    variants = {"sdpa, no cap (reference)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                "flex, no cap": flex(capped=False),
+                "flex, cap (Inductor's defaults)": flex()}
+    variants |= {f"flex, cap, {name}": flex(options=opts) for name, opts in CANDIDATES.items()}
+    if device.type == "cuda":
+        variants["flex, cap, max-autotune"] = flex(mode="max-autotune-no-cudagraphs")
+    print(f"attention {'fwd+bwd' if grad else 'fwd'}: batch {b}, {n} tokens, {h} heads / {hkv} KV heads, d {d}, {dtype}, {device}")
+    rows, ref = [], None
+    for name, make in variants.items():
+        try:
+            sec = time_call(make, q, k, v, args.iters)
+        except Exception as e:  # a tile that does not fit shared memory fails to compile; the others still count
+            print(f"{name:42s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+            continue
+        ref = ref or sec
+        rows.append({"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "vs_sdpa": ref / sec})
+        print(f"{name:42s} {sec * 1e3:8.3f} ms {flops / sec / 1e12:7.1f} TFLOP/s  speed vs SDPA {ref / sec:.2f}",
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

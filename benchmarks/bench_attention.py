@@ -83,9 +83,18 @@ def main() -> None:
         return lambda q, k, v: compiled(q, k, v, score_mod=cap if capped else None, enable_gqa=True,
                                         kernel_options=options)
 
+    def tanh_cap(score, batch, head, q_idx, kv_idx):  # the model's cap before it was written with a sigmoid
+        return args.softcap * torch.tanh(score / args.softcap)
+
+    def flex_tanh():
+        torch.compiler.reset()
+        compiled = torch.compile(flex_attention)
+        return lambda q, k, v: compiled(q, k, v, score_mod=tanh_cap, enable_gqa=True)
+
     variants = {"sdpa, no cap (reference)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                 "flex, no cap": flex(capped=False),
-                "flex, cap (Inductor's defaults)": flex()}
+                "flex, cap as tanh": flex_tanh(),
+                "flex, cap (ours: 2 sigmoid(2x) - 1)": flex()}
     variants |= {f"flex, cap, {name}": flex(options=opts) for name, opts in CANDIDATES.items()}
     if device.type == "cuda":
         variants["flex, cap, max-autotune"] = flex(mode="max-autotune-no-cudagraphs")

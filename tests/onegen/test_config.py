@@ -61,3 +61,13 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="unknown profile 'tiny'; known: default, paper"):
         load_profile("tiny")
+
+
+def test_captioner_batch_follows_the_weights_dtype_unless_set():
+    from onegen.config import CaptionerConfig
+
+    assert CaptionerConfig().batch_size == 40  # bf16: 64 ran an 80 GB H100 out of memory
+    assert CaptionerConfig(quantize="fp8").batch_size == 64
+    assert CaptionerConfig(quantize="fp8", batch_size=8).batch_size == 8
+    with pytest.raises(ValueError):
+        CaptionerConfig(batch_size=0)

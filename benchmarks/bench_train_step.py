@@ -128,8 +128,8 @@ def main() -> None:
     ap.add_argument("--models", default="lumina,ours", help="comma list of lumina, ours")
     ap.add_argument("--extra", action="store_true", help="also multi-view batches and the 2.8B config")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
-    ap.add_argument("--flex-tiles", type=json.loads, default=None, metavar="JSON",
-                    help="also ours with these flex kernel_options for its head dim (bench_attention.py's candidates)")
+    ap.add_argument("--flex-options", type=json.loads, default=None, metavar="JSON",
+                    help="also ours with these flex kernel_options for its head dim, e.g. '{\"BACKEND\": \"FLASH\"}'")
     args = ap.parse_args()
     if args.profile and not torch.cuda.is_available():
         ap.error("--profile measures GPU kernel time: it needs CUDA")
@@ -164,12 +164,12 @@ def main() -> None:
         rows["ours", compile_] = measure("ours, Lumina2 shape (1 view)", ours,
                                          ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
                                          compile_, args.steps, warmup, device, args.profile)
-        if args.flex_tiles is not None and device.type == "cuda":
+        if args.flex_options is not None and device.type == "cuda":
             key = (torch.cuda.get_device_capability(device), cfg.head_dim)
-            nextdit.FLEX_TILES[key] = args.flex_tiles
-            measure(f"ours, flex tiles {json.dumps(args.flex_tiles)}", ours,
+            nextdit.FLEX_KERNEL_OPTIONS[key] = args.flex_options
+            measure(f"ours, flex {json.dumps(args.flex_options)}", ours,
                     ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup, device)
-            del nextdit.FLEX_TILES[key]
+            del nextdit.FLEX_KERNEL_OPTIONS[key]
         if args.extra:
             # what the logit soft-cap costs: without it attention is plain SDPA (flash) instead of flex
             torch.manual_seed(0)

@@ -248,16 +248,17 @@ def _softcap_score_mod(cap: float):
     return score_mod
 
 
-# Flex tiles for head dims that Inductor's own table (keyed by head dim: 64, 128, 256) lacks, by
-# (compute capability, head dim); measured with ``benchmarks/bench_attention.py``. Elsewhere Inductor chooses.
-FLEX_TILES: dict[tuple[tuple[int, int], int], dict] = {}
+# flex ``kernel_options`` by (compute capability, head dim), where one measures faster than Inductor's own
+# choice (``benchmarks/bench_attention.py``, ``bench_train_step.py --flex-options``). Empty: on an H200 at
+# d 96 no explicit tile beat Inductor's (2026-11-24); the FLASH backend (flash-attn-4) is yet to be measured.
+FLEX_KERNEL_OPTIONS: dict[tuple[tuple[int, int], int], dict] = {}
 
 
-def flex_tiles(q: torch.Tensor) -> dict | None:
+def flex_kernel_options(q: torch.Tensor) -> dict | None:
     """The measured ``kernel_options`` for q's device and head dim, if any."""
-    if not q.is_cuda or not FLEX_TILES:
+    if not q.is_cuda or not FLEX_KERNEL_OPTIONS:
         return None
-    return FLEX_TILES.get((torch.cuda.get_device_capability(q.device), q.shape[-1]))
+    return FLEX_KERNEL_OPTIONS.get((torch.cuda.get_device_capability(q.device), q.shape[-1]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,7 +311,7 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         with torch.autocast(q.device.type, enabled=False):
             return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
                                               score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
-                                              kernel_options=flex_tiles(q))
+                                              kernel_options=flex_kernel_options(q))
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -21,7 +21,9 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
 * Large batches: B = 40 cuts the weight share of a decode step 5x; at B ≳ 36 the KV reads
   dominate, so larger B barely helps anyres. Memory sets the limit: measured on an 80 GB H100,
   anyres B = 40 peaks at 45 GiB, and B = 64 ran out of memory in the prefill MLP (57 GB held plus
-  20 GB of fragmented cache). Base-only tiles need 0.1 GB of KV per image: B = 256 peaks at 61 GiB.
+  20 GB of fragmented cache). FP8 halves weights and activations: anyres B = 64 peaks at 54.5 GiB
+  (the default batch under ``quantize: fp8``), and its decode costs 37 ms per image against B = 40's
+  54 (H200, 2026-11-24). Base-only tiles need 0.1 GB of KV per image: B = 256 peaks at 61 GiB.
 * Static KV cache + torch.compile (a transformers ``StaticCache``, what ``cache_implementation=
   "static"`` builds, with which ``generate`` compiles the decode step for CUDA graphs): one graph
   launch per step instead of ~1000 kernel launches.
@@ -59,9 +61,10 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   45.4 -- the quantisation passes ate the GEMM gain. Fused into one kernel (H200, which has the
   H100's compute peak): 6.93 img/s, prefill 90.8 ms (10.7 of it the processor) + decode 53.4 ms;
   again a session later 7.35 img/s, 86.5 + 49.7 ms, and its profile put the prefill's FP8 GEMMs
-  at 30 ms per image (~1.4 PFLOP/s: near their peak) and ~40 ms in unfused elementwise work,
-  which the compiled prefill layers and the input thread above address (not yet measured). Still
-  on the table: decode attention reads the KV cache at ~50% of the bandwidth bound (24 of its 44
+  at 30 ms per image (~1.4 PFLOP/s: near their peak) and ~40 ms in unfused elementwise work.
+  With the compiled prefill layers (a graph per layer) and the input thread: B = 40 8.96 img/s,
+  prefill 57.9 ms + decode 53.8; B = 64 **10.42 img/s** (5.4x its naive run), prefill 59.0 + decode
+  37.0 ms (H200, 2026-11-24). Still on the table: decode attention reads the KV cache at ~50% of the bandwidth bound (24 of its 44
   ms per image), and a batch's decode never overlaps the next batch's prefill; the vLLM backend
   (continuous batching, chunked prefill) removes the latter.
 

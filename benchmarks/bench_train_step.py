@@ -167,9 +167,12 @@ def main() -> None:
         if args.flex_options is not None and device.type == "cuda":
             key = (torch.cuda.get_device_capability(device), cfg.head_dim)
             nextdit.FLEX_KERNEL_OPTIONS[key] = args.flex_options
-            measure(f"ours, flex {json.dumps(args.flex_options)}", ours,
-                    ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup, device)
-            del nextdit.FLEX_KERNEL_OPTIONS[key]
+            try:
+                measure(f"ours, flex {json.dumps(args.flex_options)}", ours,
+                        ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup,
+                        device)
+            finally:
+                del nextdit.FLEX_KERNEL_OPTIONS[key]
         if args.extra:
             # what the logit soft-cap costs: without it attention is plain SDPA (flash) instead of flex
             torch.manual_seed(0)

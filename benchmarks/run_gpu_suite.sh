@@ -48,7 +48,8 @@ for job in $JOBS; do
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
-    # the compiled rows only, plus ours with flex's FLASH backend (flash-attn-4's CuTe kernels, soft-cap compiled in)
+    # the compiled rows only, plus ours with flex's FLASH backend (flash-attn-4's CuTe kernels, soft-cap compiled in);
+    # that row fails (and says why) where the flash-attn-4 package is not installed
     train_flash) step train_flash python3 benchmarks/bench_train_step.py --modes compile --flex-options '{"BACKEND": "FLASH"}' ;;
     attn) step attn python3 benchmarks/bench_attention.py --json "$OUT/attn.json" ;;
     scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 120 --json "$OUT/scaleout.json" ;;

@@ -129,8 +129,8 @@ class CaptionerConfig(_Strict):
         "transformers", description="vllm / sglang: serving engines, used only if their package is installed")
     batch_size: int = Field(
         40, ge=1, description="images per generate call; default 64 with quantize fp8 (anyres 672²: 54.5 GiB peak, "
-                                "H200), else 40 (bf16: 45 GiB on an 80 GB H100, 64 ran out of memory); base tiles 256 "
-                                "(61 GiB)")
+                                "H200), else 40 (bf16: 45 GiB on an 80 GB H100, 64 ran out of memory); set 256 for "
+                                "base tiles (61 GiB)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     attn_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
     decode_attention: Literal["sdpa", "flex"] = Field(
@@ -165,8 +165,8 @@ class CaptionerConfig(_Strict):
     @classmethod
     def _batch_for_dtype(cls, data):
         # FP8 halves the weights and the prefill's activations: room for more decode rows per step
-        if isinstance(data, dict) and data.get("batch_size") is None:
-            data = {**data, "batch_size": 64 if data.get("quantize") == "fp8" else 40}
+        if isinstance(data, dict) and "batch_size" not in data:
+            data = {**data, "batch_size": 64 if data.get("quantize") == "fp8" else cls.model_fields["batch_size"].default}
         return data
 
 

@@ -64,8 +64,9 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   at 30 ms per image (~1.4 PFLOP/s: near their peak) and ~40 ms in unfused elementwise work.
   With the compiled prefill layers (a graph per layer) and the input thread: B = 40 8.96 img/s,
   prefill 57.9 ms + decode 53.8; B = 64 **10.42 img/s** (5.4x its naive run), prefill 59.0 + decode
-  37.0 ms (H200, 2026-11-24). Still on the table: decode attention reads the KV cache at ~50% of the bandwidth bound (24 of its 44
-  ms per image), and a batch's decode never overlaps the next batch's prefill; the vLLM backend
+  37.0 ms (H200, 2026-11-24). Still on the table: decode attention reads the KV cache at ~50% of
+  the bandwidth bound (24 of its 44 ms per image at B = 40), and a batch's decode never overlaps
+  the next batch's prefill; the vLLM backend
   (continuous batching, chunked prefill) removes the latter.
 
 Batching never changes a result: rows are left-padded with masked pads and position ids from
@@ -218,9 +219,12 @@ def layer_recompiles(model):
     At the default limit (8), the H200 profile of 2026-11-24 found 8 of Mistral's 32 layers compiled and
     the other 24 fallen back to eager (``hit config.recompile_limit``, last reason ``layer_idx == 7``).
     Four, because dynamo specialises a dimension of size 1: batch 1 (a shard's last images) and length 1
-    (a decode step, where it is not compiled as a whole) each make another graph of every layer."""
-    limit = torch._dynamo.config.recompile_limit + 4 * len(model.get_decoder().layers)
-    return torch._dynamo.config.patch(recompile_limit=limit)
+    (a decode step, where it is not compiled as a whole) each make another graph of every layer. The
+    raised limits hold for every compile inside, the whole-model decode step's too; the accumulated one
+    (256 by default) would stop an 80-layer model (LLaVA-NeXT-72B) short."""
+    cfg = torch._dynamo.config
+    limit = cfg.recompile_limit + 4 * len(model.get_decoder().layers)
+    return cfg.patch(recompile_limit=limit, accumulated_recompile_limit=max(cfg.accumulated_recompile_limit, limit))
 
 
 class _SeededSampling:

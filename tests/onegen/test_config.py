@@ -69,5 +69,6 @@ def test_captioner_batch_follows_the_weights_dtype_unless_set():
     assert CaptionerConfig().batch_size == 40  # bf16: 64 ran an 80 GB H100 out of memory
     assert CaptionerConfig(quantize="fp8").batch_size == 64
     assert CaptionerConfig(quantize="fp8", batch_size=8).batch_size == 8
-    with pytest.raises(ValueError):
-        CaptionerConfig(batch_size=0)
+    for bad in (0, None):  # null in params.yaml is an error, not the default
+        with pytest.raises(ValueError):
+            CaptionerConfig(batch_size=bad)

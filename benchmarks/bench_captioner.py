@@ -190,6 +190,7 @@ def main() -> None:
     if args.profile and args.device != "cuda":
         ap.error("--profile measures GPU kernel time: it needs --device cuda")
     q = args.quick
+    # CaptionerConfig's default batch, written out: this script runs without pydantic
     args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else 64 if args.quantize == "fp8" else 40)
     args.images = args.images or 2 * args.batch
     args.baseline_images = args.baseline_images if args.baseline_images is not None else (8 if q else 32)

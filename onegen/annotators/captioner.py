@@ -66,8 +66,7 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   prefill 57.9 ms + decode 53.8; B = 64 **10.42 img/s** (5.4x its naive run), prefill 59.0 + decode
   37.0 ms (H200, 2026-11-24). Still on the table: decode attention reads the KV cache at ~50% of
   the bandwidth bound (24 of its 44 ms per image at B = 40), and a batch's decode never overlaps
-  the next batch's prefill; the vLLM backend
-  (continuous batching, chunked prefill) removes the latter.
+  the next batch's prefill; the vLLM backend (continuous batching, chunked prefill) removes the latter.
 
 Batching never changes a result: rows are left-padded with masked pads and position ids from
 the attention mask, so an image's greedy tokens are the same at batch 1 and batch 64 (up to float

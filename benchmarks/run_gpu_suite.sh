@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b96 cap_fp8_flex cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn (faster with ray) train_step train_flash (needs flash-attn-4) attn
+#           learn learn_long (faster with ray) train_step train_flash (needs flash-attn-4) attn
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b96|cap_fp8_flex|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|train_step|train_flash|attn|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b96 cap_fp8_flex cap_base cap_build ann ann_threads ann_inflight ann_build learn train_step train_flash attn scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b96|cap_fp8_flex|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_flash|attn|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b96 cap_fp8_flex cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_flash attn scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -50,6 +50,13 @@ for job in $JOBS; do
              --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 1300 --vae-seconds 60
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
+    # the steps sized by a probe to 7 minutes of this device: session 5's H200 ran `learn`'s 1300 steps in 309 s,
+    # and the images it generated were still blobs where objects go; its own folder, so nothing of `learn` resumes
+    learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
+           step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
+             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes 7 --vae-seconds 60
+           cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
+           cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     # the compiled rows only, plus ours with flex's FLASH backend (flash-attn-4's CuTe kernels, soft-cap compiled in);
     # that row fails (and says why) where the flash-attn-4 package is not installed

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.nextdit import _softcap_score_mod, softcapped_attention  # noqa: E402
+from model.nextdit import _softcap_score_mod, pad_head_dim, softcapped_attention  # noqa: E402
 
 # Forward tiles (BLOCK_M, BLOCK_N, warps, stages) as Inductor's H100 table has them for d 64/128, the
 # backward's (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) of its sm90 rule, to try on d 96; and another kernel.
@@ -87,14 +87,10 @@ def main() -> None:
         torch.compiler.reset()
         compiled = torch.compile(flex_attention, mode=mode)
 
-        def call(q, k, v):
-            d = q.shape[-1]
-            if pad_to:
-                q, k, v = (F.pad(t, (0, pad_to - d)) for t in (q, k, v))
-            out = compiled(q, k, v, score_mod=score_mod, enable_gqa=True, kernel_options=options, scale=d**-0.5)
-            return out[..., :d] if pad_to else out
+        def attend(q, k, v, scale=None):
+            return compiled(q, k, v, score_mod=score_mod, enable_gqa=True, kernel_options=options, scale=scale)
 
-        return call
+        return functools.partial(pad_head_dim, attend, to=pad_to) if pad_to else attend
 
     def tanh_cap(score, batch, head, q_idx, kv_idx):  # the model's cap before it was written with a sigmoid
         return args.softcap * torch.tanh(score / args.softcap)

@@ -128,8 +128,9 @@ def main() -> None:
     ap.add_argument("--models", default="lumina,ours", help="comma list of lumina, ours")
     ap.add_argument("--extra", action="store_true", help="also multi-view batches and the 2.8B config")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
-    ap.add_argument("--flex-options", type=json.loads, default=None, metavar="JSON",
-                    help="also ours with these flex kernel_options for its head dim, e.g. '{\"BACKEND\": \"FLASH\"}'")
+    ap.add_argument("--flex-options", type=json.loads, action="append", default=[], metavar="JSON",
+                    help="also ours with these flex kernel_options for its head dim (a row each; repeatable), e.g. "
+                         "'{\"BACKEND\": \"FLASH\", \"PAD_HEAD_DIM\": 128}'")
     args = ap.parse_args()
     if args.profile and not torch.cuda.is_available():
         ap.error("--profile measures GPU kernel time: it needs CUDA")
@@ -164,13 +165,15 @@ def main() -> None:
         rows["ours", compile_] = measure("ours, Lumina2 shape (1 view)", ours,
                                          ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
                                          compile_, args.steps, warmup, device, args.profile)
-        if args.flex_options is not None and device.type == "cuda":
+        for options in args.flex_options if device.type == "cuda" else []:
             key = (torch.cuda.get_device_capability(device), cfg.head_dim)
-            nextdit.FLEX_KERNEL_OPTIONS[key] = args.flex_options
+            nextdit.FLEX_KERNEL_OPTIONS[key] = options
             try:
-                measure(f"ours, flex {json.dumps(args.flex_options)}", ours,
+                measure(f"ours, flex {json.dumps(options)}", ours,
                         ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup,
                         device)
+            except Exception as e:  # e.g. a backend this device or its packages cannot run: the other rows still count
+                print(f"ours, flex {json.dumps(options)}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
             finally:
                 del nextdit.FLEX_KERNEL_OPTIONS[key]
         if args.extra:

@@ -249,9 +249,18 @@ def _softcap_score_mod(cap: float):
 
 
 # flex ``kernel_options`` by (compute capability, head dim), where one measures faster than Inductor's own
-# choice (``benchmarks/bench_attention.py``, ``bench_train_step.py --flex-options``). Empty: on an H200 at
-# d 96 no explicit tile beat Inductor's (2026-11-24); the FLASH backend (flash-attn-4) is yet to be measured.
+# choice (``benchmarks/bench_attention.py``, ``bench_train_step.py --flex-options``), plus our own key
+# "PAD_HEAD_DIM" (``pad_head_dim``). Empty: on an H200 at d 96 no explicit tile beat Inductor's (2026-11-24);
+# the FLASH backend (flash-attn-4), whose Hopper backward was reported to need d >= 128, is yet to be measured.
 FLEX_KERNEL_OPTIONS: dict[tuple[tuple[int, int], int], dict] = {}
+
+
+def pad_head_dim(attend, q, k, v, to: int) -> torch.Tensor:
+    """``attend(q, k, v, scale)`` on q, k, v zero-padded to head dim ``to``: the zeros add nothing to any q·k,
+    the scale stays 1/sqrt(d) of the real dim, and the output's padded columns (zero) are sliced off."""
+    d = q.shape[-1]
+    out = attend(*(F.pad(t, (0, to - d)) for t in (q, k, v)), d**-0.5)
+    return out[..., :d]
 
 
 def flex_kernel_options(q: torch.Tensor) -> dict | None:
@@ -308,10 +317,16 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
         # autocast path fails (torch 2.11); run it on one explicit dtype with autocast off.
         dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        options = dict(flex_kernel_options(q) or {})
+        pad_to = options.pop("PAD_HEAD_DIM", None)
+
+        def attend(q, k, v, scale=None):
+            return _compiled_flex_attention()(q, k, v, score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
+                                              scale=scale, kernel_options=options or None)
+
         with torch.autocast(q.device.type, enabled=False):
-            return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
-                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
-                                              kernel_options=flex_kernel_options(q))
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            return pad_head_dim(attend, q, k, v, pad_to) if pad_to else attend(q, k, v)
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py                 # the issue's job: 512², batch 4, bf16
     python benchmarks/bench_train_step.py --quick         # a CPU smoke run at toy sizes
+    python benchmarks/bench_train_step.py --modes compile --rows 8view,2.8b   # chosen rows only (each compiles ~2 min)
 
 For each model, eager and ``torch.compile``: one training step = forward, MSE loss, backward,
 fused AdamW step, under bf16 autocast with fp32 master weights. Prints img/s, TFLOP/s (FLOPs
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +29,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
-from model import nextdit  # noqa: E402
 from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
@@ -120,18 +119,23 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: bool, ste
     return row
 
 
+EXTRA_ROWS = ("uncapped", "2view", "8view", "2.8b")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="toy sizes, for a CPU smoke run")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
-    ap.add_argument("--models", default="lumina,ours", help="comma list of lumina, ours")
-    ap.add_argument("--extra", action="store_true", help="also multi-view batches and the 2.8B config")
+    ap.add_argument("--rows", default="lumina,ours",
+                    help=f"comma list of lumina, ours (the issue's job) and {', '.join(EXTRA_ROWS)}: ours without the "
+                         "soft-cap, on 2 views 256², on 8 views 256² (batch 1), the onediffusion-2.8b config")
+    ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
-    ap.add_argument("--flex-options", type=json.loads, action="append", default=[], metavar="JSON",
-                    help="also ours with these flex kernel_options for its head dim (a row each; repeatable), e.g. "
-                         "'{\"BACKEND\": \"FLASH\", \"PAD_HEAD_DIM\": 128}'")
     args = ap.parse_args()
+    rows_wanted = set(args.rows.split(",")) | (set(EXTRA_ROWS) if args.extra else set())
+    if unknown := rows_wanted - {"lumina", "ours", *EXTRA_ROWS}:
+        ap.error(f"unknown rows {sorted(unknown)}")
     if args.profile and not torch.cuda.is_available():
         ap.error("--profile measures GPU kernel time: it needs CUDA")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,61 +149,51 @@ def main() -> None:
         lumina_kw = dict(hidden_size=2304, num_layers=26, num_attention_heads=24, num_kv_heads=8, cap_feat_dim=2304)
     from diffusers import Lumina2Transformer2DModel
 
-    modes = [m == "compile" for m in args.modes.split(",")]
-    models = args.models.split(",")
-    rows = {}
-    for compile_ in modes:
-        if "lumina" in models:
-            torch.manual_seed(0)
-            lumina = Lumina2Transformer2DModel(**lumina_kw).to(device)
-            rows["lumina", compile_] = measure("diffusers Lumina2 (1 view)", lumina,
-                                               lumina_step_fn(lumina, latent, batch, text_len, device), batch,
-                                               compile_, args.steps, warmup, device, args.profile)
-            del lumina
-            gc.collect()
-            torch.cuda.empty_cache() if device.type == "cuda" else None
-        if "ours" not in models:
-            continue
-        torch.manual_seed(0)
-        ours = NextDiT(cfg).to(device)
-        rows["ours", compile_] = measure("ours, Lumina2 shape (1 view)", ours,
-                                         ours_step_fn(ours, 1, latent, batch, text_len, device), batch,
-                                         compile_, args.steps, warmup, device, args.profile)
-        for options in args.flex_options if device.type == "cuda" else []:
-            key = (torch.cuda.get_device_capability(device), cfg.head_dim)
-            nextdit.FLEX_KERNEL_OPTIONS[key] = options
-            try:
-                measure(f"ours, flex {json.dumps(options)}", ours,
-                        ours_step_fn(ours, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup,
-                        device)
-            except Exception as e:  # e.g. a backend this device or its packages cannot run: the other rows still count
-                print(f"ours, flex {json.dumps(options)}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-            finally:
-                del nextdit.FLEX_KERNEL_OPTIONS[key]
-        if args.extra:
-            # what the logit soft-cap costs: without it attention is plain SDPA (flash) instead of flex
-            torch.manual_seed(0)
-            uncapped = NextDiT(dataclasses.replace(cfg, attn_softcap=None)).to(device)
-            measure("ours, no soft-cap (SDPA attention)", uncapped,
-                    ours_step_fn(uncapped, 1, latent, batch, text_len, device), batch, compile_, args.steps, warmup,
-                    device)
-            del uncapped
-            # 8 views at batch 4 (32k tokens a step) ran an H200 out of memory in eager mode: batch 1 is 8k tokens
-            for views, lat, b in ((2, latent // 2, batch), (8, latent // 2, max(1, batch // 4))):
-                measure(f"ours, Lumina2 shape ({views} views {lat * 8}²)", ours,
-                        ours_step_fn(ours, views, lat, b, text_len, device), b, compile_, args.steps, warmup, device)
-        del ours
+    def free():
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
-    if args.extra and args.quick:
+
+    def ours_rows(model_cfg, rows, compile_):
+        """Rows of one model built once: (name, views, latent side, batch) each."""
+        torch.manual_seed(0)
+        model = NextDiT(model_cfg).to(device)
+        out = {name: measure(name, model, ours_step_fn(model, views, lat, b, text_len, device), b, compile_,
+                             args.steps, warmup, device, args.profile and name.endswith("(1 view)"))
+               for name, views, lat, b in rows}
+        del model
+        free()
+        return out
+
+    modes = [m == "compile" for m in args.modes.split(",")]
+    results = {}
+    for compile_ in modes:
+        if "lumina" in rows_wanted:
+            torch.manual_seed(0)
+            lumina = Lumina2Transformer2DModel(**lumina_kw).to(device)
+            results["lumina", compile_] = measure("diffusers Lumina2 (1 view)", lumina,
+                                                  lumina_step_fn(lumina, latent, batch, text_len, device), batch,
+                                                  compile_, args.steps, warmup, device, args.profile)
+            del lumina
+            free()
+        # 8 views at batch 4 (32k tokens a step) ran an H200 out of memory in eager mode: batch 1 is 8k tokens
+        rows = [("ours, Lumina2 shape (1 view)", 1, latent, batch)] if "ours" in rows_wanted else []
+        rows += [("ours, Lumina2 shape (2 views 256²)", 2, latent // 2, batch)] if "2view" in rows_wanted else []
+        rows += [("ours, Lumina2 shape (8 views 256²)", 8, latent // 2, max(1, batch // 4))] if "8view" in rows_wanted else []
+        if rows:
+            measured = ours_rows(cfg, rows, compile_)
+            if "ours, Lumina2 shape (1 view)" in measured:
+                results["ours", compile_] = measured["ours, Lumina2 shape (1 view)"]
+        if "uncapped" in rows_wanted:  # what the logit soft-cap costs: without it attention is SDPA (flash), not flex
+            ours_rows(dataclasses.replace(cfg, attn_softcap=None),
+                      [("ours, no soft-cap (SDPA attention)", 1, latent, batch)], compile_)
+    if "2.8b" in rows_wanted and args.quick:
         print("onediffusion-2.8b row skipped under --quick: with AdamW it needs ~45 GB")
-    elif args.extra:
-        big = NextDiT(CONFIGS["onediffusion-2.8b"]).to(device)
-        measure("ours, onediffusion-2.8b (2 views 256²)", big,
-                ours_step_fn(big, 2, latent // 2, batch, text_len, device), batch, modes[-1], args.steps, warmup, device)
+    elif "2.8b" in rows_wanted:
+        ours_rows(CONFIGS["onediffusion-2.8b"], [("ours, onediffusion-2.8b (2 views 256²)", 2, latent // 2, batch)],
+                  modes[-1])
     for c in modes:
-        if ("ours", c) in rows and ("lumina", c) in rows:
-            print(f"ratio ours/diffusers img/s (compile={c}): {rows['ours', c]['img_s'] / rows['lumina', c]['img_s']:.2f}")
+        if ("ours", c) in results and ("lumina", c) in results:
+            print(f"ratio ours/diffusers img/s (compile={c}): {results['ours', c]['img_s'] / results['lumina', c]['img_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -240,34 +240,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 @functools.lru_cache(maxsize=None)
 def _softcap_score_mod(cap: float):
     # cap·tanh(s/cap) written as cap·(2σ(2s/cap) - 1): the same function, whose Triton lowering (exp and a
-    # reciprocal instead of libdevice tanh) made flex's forward + backward 8% faster at the train step's shape
-    # (H200, benchmarks/bench_attention.py, 1.006 against 1.089 ms); sigmoid's backward is stable at any score.
+    # reciprocal instead of libdevice tanh) made flex's forward + backward 26% faster at the train step's shape
+    # (H200, benchmarks/bench_attention.py, 0.805 against 1.095 ms); sigmoid's backward is stable at any score.
     def score_mod(score, batch, head, q_idx, kv_idx):
         return cap * (2 * torch.sigmoid(score * (2 / cap)) - 1)
 
     return score_mod
-
-
-# flex ``kernel_options`` by (compute capability, head dim), where one measures faster than Inductor's own
-# choice (``benchmarks/bench_attention.py``, ``bench_train_step.py --flex-options``), plus our own key
-# "PAD_HEAD_DIM" (``pad_head_dim``). Empty: on an H200 at d 96 no explicit tile beat Inductor's (2026-11-24);
-# the FLASH backend (flash-attn-4), whose Hopper backward was reported to need d >= 128, is yet to be measured.
-FLEX_KERNEL_OPTIONS: dict[tuple[tuple[int, int], int], dict] = {}
-
-
-def pad_head_dim(attend, q, k, v, to: int) -> torch.Tensor:
-    """``attend(q, k, v, scale)`` on q, k, v zero-padded to head dim ``to``: the zeros add nothing to any q·k,
-    the scale stays 1/sqrt(d) of the real dim, and the output's padded columns (zero) are sliced off."""
-    d = q.shape[-1]
-    out = attend(*(F.pad(t, (0, to - d)) for t in (q, k, v)), d**-0.5)
-    return out[..., :d]
-
-
-def flex_kernel_options(q: torch.Tensor) -> dict | None:
-    """The measured ``kernel_options`` for q's device and head dim, if any."""
-    if not q.is_cuda or not FLEX_KERNEL_OPTIONS:
-        return None
-    return FLEX_KERNEL_OPTIONS.get((torch.cuda.get_device_capability(q.device), q.shape[-1]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -316,17 +294,12 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     if backend == "flex":
         # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
         # autocast path fails (torch 2.11); run it on one explicit dtype with autocast off.
+        # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
+        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04).
         dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
-        options = dict(flex_kernel_options(q) or {})
-        pad_to = options.pop("PAD_HEAD_DIM", None)
-
-        def attend(q, k, v, scale=None):
-            return _compiled_flex_attention()(q, k, v, score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
-                                              scale=scale, kernel_options=options or None)
-
         with torch.autocast(q.device.type, enabled=False):
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            return pad_head_dim(attend, q, k, v, pad_to) if pad_to else attend(q, k, v)
+            return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
+                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa)
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 

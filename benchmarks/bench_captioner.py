@@ -108,7 +108,7 @@ def job_settings(args) -> SimpleNamespace:
     return SimpleNamespace(
         path=None, backend="transformers", batch_size=args.batch, dtype=args.dtype, attn_implementation="sdpa",
         decode_attention=args.decode_attention, image_tokens=args.image_tokens, quantize=args.quantize,
-        static_cache=args.static_cache, compile=args.compile, length_bucketing=True,
+        prefill_mlp_rows=args.prefill_mlp_rows, static_cache=args.static_cache, compile=args.compile, length_bucketing=True,
         max_new_tokens=args.new_tokens, min_words=100, max_words=150, max_entities=10, retries=0,
         retry_temperature=0.7, seed=0, instruction=None)
 
@@ -179,6 +179,8 @@ def main() -> None:
                     help="fp8: our side's language-model linears in FP8 W8A8 (the naive loop stays bf16)")
     ap.add_argument("--decode-attention", choices=["sdpa", "flex"], default="sdpa",
                     help="the compiled decode step's attention: packed-GQA SDPA or flex (split-KV decoding)")
+    ap.add_argument("--prefill-mlp-rows", type=int, help="each decoder MLP on at most this many images in prefill "
+                                                         "(caps the prefill's peak memory; default: the whole batch)")
     ap.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--new-tokens", type=int, default=150)

@@ -141,6 +141,10 @@ class CaptionerConfig(_Strict):
     quantize: Literal["none", "fp8"] = Field(
         "none", description="fp8: W8A8 language-model linears (Ada/Hopper, bf16 model; numbers differ from bf16's; "
                             "vllm/sglang use their own online fp8)")
+    prefill_mlp_rows: int | None = Field(
+        None, ge=1, description="run each decoder MLP on at most this many images at a time in prefill (decode steps "
+                                "run whole): its gate/up activations (~0.2 GB per anyres image) set the prefill's "
+                                "peak; 16 leaves batch 96 room on an 80 GB H100. None: the whole batch at once")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
     compile: bool = Field(True, description="torch.compile: CUDA graphs for the decode step, fused prefill "
                                             "layers (CUDA, static cache)")

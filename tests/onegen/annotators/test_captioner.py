@@ -149,6 +149,28 @@ def test_compiled_prefill_layers_give_the_eager_tokens(cfg, captioner, caplog):
     assert counters["stats"]["unique_graphs"] == graphs  # retries: nothing compiled
 
 
+def test_prefill_mlp_row_chunks_change_no_token_and_leave_decode_whole(cfg, captioner):
+    """Batch 6 with each prefill MLP on 4 rows, then 2; the decode steps on all 6: the unchunked run's tokens."""
+    from onegen.annotators.captioner import RowChunkedMLP, use_packed_gqa_sdpa
+
+    base, ims = captioner.vlm, images()
+    whole = token_ids(base, ims, min_new_tokens=6)
+    model = type(base.model)._from_config(base.model.config, dtype=torch.float32).eval()
+    model.load_state_dict(base.model.state_dict())
+    use_packed_gqa_sdpa(model)
+    vlm = TransformersVLM(model, base.processor, cfg.model_copy(update={"prefill_mlp_rows": 4}), captioner.instruction)
+    assert all(isinstance(layer.mlp, RowChunkedMLP) for layer in model.get_decoder().layers)
+    shapes = []
+    model.get_decoder().layers[0].mlp.mlp.register_forward_hook(lambda m, a, out: shapes.append(tuple(a[0].shape[:2])))
+    assert token_ids(vlm, ims, min_new_tokens=6) == whole
+    assert [rows for rows, length in shapes if length > 1] == [4, 2]
+    decode = [rows for rows, length in shapes if length == 1]
+    assert len(decode) == 5 and set(decode) == {6}
+    TransformersVLM(model, base.processor, cfg.model_copy(update={"prefill_mlp_rows": 2}), captioner.instruction)
+    assert model.get_decoder().layers[0].mlp.rows == 2 and isinstance(model.get_decoder().layers[0].mlp.mlp, type(
+        base.model.get_decoder().layers[0].mlp))  # re-set, not wrapped twice
+
+
 def test_packed_gqa_decode_attention_equals_stock_sdpa():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -276,7 +298,8 @@ def load_benchmark():
 
 def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
     bench = load_benchmark()
-    args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", static_cache=True,
+    args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", prefill_mlp_rows=16,
+                              static_cache=True,
                               compile=True, new_tokens=150, decode_attention="flex")
     settings = vars(bench.job_settings(args))
     assert set(settings) == set(CaptionerConfig.model_fields)  # runs without pydantic, so it lists them all

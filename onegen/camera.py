@@ -7,6 +7,7 @@ the ground plane at z = 0 (the procedural world's convention).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,7 @@ def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
 
 def intrinsics_from_fov(fov_deg: float, height: int, width: int) -> np.ndarray:
     """K for a horizontal field of view, principal point at the image centre."""
-    f = 0.5 * width / np.tan(np.deg2rad(fov_deg) / 2)
+    f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
 
 

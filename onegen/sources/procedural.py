@@ -12,6 +12,7 @@ Conventions: world z-up, ground plane z = 0, metres; cameras as in ``onegen.came
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,10 @@ import numpy as np
 
 from onegen.camera import Camera, intrinsics_from_fov, look_at
 
-RENDERER_VERSION = "2"  # bump whenever a scene's pixels or captions change
+# bump whenever a scene's pixels or captions change. 3: scalar trigonometry through ``math`` (libm), not numpy,
+# whose kernels differ in the last bit between CPUs (AVX-512 machines take SVML's): the same seed gave another
+# world, captions included, on another machine
+RENDERER_VERSION = "3"
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")
 COLORS = {  # the ten GenEval colours
@@ -168,7 +172,7 @@ def sample_scene(seed: int, min_objects: int = 2, max_objects: int = 6, include:
     for identity in identities:
         for _ in range(PLACEMENT_TRIES):
             rho, phi = PLACEMENT_RADIUS * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
-            new = SceneObject(*identity, position=(float(rho * np.cos(phi)), float(rho * np.sin(phi))),
+            new = SceneObject(*identity, position=(float(rho * math.cos(phi)), float(rho * math.sin(phi))),
                               yaw=float(rng.uniform(0, 2 * np.pi)), instance_id=0)
             if all(_gap(new, other) >= CLEARANCE for other in placed):
                 placed.append(new)
@@ -181,7 +185,7 @@ def sample_scene(seed: int, min_objects: int = 2, max_objects: int = 6, include:
     ids = rng.permutation(len(placed)) + 1
     objects = sorted((replace(o, instance_id=int(k)) for o, k in zip(placed, ids)), key=lambda o: o.instance_id)
     az, el = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(35, 65))
-    light = (float(np.cos(el) * np.cos(az)), float(np.cos(el) * np.sin(az)), float(np.sin(el)))
+    light = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
     grey = int(rng.integers(120, 181))
     ground = tuple(int(np.clip(grey + rng.integers(-10, 11), 0, 255)) for _ in range(3))
     return Scene(tuple(objects), int(seed), light, ground)
@@ -192,8 +196,8 @@ def sample_scene(seed: int, min_objects: int = 2, max_objects: int = 6, include:
 
 def _orbit_camera(azimuth_deg: float, elevation_deg: float, radius: float, K: np.ndarray,
                   height: int, width: int) -> Camera:
-    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
-    eye = np.asarray(TARGET) + radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    eye = np.asarray(TARGET) + radius * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
     return Camera(K, look_at(eye, TARGET), height, width)
 
 
@@ -319,7 +323,7 @@ class _Frame:
 
     def __init__(self, obj: SceneObject):
         self.x, self.y = np.float32(obj.position[0]), np.float32(obj.position[1])
-        self.c, self.s = np.float32(np.cos(obj.yaw)), np.float32(np.sin(obj.yaw))
+        self.c, self.s = np.float32(math.cos(obj.yaw)), np.float32(math.sin(obj.yaw))
 
     def point(self, x, y, z):
         x, y = x - self.x, y - self.y
@@ -544,7 +548,9 @@ def caption(scene: Scene, camera: Camera, render: Render | None = None) -> str:
     centre projects into the image. Relations compare projected centres and are stated only when
     they hold for every pair of the two categories' objects, so they are never ambiguous.
     """
-    rng = np.random.default_rng([scene.seed, zlib.crc32(np.ascontiguousarray(camera.world_to_camera).tobytes())])
+    # seeded by the camera rounded to 1e-9: its last bits could still differ between machines somewhere upstream
+    pose = np.round(np.asarray(camera.world_to_camera, dtype=np.float64), 9) + 0.0  # + 0.0: no -0.0 bytes
+    rng = np.random.default_rng([scene.seed, zlib.crc32(np.ascontiguousarray(pose).tobytes())])
     visible = _visible(scene, camera, render)
     opener = _OPENERS[int(rng.integers(len(_OPENERS)))]
     if not visible:

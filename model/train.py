@@ -25,6 +25,9 @@ its losses bit for bit (CPU). The same global batch also comes out of 2 ranks ×
 and 1 rank × 2 micro-steps, so DDP is checked against a single process, and a run can resume
 on another number of GPUs as long as world × grad_accum stays the same (it warns otherwise).
 With ``reader.num_workers > 0`` the stream also depends on the number of loader workers.
+A run resumes only on the data it was trained on (``data_identity``, the shards' own hashes): DVC
+reruns ``train`` when the shards change, and then the old checkpoints move aside and the recipe
+starts over.
 """
 
 from __future__ import annotations
@@ -176,6 +179,32 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[list[Path]]:
                 check_latents(d, params)
         out.append(dirs)
     return out
+
+
+def data_identity(cfg: TrainConfig, dirs: list[list[Path]]) -> dict[str, str]:
+    """What the recipe trains on, per family folder of the stages that take steps: its shards' sha256 (from its
+    ``stats.json`` manifest), hashed. A checkpoint made on other data of a family is never resumed (``_train``)."""
+    out = {}
+    for d in sorted({d for stage, ds in zip(cfg.stages, dirs) if stage.steps for d in ds}):
+        h = hashlib.sha256()
+        for shard in json.loads((d / "stats.json").read_text())["manifest"]:
+            h.update(shard["sha256"].encode())
+        out[d.name] = h.hexdigest()[:16]
+    return out
+
+
+def set_aside(out_dir: Path, tag: str) -> Path:
+    """Move ``out_dir``'s checkpoints (``step_*``, ``latest``) into ``out_dir/superseded-<tag>[-k]``."""
+    aside = out_dir / f"superseded-{tag}"
+    k = 1
+    while aside.exists():
+        k += 1
+        aside = out_dir / f"superseded-{tag}-{k}"
+    aside.mkdir()
+    for p in [*out_dir.glob("step_*"), out_dir / "latest"]:
+        if p.exists():
+            p.rename(aside / p.name)
+    return aside
 
 
 def check_latents(directory: Path, params: Params) -> None:
@@ -605,8 +634,20 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)
     dist.barrier()
+    data_id = data_identity(cfg, dirs)
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
+    changed = sorted(f for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)
+    if changed:
+        # DVC reruns this stage when its shards change and keeps the checkpoints (persisted, so that a killed run
+        # resumes): resumed, a finished run would train no step on the new data and report the old model as new.
+        # A family added to or dropped from the recipe (a lengthened recipe) is no change of data.
+        if dist.main:
+            aside = set_aside(out_dir, ckpt.name)
+            tqdm.write(f"train: {ckpt} was trained on other {', '.join(changed)} shards; its checkpoints moved to "
+                       f"{aside}, training from step 0")
+        dist.barrier()
+        ckpt, meta = None, {}
     start = int(meta.get("step", 0))
     if ckpt and "model_config" in meta and not is_architecture_of(meta["model_config"], params.model.size):
         raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model, not the architecture of "
@@ -726,7 +767,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", stage=stage.name)
             window.reset()
         if is_checkpoint_step(cfg, step):
-            meta = {"step": step, "stage": stage.name, "stage_index": si, "config_hash": chash, "slots": slots,
+            meta = {"step": step, "stage": stage.name, "stage_index": si, "config_hash": chash,
+                    "data_identity": data_id, "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
                     "model_config": model_cfg.to_dict(), "loss": record.get("loss"),
                     "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights},
@@ -739,7 +781,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
 
     summary = {"step": step, "total_steps": total, "checkpoint": str(last_ckpt) if last_ckpt else None,
                "loss": record.get("loss"), "resumed_from": start, "world_size": dist.world,
-               "read_problems": len(report.problems), "config_hash": chash,
+               "read_problems": len(report.problems), "config_hash": chash, "data_identity": data_id,
                "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights}}
     if dist.main:
         write_json(log_dir / "summary.json", summary)

@@ -29,20 +29,27 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_project")
+def build_project(root: Path, seed: int | None = None) -> Path:
+    """A tiny world and the shards of FAMILIES under ``root``, built by the CLI (``seed``: another world)."""
     d = yaml.safe_load(profile_path("default").read_text())
     d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
     d["world"].update(scenes=6, id_groups=3, resolution=32, records_per_shard=4)
     d["shards"]["max_samples_per_shard"] = 8
     d["reader"]["shuffle_buffer"] = 16  # every data-stream restart refills it
+    if seed is not None:
+        d["seed"] = seed
+    root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(d))
     runner = CliRunner()
     for args in [["world"]] + [["shards", f] for f in FAMILIES]:
         r = runner.invoke(app, args + ["-p", str(root / "params.yaml")])
         assert r.exit_code == 0, r.output
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return build_project(tmp_path_factory.mktemp("train_project"))
 
 
 def run_params(project: Path, name: str):
@@ -122,6 +129,26 @@ def test_a_recipe_shorter_than_its_checkpoint_is_one_clear_error(project):
     short = cfg.model_copy(update={"stages": [cfg.stages[0]]})
     with pytest.raises(ValueError, match=r"at step 14, past the recipe's 6 steps"):
         train(run_params(project, "ref"), short)
+
+
+def test_checkpoints_of_other_data_are_set_aside_not_resumed(project, tmp_path):
+    """What `dvc repro` meets once the shards changed: the finished run's persisted checkpoints were made on the
+    old data. They move aside, the recipe trains from step 0, and a rerun on the same data resumes as before."""
+    cfg = finished_reference_run(project)
+    out = tmp_path / "ck"
+    shutil.copytree(cfg.out_dir, out)
+    params = load_params(build_project(tmp_path / "other", seed=123) / "params.yaml")  # another world
+    summary = train(params, cfg.model_copy(update={"out_dir": out}))
+    assert summary["resumed_from"] == 0 and summary["step"] == 14
+    old = json.loads((cfg.out_dir / "step_0000014" / "meta.json").read_text())["data_identity"]
+    assert old.keys() == summary["data_identity"].keys() == set(FAMILIES)
+    assert all(summary["data_identity"][f] != old[f] for f in FAMILIES)
+    aside = out / "superseded-step_0000014"
+    assert sorted(p.name for p in aside.iterdir()) == sorted(p.name for p in cfg.out_dir.iterdir())
+    assert load_file(aside / "step_0000014" / "model.safetensors").keys()  # kept whole, not rewritten
+    again = train(params, cfg.model_copy(update={"out_dir": out}))
+    assert again["resumed_from"] == 14 and again["data_identity"] == summary["data_identity"]
+    assert [p.name for p in out.glob("superseded-*")] == [aside.name]
 
 
 def test_resuming_another_model_size_is_one_clear_error(project):

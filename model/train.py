@@ -59,7 +59,7 @@ from onegen.config import ConfigError, Params, TrainConfig, TrainStage, load_par
 from onegen.jsonl import append_jsonl
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
-from onegen.shards.writer import atomic_write_bytes, write_json
+from onegen.shards.writer import atomic_write_bytes, content_identity, write_json
 
 SIGMA_BINS = 5
 # dense bf16 / fp32 peak FLOP/s per GPU (SXM parts); MFU is reported against these
@@ -182,15 +182,10 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[list[Path]]:
 
 
 def data_identity(cfg: TrainConfig, dirs: list[list[Path]]) -> dict[str, str]:
-    """What the recipe trains on, per family folder of the stages that take steps: its shards' sha256 (from its
-    ``stats.json`` manifest), hashed. A checkpoint made on other data of a family is never resumed (``_train``)."""
-    out = {}
-    for d in sorted({d for stage, ds in zip(cfg.stages, dirs) if stage.steps for d in ds}):
-        h = hashlib.sha256()
-        for shard in json.loads((d / "stats.json").read_text())["manifest"]:
-            h.update(shard["sha256"].encode())
-        out[d.name] = h.hexdigest()[:16]
-    return out
+    """What the recipe trains on: each family folder's ``content_identity`` (its shards' own hashes), for the
+    stages that take steps. A checkpoint made on other data of a family is never resumed (``_train``)."""
+    return {d.name: content_identity(json.loads((d / "stats.json").read_text()))
+            for d in sorted({d for stage, ds in zip(cfg.stages, dirs) if stage.steps for d in ds})}
 
 
 def set_aside(out_dir: Path, tag: str) -> Path:

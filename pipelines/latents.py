@@ -31,7 +31,7 @@ from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors
-from onegen.shards.writer import ShardLimits, build_shards, write_json
+from onegen.shards.writer import ShardLimits, build_shards, content_identity, write_json
 from pipelines.shards import StageError, family_dir
 
 PASS_THROUGH = ("rays", "latent", "text")
@@ -129,7 +129,8 @@ def run(params: Params, family: str) -> dict:
                             codec, text, records)
 
     out = latents_dir(params, family)
-    fp = fingerprint("latents", family, source.stats["fingerprint"], identity, params.latents.batch_size)
+    fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
+                     params.latents.batch_size)
     stats = build_shards(out, len(source), lambda i: encoded(i // chunk)[i % chunk],
                          ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp,
                          desc=f"latents {family}",

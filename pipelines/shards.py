@@ -38,7 +38,7 @@ from onegen.families import (MODEL_ANNOTATORS, PHOTO, PHOTO_INFO, Annotation, Bu
 from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import append_jsonl, shard_logger
-from onegen.shards.writer import (ItemFailure, finish_shards, finished_shard, plan_ranges,
+from onegen.shards.writer import (ItemFailure, content_identity, finish_shards, finished_shard, plan_ranges,
                                   remove_stale_temporaries, write_shard)
 from onegen.sources import open_source
 from onegen.sources.world_records import RECORD_TASK
@@ -268,8 +268,8 @@ def make_plan(params: Params, family: str) -> Plan:
     notes += [{"annotator": a, "key": MODEL_ANNOTATORS[a].keys, "what": MODEL_ANNOTATORS[a].what, "source": source,
                "kind": kind, "items": n, "effect": "used" if a in available else "not applied"}
               for (source, kind, a), n in sorted(wanted.items())]
-    world_fp = (json.loads((world_dir(params) / "stats.json").read_text())["fingerprint"]
-                if "world" in infos else None)
+    world_stats = json.loads((world_dir(params) / "stats.json").read_text()) if "world" in infos else None
+    world_fp = (world_stats["fingerprint"], content_identity(world_stats)) if world_stats else None
     annotator_cfgs = {a: getattr(params.annotators, MODEL_ANNOTATORS[a].block).model_dump(mode="json") for a in used}
     fp = fingerprint("shards", families.VERSION, family, fam.model_dump(mode="json"), params.seed, world_fp,
                      {n: params.sources[n].model_dump(mode="json") for n in infos if n != "world"},

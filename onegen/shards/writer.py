@@ -15,8 +15,9 @@ histogram, fingerprint). Two ways to cut the ranges:
 * A shard is written to a hidden temporary name and renamed when complete, so a kill leaves
   no partial shard visible; its sidecar is written (atomically) after the rename, and a shard
   counts as finished only when both exist and agree.
-* A rerun skips finished shards whose fingerprint (the inputs' hash) matches; a missing shard
-  is rebuilt from its recorded item range, so it comes back byte-identical.
+* A rerun skips finished shards whose fingerprint (the inputs' hash: a derived folder's includes its
+  input folder's ``content_identity``) matches; a missing shard is rebuilt from its recorded item
+  range, so it comes back byte-identical.
 * Tar headers carry no time, user or host, and members are written in a fixed order.
 * Planned shards go through a per-process temporary name, so two writers of one shard (a
   worker of an aborted run still finishing) never interleave; both rename identical bytes.
@@ -297,6 +298,16 @@ def _remove_beyond(out_dir: Path, n_shards: int) -> None:
     for path in out_dir.glob("shard-*"):
         if int(path.name[len("shard-"):].split(".")[0]) >= n_shards:
             path.unlink()
+
+
+def content_identity(stats: dict) -> str:
+    """A finished folder's content, from its ``stats.json``: the hash of its shards' own sha256, in order. A
+    derived folder puts it in its fingerprint, so that new input bytes under an unchanged config (code changed
+    without a version bump, another machine's floats) never pass for the input its finished shards were made of."""
+    h = hashlib.sha256()
+    for entry in stats["manifest"]:
+        h.update(entry["sha256"].encode())
+    return h.hexdigest()[:16]
 
 
 def dataset_stats(entries: list[dict], fingerprint: str) -> dict:

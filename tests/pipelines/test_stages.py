@@ -126,3 +126,32 @@ def test_bad_params_give_one_line_and_exit_2(tmp_path):
 def test_unknown_family_is_refused():
     r = runner.invoke(app, ["shards", "pose"])
     assert r.exit_code == 2 and "unknown family" in r.output
+
+
+def test_shards_of_another_world_are_rebuilt_not_kept(tmp_path, monkeypatch):
+    """A world rebuilt with other bytes under the same config (another machine's floats, a renderer changed
+    without its version bump): the family's finished shards were made of the old one, so they are rebuilt."""
+    import shutil
+
+    from onegen.sources import procedural
+
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(tmp_path / "data"), "reports": str(tmp_path / "reports")}
+    d["world"].update(scenes=2, id_groups=0, resolution=32, records_per_shard=4)
+    d["shards"]["families"]["text2image"]["sources"] = ["world"]
+    d["build"].update(executor="local", cpu_workers=1)  # in this process: the patch below reaches the renderer
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    params = str(tmp_path / "params.yaml")
+
+    def build() -> list[str]:
+        for args in (["world"], ["shards", "text2image"]):
+            r = runner.invoke(app, args + ["-p", params])
+            assert r.exit_code == 0, r.output
+        return [s.caption for s in _samples(tmp_path, "text2image")]
+
+    before = build()
+    shutil.rmtree(tmp_path / "data/world")
+    monkeypatch.setattr(procedural, "caption", lambda scene, camera, render=None: "A changed world.")
+    after = build()
+    assert len(after) == len(before) == 8 and "A changed world." not in before
+    assert all(c.endswith("A changed world.") for c in after)

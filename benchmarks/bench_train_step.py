@@ -177,8 +177,10 @@ def main() -> None:
             free()
         # 8 views at batch 4 (32k tokens a step) ran an H200 out of memory in eager mode: batch 1 is 8k tokens
         rows = [("ours, Lumina2 shape (1 view)", 1, latent, batch)] if "ours" in rows_wanted else []
-        rows += [("ours, Lumina2 shape (2 views 256²)", 2, latent // 2, batch)] if "2view" in rows_wanted else []
-        rows += [("ours, Lumina2 shape (8 views 256²)", 8, latent // 2, max(1, batch // 4))] if "8view" in rows_wanted else []
+        side = latent // 2 * 8  # pixels
+        rows += [(f"ours, Lumina2 shape (2 views {side}²)", 2, latent // 2, batch)] if "2view" in rows_wanted else []
+        rows += ([(f"ours, Lumina2 shape (8 views {side}²)", 8, latent // 2, max(1, batch // 4))]
+                 if "8view" in rows_wanted else [])
         if rows:
             measured = ours_rows(cfg, rows, compile_)
             if "ours, Lumina2 shape (1 view)" in measured:
@@ -189,8 +191,8 @@ def main() -> None:
     if "2.8b" in rows_wanted and args.quick:
         print("onediffusion-2.8b row skipped under --quick: with AdamW it needs ~45 GB")
     elif "2.8b" in rows_wanted:
-        ours_rows(CONFIGS["onediffusion-2.8b"], [("ours, onediffusion-2.8b (2 views 256²)", 2, latent // 2, batch)],
-                  modes[-1])
+        ours_rows(CONFIGS["onediffusion-2.8b"],
+                  [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
     for c in modes:
         if ("ours", c) in results and ("lumina", c) in results:
             print(f"ratio ours/diffusers img/s (compile={c}): {results['ours', c]['img_s'] / results['lumina', c]['img_s']:.2f}")

@@ -13,18 +13,19 @@ get() { local dir=$1; shift
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
           --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
           --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$dir" "$@"; }
-pinned() { for name in "$@"; do grep -i "^${name}==" constraints.txt || { echo "$name not in constraints.txt" >&2; exit 1; }; done; }
+pinned() { for name in "$@"; do grep -i "^${name}==" constraints.txt || { echo "$name not in constraints.txt" >&2; return 1; }; done; }
 for set in ${*:-base}; do
   case $set in
-    base) get .whl $(pinned diffusers transformers huggingface_hub tokenizers safetensors hf-xet pydantic pydantic_core \
+    base) wanted=$(pinned diffusers transformers huggingface_hub tokenizers safetensors hf-xet pydantic pydantic_core \
             annotated-types typing-inspection typing_extensions webdataset braceexpand importlib_metadata zipp typer \
-            click httpx2 httpcore2 anyio idna h11 truststore)
+            click httpx2 httpcore2 anyio idna h11 truststore)  # a name missing from constraints.txt stops here
+          rm -rf .whl && get .whl $wanted
           du -sh .whl ;;
     fa4)  tmp=$(mktemp -d)
           get "$tmp" flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
             nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 "apache-tvm-ffi<0.2,>=0.1.11" \
             torch-c-dlpack-ext quack-kernels einops "cuda-bindings>=13,<14" cuda-pathfinder protobuf
-          mkdir -p .fa4_a .fa4_b
+          rm -rf .fa4_a .fa4_b && mkdir -p .fa4_a .fa4_b
           libs=$(ls "$tmp"/nvidia_cutlass_dsl_libs_cu13-*.whl)
           md5sum "$libs" | cut -d' ' -f1 >.fa4_b/libs_cu13.md5
           basename "$libs" >.fa4_b/libs_cu13.name

@@ -208,10 +208,12 @@ def compile_prefill_layers(model) -> None:
     input. The layers share one code object, but dynamo guards on each layer's ``layer_idx`` (an int
     attribute, which it keeps static): each layer gets its own graph (Inductor's cache makes the later
     ones cheap), so the caller must allow a recompile per layer (``layer_recompiles``). The decode
-    step's whole-model compile traces through them as through plain modules. Idempotent."""
+    step's whole-model compile traces through them as through plain modules. A ``RowChunkedMLP``'s inner MLP is
+    compiled on its own (its chunk loop stays outside the layer's graph). Idempotent."""
     for layer in model.get_decoder().layers:
         if layer._compiled_call_impl is None:
             layer.compile(dynamic=True)
+        _compile_chunked_mlp(layer)
 
 
 class RowChunkedMLP(torch.nn.Module):
@@ -230,7 +232,19 @@ class RowChunkedMLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1 or x.shape[0] <= self.rows:
             return self.mlp(x)
-        return torch.cat([self.mlp(part) for part in x.split(self.rows)])
+        return self._in_chunks(x)
+
+    @torch.compiler.disable
+    def _in_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        # Outside the compiled layer: traced, the chunk count would be a constant and each batch size a new graph of
+        # every layer. The inner MLP is compiled on its own where the layers are (``compile_prefill_layers``).
+        out = None
+        for start in range(0, x.shape[0], self.rows):
+            part = self.mlp(x[start : start + self.rows])
+            if out is None:  # written in place: chunks then a cat would hold the output twice
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[start : start + self.rows] = part
+        return out
 
 
 def chunk_prefill_mlps(model, rows: int) -> None:
@@ -240,6 +254,13 @@ def chunk_prefill_mlps(model, rows: int) -> None:
             layer.mlp.rows = rows
         else:
             layer.mlp = RowChunkedMLP(layer.mlp, rows)
+        if layer._compiled_call_impl is not None:
+            _compile_chunked_mlp(layer)
+
+
+def _compile_chunked_mlp(layer) -> None:
+    if isinstance(layer.mlp, RowChunkedMLP) and layer.mlp.mlp._compiled_call_impl is None:
+        layer.mlp.mlp.compile(dynamic=True)
 
 
 def layer_recompiles(model):

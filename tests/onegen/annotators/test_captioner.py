@@ -171,6 +171,32 @@ def test_prefill_mlp_row_chunks_change_no_token_and_leave_decode_whole(cfg, capt
         base.model.get_decoder().layers[0].mlp))  # re-set, not wrapped twice
 
 
+def test_prefill_mlp_row_chunks_compile_once_for_every_batch_size(cfg, captioner, caplog):
+    """Under compiled prefill layers (CUDA's path, here on the CPU) the chunk loop stays outside the layer graphs:
+    batches of 5, 5, 2 rows and then 3, 3, 3, 3 (chunks of 2) add no graph past the first, and never hit the limit."""
+    from torch._dynamo.utils import counters
+
+    from onegen.annotators.captioner import use_packed_gqa_sdpa
+
+    base, ims = captioner.vlm, images(SIZES * 2)
+    whole = token_ids(base, ims, min_new_tokens=6)
+    model = type(base.model)._from_config(base.model.config, dtype=torch.float32).eval()
+    model.load_state_dict(base.model.state_dict())
+    use_packed_gqa_sdpa(model)
+    compile_prefill_layers(model)
+    torch._dynamo.reset()
+    graphs = []
+    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING", logger="torch._dynamo"):
+        for batch in (5, 3):
+            vlm = TransformersVLM(model, base.processor, cfg.model_copy(update={"prefill_mlp_rows": 2,
+                                                                               "batch_size": batch}),
+                                  captioner.instruction)
+            assert token_ids(vlm, ims, min_new_tokens=6) == whole
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert "recompile_limit" not in caplog.text
+    assert graphs[1] == graphs[0]
+
+
 def test_packed_gqa_decode_attention_equals_stock_sdpa():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

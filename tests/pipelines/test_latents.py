@@ -115,3 +115,26 @@ def test_training_on_latents_runs_and_refuses_other_weights(project, tmp_path):
     other = params.model_copy(update={"seed": params.seed + 1})  # another seed = another random VAE
     with pytest.raises(ValueError, match="rerun `onegen latents"):
         train(other)
+
+
+def test_latents_of_other_shards_are_rebuilt_not_kept(project, tmp_path, monkeypatch):
+    """A family's shards rebuilt with other bytes under the same fingerprint (its code changed without a version
+    bump): the finished latents were made of the old shards, so they are rebuilt rather than skipped."""
+    import shutil
+
+    from onegen import families
+
+    root = tmp_path / "p"
+    shutil.copytree(project, root)
+    d = yaml.safe_load((project / "params.yaml").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["build"].update(executor="local", cpu_workers=1)  # in this process: the patch below reaches the family code
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    p = str(root / "params.yaml")
+    before = {s.caption for s in _read(root / "data/latents/text2image")}
+    shutil.rmtree(root / "data/shards/text2image")
+    monkeypatch.setattr(families, "_view_captions", lambda record, view, annotations: ("Other shards.", {}))
+    _invoke("shards", "text2image", "-p", p)
+    _invoke("latents", "text2image", "-p", p)
+    assert "Other shards." not in before
+    assert {s.caption for s in _read(root / "data/latents/text2image")} == {"Other shards."}

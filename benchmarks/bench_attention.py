@@ -80,6 +80,26 @@ def time_call(fn, q, k, v, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def time_variant(name: str, make, q, k, v, iters: int, exact: torch.Tensor, flops: float) -> dict | None:
+    """Build one variant, time it and check its output against ``exact``; None, with a line saying why, where it
+    fails (a tile that does not fit shared memory, a backend this build or device lacks): the others still count."""
+    try:
+        fn = make()
+        sec = time_call(fn, q, k, v, iters)
+        with torch.no_grad():
+            err = (fn(q, k, v).float() - exact).abs().max().item()
+    except Exception as e:
+        print(f"{name:42s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+        return None
+    return {"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "max_abs_err": err}
+
+
+def print_row(row: dict) -> None:
+    vs = f"speed vs SDPA {row['vs_sdpa']:.2f}" if row.get("vs_sdpa") else ""
+    print(f"{row['name']:42s} {row['ms']:8.3f} ms {row['tflops']:7.1f} TFLOP/s  {vs}  max|err| {row['max_abs_err']:.1e}",
+          flush=True)
+
+
 def cross_attention_rows(b: int, h: int, hkv: int, n: int, d: int, text_len: int, iters: int, device, dtype) -> list:
     """The block's caption cross-attention, as the model calls it (queries against the caption's keys tiled to
     every head, a padding mask, no cap), against kernels that could take it: which one SDPA picks for a boolean
@@ -124,16 +144,9 @@ def cross_attention_rows(b: int, h: int, hkv: int, n: int, d: int, text_len: int
           f"({valid.tolist()} valid), {h} heads, d {d}")
     rows = []
     for name, make in variants.items():
-        try:
-            fn = make()
-            sec = time_call(fn, q, k, v, iters)
-            with torch.no_grad():
-                err = (fn(q, k, v).float() - exact).abs().max().item()
-        except Exception as e:  # a backend this build or device lacks; the others still count
-            print(f"{name:42s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
-            continue
-        rows.append({"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "max_abs_err": err})
-        print(f"{name:42s} {sec * 1e3:8.3f} ms {flops / sec / 1e12:7.1f} TFLOP/s  max|err| {err:.1e}", flush=True)
+        if (row := time_variant(name, make, q, k, v, iters, exact, flops)) is not None:
+            print_row(row)
+            rows.append(row)
     return rows
 
 
@@ -192,20 +205,14 @@ def main() -> None:
         exact = {cap: softcapped_attention(q, k, v, args.softcap, "math").float(),
                  None: softcapped_attention(q, k, v, None, "math").float()}
     for name, make in variants.items():
-        try:
-            fn = make()
-            sec = time_call(fn, q, k, v, args.iters)
-            with torch.no_grad():
-                err = (fn(q, k, v).float() - exact[None if "no cap" in name else cap]).abs().max().item()
-        except Exception as e:  # a tile that does not fit shared memory fails to compile; the others still count
-            print(f"{name:42s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+        row = time_variant(name, make, q, k, v, args.iters, exact[None if "no cap" in name else cap], flops)
+        if row is None:
             continue
         if make is sdpa:
-            ref = sec
-        vs = f"speed vs SDPA {ref / sec:.2f}" if ref else ""
-        rows.append({"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "vs_sdpa": ref / sec if ref else None,
-                     "max_abs_err": err})
-        print(f"{name:42s} {sec * 1e3:8.3f} ms {flops / sec / 1e12:7.1f} TFLOP/s  {vs}  max|err| {err:.1e}", flush=True)
+            ref = row["ms"]
+        row["vs_sdpa"] = ref / row["ms"] if ref else None
+        print_row(row)
+        rows.append(row)
     try:
         rows += cross_attention_rows(b, h, hkv, n, d, 16 if args.quick else 256, args.iters, device, dtype)
     except Exception as e:  # the self-attention rows above still get written

@@ -46,6 +46,7 @@ for job in $JOBS; do
     # its data, shards, latents and checkpoints (several GB) go to LEARN_DIR; OUT gets the summary and grid
     # shards on an in-process Ray where it is installed (the same bytes as one process, faster). 1300 steps of
     # `small` at batch 64 take ~6.6 min on an H100 (0.31 s/step measured): inside the issue's 8 minutes, no probe.
+    # Since session 7 at the script's σ shift 1 and condition_prob 0.5; session 5's 1300 steps had 3 and 0.
     learn) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}" --scenes 1500 --views 8 \
              --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 1300 --vae-seconds 60

@@ -50,7 +50,7 @@ import torch.distributed as tdist
 import torch.nn as nn
 from tqdm import tqdm
 
-from model.loss import flow_matching_loss, sample_sigmas
+from model.loss import flow_matching_loss, given_views, sample_sigmas
 from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
@@ -507,8 +507,10 @@ class Window:
         self.t0 = time.perf_counter()
 
     @torch.no_grad()
-    def add_micro(self, loss, per_view, sigmas, groups: list[str], tokens: int, flops: float):
-        per_sample = per_view.double().mean(dim=1)
+    def add_micro(self, loss, per_view, sigmas, given, groups: list[str], tokens: int, flops: float):
+        """Target views only: a given (condition) view has no loss of its own."""
+        target = (~given).to(self.device, torch.float64)
+        per_sample = (per_view.double() * target).sum(dim=1) / target.sum(dim=1)
         gidx = torch.tensor([TASK_GROUPS.index(g) for g in groups], device=self.device)
         sidx = (sigmas.detach() * SIGMA_BINS).long().clamp_(0, SIGMA_BINS - 1).flatten()
         a = self.acc
@@ -516,8 +518,8 @@ class Window:
         a[self.N] += 1
         a[self.GROUP:self.GROUP + self.G].index_add_(0, gidx, per_sample)
         a[self.GCOUNT:self.GCOUNT + self.G].index_add_(0, gidx, torch.ones_like(per_sample))
-        a[self.SIG:self.SIG + SIGMA_BINS].index_add_(0, sidx, per_view.double().flatten())
-        a[self.SCOUNT:self.SCOUNT + SIGMA_BINS].index_add_(0, sidx, torch.ones_like(sidx, dtype=torch.float64))
+        a[self.SIG:self.SIG + SIGMA_BINS].index_add_(0, sidx, (per_view.double() * target).flatten())
+        a[self.SCOUNT:self.SCOUNT + SIGMA_BINS].index_add_(0, sidx, target.flatten())
         a[self.SAMPLES] += len(groups)
         a[self.TOKENS] += tokens
         a[self.FLOPS] += flops
@@ -735,11 +737,13 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     text, text_mask = text_enc(prompts)
             sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device)
             noise = torch.randn(latents.shape, generator=g).to(device)
+            given = given_views(latents.shape[:2], cfg.condition_prob, g).to(device)
             with autocast:
-                loss, per_view = flow_matching_loss(model, latents, text, text_mask, sigmas, noise)
+                loss, per_view = flow_matching_loss(model, latents, text, text_mask, sigmas, noise, given)
             (loss / cfg.grad_accum).backward()
             b, f, _, h, w = latents.shape
-            window.add_micro(loss, per_view, sigmas, batch["group"], tokens=b * f * h * w // patch_area,
+            window.add_micro(loss, per_view, sigmas.masked_fill(given, 0.0), given, batch["group"],
+                             tokens=b * f * h * w // patch_area,
                              flops=flops_of(tuple(latents.shape), text.shape[1], text.shape[2]))
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):

@@ -441,6 +441,9 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
     sigma_shift: float = Field(3.0, gt=0, description="SD3 shift of the logit-normal sigma (paper: 3)")
+    condition_prob: float = Field(0.0, ge=0, le=1, description="share of samples of 2+ views trained as the sampler's "
+                                  "conditional mode: a random subset of views given clean (sigma 0, no loss); "
+                                  "not in the paper, whose per-view sigma alone almost never reaches 0")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast / FSDP2 mixed precision on CUDA; CPU runs fp32")
     parallel: Literal["none", "ddp", "fsdp2"] = Field("ddp", description="how several ranks share the model")
     activation_checkpointing: bool = False

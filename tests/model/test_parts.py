@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.loss import flow_matching_loss, sample_sigmas, shift_sigmas
+from model.loss import flow_matching_loss, given_views, sample_sigmas, shift_sigmas
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents, view_order
@@ -67,6 +67,43 @@ def test_loss_is_zero_for_the_exact_velocity_and_positive_otherwise():
     assert loss.item() < 1e-8 and per_view.shape == (2, 3)
     loss0, _ = flow_matching_loss(lambda a, t, b, c: torch.zeros_like(a), x, None, None, sig, eps)
     assert loss0.item() > 0.5
+
+
+def test_given_views_keep_a_target_and_a_condition_in_each_conditional_sample():
+    g = torch.Generator().manual_seed(0)
+    given = given_views((4000, 4), 0.5, g)
+    conditional = given.any(dim=1)
+    assert 0.45 < conditional.float().mean() < 0.55
+    counts = given[conditional].sum(dim=1)
+    assert counts.min() == 1 and counts.max() == 3  # never all four, never none in a conditional sample
+    assert set(counts.tolist()) == {1, 2, 3}
+    assert not given_views((50, 1), 1.0, g).any()  # one view has nothing to condition on
+
+
+def test_given_views_at_probability_zero_leave_the_noise_stream_alone():
+    g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert not given_views((8, 4), 0.0, g).any()
+    assert torch.equal(torch.randn(5, generator=g), torch.randn(5, generator=ref))
+
+
+def test_loss_feeds_given_views_clean_at_sigma_zero_and_leaves_them_out():
+    x = torch.randn(3, 4, 16, 4, 4)
+    eps = torch.randn_like(x)
+    sig = torch.rand(3, 4) * 0.9 + 0.05
+    given = torch.tensor([[True, False, False, False], [False, False, False, False], [True, True, True, False]])
+    seen = {}
+
+    def oracle_on_targets(x_sigma, t, text, mask):  # exact velocity on targets, garbage on given views
+        seen["x"], seen["t"] = x_sigma, t
+        s = (t / 1000)[..., None, None, None]
+        v = (x_sigma - x) / s.clamp_min(1e-6)
+        return torch.where(given[..., None, None, None], torch.full_like(v, 7.0), v)
+
+    loss, per_view = flow_matching_loss(oracle_on_targets, x, None, None, sig, eps, given)
+    assert loss.item() < 1e-8
+    assert per_view[given].min() > 1.0  # logged per view, but not in the loss
+    assert torch.equal(seen["x"][given], x[given]) and (seen["t"][given] == 0).all()
+    assert (seen["t"][~given] > 0).all()
 
 
 def test_multiview_views_are_interleaved_and_encoded():

@@ -90,7 +90,8 @@ def _two_stage_cfg(out_dir: Path) -> TrainConfig:
     # stage end (6) is no multiple of checkpoint_every (4): streams restart at 4, 6, 8, 12
     return TrainConfig(stages=[TrainStage(name="t2i", families=["text2image"], steps=6, batch_size=4),
                                TrainStage(name="mixed", families=FAMILIES, steps=8, batch_size=4, caption_dropout=0.5)],
-                       lr=1e-3, warmup_steps=3, log_every=1, checkpoint_every=4, out_dir=out_dir)
+                       lr=1e-3, warmup_steps=3, log_every=1, checkpoint_every=4, out_dir=out_dir,
+                       condition_prob=0.5)  # its draws resume too
 
 
 def test_kill_and_resume_equals_uninterrupted(project):
@@ -312,3 +313,15 @@ def test_main_reads_train_section(project, tmp_path):
     train_mod.main(["--params", str(tmp_path / "p.yaml")])
     assert (tmp_path / "ck/latest").read_text().strip() == "step_0000002"
     shutil.rmtree(tmp_path / "ck")
+
+
+def test_logged_losses_leave_given_views_out():
+    window = train_mod.Window(torch.device("cpu"))
+    per_view = torch.tensor([[1.0, 3.0], [2.0, 4.0]])
+    sigmas = torch.tensor([[0.0, 0.5], [0.3, 0.5]])  # sample 0's first view is given (σ 0)
+    given = torch.tensor([[True, False], [False, False]])
+    window.add_micro(torch.tensor(3.0), per_view, sigmas, given, ["multiview", "image2image"], tokens=8, flops=1.0)
+    rec = window.record(train_mod.Dist(), peak=None)
+    assert rec["loss_multiview"] == 3.0 and rec["loss_image2image"] == 3.0
+    assert rec["loss_sigma_00_20"] is None  # the given view is no σ-0 target
+    assert rec["loss_sigma_20_40"] == 2.0 and rec["loss_sigma_40_60"] == 3.5

@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--images", type=int, help="images timed for ours, a multiple of --batch (default 2 batches)")
     ap.add_argument("--baseline-images", type=int, help="images timed for the naive loop, 0 = skip (default 32)")
-    ap.add_argument("--batch", type=int, help="our batch (default anyres 40, 64 with fp8; base 256; quick 4)")
+    ap.add_argument("--batch", type=int, help="our batch (default anyres 40, 96 with fp8 and --prefill-mlp-rows 16; base 256; quick 4)")
     ap.add_argument("--baseline-batch", type=int, default=8)
     ap.add_argument("--image-tokens", choices=["anyres", "base"], default="anyres")
     ap.add_argument("--quantize", choices=["none", "fp8"], default="none",
@@ -192,8 +192,11 @@ def main() -> None:
     if args.profile and args.device != "cuda":
         ap.error("--profile measures GPU kernel time: it needs --device cuda")
     q = args.quick
-    # CaptionerConfig's default batch, written out: this script runs without pydantic
-    args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else 64 if args.quantize == "fp8" else 40)
+    # CaptionerConfig's default batch (and fp8's prefill chunking with it), written out: this script runs without pydantic
+    fp8_default = not (args.batch or q) and args.image_tokens != "base" and args.quantize == "fp8"
+    args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else 96 if args.quantize == "fp8" else 40)
+    if fp8_default and args.prefill_mlp_rows is None:
+        args.prefill_mlp_rows = 16
     args.images = args.images or 2 * args.batch
     args.baseline_images = args.baseline_images if args.baseline_images is not None else (8 if q else 32)
     args.image_size = args.image_size or (64 if q else 672)

@@ -737,9 +737,12 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     text, text_mask = text_enc(prompts)
             sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device)
             noise = torch.randn(latents.shape, generator=g).to(device)
-            given = given_views(latents.shape[:2], cfg.condition_prob, g).to(device)
+            given = given_views(latents.shape[:2], cfg.condition_prob, g)
+            any_given = bool(given.any())  # none: the plain mean over views, bitwise the curve of a run without them
+            given = given.to(device)
             with autocast:
-                loss, per_view = flow_matching_loss(model, latents, text, text_mask, sigmas, noise, given)
+                loss, per_view = flow_matching_loss(model, latents, text, text_mask, sigmas, noise,
+                                                    given if any_given else None)
             (loss / cfg.grad_accum).backward()
             b, f, _, h, w = latents.shape
             window.add_micro(loss, per_view, sigmas.masked_fill(given, 0.0), given, batch["group"],

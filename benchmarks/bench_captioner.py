@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--decode-attention", choices=["sdpa", "flex"], default="sdpa",
                     help="the compiled decode step's attention: packed-GQA SDPA or flex (split-KV decoding)")
     ap.add_argument("--prefill-mlp-rows", type=int, help="each decoder MLP on at most this many images in prefill "
-                                                         "(caps the prefill's peak memory; default: the whole batch)")
+                                                         "(caps the prefill's peak memory; default: 16 with fp8, else the whole batch)")
     ap.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--new-tokens", type=int, default=150)
@@ -193,9 +193,8 @@ def main() -> None:
         ap.error("--profile measures GPU kernel time: it needs --device cuda")
     q = args.quick
     # CaptionerConfig's default batch (and fp8's prefill chunking with it), written out: this script runs without pydantic
-    fp8_default = not (args.batch or q) and args.image_tokens != "base" and args.quantize == "fp8"
     args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else 96 if args.quantize == "fp8" else 40)
-    if fp8_default and args.prefill_mlp_rows is None:
+    if args.quantize == "fp8" and args.prefill_mlp_rows is None:
         args.prefill_mlp_rows = 16
     args.images = args.images or 2 * args.batch
     args.baseline_images = args.baseline_images if args.baseline_images is not None else (8 if q else 32)

@@ -152,8 +152,8 @@ def main() -> None:
     # Session 5 trained at the paper's 1024² shift 3 and the profile's condition_prob 0: depth came out
     # right, but the generated images were blobs placed without regard to their depth condition.
     ap.add_argument("--sigma-shift", type=float, default=1.0,
-                    help="train σ shift; 1 = the paper's plain LogNorm(0, 1) and SD3's rule for 64 tokens a view "
-                         "(shift 3 is its 1024² figure, which leaves ~2%% of target views below σ 0.3)")
+                    help="train σ shift; 1 = the paper's plain LogNorm(0, 1) (shift 3, the 1024² figure, leaves "
+                         "~3%% of target views below σ 0.3, and the sampler's dynamic shift at 64 tokens a view is 1.6)")
     ap.add_argument("--condition-prob", type=float, default=0.5,
                     help="share of samples of 2+ views trained as conditional sampling runs them (train.condition_prob)")
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")

@@ -50,10 +50,20 @@ def transformer_weights(path: Path) -> Path:
     return path
 
 
+def _checkpoint_meta(weights: Path) -> dict:
+    meta_file = weights.with_name("meta.json")
+    return json.loads(meta_file.read_text()) if weights.is_file() and meta_file.is_file() else {}
+
+
+def given_label_for(meta: dict) -> str:
+    """Given views are labelled as the model saw them in training: σ 0 when the trainer gave it clean
+    views (``train.condition_prob > 0``), else the released pipeline's smallest σ."""
+    return "zero" if meta.get("condition_prob", 0) > 0 else "released"
+
+
 def _load_transformer(weights: Path, size: str, device) -> NextDiT:
     if weights.is_file():
-        meta_file = weights.with_name("meta.json")
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        meta = _checkpoint_meta(weights)
         if "model_config" in meta and not is_architecture_of(meta["model_config"], size):
             raise ValueError(f"model predictor: {weights.parent} holds a {meta.get('model_size')!r} model but "
                              f"model.size is {size!r}")
@@ -93,6 +103,7 @@ class ModelPredictor:
         self.checkpoint = checkpoint
         weights = transformer_weights(self.checkpoint)
         self.model = _load_transformer(weights, params.model.size, self.device).eval()
+        self.given_label = given_label_for(_checkpoint_meta(weights))
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
@@ -103,7 +114,7 @@ class ModelPredictor:
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
-            self.normalize_rays]).encode()).hexdigest()[:16]
+            self.normalize_rays, self.given_label]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
@@ -127,7 +138,7 @@ class ModelPredictor:
 
     def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str], ids: list[str]) -> torch.Tensor:
         return sample(self._denoise, views.to(self.device), start, self._cond(prompts), steps=self.steps,
-                      cfg_scale=self.cfg_scale, generator=self._generators(ids))
+                      cfg_scale=self.cfg_scale, generator=self._generators(ids), given_label=self.given_label)
 
     def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
         z = self.codec.encode(_to_unit([it["rgb"] for it in items]).to(self.device))
@@ -197,6 +208,6 @@ class ModelPredictor:
             z = self.codec.encode(_to_unit(it["images"]).to(self.device))[None]
             cams = estimate_cameras(self._denoise, z, it["K"], h, w, self._cond([f"{tasks.MULTIVIEW} a photo"]),
                                     steps=self.steps, cfg_scale=self.cfg_scale,
-                                    generator=self._generators([it["id"]]))[0]
+                                    generator=self._generators([it["id"]]), given_label=self.given_label)[0]
             out.append((np.stack([c.rotation for c in cams]), np.stack([c.centre for c in cams])))
         return out

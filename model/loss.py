@@ -7,7 +7,8 @@ to act as condition (σ near 0) or target (σ near 1), which is what lets one mo
 
 Near 0 is rarer than it sounds: at shift 3 a view is below σ = 0.1 once in ~2000 draws, and the
 sampler feeds its condition views clean. ``given_views`` is the optional remedy (not in the
-paper): some samples train exactly as the sampler's conditional mode runs them, a random subset of
+paper): some samples train as the sampler's conditional mode runs them with
+``given_label='zero'`` (which the model predictor picks for such checkpoints): a random subset of
 their views clean at σ = 0 and out of the loss, the rest targets with their own σ.
 """
 
@@ -67,4 +68,4 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     if given is None:
         return per_view.mean(), per_view.detach()
     target = (~given).to(per_view.dtype)
-    return (per_view * target).sum() / target.sum(), per_view.detach()
+    return (per_view * target).sum() / target.sum().clamp_min(1), per_view.detach()

@@ -12,10 +12,13 @@ Every sampling mode is a *start strength* per view (UniCon's knob), ``start[b, f
 
 * ``1``      generate from pure noise (a target view);
 * ``0``      given: a condition view, fed clean and written back clean after every step. Its
-             timestep is **the schedule's smallest non-zero σ** (σ_{N−1}·1000), not 0: that is
-             what the released pipeline feeds (``scheduler.timesteps[-1]``, although the paper
-             says t = 0), the smallest σ the released checkpoint ever saw at inference, and what
-             our trained model (σ ~ shifted LogNorm, never exactly 0) is closest to;
+             timestep is by default **the schedule's smallest non-zero σ** (σ_{N−1}·1000), not 0:
+             that is what the released pipeline feeds (``scheduler.timesteps[-1]``, although the
+             paper says t = 0), the smallest σ the released checkpoint ever saw at inference, and
+             what a model trained on σ ~ shifted LogNorm alone (never exactly 0) is closest to.
+             ``given_label='zero'`` feeds 0 instead, as the paper says and as a model trained with
+             ``train.condition_prob > 0`` saw its given views (a tiny model trained only that way
+             ignored a given view labelled with the smallest σ: tests/model/test_learned_conditioning.py);
 * ``0<s<1``  coarse: start from the view noised to σ = s and denoise it alongside the others.
              Its schedule is the base schedule scaled by s, ``σ_f,k = s·σ_k``, so it starts at s
              and reaches 0 at the same last step as the others (in σ per step it moves s times
@@ -248,6 +251,7 @@ def sample(
     hold: Tensor | None = None,
     partial: dict | None = None,
     return_trajectory: bool = False,
+    given_label: Literal["released", "zero"] = "released",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Sample a sequence of views; see the module docstring for the modes.
 
@@ -273,6 +277,8 @@ def sample(
             optimizer; here it is fixed). This backpropagates through the denoiser: it must be
             differentiable (no ``torch.no_grad`` inside) and costs a backward pass per step.
         return_trajectory: also return the states ``[steps + 1, B, F, C, H, W]`` (CPU), state 0 first.
+        given_label: the timestep of given (start 0) views: ``'released'``, the schedule's smallest
+            non-zero σ, or ``'zero'`` (see the module docstring).
 
     Returns:
         ``[B, F, C, H, W]``: given and held views exactly as given, the others denoised to σ = 0.
@@ -304,7 +310,10 @@ def sample(
     sigma[given] = 0.0
     label = sigma[..., :-1]  # the σ each view's timestep says, [B, F, N]
     smallest = base[:, steps - 1, None, None].expand(B, F, steps)  # the schedule's last non-zero σ
-    label = torch.where((s == 0)[..., None], smallest, label)  # given views: as released
+    if given_label not in ("released", "zero"):
+        raise ValueError(f"sampler: given_label must be 'released' or 'zero', got {given_label!r}")
+    if given_label == "released":
+        label = torch.where((s == 0)[..., None], smallest, label)  # given views: as released (else σ 0)
     label = torch.where(held[..., None], s[..., None].expand(B, F, steps), label)  # held views: σ_c
 
     gens = _per_sample_generators(generator, B)

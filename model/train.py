@@ -510,7 +510,7 @@ class Window:
     def add_micro(self, loss, per_view, sigmas, given, groups: list[str], tokens: int, flops: float):
         """Target views only: a given (condition) view has no loss of its own."""
         target = (~given).to(self.device, torch.float64)
-        per_sample = (per_view.double() * target).sum(dim=1) / target.sum(dim=1)
+        per_sample = (per_view.double() * target).sum(dim=1) / target.sum(dim=1).clamp_min(1)
         gidx = torch.tensor([TASK_GROUPS.index(g) for g in groups], device=self.device)
         sidx = (sigmas.detach() * SIGMA_BINS).long().clamp_(0, SIGMA_BINS - 1).flatten()
         a = self.acc
@@ -772,6 +772,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             meta = {"step": step, "stage": stage.name, "stage_index": si, "config_hash": chash,
                     "data_identity": data_id, "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
+                    "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "model_config": model_cfg.to_dict(), "loss": record.get("loss"),
                     "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights},
                     "parts_seed": params.seed, "torch": torch.__version__}

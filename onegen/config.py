@@ -129,7 +129,7 @@ class CaptionerConfig(_Strict):
         "transformers", description="vllm / sglang: serving engines, used only if their package is installed")
     batch_size: int = Field(
         40, ge=1, description="images per generate call; default 96 with quantize fp8 (with prefill_mlp_rows 16: "
-                                "anyres 672² 66.6 GiB peak on an H200, 10.72 img/s against batch 64's 10.42), else "
+                                "anyres 672² 66.6 GiB peak and 10.72 img/s on an H200; batch 64 gave 10.42 in another run), else "
                                 "40 (bf16: 45 GiB on an 80 GB H100, 64 ran out of memory); set 256 for base tiles (61 GiB)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     attn_implementation: Literal["sdpa", "flash_attention_2"] = "sdpa"
@@ -145,7 +145,7 @@ class CaptionerConfig(_Strict):
         None, ge=1, description="run each decoder MLP on at most this many images at a time in prefill (decode steps "
                                 "run whole): its gate/up activations (~0.2 GB per anyres image) set the prefill's "
                                 "peak; 16 leaves batch 96 room on an 80 GB H100. None: the whole batch at once "
-                                "(default 16 with quantize fp8 and its default batch)")
+                                "(default 16 with quantize fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
     compile: bool = Field(True, description="torch.compile: CUDA graphs for the decode step, fused prefill "
                                             "layers (CUDA, static cache)")
@@ -170,12 +170,11 @@ class CaptionerConfig(_Strict):
     @classmethod
     def _batch_for_dtype(cls, data):
         # FP8 halves the weights and the prefill's activations: room for more decode rows per step, and with the
-        # prefill MLPs on 16 images at a time for 96 of them (decode per image 37.0 -> 33.3 ms from batch 64)
-        if isinstance(data, dict) and "batch_size" not in data:
-            fp8 = data.get("quantize") == "fp8"
-            data = {**data, "batch_size": 96 if fp8 else cls.model_fields["batch_size"].default}
-            if fp8 and "prefill_mlp_rows" not in data:
-                data["prefill_mlp_rows"] = 16
+        # prefill MLPs on 16 images at a time for 96 of them (decode 33.3 ms per image at 96; 37.0 at 64, another run)
+        if isinstance(data, dict) and data.get("quantize") == "fp8":
+            data = {"batch_size": 96, "prefill_mlp_rows": 16, **data}  # an explicit null still means whole batches
+        elif isinstance(data, dict) and "batch_size" not in data:
+            data = {**data, "batch_size": cls.model_fields["batch_size"].default}
         return data
 
 

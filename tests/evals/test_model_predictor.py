@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from model.nextdit import CONFIGS, NextDiT
 from onegen.cli import app
 from tests.evals.cli_output import printed_result
-from onegen.config import profile_path
+from evals.model_predictor import ModelPredictor
+from onegen.config import load_params, profile_path
 
 runner = CliRunner()
 
@@ -109,3 +110,19 @@ def test_a_checkpoint_of_another_size_is_refused_in_one_line(setup, tmp_path):
     (ck / "step_0000001" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds a 'small' model but model\.size is 'tiny'"):
         ModelPredictor(load_params(setup / "params.yaml"), ck)
+
+
+def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path):
+    """A checkpoint trained with condition_prob > 0 saw its given views at σ 0: it is sampled so."""
+    params = load_params(setup / "params.yaml")
+    labels = {}
+    for prob in (0.0, 0.5):
+        step = tmp_path / f"p{prob}" / "step_0000001"
+        step.mkdir(parents=True)
+        torch.manual_seed(0)
+        save_file(NextDiT(CONFIGS["tiny"]).state_dict(), str(step / "ema.safetensors"))
+        (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": prob}))
+        pred = ModelPredictor(params, step)
+        labels[prob] = (pred.given_label, pred.describe()["hash"])
+    assert labels[0.0][0] == "released" and labels[0.5][0] == "zero"
+    assert labels[0.0][1] != labels[0.5][1]  # other samples from the same weights: scored afresh

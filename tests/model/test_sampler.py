@@ -234,6 +234,21 @@ def test_condition_views_are_written_back_exactly_and_get_the_smallest_timestep(
     assert torch.equal(out[:, [0, 2]], views[:, [0, 2]])
 
 
+def test_given_label_zero_feeds_given_views_timestep_zero_and_nothing_else_changes():
+    B, F, C, H, W = 2, 3, 2, 6, 4
+    views = torch.randn(B, F, C, H, W, generator=torch.Generator().manual_seed(8), dtype=DT)
+    world = GaussianWorld([0.0] * F, torch.eye(F) * 0.5 + 0.5)
+    spy_released, spy_zero = Spy(world), Spy(world)
+    kw = dict(steps=6, cfg_scale=1.0)
+    sample(spy_released, views, [0.0, 1.0, 0.0], text(B), generator=torch.Generator().manual_seed(9), **kw)
+    sample(spy_zero, views, [0.0, 1.0, 0.0], text(B), generator=torch.Generator().manual_seed(9), given_label="zero", **kw)
+    (x_r, t_r, _), (x_z, t_z, _) = spy_released.calls[0], spy_zero.calls[0]
+    assert torch.equal(x_r, x_z) and torch.equal(t_r[:, 1], t_z[:, 1])
+    assert (t_z[:, [0, 2]] == 0).all() and (t_r[:, [0, 2]] > 0).all()
+    with pytest.raises(ValueError, match="given_label"):
+        sample(world, views, [0.0, 1.0, 0.0], text(B), given_label="paper", **kw)
+
+
 def test_coarse_view_starts_at_its_strength_and_finishes_with_the_others():
     B, F, C, H, W = 2, 2, 2, 4, 4
     g = torch.Generator().manual_seed(10)

@@ -82,7 +82,8 @@ def test_loss_decreases(project):
     assert any(row[k] is not None for k in ("loss_text2image", "loss_image2image", "loss_id", "loss_multiview"))
     ck = Path(summary["checkpoint"])
     assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "meta.json"}
-    assert json.loads((ck / "meta.json").read_text())["step"] == 40
+    meta = json.loads((ck / "meta.json").read_text())
+    assert meta["step"] == 40 and meta["condition_prob"] == 0.0  # the model predictor's given-view label reads it
     torch.load(ck / "optimizer.pt", weights_only=True)
 
 

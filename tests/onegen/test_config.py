@@ -69,7 +69,8 @@ def test_captioner_batch_follows_the_weights_dtype_unless_set():
     assert CaptionerConfig().batch_size == 40  # bf16: 64 ran an 80 GB H100 out of memory
     assert CaptionerConfig(quantize="fp8").batch_size == 96 and CaptionerConfig(quantize="fp8").prefill_mlp_rows == 16
     assert CaptionerConfig(quantize="fp8", batch_size=8).batch_size == 8
-    assert CaptionerConfig(quantize="fp8", batch_size=8).prefill_mlp_rows is None  # a chosen batch chooses its own
+    assert CaptionerConfig(quantize="fp8", batch_size=96).prefill_mlp_rows == 16
+    assert CaptionerConfig(quantize="fp8", prefill_mlp_rows=None).prefill_mlp_rows is None
     assert CaptionerConfig(quantize="fp8", prefill_mlp_rows=8).prefill_mlp_rows == 8
     for bad in (0, None):  # null in params.yaml is an error, not the default
         with pytest.raises(ValueError):

@@ -1,25 +1,15 @@
 """bench_annotators' pipeline: every e2e annotator call comes from a thread that has called it before."""
 
-import importlib.util
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
-
-def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_annotators.py"
-    spec = importlib.util.spec_from_file_location("bench_annotators", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.scripts import load_script
 
 
 def test_e2e_calls_come_only_from_threads_warmed_once_each(tmp_path):
-    bench = load_benchmark()
+    bench = load_script("bench_annotators")
     calls: list[tuple[int, int]] = []  # (thread, images)
     lock = threading.Lock()
 

@@ -1,27 +1,20 @@
 """probe_conditioning: its pixel 'latents' round-trip, its edge score tells own from other, and a
 short run writes both directions' figures."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_conditioning.py"
+from tests.benchmarks.scripts import BENCHMARKS, load_script
 
+SCRIPT = BENCHMARKS / "probe_conditioning.py"
 
-def load_probe():
-    spec = importlib.util.spec_from_file_location("probe_conditioning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pixel_latents_round_trip_and_edges_match_their_own_scene():
-    probe = load_probe()
+    probe = load_script("probe_conditioning")
     pairs = probe.render_pairs(16, 0)
     assert pairs.shape == (16, 2, 3, 32, 32) and pairs.min() >= -1 and pairs.max() <= 1
     z = probe.to_latents(pairs)

@@ -6,7 +6,6 @@ anyres token counts, the base-resolution option, packed-GQA attention, retries a
 
 import argparse
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from onegen.annotators.captioner import (
     CACHE_ROUND, Captioner, CaptionResult, Generation, TransformersVLM, _sdpa_packed_gqa, _SeededSampling,
     compile_prefill_layers, flex_decode_attention, image_seed)
 from onegen.config import CaptionerConfig
+from tests.benchmarks.scripts import load_script
 from tests.tiny_annotators import build_tiny_llava_next
 
 SIZES = [(32, 32), (32, 64), (64, 32), (48, 40), (64, 64), (20, 30)]  # six different anyres token counts
@@ -314,16 +314,8 @@ def test_image_seed_is_content_based():
     assert CaptionResult(True, "c", ("x",), None, "raw", 1).captions() == {"vlm": "c"}
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_captioner.py"
-    spec = importlib.util.spec_from_file_location("bench_captioner", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
-    bench = load_benchmark()
+    bench = load_script("bench_captioner")
     args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", prefill_mlp_rows=16,
                               static_cache=True,
                               compile=True, new_tokens=150, decode_attention="flex")

@@ -291,6 +291,8 @@ def sample(
     s = _start_strengths(start, B, F, views.device)
     if not math.isfinite(cfg_scale):
         raise ValueError(f"sampler: cfg_scale must be finite, got {cfg_scale}")
+    if given_label not in ("released", "zero"):
+        raise ValueError(f"sampler: given_label must be 'released' or 'zero', got {given_label!r}")
     held = torch.zeros(B, F, dtype=torch.bool, device=views.device) if hold is None else hold.to(views.device, torch.bool)
     if held.ndim == 1 and held.shape[0] == F:
         held = held.expand(B, F)
@@ -310,8 +312,6 @@ def sample(
     sigma[given] = 0.0
     label = sigma[..., :-1]  # the σ each view's timestep says, [B, F, N]
     smallest = base[:, steps - 1, None, None].expand(B, F, steps)  # the schedule's last non-zero σ
-    if given_label not in ("released", "zero"):
-        raise ValueError(f"sampler: given_label must be 'released' or 'zero', got {given_label!r}")
     if given_label == "released":
         label = torch.where((s == 0)[..., None], smallest, label)  # given views: as released (else σ 0)
     label = torch.where(held[..., None], s[..., None].expand(B, F, steps), label)  # held views: σ_c

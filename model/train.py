@@ -745,7 +745,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                                                     given if any_given else None)
             (loss / cfg.grad_accum).backward()
             b, f, _, h, w = latents.shape
-            window.add_micro(loss, per_view, sigmas.masked_fill(given, 0.0), given, batch["group"],
+            window.add_micro(loss, per_view, sigmas, given, batch["group"],
                              tokens=b * f * h * w // patch_area,
                              flops=flops_of(tuple(latents.shape), text.shape[1], text.shape[2]))
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

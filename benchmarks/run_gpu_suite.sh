@@ -51,11 +51,14 @@ for job in $JOBS; do
              --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 1300 --vae-seconds 60
            cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
-    # the steps sized by a probe to 7 minutes of this device: session 5's H200 ran `learn`'s 1300 steps in 309 s,
-    # and the images it generated were still blobs where objects go; its own folder, so nothing of `learn` resumes
+    # the steps sized by a probe to 7 minutes of this device, at lr 1e-3 and compiled: `learn`'s 1300 steps at 3e-4
+    # (~5 min on an H200) left depth->image blobs in sessions 5 and 7, and session 7's CPU probe
+    # (probe_conditioning.py) learned ~1.7x slower at 3e-4 and followed depth clearly only after ~2.5x more steps;
+    # its own folder, so nothing of `learn` resumes
     learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
-             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes 7 --vae-seconds 60
+             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes 7 --vae-seconds 60 \
+             --lr 1e-3 --compile
            cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;

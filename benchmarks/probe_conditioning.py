@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evals.model_predictor import given_label_for  # noqa: E402
 from model.loss import flow_matching_loss, given_views, sample_sigmas  # noqa: E402
 from model.nextdit import NextDiT, NextDiTConfig  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed + 1)
     text, mask = torch.zeros(args.batch, 4, 32), torch.ones(args.batch, 4, dtype=torch.bool)
-    label = "zero" if args.condition_prob > 0 else "released"  # as evals.model_predictor.given_label_for
+    label = given_label_for({"condition_prob": args.condition_prob})  # as the model predictor labels a checkpoint
     record = {"command": " ".join([sys.executable, *sys.argv]), "evals": []}
     t0 = time.time()
     for step in range(1, args.steps + 1):

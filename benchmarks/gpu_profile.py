@@ -29,6 +29,49 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
             "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
 
 
+class StepProfile:
+    """GPU kernels and host ops of a window of a loop's steps, from step ``first`` to ``last``: call
+    :meth:`at` after every step. Where a loop is slower than its kernels, the GPU time per step falls
+    short of the wall time, and the host ops (self time: data waits, copies, launches) say where the
+    rest went. Host ops are recorded too, so the window runs a little slower than the steps around it."""
+
+    def __init__(self, device: torch.device, first: int, last: int, top: int = 12):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.device, self.first, self.last, self.top = device, first, last, top
+        cuda = [ProfilerActivity.CUDA] if device.type == "cuda" else []  # on a CPU: the host ops alone
+        self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
+        self.t0, self.result = 0.0, None
+
+    def at(self, step: int) -> None:
+        if step == self.first:
+            self._sync()
+            self.prof.start()
+            self.t0 = time.perf_counter()
+        elif step == self.last:
+            self._sync()
+            wall = time.perf_counter() - self.t0
+            self.prof.stop()
+            self.result = self._summary(wall, self.last - self.first)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _summary(self, wall: float, steps: int) -> dict:
+        events = self.prof.key_averages()
+        gpu = sorted(((e.key, e.self_device_time_total / 1e3, e.count) for e in events), key=lambda o: -o[1])
+        host = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in events), key=lambda o: -o[1])
+
+        def rows(ops):
+            return [{"op": k[:80], "ms_per_step": round(ms / steps, 3), "calls": n} for k, ms, n in ops[:self.top]]
+
+        cuda = self.device.type == "cuda"
+        return {"steps": steps, "wall_ms_per_step": round(1e3 * wall / steps, 2),
+                "gpu_ms_per_step": round(sum(ms for _, ms, _ in gpu) / steps, 2) if cuda else None,
+                "top_gpu": rows(gpu) if cuda else [], "top_host": rows(host)}
+
+
 def print_profile(label: str, prof: dict) -> None:
     print(f"profile {label}: {prof['op_ms_per_image']:.2f} ms of GPU time per image in "
           f"{prof['wall_ms_per_image']:.2f} ms wall")

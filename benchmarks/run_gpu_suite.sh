@@ -60,7 +60,8 @@ for job in $JOBS; do
              --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes 7 --vae-seconds 60 \
              --lr 1e-3 --compile
            cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
-           cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null ;;
+           cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null
+           cp "${LEARN_DIR:-/tmp/learn}_long/reports/train/metrics.jsonl" "$OUT/learn_long_metrics.jsonl" 2>/dev/null ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     # the compiled rows never measured yet (each row compiles for ~2 minutes: the whole --extra set outlasts a call)
     train_rest) step train_rest python3 benchmarks/bench_train_step.py --modes compile --rows 8view,2.8b ;;

@@ -30,7 +30,7 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
 
 
 class StepProfile:
-    """GPU kernels and host ops of a window of a loop's steps, from step ``first`` to ``last``: call
+    """GPU kernels and host ops of a loop's steps after ``first`` through ``last``: call
     :meth:`at` after every step. Where a loop is slower than its kernels, the GPU time per step falls
     short of the wall time, and the host ops (self time: data waits, copies, launches) say where the
     rest went. Host ops are recorded too, so the window runs a little slower than the steps around it."""
@@ -59,9 +59,15 @@ class StepProfile:
             torch.cuda.synchronize(self.device)
 
     def _summary(self, wall: float, steps: int) -> dict:
+        from torch.autograd import DeviceType
+
+        # An op's row carries the time of the kernels it launched, which have rows of their own: GPU time is
+        # summed over the kernels alone, host time over the ops alone.
         events = self.prof.key_averages()
-        gpu = sorted(((e.key, e.self_device_time_total / 1e3, e.count) for e in events), key=lambda o: -o[1])
-        host = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in events), key=lambda o: -o[1])
+        gpu = sorted(((e.key, e.self_device_time_total / 1e3, e.count) for e in events
+                      if e.device_type == DeviceType.CUDA), key=lambda o: -o[1])
+        host = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in events
+                       if e.device_type == DeviceType.CPU), key=lambda o: -o[1])
 
         def rows(ops):
             return [{"op": k[:80], "ms_per_step": round(ms / steps, 3), "calls": n} for k, ms, n in ops[:self.top]]

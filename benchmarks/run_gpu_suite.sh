@@ -57,7 +57,7 @@ for job in $JOBS; do
     # its own folder, so nothing of `learn` resumes
     learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
-             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes 7 --vae-seconds 60 \
+             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 \
              --lr 1e-3 --compile
            cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null

@@ -62,6 +62,10 @@ from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_
 from onegen.shards.writer import atomic_write_bytes, content_identity, write_json
 
 SIGMA_BINS = 5
+# Caption lengths are padded up to a multiple of this: a batch's longest prompt sets its length, and
+# every new length is another cuDNN attention plan (milliseconds of host time each) and another shape
+# for torch.compile; padded keys are masked, so the loss is the same.
+TEXT_LENGTH_MULTIPLE = 64
 # dense bf16 / fp32 peak FLOP/s per GPU (SXM parts); MFU is reported against these
 PEAK_FLOPS = {"bf16": {"H100": 989e12, "H200": 989e12, "A100": 312e12},
               "fp32": {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}}
@@ -215,18 +219,24 @@ def check_latents(directory: Path, params: Params) -> None:
                          f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {directory.name}`")
 
 
+def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt features [B, L, C] and mask [B, L] padded with masked tokens to ``length``."""
+    pad = length - text.shape[1]
+    return torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad))
+
+
 def with_caption_dropout(text: torch.Tensor, mask: torch.Tensor, drop: list[bool], empty: tuple) -> tuple:
-    """Cached prompt features with the dropped rows replaced by the empty prompt's features."""
+    """Cached prompt features with the dropped rows replaced by the empty prompt's features, their
+    length padded up to a multiple of ``TEXT_LENGTH_MULTIPLE``."""
+    e, em = empty
+    length = -(-max(text.shape[1], e.shape[1] if any(drop) else 0) // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE
+    text, mask = pad_text(text, mask, length)
     if not any(drop):
         return text, mask
-    e, em = empty
-    length = max(text.shape[1], e.shape[1])
-    text = torch.nn.functional.pad(text, (0, 0, 0, length - text.shape[1]))
-    mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]))
-    rows = torch.tensor(drop, device=text.device)
-    text[rows] = torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1]))[0].to(text.dtype)
-    mask[rows] = torch.nn.functional.pad(em, (0, length - em.shape[1]))[0]
-    return text, mask
+    e, em = pad_text(e[:1].to(text.dtype), em[:1], length)
+    # torch.where, not boolean indexing: the latter waits for the GPU to count the rows
+    rows = torch.tensor(drop).to(text.device, non_blocking=True)
+    return torch.where(rows[:, None, None], e, text), torch.where(rows[:, None], em, mask)
 
 
 def slot_batches(dirs: list[Path], micro_batch: int, seed: int, shuffle: int, report: ReadReport) -> Iterator[dict]:
@@ -449,7 +459,7 @@ def load_optimizer(path: Path, model: nn.Module, optimizer, dist: Dist) -> None:
 class FlopMeter:
     """Training FLOPs (forward + backward) of one micro-batch, counted by ``FlopCounterMode`` on a
     meta-device replica of the model (no compute, no interference with compile or FSDP),
-    once per latent shape. Attention is counted through its matmuls (math backend)."""
+    once per latent shape and prompt length. Attention is counted through its matmuls (math backend)."""
 
     def __init__(self, model_cfg):
         with torch.device("meta"):
@@ -458,7 +468,7 @@ class FlopMeter:
         self.cache: dict[tuple, float] = {}
 
     def __call__(self, latents_shape: tuple, text_len: int, text_dim: int) -> float:
-        key = tuple(latents_shape)
+        key = (tuple(latents_shape), text_len)  # few: prompt lengths come padded to TEXT_LENGTH_MULTIPLE
         if key not in self.cache:
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -511,7 +521,7 @@ class Window:
         """Target views only: a given (condition) view has no loss of its own."""
         target = (~given).to(self.device, torch.float64)
         per_sample = (per_view.double() * target).sum(dim=1) / target.sum(dim=1).clamp_min(1)
-        gidx = torch.tensor([TASK_GROUPS.index(g) for g in groups], device=self.device)
+        gidx = torch.tensor([TASK_GROUPS.index(g) for g in groups]).to(self.device, non_blocking=True)
         sidx = (sigmas.detach() * SIGMA_BINS).long().clamp_(0, SIGMA_BINS - 1).flatten()
         a = self.acc
         a[self.LOSS] += loss.detach().double()
@@ -728,18 +738,23 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             g = noise_generator(cfg, slot, step)
             drop = (torch.rand(len(batch["prompt"]), generator=g) < stage.caption_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(batch["prompt"], drop)]
+            # Host-to-device copies never wait for the GPU (non_blocking; the loader's batches and the noise are
+            # in pinned memory): a blocking copy drains the GPU's queue, and the next step's host work (reading,
+            # noise, launches) then runs while the GPU idles.
             with torch.no_grad():
-                latents = batch_to_latents(batch, codec).to(device)
+                latents = batch_to_latents(batch, codec)
                 if "text" in batch:
-                    text, text_mask = with_caption_dropout(batch["text"].to(device), batch["text_mask"].to(device),
+                    text, text_mask = with_caption_dropout(batch["text"].to(device, non_blocking=True),
+                                                           batch["text_mask"].to(device, non_blocking=True),
                                                            drop, empty_prompt)
                 else:
                     text, text_mask = text_enc(prompts)
-            sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device)
-            noise = torch.randn(latents.shape, generator=g).to(device)
+                    text, text_mask = with_caption_dropout(text, text_mask, [False] * len(prompts), empty_prompt)
+            sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device, non_blocking=True)
+            noise = torch.empty(latents.shape, pin_memory=cuda).normal_(generator=g).to(device, non_blocking=True)
             given = given_views(latents.shape[:2], cfg.condition_prob, g)
             any_given = bool(given.any())  # none: the plain mean over views, bitwise the curve of a run without them
-            given = given.to(device)
+            given = given.to(device, non_blocking=True)
             with autocast:
                 loss, per_view = flow_matching_loss(model, latents, text, text_mask, sigmas, noise,
                                                     given if any_given else None)

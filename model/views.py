@@ -31,7 +31,9 @@ def batch_to_latents(batch: dict, codec: LatentCodec) -> torch.Tensor:
     out = []
     for i in view_order(modalities):
         v = batch["views"][i]
-        out.append(v.to(codec.device).float() if modalities[i] in ("rays", "latent") else codec.encode(v))
+        # non_blocking: the loader's batches are pinned, and a blocking copy would wait for the GPU's queue
+        out.append(v.to(codec.device, non_blocking=True).float() if modalities[i] in ("rays", "latent")
+                   else codec.encode(v))
     shapes = {tuple(x.shape[1:]) for x in out}
     if len(shapes) != 1:
         raise ValueError(f"views do not share one latent shape: {sorted(shapes)}")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from model.nextdit import CONFIGS
 from model.text import TextEncoder
-from model.train import train, with_caption_dropout
+from model.train import TEXT_LENGTH_MULTIPLE, train, with_caption_dropout
 from model.vae import LatentCodec
 from onegen.cli import app
 from onegen.config import load_params, profile_path
@@ -100,8 +100,18 @@ def test_caption_dropout_substitutes_the_empty_prompt():
     text, mask = torch.ones(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
     empty = (torch.full((1, 5, 4), 7.0), torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool))
     t, m = with_caption_dropout(text.clone(), mask.clone(), [False, True], empty)
-    assert t.shape == (2, 5, 4) and torch.equal(t[1], empty[0][0]) and torch.equal(m[1], empty[1][0])
-    assert torch.equal(t[0, :3], text[0]) and not m[0, 3:].any()
+    assert t.shape == (2, TEXT_LENGTH_MULTIPLE, 4) and m.shape == (2, TEXT_LENGTH_MULTIPLE)
+    assert torch.equal(t[1, :5], empty[0][0]) and torch.equal(m[1, :5], empty[1][0])
+    assert torch.equal(t[0, :3], text[0]) and torch.equal(m[0, :3], mask[0])
+    assert not m[:, 5:].any() and not t[:, 5:].any()  # padding: masked zero tokens
+
+
+def test_prompt_lengths_are_padded_to_a_few_shapes():
+    for length in (1, 63, 64, 65, 300):
+        text, mask = torch.ones(2, length, 4), torch.ones(2, length, dtype=torch.bool)
+        t, m = with_caption_dropout(text, mask, [False, False], (torch.ones(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)))
+        assert t.shape[1] == m.shape[1] == -(-length // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE
+        assert m.sum() == 2 * length and torch.equal(t[:, :length], text)
 
 
 def test_training_on_latents_runs_and_refuses_other_weights(project, tmp_path):

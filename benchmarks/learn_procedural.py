@@ -14,7 +14,8 @@
 5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
    model predictor beside each benchmark's baseline: image→depth AbsRel/δ1 against the best
    constant depth, 1-view→novel-view PSNR/SSIM against copying the input view (at ``--cfg`` and,
-   as its prompt is a generic one, unguided too), and text→image by
+   as its prompt is a generic one, unguided too), depth→image by Canny edge agreement with the true
+   image against a random scene's (``world_conditions``' ``depth_edges``), and text→image by
    GenEval's rules on world prompts (a YOLO trained on world renders judges; the random-scene
    baseline is the floor, the oracle render the ceiling);
 6. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
@@ -75,7 +76,8 @@ def make_params(args) -> Params:
     base["latents"]["batch_size"] = 64  # 128² views: bigger VAE batches than the default's, fewer launches and syncs
     base["reader"].update(batch_size=args.batch, num_workers=args.workers)
     base["evals"].update(sampling_steps=args.sampling_steps, cfg_scale=args.cfg, batch_size=8)
-    base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views)
+    base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views,
+                                  conditions=["depth_edges"])  # canny->image is no task of this run
     base["train"].update(
         stages=[{"name": "mixed", "families": FAMILIES, "steps": args.steps, "batch_size": args.batch,
                  "caption_dropout": 0.1}],
@@ -267,6 +269,7 @@ def main() -> None:
                 save()  # each figure lands as soon as it exists: a later failure loses none of them
 
         score("world_depth", ["baseline"])
+        score("world_conditions", ["baseline"])
         score("world_nvs", ["baseline"])
         if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
             p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0})})

@@ -307,6 +307,10 @@ class WorldEvalConfig(_Strict):
     resolution: int = Field(128, ge=16, multiple_of=8)
     nvs_views: int = Field(8, ge=2, description="orbit views per scene; view 0 conditions, the rest are targets")
     pose_views: int = Field(4, ge=2)
+    conditions: list[Literal["canny", "depth_edges"]] = Field(
+        ["canny", "depth_edges"], min_length=1,
+        description="world_conditions' annotator-free conditions (depth by Depth-Anything joins when "
+                    "annotators.depth.path is set): canny->image, and depth->image scored by Canny")
     seed: int = 1000
 
 

@@ -11,11 +11,16 @@ generated set with the real set (:mod:`evals.condition.fid`).
 per run (``evals.condition.condition``: depth, softedge or pose as UniCon; canny as well), FID
 required (``evals.condition.inception_path``).
 
-``world_conditions`` -- held-out procedural scenes. Canny always runs (exact, offline); depth
-runs when ``annotators.depth.path`` is set: the generator gets the scene's exact depth, and as
-in UniCon both images are re-annotated by Depth-Anything. FID runs when
+``world_conditions`` -- held-out procedural scenes. ``evals.world.conditions`` picks the
+annotator-free ones (exact, offline; both by default): canny, and ``depth_edges`` (the generator
+gets the scene's exact depth, and its image's Canny edges are compared with the true image's).
+Depth runs when ``annotators.depth.path`` is set: the generator gets the exact depth, and as in
+UniCon both images are re-annotated by Depth-Anything. FID runs when
 ``evals.condition.inception_path`` is set. The setting names the conditions that ran
-(``canny`` or ``canny+depth``) and stderr says what was skipped and which key enables it.
+(e.g. ``canny+depth_edges+depth``) and stderr says what was skipped and which key enables it.
+
+An item's ``condition_kind`` is what the generator is given (depth for ``depth_edges``); its
+``scorer`` is the condition that scores it.
 """
 
 from __future__ import annotations
@@ -56,12 +61,13 @@ class _ConditionBenchmark(Benchmark):
     def _item(self, item_id: str, kind: str, image: np.ndarray, prompt: str, reference, picture: np.ndarray,
               hash_fields: list) -> dict:
         c = self.conditions[kind]
-        return {"id": item_id, "condition_kind": kind, "condition": picture, "prompt": prompt, "image": image,
-                "size": image.shape[:2], "reference_annotation": reference,
+        given = "depth" if kind == "depth_edges" else kind
+        return {"id": item_id, "condition_kind": given, "scorer": kind, "condition": picture, "prompt": prompt,
+                "image": image, "size": image.shape[:2], "reference_annotation": reference,
                 "hash_fields": [*hash_fields, kind, c.record, self.fid.record if self.fid else None]}
 
     def score(self, item, prediction):
-        c = self.conditions[item["condition_kind"]]
+        c = self.conditions[item["scorer"]]
         out = c.compare(c([prediction])[0], item["reference_annotation"])
         if self.fid is not None:
             real, fake = self.fid([item["image"], prediction])
@@ -117,14 +123,16 @@ class UniConConditions(_ConditionBenchmark):
 
 @register("world_conditions")
 class WorldConditions(_ConditionBenchmark):
-    """Held-out procedural scenes: Canny always; depth and FID when their weights are configured."""
+    """Held-out procedural scenes: Canny and depth by Canny as configured; depth and FID when their
+    weights are configured."""
 
     baseline = "random-scene"
     data_name = "procedural-world-conditions"
 
     def __init__(self, params: Params):
         self.cfg = params.evals.world
-        self.conditions = {"canny": cond.Canny()}
+        self.conditions = {kind: {"canny": cond.Canny, "depth_edges": cond.DepthEdges}[kind]()
+                           for kind in self.cfg.conditions}
         skipped = []
         if params.annotators.depth.path is not None:
             self.conditions["depth"] = cond.load("depth", params)
@@ -149,7 +157,7 @@ class WorldConditions(_ConditionBenchmark):
             for kind, c in self.conditions.items():
                 reference = c([r.rgb])[0]
                 # The world knows depth exactly: the generator gets it, drawn as the depth family draws it.
-                picture = _depth_picture(r.depth) if kind == "depth" else c.picture(reference)
+                picture = _depth_picture(r.depth) if kind in ("depth", "depth_edges") else c.picture(reference)
                 yield self._item(f"world_conditions_{kind}_{i:05d}", kind, r.rgb, caption, reference, picture, fields)
 
 

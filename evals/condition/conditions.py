@@ -4,7 +4,9 @@ a generator is given, and compare the generated image's annotation with the real
 * ``canny``    -- OpenCV Canny at fixed thresholds (exact and offline): edge EMSE;
 * ``softedge`` -- HED soft edges (UniCon's SoftEdge; ``annotators.edges.hed_path``): edge EMSE;
 * ``depth``    -- Depth-Anything-V2 relative depth (``annotators.depth.path``): AbsRel;
-* ``pose``     -- YOLO + ViTPose people (``annotators.pose``): PCK@0.1, greedy matching.
+* ``pose``     -- YOLO + ViTPose people (``annotators.pose``): PCK@0.1, greedy matching;
+* ``depth_edges`` -- a depth condition scored without a depth annotator, where the depth given is
+  exact (the procedural world): Canny of the generated image against Canny of the true image.
 
 Per-item scores carry the metric's raw numbers; :meth:`Condition.aggregate` turns a list of them
 into the benchmark's numbers in UniCon's units (EMSE x 1e-2, AbsRel and PCK in %).
@@ -43,14 +45,16 @@ class Condition(Protocol):
 
 
 class _Edges:
+    score_key = "edge_emse"
+
     def picture(self, annotation):
         return np.repeat(np.asarray(annotation, np.uint8)[..., None], 3, axis=2)
 
     def compare(self, generated, reference):
-        return {"edge_emse": metrics.edge_emse(generated, reference)}
+        return {self.score_key: metrics.edge_emse(generated, reference)}
 
     def aggregate(self, scores):
-        return {"edge_emse": 100.0 * float(np.mean([s["edge_emse"] for s in scores]))}
+        return {self.score_key: 100.0 * float(np.mean([s[self.score_key] for s in scores]))}
 
 
 class Canny(_Edges):
@@ -63,6 +67,16 @@ class Canny(_Edges):
 
     def __call__(self, images):
         return [degrade.canny(im, *CANNY_THRESHOLDS)[0] for im in images]
+
+
+class DepthEdges(Canny):
+    """Depth→image without a depth annotator: where the depth given is the scene's exact depth, the
+    true image is the answer, and an object's outline is a depth edge wherever it stands in front of
+    something; a generator that ignores its depth draws its edges elsewhere. Canny of the generated
+    image against Canny of the true image, under its own name (a depth task, not canny→image)."""
+
+    kind = "depth_edges"
+    score_key = "depth_edge_emse"
 
 
 class SoftEdges(_Edges):
@@ -163,4 +177,5 @@ def load(kind: str, params) -> Condition:
 
 
 # Which per-item keys each condition's compare() writes: how aggregate() tells scores apart.
-SCORE_KEYS = {"canny": "edge_emse", "softedge": "edge_emse", "depth": "depth_abs_rel", "pose": "pose_total"}
+SCORE_KEYS = {"canny": "edge_emse", "softedge": "edge_emse", "depth": "depth_abs_rel", "pose": "pose_total",
+              "depth_edges": "depth_edge_emse"}

@@ -231,6 +231,7 @@ METRICS: dict[str, Metric] = {
     "entity_recall": Metric("Entity recall (%)", True, 1),
     "caption_recall": Metric("Caption noun recall (%)", True, 1),
     "edge_emse": Metric("Edge EMSE (×1e-2)", False, 2),
+    "depth_edge_emse": Metric("Depth→image edge EMSE (×1e-2)", False, 2),
     "pose_pck": Metric("Pose PCK@0.1 (%)", True, 2),
 }
 INFO_LABELS = {"params_b": "Params (B)", "data_m": "# Data (M)"}

@@ -43,18 +43,30 @@ def _eval(params, name, *extra):
     return json.loads(printed_result(r.output).read_text()), r.output
 
 
-def test_world_canny_copy_is_exact_and_chance_is_far(tmp_path):
+def test_world_canny_and_depth_edges_copy_is_exact_and_chance_is_far(tmp_path):
     params = _write(tmp_path, _params(tmp_path))
     chance, out = _eval(params, "world_conditions")
-    assert chance["setting"] == "canny" and chance["model"]["name"] == "random-scene" and chance["n_items"] == 4
+    assert chance["setting"] == "canny+depth_edges" and chance["model"]["name"] == "random-scene"
+    assert chance["n_items"] == 8  # 4 scenes, each as canny->image and depth->image
     assert "skipped: depth AbsRel (set annotators.depth.path); FID (set evals.condition.inception_path)" in out
-    assert set(chance["metrics"]) == {"edge_emse"} and chance["metrics"]["edge_emse"] > 50
+    assert set(chance["metrics"]) == {"edge_emse", "depth_edge_emse"}
+    assert chance["metrics"]["edge_emse"] > 50 and chance["metrics"]["depth_edge_emse"] > 50
     copy, _ = _eval(params, "world_conditions", "--predictor", "baseline:copy-reference")
-    assert copy["metrics"] == {"edge_emse": 0.0}
-    items = list(registry.get("world_conditions")(load_params(params)).items())
-    it = items[0]
-    assert it["condition"].shape == (64, 64, 3) and it["condition"].dtype == np.uint8
-    assert set(np.unique(it["condition"])) <= {0, 255} and it["prompt"] and it["size"] == (64, 64)
+    assert copy["metrics"] == {"edge_emse": 0.0, "depth_edge_emse": 0.0}
+    canny, depth = list(registry.get("world_conditions")(load_params(params)).items())[:2]
+    assert canny["condition"].shape == (64, 64, 3) and canny["condition"].dtype == np.uint8
+    assert set(np.unique(canny["condition"])) <= {0, 255} and canny["prompt"] and canny["size"] == (64, 64)
+    # depth->image: the generator is given the scene's depth (a depth task), scored by Canny
+    assert (depth["condition_kind"], depth["scorer"]) == ("depth", "depth_edges")
+    assert len(np.unique(depth["condition"])) > 2 and np.array_equal(depth["image"], canny["image"])
+    assert np.array_equal(depth["reference_annotation"], canny["reference_annotation"])
+
+
+def test_world_conditions_runs_the_configured_conditions_only(tmp_path):
+    d = _params(tmp_path, items=2)
+    d["evals"]["world"]["conditions"] = ["depth_edges"]
+    res, _ = _eval(_write(tmp_path, d), "world_conditions")
+    assert res["setting"] == "depth_edges" and res["n_items"] == 2 and set(res["metrics"]) == {"depth_edge_emse"}
 
 
 def test_world_depth_runs_when_the_depth_annotator_is_configured(tmp_path, depth_anything):
@@ -62,12 +74,13 @@ def test_world_depth_runs_when_the_depth_annotator_is_configured(tmp_path, depth
     d["annotators"]["depth"] = {"path": str(depth_anything), "input_size": 56}
     params = _write(tmp_path, d)
     copy, _ = _eval(params, "world_conditions", "--predictor", "baseline:copy-reference")
-    assert copy["setting"] == "canny+depth" and copy["n_items"] == 8
-    assert copy["metrics"] == pytest.approx({"edge_emse": 0.0, "depth_abs_rel": 0.0}, abs=1e-9)
+    assert copy["setting"] == "canny+depth_edges+depth" and copy["n_items"] == 12
+    assert copy["metrics"] == pytest.approx({"edge_emse": 0.0, "depth_edge_emse": 0.0, "depth_abs_rel": 0.0},
+                                            abs=1e-9)
     chance, _ = _eval(params, "world_conditions")
     assert chance["metrics"]["depth_abs_rel"] > 0.1 and chance["metrics"]["edge_emse"] > 50
     item = next(it for it in registry.get("world_conditions")(load_params(params)).items()
-                if it["condition_kind"] == "depth")
+                if it["scorer"] == "depth")
     assert item["condition"].shape == (64, 64, 3) and item["reference_annotation"].shape == (64, 64)
 
 
@@ -79,8 +92,8 @@ def test_model_predictor_answers_world_conditions(tmp_path):
     (step / "meta.json").write_text(json.dumps({"step": 1}))
     params = _write(tmp_path, _params(tmp_path, items=2, resolution=32))
     res, _ = _eval(params, "world_conditions", "--predictor", f"model:{step}")
-    assert res["model"]["weights"] == "random" and res["n_items"] == 2
-    assert 0 <= res["metrics"]["edge_emse"] <= 100
+    assert res["model"]["weights"] == "random" and res["n_items"] == 4
+    assert 0 <= res["metrics"]["edge_emse"] <= 100 and 0 <= res["metrics"]["depth_edge_emse"] <= 100
 
 
 def test_unicon_conditions_on_real_layout_with_fid(tmp_path, inception_path):

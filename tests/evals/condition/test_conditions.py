@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.condition.conditions import Canny, Depth, Pose, SoftEdges, load
+from evals.condition.conditions import SCORE_KEYS, Canny, Depth, DepthEdges, Pose, SoftEdges, load
 from onegen.annotators.depth import DepthAnnotator
 from onegen.annotators.edges import HED, HEDNet
 from onegen.annotators.pose import PoseResult
@@ -24,6 +24,15 @@ def test_canny_picture_and_self_comparison():
     assert picture.shape == (40, 52, 3) and (picture[..., 0] == edges).all()
     assert canny.compare(edges, edges) == {"edge_emse": 0.0}
     assert canny.aggregate([{"edge_emse": 0.1}, {"edge_emse": 0.3}]) == pytest.approx({"edge_emse": 20.0})
+
+
+def test_depth_edges_is_canny_under_its_own_score_name():
+    depth_edges, image = DepthEdges(), _image()
+    edges = depth_edges([image])[0]
+    assert np.array_equal(edges, Canny()([image])[0]) and SCORE_KEYS[depth_edges.kind] == "depth_edge_emse"
+    assert depth_edges.compare(edges, edges) == {"depth_edge_emse": 0.0}
+    assert depth_edges.compare(edges, 255 - edges)["depth_edge_emse"] == 1.0
+    assert depth_edges.aggregate([{"depth_edge_emse": 0.2}]) == pytest.approx({"depth_edge_emse": 20.0})
 
 
 def test_softedge_runs_hed_from_a_local_checkpoint(tmp_path):

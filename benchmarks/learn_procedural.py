@@ -68,8 +68,8 @@ def make_params(args) -> Params:
     base["shards"]["max_samples_per_shard"] = 1024
     if args.ray_cpus:  # shards in parallel: the same bytes as one process, in a fraction of the time
         base["build"].update(executor="ray", num_cpus=args.ray_cpus, cpu_workers=args.ray_cpus)
-    else:
-        base["build"]["executor"] = "local"
+    else:  # the world renders in a process per core (the profile's 2 left a 16-core host mostly idle)
+        base["build"].update(executor="local", cpu_workers=max(2, os.cpu_count() or 1))
     base["shards"]["families"] = {f: {"enabled": f in FAMILIES, "sources": ["world"], "max_samples": None}
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
@@ -219,8 +219,12 @@ def main() -> None:
     if args.stage in ("all", "data"):
         t0 = time.time()
         world.run(params)
-        for fam in FAMILIES:
-            shards.run(params, fam)
+        if args.ray_cpus:
+            for fam in FAMILIES:
+                shards.run(params, fam)
+        else:  # without Ray, a process per family (each writes its own folder): the families overlap
+            with ProcessPoolExecutor(len(FAMILIES), mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(partial(shards.run, params), FAMILIES))
         summary["data_seconds"] = round(time.time() - t0, 1)
         save()
         if args.ray_cpus:

@@ -54,7 +54,8 @@ for job in $JOBS; do
     # the steps sized by a probe to 7 minutes of this device, at lr 1e-3 and compiled: `learn`'s 1300 steps at 3e-4
     # (~5 min on an H200) left depth->image blobs in sessions 5 and 7, and session 7's CPU probe
     # (probe_conditioning.py) learned ~1.7x slower at 3e-4 and followed depth clearly only after ~2.5x more steps;
-    # its own folder, so nothing of `learn` resumes
+    # its own folder, so nothing of `learn` resumes. Session 8 ran it at LEARN_MINUTES=6: the probe then timed compiles
+    # as steps and sized it to 210 steps (fixed since); carry .whl_ann in a call of its own for its world GenEval
     learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
              --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 \

@@ -22,11 +22,30 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
         images = run()
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    ops = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()]
-    ops.sort(key=lambda o: -o[1])
+    ops = kernel_times(prof.key_averages())
     busy_ms = sum(ms for _, ms, _ in ops)
     return {"images": images, "wall_ms_per_image": 1e3 * wall / images, "op_ms_per_image": busy_ms / images,
             "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
+
+
+def kernel_times(events) -> list[tuple[str, float, int]]:
+    """(name, ms, calls) of the GPU's kernels and copies, longest first. Only device rows, and none of
+    the user annotations among them (``record_function`` ranges: ``Optimizer.step``, compiled regions),
+    whose spans cover kernels that have rows of their own; an op's row likewise carries its kernels'
+    time, so host rows never count here."""
+    from torch.autograd import DeviceType
+
+    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in events
+            if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def host_times(events) -> list[tuple[str, float, int]]:
+    """(name, ms, calls) of the host's ops by their self time, longest first."""
+    from torch.autograd import DeviceType
+
+    rows = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in events if e.device_type == DeviceType.CPU]
+    return sorted(rows, key=lambda r: -r[1])
 
 
 class StepProfile:
@@ -41,14 +60,14 @@ class StepProfile:
         self.device, self.first, self.last, self.top = device, first, last, top
         cuda = [ProfilerActivity.CUDA] if device.type == "cuda" else []  # on a CPU: the host ops alone
         self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
-        self.t0, self.result = 0.0, None
+        self.t0, self.result, self.started = 0.0, None, False
 
     def at(self, step: int) -> None:
         if step == self.first:
             self._sync()
             self.prof.start()
-            self.t0 = time.perf_counter()
-        elif step == self.last:
+            self.t0, self.started = time.perf_counter(), True
+        elif step == self.last and self.started:  # a loop resumed past ``first`` profiles nothing
             self._sync()
             wall = time.perf_counter() - self.t0
             self.prof.stop()
@@ -59,15 +78,8 @@ class StepProfile:
             torch.cuda.synchronize(self.device)
 
     def _summary(self, wall: float, steps: int) -> dict:
-        from torch.autograd import DeviceType
-
-        # An op's row carries the time of the kernels it launched, which have rows of their own: GPU time is
-        # summed over the kernels alone, host time over the ops alone.
         events = self.prof.key_averages()
-        gpu = sorted(((e.key, e.self_device_time_total / 1e3, e.count) for e in events
-                      if e.device_type == DeviceType.CUDA), key=lambda o: -o[1])
-        host = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in events
-                       if e.device_type == DeviceType.CPU), key=lambda o: -o[1])
+        gpu, host = kernel_times(events), host_times(events)
 
         def rows(ops):
             return [{"op": k[:80], "ms_per_step": round(ms / steps, 3), "calls": n} for k, ms, n in ops[:self.top]]

@@ -69,7 +69,7 @@ def make_params(args) -> Params:
     if args.ray_cpus:  # shards in parallel: the same bytes as one process, in a fraction of the time
         base["build"].update(executor="ray", num_cpus=args.ray_cpus, cpu_workers=args.ray_cpus)
     else:  # the world renders in a process per core (the profile's 2 left a 16-core host mostly idle)
-        base["build"].update(executor="local", cpu_workers=max(2, os.cpu_count() or 1))
+        base["build"].update(executor="local", cpu_workers=max(2, len(os.sched_getaffinity(0))))
     base["shards"]["families"] = {f: {"enabled": f in FAMILIES, "sources": ["world"], "max_samples": None}
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
@@ -140,13 +140,22 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
             "images": len(data)}
 
 
-def steady_step_seconds(durations, outlier: float = 4.0) -> tuple[float, int]:
-    """Mean step time over the steps no slower than ``outlier`` x the median, and how many: a step
-    that compiles (torch.compile, each new shape: seconds to a minute) is no cost of the steps to
-    come. Session 8's probe timed its steps as one block, compiles included, at 1.7 s a step; its
-    training then ran at 0.2 s a step and stopped after 210 steps where ~1800 fitted."""
+def thread_share() -> int:
+    """Torch threads for each of the per-family processes. Each process's torch would start a thread per
+    core: three of them oversubscribed the H200 host's 32 cores (beside another job's processes the
+    latents stage ran 10x slower than one process alone had), so each gets a share."""
+    return max(1, len(os.sched_getaffinity(0)) // len(FAMILIES))
+
+
+def steady_step_seconds(durations, outlier: float = 3.0) -> tuple[float, int]:
+    """Mean step time over the steps no slower than ``outlier`` x the 75th percentile, and how many:
+    a step that compiles (torch.compile, each new shape: seconds to a minute) is no cost of the steps
+    to come. Session 8's probe timed its steps as one block, compiles included, at 1.7 s a step; its
+    training then ran at 0.2 s a step and stopped after 210 steps where ~1800 fitted. The 75th
+    percentile, not the median: a batch is of one family, and a third of them (8-view multiview:
+    16x a text2image batch's tokens) may cost many times the median step, yet are training."""
     d = np.asarray(durations, dtype=np.float64)
-    kept = d[d <= outlier * np.median(d)]
+    kept = d[d <= outlier * np.percentile(d, 75)]
     return float(kept.mean()), len(kept)
 
 
@@ -197,19 +206,28 @@ def main() -> None:
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
             "stages": [params_.train.stages[0].model_copy(update={"steps": 100})],
             "out_dir": out / "probe", "checkpoint_every": 1000})})
-        stamps: list[float] = []
-        # steps 90-99 profiled, after the timed ones: where a step's time goes (GPU kernels or the host)
+        # A CUDA event after each step, read at the end: timing without synchronising, which would stop the
+        # host from running ahead of the GPU as the trainer does (on a CPU, the host clock is the step's time)
+        stamps: list = []
+        # steps 91-99 profiled, after the timed ones: where a step's time goes (GPU kernels or the host)
         profile = StepProfile(device, 90, 99)
 
         def stamp(step: int, _model) -> None:
             if 10 <= step <= 90:
                 if device.type == "cuda":
-                    torch.cuda.synchronize()  # the steps' kernels, not only their launches
-                stamps.append(time.perf_counter())
+                    stamps.append(torch.cuda.Event(enable_timing=True))
+                    stamps[-1].record()
+                else:
+                    stamps.append(time.perf_counter())
             profile.at(step)
 
         trainer.train(probe, on_step=stamp)
-        seconds, kept = steady_step_seconds(np.diff(stamps))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            durations = [a.elapsed_time(b) / 1e3 for a, b in zip(stamps, stamps[1:])]
+        else:
+            durations = np.diff(stamps)
+        seconds, kept = steady_step_seconds(durations)
         summary["probe"] = {"seconds_per_step": round(seconds, 4), "steps_timed": kept,
                             "steps_left_out": len(stamps) - 1 - kept, "profile": profile.result}
         save()
@@ -223,7 +241,8 @@ def main() -> None:
             for fam in FAMILIES:
                 shards.run(params, fam)
         else:  # without Ray, a process per family (each writes its own folder): the families overlap
-            with ProcessPoolExecutor(len(FAMILIES), mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(len(FAMILIES), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(thread_share(),)) as pool:
                 list(pool.map(partial(shards.run, params), FAMILIES))
         summary["data_seconds"] = round(time.time() - t0, 1)
         save()
@@ -241,11 +260,8 @@ def main() -> None:
         # decoding, tensors, npy writing: ~4 ms a sample), so the families overlap; each writes its own folder.
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the VAE fit's cache: the three processes each hold a VAE and a text encoder
-        # Each process's torch would start a thread per core: three of them oversubscribed the H200 host's 32 cores
-        # (beside another job's processes the stage ran 10x slower than one process alone had), so each gets a share.
-        threads = max(1, (os.cpu_count() or 1) // len(FAMILIES))
         with ProcessPoolExecutor(len(FAMILIES), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                                 initializer=torch.set_num_threads, initargs=(thread_share(),)) as pool:
             list(pool.map(partial(latents.run, params), FAMILIES))
         summary["latents_seconds"] = round(time.time() - t0, 1)
         save()

@@ -64,7 +64,8 @@ from onegen.shards.writer import atomic_write_bytes, content_identity, write_jso
 SIGMA_BINS = 5
 # Caption lengths are padded up to a multiple of this: a batch's longest prompt sets its length, and
 # every new length is another cuDNN attention plan (milliseconds of host time each) and another shape
-# for torch.compile; padded keys are masked, so the loss is the same.
+# for torch.compile; padded keys are masked, so the loss is the same up to rounding (and the FLOPs logged
+# for MFU include the padded keys' cross-attention).
 TEXT_LENGTH_MULTIPLE = 64
 # dense bf16 / fp32 peak FLOP/s per GPU (SXM parts); MFU is reported against these
 PEAK_FLOPS = {"bf16": {"H100": 989e12, "H200": 989e12, "A100": 312e12},
@@ -738,9 +739,9 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             g = noise_generator(cfg, slot, step)
             drop = (torch.rand(len(batch["prompt"]), generator=g) < stage.caption_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(batch["prompt"], drop)]
-            # Host-to-device copies never wait for the GPU (non_blocking; the loader's batches and the noise are
-            # in pinned memory): a blocking copy drains the GPU's queue, and the next step's host work (reading,
-            # noise, launches) then runs while the GPU idles.
+            # Host-to-device copies never wait for the GPU (non_blocking; with loader workers the batches are in
+            # pinned memory, as is the noise): a blocking copy drains the GPU's queue, and the next step's host
+            # work (reading, noise, launches) then runs while the GPU idles.
             with torch.no_grad():
                 latents = batch_to_latents(batch, codec)
                 if "text" in batch:

@@ -31,7 +31,7 @@ def batch_to_latents(batch: dict, codec: LatentCodec) -> torch.Tensor:
     out = []
     for i in view_order(modalities):
         v = batch["views"][i]
-        # non_blocking: the loader's batches are pinned, and a blocking copy would wait for the GPU's queue
+        # non_blocking: a blocking copy would wait for the GPU's queue (the loader's workers pin their batches)
         out.append(v.to(codec.device, non_blocking=True).float() if modalities[i] in ("rays", "latent")
                    else codec.encode(v))
     shapes = {tuple(x.shape[1:]) for x in out}

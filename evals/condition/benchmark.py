@@ -20,7 +20,8 @@ UniCon both images are re-annotated by Depth-Anything. FID runs when
 (e.g. ``canny+depth_edges+depth``) and stderr says what was skipped and which key enables it.
 
 An item's ``condition_kind`` is what the generator is given (depth for ``depth_edges``); its
-``scorer`` is the condition that scores it.
+``scorer`` is the condition that scores it. FID compares every generated image with the real
+ones, each real image entering once per condition it was given under.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class _ConditionBenchmark(Benchmark):
     def _item(self, item_id: str, kind: str, image: np.ndarray, prompt: str, reference, picture: np.ndarray,
               hash_fields: list) -> dict:
         c = self.conditions[kind]
-        given = "depth" if kind == "depth_edges" else kind
+        given = getattr(c, "gives", kind)
         return {"id": item_id, "condition_kind": given, "scorer": kind, "condition": picture, "prompt": prompt,
                 "image": image, "size": image.shape[:2], "reference_annotation": reference,
                 "hash_fields": [*hash_fields, kind, c.record, self.fid.record if self.fid else None]}
@@ -157,7 +158,7 @@ class WorldConditions(_ConditionBenchmark):
             for kind, c in self.conditions.items():
                 reference = c([r.rgb])[0]
                 # The world knows depth exactly: the generator gets it, drawn as the depth family draws it.
-                picture = _depth_picture(r.depth) if kind in ("depth", "depth_edges") else c.picture(reference)
+                picture = _depth_picture(r.depth) if getattr(c, "gives", kind) == "depth" else c.picture(reference)
                 yield self._item(f"world_conditions_{kind}_{i:05d}", kind, r.rgb, caption, reference, picture, fields)
 
 

@@ -76,6 +76,7 @@ class DepthEdges(Canny):
     image against Canny of the true image, under its own name (a depth task, not canny→image)."""
 
     kind = "depth_edges"
+    gives = "depth"  # what the generator is given: the task is depth->image
     score_key = "depth_edge_emse"
 
 

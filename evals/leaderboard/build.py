@@ -253,7 +253,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world_nvs": ("World — novel views", "NVS protocol on procedural orbits."),
     "world_pose": ("World — camera pose", "Pose protocol on jittered procedural rigs."),
     "world_id": ("World — ID customisation", "ID protocol on procedural subjects."),
-    "world_conditions": ("World — conditions", "UniCon condition metrics on procedural scenes."),
+    "world_conditions": ("World — conditions", "UniCon condition metrics on procedural scenes, and "
+                         "depth→image scored by Canny against the true image (the world's depth is exact)."),
     "annotators": ("World — annotator quality", "The configured One-Gen annotators against exact ground truth: "
                    "depth AbsRel/δ1 after alignment, box AP50, mask IoU, caption validity and noun recall."),
 }

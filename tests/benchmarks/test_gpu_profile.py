@@ -2,11 +2,15 @@
 
 import torch
 
-from benchmarks.gpu_profile import StepProfile
+from types import SimpleNamespace
+
+from torch.autograd import DeviceType
+
+from benchmarks.gpu_profile import StepProfile, host_times, kernel_times
 
 
 def test_step_profile_covers_its_window_and_names_the_host_ops():
-    profile = StepProfile(torch.device("cpu"), first=3, last=7, top=4)
+    profile = StepProfile(torch.device("cpu"), first=3, last=7, top=1000)
     a = torch.randn(64, 64)
     for step in range(1, 11):
         if 3 < step <= 7:  # the steps after `first` through `last`
@@ -20,3 +24,24 @@ def test_step_profile_covers_its_window_and_names_the_host_ops():
     assert "aten::mm" in ops and ops["aten::mm"]["calls"] == 4
     assert "aten::cumsum" not in ops
     assert r["wall_ms_per_step"] > 0
+
+
+def test_kernel_and_host_times_count_each_microsecond_once():
+    def row(key, device, gpu_us=0.0, cpu_us=0.0, annotation=False):
+        return SimpleNamespace(key=key, device_type=device, is_user_annotation=annotation, count=2,
+                               self_device_time_total=gpu_us, self_cpu_time_total=cpu_us)
+
+    events = [row("aten::mm", DeviceType.CPU, gpu_us=3000, cpu_us=500),  # its kernel's time, again
+              row("gemm_kernel", DeviceType.CUDA, gpu_us=3000),
+              row("Optimizer.step#AdamW.step", DeviceType.CUDA, gpu_us=5000, annotation=True),  # a range
+              row("adamw_kernel", DeviceType.CUDA, gpu_us=4000),
+              row("cudaStreamSynchronize", DeviceType.CPU, cpu_us=900)]
+    assert kernel_times(events) == [("adamw_kernel", 4.0, 2), ("gemm_kernel", 3.0, 2)]
+    assert host_times(events) == [("cudaStreamSynchronize", 0.9, 2), ("aten::mm", 0.5, 2)]
+
+
+def test_a_window_never_started_is_never_stopped():
+    profile = StepProfile(torch.device("cpu"), first=3, last=7)
+    for step in range(5, 9):  # resumed past ``first``
+        profile.at(step)
+    assert profile.result is None

@@ -220,6 +220,10 @@ def check_latents(directory: Path, params: Params) -> None:
                          f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {directory.name}`")
 
 
+def padded_length(length: int) -> int:
+    return -(-length // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE
+
+
 def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt features [B, L, C] and mask [B, L] padded with masked tokens to ``length``."""
     pad = length - text.shape[1]
@@ -229,11 +233,11 @@ def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch
 def with_caption_dropout(text: torch.Tensor, mask: torch.Tensor, drop: list[bool], empty: tuple) -> tuple:
     """Cached prompt features with the dropped rows replaced by the empty prompt's features, their
     length padded up to a multiple of ``TEXT_LENGTH_MULTIPLE``."""
-    e, em = empty
-    length = -(-max(text.shape[1], e.shape[1] if any(drop) else 0) // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE
-    text, mask = pad_text(text, mask, length)
     if not any(drop):
-        return text, mask
+        return pad_text(text, mask, padded_length(text.shape[1]))
+    e, em = empty
+    length = padded_length(max(text.shape[1], e.shape[1]))
+    text, mask = pad_text(text, mask, length)
     e, em = pad_text(e[:1].to(text.dtype), em[:1], length)
     # torch.where, not boolean indexing: the latter waits for the GPU to count the rows
     rows = torch.tensor(drop).to(text.device, non_blocking=True)
@@ -750,7 +754,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                                                            drop, empty_prompt)
                 else:
                     text, text_mask = text_enc(prompts)
-                    text, text_mask = with_caption_dropout(text, text_mask, [False] * len(prompts), empty_prompt)
+                    text, text_mask = pad_text(text, text_mask, padded_length(text.shape[1]))
             sigmas = sample_sigmas(latents.shape[:2], g, cfg.sigma_shift).to(device, non_blocking=True)
             noise = torch.empty(latents.shape, pin_memory=cuda).normal_(generator=g).to(device, non_blocking=True)
             given = given_views(latents.shape[:2], cfg.condition_prob, g)

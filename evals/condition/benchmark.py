@@ -132,8 +132,7 @@ class WorldConditions(_ConditionBenchmark):
 
     def __init__(self, params: Params):
         self.cfg = params.evals.world
-        self.conditions = {kind: {"canny": cond.Canny, "depth_edges": cond.DepthEdges}[kind]()
-                           for kind in self.cfg.conditions}
+        self.conditions = {kind: cond.load(kind, params) for kind in self.cfg.conditions}
         skipped = []
         if params.annotators.depth.path is not None:
             self.conditions["depth"] = cond.load("depth", params)

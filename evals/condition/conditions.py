@@ -169,11 +169,11 @@ class Pose:
 
 def load(kind: str, params) -> Condition:
     """The condition ``kind`` with its annotator loaded from ``params.annotators``."""
-    if kind == "canny":
-        return Canny()
+    if kind in ("canny", "depth_edges"):  # no annotator weights
+        return {"canny": Canny, "depth_edges": DepthEdges}[kind]()
     classes = {"softedge": SoftEdges, "depth": Depth, "pose": Pose}
     if kind not in classes:
-        raise ValueError(f"unknown condition {kind!r}: use canny, softedge, depth or pose")
+        raise ValueError(f"unknown condition {kind!r}: use canny, depth_edges, softedge, depth or pose")
     return classes[kind].load(params)
 
 

@@ -12,11 +12,12 @@ import string
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from onegen.annotators.base import weights_sha256
 from onegen.hub_cache import resolve_model_path
+from onegen.sources import procedural as world
 
 MAX_TOKENS = 300
 
@@ -29,6 +30,19 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     # like T5, every prompt ends in </s>, so even the empty (CFG) prompt has one real token
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """Lower-cased WordPiece over the procedural world's words, any other word spelled out character by
+    character: one token a word where it matters, as T5's vocabulary has for common English words."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for piece in (*string.printable, *("##" + ch for ch in string.printable), *world.caption_words()):
+        vocab.setdefault(piece, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 

@@ -513,6 +513,17 @@ _OPENERS = ("A photo of", "A rendering of", "A scene with", "An image of")
 _RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
 
+_EMPTY = "an empty floor under a clear sky"
+
+
+def caption_words() -> tuple[str, ...]:
+    """Every word ``caption`` writes, lower case, with a plural's "s" left off (it adds it to a shape)."""
+    words = {*SHAPES, *COLORS, *MATERIALS, *SIZES, *_NUMBERS.values(), "an", "and", "the", "is", "are"}
+    for phrase in (*_OPENERS, *_RELATIONS.values(), _EMPTY):
+        words.update(phrase.lower().split())
+    return tuple(sorted(words))
+
+
 def _visible(scene: Scene, camera: Camera, render: Render | None) -> list[tuple[SceneObject, float, float]]:
     """Visible objects with their projected centres (u, v)."""
     u, v, z = project(camera, np.array([o.centre for o in scene.objects]).reshape(-1, 3))
@@ -554,7 +565,7 @@ def caption(scene: Scene, camera: Camera, render: Render | None = None) -> str:
     visible = _visible(scene, camera, render)
     opener = _OPENERS[int(rng.integers(len(_OPENERS)))]
     if not visible:
-        return f"{opener} an empty floor under a clear sky."
+        return f"{opener} {_EMPTY}."
     groups: dict[str, list[tuple[SceneObject, float, float]]] = {}
     for item in visible:
         groups.setdefault(item[0].label, []).append(item)

@@ -201,6 +201,17 @@ def test_caption_counts_colours_and_left_right():
     assert any(s in text for s in right) and not any(s in text for s in wrong), text
 
 
+def test_caption_words_cover_every_caption():
+    captions = [P.caption(P.sample_scene(0, 3, 3), camera([0.0, 0.0, 5.0], [30.0, 0.0, 40.0], 48, 64, fov=50))]
+    for seed in range(200):
+        scene, cam = P.sample_scene(seed, 1, 8), P.random_camera(seed, 48, 64)
+        captions.append(P.caption(scene, cam, P.render(scene, cam)))
+    seen = {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
+    assert {"empty", "two", "metal", "left", "below"} <= seen and len(seen) > 40
+    plural_shapes = {s + "s" for s in P.SHAPES}
+    assert {w.removesuffix("s") if w in plural_shapes else w for w in seen} <= set(P.caption_words())
+
+
 _RELATION = re.compile(r"The (\w+ \w+?)s? (?:is|are) (to the left of|to the right of|above|below) the (\w+ \w+?)s?\.")
 
 

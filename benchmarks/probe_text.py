@@ -138,7 +138,6 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tokenizer", default="word")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
 
@@ -153,9 +152,7 @@ def main() -> None:
               "evals": []}
     print(json.dumps({"judge": record["judge"]}), flush=True)
 
-    from model.text import char_tokenizer, word_tokenizer, tiny_t5, MAX_TOKENS
-    tok = {"char": char_tokenizer, "word": word_tokenizer}[args.tokenizer]()
-    encoder = TextEncoder(tiny_t5(len(tok), args.seed, 32), tok, MAX_TOKENS, True)
+    encoder = TextEncoder.load(None, dim=32, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
     null_embeds = F.pad(null[0], (0, 0, 0, text[0].shape[1] - 1))
     null_mask = F.pad(null[1], (0, text[1].shape[1] - 1))

@@ -46,6 +46,15 @@ def test_text_encoder_masks_padding_and_round_trips(tmp_path):
         TextEncoder.load(tmp_path / "nowhere")
 
 
+def test_random_encoder_reads_world_words_whole_and_spells_the_rest():
+    tok = TextEncoder.load(None).tokenizer
+    pieces = tok.convert_ids_to_tokens(tok("A photo of two Red cubes, left of a giraffe.").input_ids)
+    assert pieces[:7] == ["a", "photo", "of", "two", "red", "cube", "##s"]  # lower-cased, one token a world word
+    assert pieces[7:11] == [",", "left", "of", "a"]
+    assert pieces[11:] == ["g", "##i", "##r", "##a", "##f", "##f", "##e", ".", "</s>"]  # no <unk> for new words
+    assert TextEncoder.identity_of(None) != TextEncoder.identity_of(None, seed=1)
+
+
 def test_sigma_schedule_is_shifted_logit_normal():
     g = torch.Generator().manual_seed(0)
     s = sample_sigmas((20000,), g, shift=3.0)

@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -94,6 +95,34 @@ def evaluate(model: NextDiT, held: torch.Tensor, given_label: str) -> dict:
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 
+def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor],
+                evaluate_model: Callable[[NextDiT], dict], record: dict) -> None:
+    """The probes' model and loop: a NextDiT of ``args.width``/``args.depth`` (seeded by ``args.seed``), AdamW,
+    clip 1, ``loss_of(model, generator)`` a step; every ``args.eval_every`` steps and at the end a row of
+    ``evaluate_model(model)`` printed and added to ``record``, which ``--json`` gets at the end."""
+    torch.manual_seed(args.seed)
+    model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
+                                  caption_channels=32, multiple_of=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(args.seed + 1)
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        loss = loss_of(model, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            row = {"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
+                   **evaluate_model(model)}
+            model.train()
+            record["evals"].append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=3000)
@@ -112,33 +141,17 @@ def main() -> None:
     t0 = time.time()
     train, held = to_latents(render_pairs(args.pairs, 0)), render_pairs(64, HELD_OUT_SEED)
     print(f"rendered {args.pairs} + 64 pairs in {time.time() - t0:.1f} s", flush=True)
-    torch.manual_seed(args.seed)
-    model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
-                                  caption_channels=32, multiple_of=32))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
-    g = torch.Generator().manual_seed(args.seed + 1)
     text, mask = torch.zeros(args.batch, 4, 32), torch.ones(args.batch, 4, dtype=torch.bool)
     label = given_label_for({"condition_prob": args.condition_prob})  # as the model predictor labels a checkpoint
-    record = {"command": " ".join([sys.executable, *sys.argv]), "evals": []}
-    t0 = time.time()
-    for step in range(1, args.steps + 1):
+
+    def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
         x = train[torch.randint(len(train), (args.batch,), generator=g)]
         given = given_views((args.batch, 2), args.condition_prob, g)
-        loss, _ = flow_matching_loss(model, x, text, mask, sample_sigmas((args.batch, 2), g, args.sigma_shift),
-                                     torch.randn(x.shape, generator=g), given if given.any() else None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            row = {"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
-                   **evaluate(model, held, label)}
-            model.train()
-            record["evals"].append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        return flow_matching_loss(model, x, text, mask, sample_sigmas((args.batch, 2), g, args.sigma_shift),
+                                  torch.randn(x.shape, generator=g), given if given.any() else None)[0]
+
+    train_probe(args, loss_of, lambda model: evaluate(model, held, label),
+                {"command": " ".join([sys.executable, *sys.argv]), "evals": []})
 
 
 if __name__ == "__main__":

@@ -38,13 +38,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.loss import flow_matching_loss, sample_sigmas  # noqa: E402
-from model.nextdit import NextDiT, NextDiTConfig  # noqa: E402
+from model.nextdit import NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_conditioning import RES, to_latents, to_pixels  # noqa: E402
+from probe_conditioning import RES, to_latents, to_pixels, train_probe  # noqa: E402
 
 HELD_OUT_SEED = 10**6
 COLORS, SHAPES = list(world.COLORS), list(world.SHAPES)
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--judge-steps", type=int, default=800)
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
@@ -145,7 +146,7 @@ def main() -> None:
     images, labels, captions = render_scenes(args.scenes, 0)
     held_images, held_labels, held_captions = render_scenes(128, HELD_OUT_SEED)
     print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s", flush=True)
-    judge = fit_judge(images, labels, 800, args.seed)
+    judge = fit_judge(images, labels, args.judge_steps, args.seed)
     record = {"command": " ".join([sys.executable, *sys.argv]),
               "judge": {"held_out": judge.accuracy(held_images, held_labels),
                         "other_prompts": judge.accuracy(held_images.roll(1, 0), held_labels)},
@@ -157,32 +158,16 @@ def main() -> None:
     null_embeds = F.pad(null[0], (0, 0, 0, text[0].shape[1] - 1))
     null_mask = F.pad(null[1], (0, text[1].shape[1] - 1))
     latents = to_latents(images[:, None])
-    torch.manual_seed(args.seed)
-    model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
-                                  caption_channels=32, multiple_of=32))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
-    g = torch.Generator().manual_seed(args.seed + 1)
-    t0 = time.time()
-    for step in range(1, args.steps + 1):
+
+    def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
         i = torch.randint(len(latents), (args.batch,), generator=g)
         drop = (torch.rand(args.batch, generator=g) < 0.1)[:, None]
         embeds = torch.where(drop[..., None], null_embeds, text[0][i])
         mask = torch.where(drop, null_mask, text[1][i])
-        loss, _ = flow_matching_loss(model, latents[i], embeds, mask, sample_sigmas((args.batch, 1), g, args.sigma_shift),
-                                     torch.randn(latents[i].shape, generator=g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            row = {"step": step, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
-                   **evaluate(model, judge, held_text, null, held_labels, args.cfg)}
-            model.train()
-            record["evals"].append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        return flow_matching_loss(model, latents[i], embeds, mask, sample_sigmas((args.batch, 1), g, args.sigma_shift),
+                                  torch.randn(latents[i].shape, generator=g))[0]
+
+    train_probe(args, loss_of, lambda model: evaluate(model, judge, held_text, null, held_labels, args.cfg), record)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from model.loss import flow_matching_loss, sample_sigmas  # noqa: E402
 from model.nextdit import NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
+from model.train import pad_text  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,9 +110,8 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
     """Features and masks of every caption, padded to the longest one."""
     feats = [encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)]
     length = max(h.shape[1] for h, _ in feats)
-    embeds = torch.cat([F.pad(h, (0, 0, 0, length - h.shape[1])) for h, _ in feats])
-    mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m in feats])
-    return embeds, mask
+    padded = [pad_text(h, m, length) for h, m in feats]
+    return torch.cat([h for h, _ in padded]), torch.cat([m for _, m in padded])
 
 
 @torch.no_grad()
@@ -155,8 +155,7 @@ def main() -> None:
 
     encoder = TextEncoder.load(None, dim=32, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
-    null_embeds = F.pad(null[0], (0, 0, 0, text[0].shape[1] - 1))
-    null_mask = F.pad(null[1], (0, text[1].shape[1] - 1))
+    null_embeds, null_mask = pad_text(*null, text[0].shape[1])
     latents = to_latents(images[:, None])
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:

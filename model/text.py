@@ -34,6 +34,7 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # like T5, every prompt ends in </s>, so even the empty (CFG) prompt has one real token
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 

@@ -21,7 +21,7 @@
 6. sample a PNG grid (image, depth, text→image, depth→image, image→depth) from held-out scenes.
 
 The text encoder stays the seeded-random tiny T5 (a fixed random feature map of the prompt's
-characters, frozen): results say ``weights: random`` for that reason. Everything else is learned
+words, frozen): results say ``weights: random`` for that reason. Everything else is learned
 here, and ``learn_procedural.json`` records every figure with the command that made it.
 """
 
@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-items", type=int, default=24)
     ap.add_argument("--stage", choices=["all", "data", "vae", "latents", "train", "eval"], default="all")
+    ap.add_argument("--world-detector", type=Path,
+                    help="a world_geneval detector trained elsewhere for the same world settings (`dvc repro`'s "
+                         "data/world_detector), so this machine spends no time training one")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
@@ -234,6 +237,13 @@ def main() -> None:
         return max(int(args.train_minutes * 60 / seconds), 60)
 
     params = make_params(args)
+    if args.world_detector:  # checked before any minute is spent, copied where world_geneval looks
+        given = json.loads((args.world_detector / "metrics.json").read_text())
+        if mismatch := world_detector.settings_mismatch(given, params.evals.geneval.world, params.world.resolution):
+            sys.exit(f"--world-detector {args.world_detector}: trained otherwise than this run's world: {mismatch}")
+        world_detector.detector_dir(params).mkdir(parents=True, exist_ok=True)
+        for name in ("weights.pt", "metrics.json"):
+            shutil.copyfile(args.world_detector / name, world_detector.detector_dir(params) / name)
     if args.stage in ("all", "data"):
         t0 = time.time()
         world.run(params)
@@ -288,18 +298,12 @@ def main() -> None:
                 print(name, spec, r["metrics"])
                 save()  # each figure lands as soon as it exists: a later failure loses none of them
 
-        score("world_depth", ["baseline"])
-        score("world_conditions", ["baseline"])
-        score("world_nvs", ["baseline"])
-        if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
-            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0})})
-            evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
-            print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
-            save()
+        # The order puts the claims still in doubt first (text->image, then depth->image), so a device
+        # lease that ends early still has them; each figure is saved as it lands.
         summary["samples"] = sample.run(params)
         save()
         # text->image is judged by the world detector, which trains with ultralytics: a failure there
-        # is recorded beside the figures above rather than ending the run without them.
+        # is recorded beside the other figures rather than ending the run without them.
         try:
             try:
                 WorldGenEval(params)  # is a current detector there?
@@ -312,6 +316,14 @@ def main() -> None:
             summary["world_geneval_error"] = f"{type(e).__name__}: {e}"
             save()
             print(f"world_geneval failed: {summary['world_geneval_error']}", file=sys.stderr)
+        score("world_conditions", ["baseline"])
+        score("world_depth", ["baseline"])
+        score("world_nvs", ["baseline"])
+        if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
+            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0})})
+            evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
+            print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
+            save()
     print(json.dumps(summary, indent=1))
     if "world_geneval_error" in summary:
         sys.exit(1)

@@ -24,7 +24,7 @@ from evals.benchmark import Benchmark
 from evals.geneval.colors import ColorClassifier, WorldColorClassifier
 from evals.geneval.detector import Detections, YoloDetector
 from evals.geneval.rules import TAGS, judge, keep_detections
-from evals.geneval.world_detector import detector_dir
+from evals.geneval.world_detector import detector_dir, settings_mismatch
 from evals.geneval.world_prompts import make_prompts
 from evals.registry import register
 from onegen.annotators.base import require_path, weights_sha256
@@ -182,6 +182,9 @@ class WorldGenEval(_GenEvalBenchmark):
         if "negative_fp_rate" not in self.detector_metrics:
             raise FileNotFoundError(f"world_geneval: {metrics} predates negatives in training; run "
                                     f"`onegen world-detector` again (DVC stage world_detector)")
+        if mismatch := settings_mismatch(self.detector_metrics, cfg.world, params.world.resolution):
+            raise ValueError(f"world_geneval: the detector in {folder} was trained otherwise than the params ask: "
+                             f"{mismatch}; run `onegen world-detector` again (DVC stage world_detector)")
         super().__init__(make_prompts(cfg.world.prompts, cfg.world.seed), cfg.images_per_prompt,
                          params.world.resolution, "world_geneval_", [weights_sha256(self.detector_path)])
 

@@ -56,6 +56,18 @@ def detector_dir(params: Params) -> Path:
     return params.paths.data / "world_detector"
 
 
+def settings(cfg: WorldGenEvalConfig, size: int) -> dict:
+    """What a detector's ``metrics.json`` records of how it was trained, for renders of ``size``² pixels."""
+    return {"train_images": cfg.train_images, "val_images": cfg.val_images, "epochs": cfg.epochs, "imgsz": cfg.imgsz,
+            "render_size": size, "seed": cfg.seed, "arch": ARCH}
+
+
+def settings_mismatch(metrics: dict, cfg: WorldGenEvalConfig, size: int) -> str | None:
+    """None when a trained detector's metrics say it was trained as ``cfg`` asks, else what differs."""
+    diff = [f"{k} {metrics.get(k)!r} (params: {v!r})" for k, v in settings(cfg, size).items() if metrics.get(k) != v]
+    return ", ".join(diff) or None
+
+
 def instance_polygon(mask: np.ndarray) -> np.ndarray:
     """One closed outline (K, 2) of pixel-centre coordinates covering a possibly split mask.
 
@@ -224,8 +236,7 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
         "per_class_map50_box": {CLASSES[c]: float(v) for c, v in zip(val.box.ap_class_index, val.box.ap50)},
         "score_calibration": {"a": a, "b": b, "detections": len(scores), "correct": int(correct.sum())},
         "negative_fp_rate": fp_images / n_neg, "val_negatives": n_neg,
-        "train_images": cfg.train_images, "val_images": cfg.val_images, "epochs": cfg.epochs, "imgsz": cfg.imgsz,
-        "render_size": size, "seed": cfg.seed, "arch": ARCH, "ultralytics": ultralytics.__version__,
+        **settings(cfg, size), "ultralytics": ultralytics.__version__,
         "export_seconds": round(t_export, 1), "train_seconds": round(t_train, 1),
     }
     write_json(out_dir / "metrics.json", metrics)

@@ -13,7 +13,7 @@ from evals import benchmark
 from evals.geneval.benchmark import WorldGenEval
 from evals.geneval.detector import YoloDetector
 from evals.geneval.world_detector import (CLASSES, export_split, fit_platt, instance_polygon, label_lines,
-                                          match_detections, negative_image, train)
+                                          match_detections, negative_image, settings_mismatch, train)
 from evals.geneval.world_prompts import WorldOracle
 from onegen.config import Params, WorldGenEvalConfig
 from onegen.sources import procedural as world
@@ -87,12 +87,20 @@ def test_platt_scaling_recovers_a_known_calibration():
     assert np.isfinite([a, b]).all() and a > 0
 
 
+TINY = dict(train_images=8, val_images=4, epochs=1, imgsz=64, batch=4, seed=5)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch on a handful of 64-pixel renders: a real (if useless) training run."""
     out = tmp_path_factory.mktemp("data") / "world_detector"
-    cfg = WorldGenEvalConfig(train_images=8, val_images=4, epochs=1, imgsz=64, batch=4, seed=5)
-    return out, train(cfg, 64, out)
+    return out, train(WorldGenEvalConfig(**TINY), 64, out)
+
+
+def world_params(detector_dir, reports, **world_geneval) -> Params:
+    return Params.model_validate({"paths": {"data": str(detector_dir.parent), "reports": str(reports)},
+                                  "world": {"resolution": 64},
+                                  "evals": {"geneval": {"world": {**TINY, "prompts": 6, **world_geneval}}}})
 
 
 def test_export_writes_yolo_layout(tmp_path):
@@ -152,10 +160,7 @@ def test_detector_load_errors_name_the_key(tmp_path):
 
 def test_world_geneval_end_to_end_with_the_oracle(trained, tmp_path):
     out, metrics = trained
-    params = Params.model_validate({"paths": {"data": str(out.parent), "reports": str(tmp_path)},
-                                    "world": {"resolution": 64},
-                                    "evals": {"geneval": {"world": {"prompts": 6, "seed": 3}}}})
-    bench = WorldGenEval(params)
+    bench = WorldGenEval(world_params(out, tmp_path))
     bench.name = "world_geneval"
     result = benchmark.run(bench, WorldOracle(), tmp_path / "run", batch_size=2, limit=4)
     m = result["metrics"]
@@ -173,3 +178,11 @@ def test_world_geneval_without_a_detector_says_which_stage_to_run(tmp_path):
     params = Params.model_validate({"paths": {"data": str(tmp_path)}})
     with pytest.raises(FileNotFoundError, match="onegen world-detector"):
         WorldGenEval(params)
+
+
+def test_world_geneval_refuses_a_detector_trained_for_other_settings(trained, tmp_path):
+    out, metrics = trained
+    with pytest.raises(ValueError, match=r"epochs 1 \(params: 2\).*onegen world-detector"):
+        WorldGenEval(world_params(out, tmp_path, epochs=2))
+    assert settings_mismatch(metrics, WorldGenEvalConfig(**TINY), 64) is None
+    assert "render_size 64 (params: 128)" in settings_mismatch(metrics, WorldGenEvalConfig(**TINY), 128)

@@ -52,23 +52,26 @@ COLORS, SHAPES = list(world.COLORS), list(world.SHAPES)
 MIN_PIXELS = 15
 
 
-def render_scenes(n: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """-> images [n, 3, RES, RES] in [-1, 1], labels [n, 2] (colour, shape index), captions."""
-    images, labels, captions, seed = [], [], [], first_seed
+def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5)
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], float]:
+    """-> images [n, 3, RES, RES] in [-1, 1], labels [n, 2] (colour, shape index), captions, and the mean
+    share of the image the object covers; the camera ``radius`` metres (uniform in the range) from the target."""
+    images, labels, captions, seed, covered = [], [], [], first_seed, 0
     while len(images) < n:
         rng = np.random.default_rng(seed)
         scene = world.sample_scene(seed, 1, 1)
-        camera = world.orbit_cameras(1, RES, RES, radius=rng.uniform(5, 6.5), elevation_deg=rng.uniform(20, 45),
+        camera = world.orbit_cameras(1, RES, RES, radius=rng.uniform(*radius), elevation_deg=rng.uniform(20, 45),
                                      start_azimuth_deg=rng.uniform(0, 360))[0]
         r = world.render(scene, camera)
         seed += 1
         if (r.instance > 0).sum() < MIN_PIXELS:
             continue
+        covered += int((r.instance > 0).sum())
         obj = scene.objects[0]
         images.append(torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1)
         labels.append((COLORS.index(obj.color), SHAPES.index(obj.shape)))
         captions.append(world.caption(scene, camera, r))
-    return torch.stack(images), torch.tensor(labels), captions
+    return torch.stack(images), torch.tensor(labels), captions, covered / (n * RES * RES)
 
 
 class Judge(nn.Module):
@@ -139,15 +142,23 @@ def main() -> None:
     ap.add_argument("--judge-steps", type=int, default=800)
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--radius", type=float, nargs=2, default=(5.0, 6.5), metavar=("LO", "HI"),
+                    help="camera distance range in metres: farther, and the object is a smaller share of the image")
+    ap.add_argument("--prompt-prefix", default="",
+                    help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
 
     t0 = time.time()
-    images, labels, captions = render_scenes(args.scenes, 0)
-    held_images, held_labels, held_captions = render_scenes(128, HELD_OUT_SEED)
-    print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s", flush=True)
+    images, labels, captions, covered = render_scenes(args.scenes, 0, tuple(args.radius))
+    held_images, held_labels, held_captions, _ = render_scenes(128, HELD_OUT_SEED, tuple(args.radius))
+    print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s; the object covers "
+          f"{covered:.1%} of an image", flush=True)
+    if args.prompt_prefix:
+        captions, held_captions = ([f"{args.prompt_prefix} {c}" for c in cs] for cs in (captions, held_captions))
     judge = fit_judge(images, labels, args.judge_steps, args.seed)
     record = {"command": " ".join([sys.executable, *sys.argv]),
+              "object_share": round(covered, 4),
               "judge": {"held_out": judge.accuracy(held_images, held_labels),
                         "other_prompts": judge.accuracy(held_images.roll(1, 0), held_labels)},
               "evals": []}

@@ -52,6 +52,9 @@ def test_random_encoder_reads_world_words_whole_and_spells_the_rest():
     assert pieces[:7] == ["a", "photo", "of", "two", "red", "cube", "##s"]  # lower-cased, one token a world word
     assert pieces[7:11] == [",", "left", "of", "a"]
     assert pieces[11:] == ["g", "##i", "##r", "##a", "##f", "##f", "##e", ".", "</s>"]  # no <unk> for new words
+    tagged = tok.convert_ids_to_tokens(tok("[[depth2image]] a cone [[text2image]]x").input_ids)
+    assert tagged == ["[[depth2image]]", "a", "cone", "[", "[", "t", "##e", "##x", "##t", "##2", "##i", "##m", "##a",
+                      "##g", "##e", "]", "]", "x", "</s>"]  # task tags whole, unless glued to a word
     assert TextEncoder.identity_of(None) != TextEncoder.identity_of(None, seed=1)
 
 

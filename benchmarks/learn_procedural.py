@@ -48,11 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import train as trainer  # noqa: E402
+from model.loss import flow_matching_loss  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.format import decode_sample  # noqa: E402
-from onegen.shards.reader import ReadReport, depth_to_condition, iter_tar_samples, shard_urls  # noqa: E402
+from onegen.shards.reader import (ReadReport, depth_to_condition, iter_tar_samples, sample_to_tensors,  # noqa: E402
+                                  shard_urls)
 from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
+from evals.predictors import make_predictor  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile  # noqa: E402
 
@@ -138,6 +141,37 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
     return {"steps": step, "seconds": round(time.time() - t0, 1), "loss_every_200": losses,
             "recon_psnr_db": round(10 * np.log10(1 / mse), 2), "shift_factor": shift, "scaling_factor": scale,
             "images": len(data)}
+
+
+@torch.no_grad()
+def prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25, 0.5, 0.75, 0.95)) -> dict:
+    """Does the trained model read its prompt? Its text->image velocity loss on ``n`` training samples at each
+    σ (fixed noise), given each sample's own prompt, another sample's, and the empty one, all encoded as
+    the sampler encodes them. Own no better than another's: no sampler setting can make a sample follow
+    its text, and the fault is in training; clearly better: look at the sampling path."""
+    pred = make_predictor(f"model:{checkpoint}", params)
+    found = []
+    for url in shard_urls(latents.latents_dir(params, "text2image")):
+        found += [sample_to_tensors(decode_sample(raw)) for raw in iter_tar_samples(url, ReadReport())]
+        if len(found) >= n:
+            break
+    found = found[:n]
+    x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
+    prompts = [f["prompt"] for f in found]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
+    out = {"samples": len(found)}
+    for name, texts in (("own", prompts), ("other", prompts[1:] + prompts[:1]), ("empty", [""] * len(prompts))):
+        per_sigma = {}
+        for sigma in sigmas:
+            losses = []
+            for i in range(0, len(x), 64):
+                text, mask = pred.text(texts[i:i + 64])
+                s = torch.full((len(text), 1), sigma, device=pred.device)
+                losses.append(flow_matching_loss(pred.model, x[i:i + 64], text, mask, s, noise[i:i + 64])[0]
+                              * len(text))
+            per_sigma[f"sigma_{sigma:g}"] = round(float(sum(losses)) / len(x), 5)
+        out[name] = per_sigma
+    return out
 
 
 def thread_share() -> int:
@@ -301,6 +335,8 @@ def main() -> None:
         # The order puts the claims still in doubt first (text->image, then depth->image), so a device
         # lease that ends early still has them; each figure is saved as it lands.
         summary["samples"] = sample.run(params)
+        summary["prompt_reliance"] = prompt_reliance(params, ckpt)
+        print("prompt_reliance", summary["prompt_reliance"])
         save()
         # text->image is judged by the world detector, which trains with ultralytics: a failure there
         # is recorded beside the other figures rather than ending the run without them.

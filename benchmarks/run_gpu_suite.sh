@@ -64,7 +64,11 @@ for job in $JOBS; do
              --lr 1e-3 --compile "${detector[@]}"
            cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null
-           cp "${LEARN_DIR:-/tmp/learn}_long/reports/train/metrics.jsonl" "$OUT/learn_long_metrics.jsonl" 2>/dev/null ;;
+           cp "${LEARN_DIR:-/tmp/learn}_long/reports/train/metrics.jsonl" "$OUT/learn_long_metrics.jsonl" 2>/dev/null
+           # the model's own grids (a benchmark's folder holds its baseline's; the model's is an entry)
+           for grid in "${LEARN_DIR:-/tmp/learn}"_long/reports/evals/*/entries/model*/samples.png; do
+             [ -f "$grid" ] && cp "$grid" "$OUT/learn_long_$(basename "$(dirname "$(dirname "$(dirname "$grid")")")")_model.png"
+           done ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     # the compiled rows never measured yet (each row compiles for ~2 minutes: the whole --extra set outlasts a call)
     train_rest) step train_rest python3 benchmarks/bench_train_step.py --modes compile --rows 8view,2.8b ;;

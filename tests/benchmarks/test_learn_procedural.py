@@ -1,7 +1,17 @@
-"""learn_procedural's step-time probe: compiles are no cost of the steps to come, dear families are."""
+"""learn_procedural: its step-time probe (compiles are no cost of the steps to come, dear families are) and
+its check that a trained model reads its prompt."""
+
+import json
 
 import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from typer.testing import CliRunner
 
+from model.nextdit import CONFIGS, NextDiT
+from onegen.cli import app
+from onegen.config import load_params, profile_path
 from tests.benchmarks.scripts import load_script
 
 
@@ -12,3 +22,43 @@ def test_steady_step_seconds_leaves_compiles_out_and_keeps_the_family_mix():
     seconds, kept = learn.steady_step_seconds([25.0, *mix[:10], 8.0, *mix[10:], 6.0])
     assert kept == 60 and seconds == pytest.approx((0.05 + 0.1 + 0.8) / 3)
     assert learn.steady_step_seconds([0.2] * 5) == (pytest.approx(0.2), 5)
+
+
+@pytest.fixture(scope="module")
+def text2image_latents(tmp_path_factory):
+    """A tiny world's text2image shards encoded to latents with their prompts' features, as the run makes them."""
+    root = tmp_path_factory.mktemp("reliance")
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["world"].update(scenes=3, id_groups=0, resolution=32, records_per_shard=4)
+    d["latents"] = {"text": True, "batch_size": 4}
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    for args in (["world"], ["shards", "text2image"], ["latents", "text2image"]):
+        r = CliRunner().invoke(app, [*args, "-p", str(root / "params.yaml")])
+        assert r.exit_code == 0, r.output
+    return load_params(root / "params.yaml")
+
+
+def _checkpoint(folder, model):
+    folder.mkdir(parents=True)
+    save_file(model.state_dict(), str(folder / "ema.safetensors"))
+    (folder / "meta.json").write_text(json.dumps({"step": 1}))
+    return folder
+
+
+def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):
+    learn = load_script("learn_procedural")
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])  # cross-attention gates at 0, as trained models start: text reaches nothing
+    silent = learn.prompt_reliance(text2image_latents, _checkpoint(tmp_path / "silent", model), sigmas=(0.5, 0.9))
+    assert silent["samples"] > 2 and set(silent) == {"samples", "own", "other", "empty"}
+    assert set(silent["own"]) == {"sigma_0.5", "sigma_0.9"}
+    assert all(v > 0 for v in silent["own"].values())
+    # the pooled caption still reaches the time embedding, but the final layer starts at 0: all equal
+    assert silent["own"] == silent["other"] == silent["empty"]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gate" in name or "final_layer" in name:
+                p.normal_(0, 0.5)
+    heard = learn.prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
+    assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]

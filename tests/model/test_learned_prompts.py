@@ -4,8 +4,9 @@ without guidance; the generated view carries its prompt's colour.
 
 The data: one view whose latent is its colour's fixed 16-channel vector plus a smooth random field
 (what the prompt does not say), prompts "A photo of a {colour} {shape}." with the shape at random,
-so the colour word is one token among others that vary. Here: colour accuracy 0.88 at CFG 1 and
-0.98 at CFG 3 (chance 0.25); with the character-level stand-in tokenizer of sessions 1-8, 0.59 at CFG 1.
+so the colour word is one token among others that vary. After 800 steps, over the stand-in encoder's
+seeds 0-4: colour accuracy 0.75-0.98 at CFG 1 and 0.84-0.98 at CFG 3, never lower with guidance
+(chance 0.25); after 400 steps it was 0.53-0.84 and 0.66-0.89, too close to a bound to test.
 """
 
 import torch
@@ -37,7 +38,7 @@ def test_a_tiny_model_learns_to_paint_its_prompts_colour():
     encoder = TextEncoder.load(None, dim=model.config.caption_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(1)
-    for _ in range(400):
+    for _ in range(800):
         x, prompts, _ = batch(16, g)
         dropped = torch.rand(16, generator=g) < 0.1
         text, mask = encoder([("" if d else p) for p, d in zip(prompts, dropped.tolist())])
@@ -52,7 +53,8 @@ def test_a_tiny_model_learns_to_paint_its_prompts_colour():
     null, null_mask = encoder([""])
     cond = Conditioning(text, mask, null, null_mask)
     model.eval()
-    for cfg, least in ((1.0, 0.8), (3.0, 0.9)):
+    accuracies = []
+    for cfg, least in ((1.0, 0.6), (3.0, 0.75)):
         with torch.no_grad():
             out = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros_like(x), [1.0], cond, steps=20,
                          cfg_scale=cfg, generator=torch.Generator().manual_seed(5))
@@ -60,3 +62,5 @@ def test_a_tiny_model_learns_to_paint_its_prompts_colour():
         accuracy = (painted == colour).float().mean().item()
         print(f"CFG {cfg}: colour accuracy {accuracy:.2f} (chance {1 / len(COLOURS):.2f})")
         assert accuracy >= least
+        accuracies.append(accuracy)
+    assert accuracies[1] >= accuracies[0]  # guidance sharpens what the prompt says

@@ -19,9 +19,9 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from onegen import tasks
 from onegen.annotators.base import weights_sha256
 from onegen.hub_cache import resolve_model_path
-from onegen import tasks
 from onegen.sources import procedural as world
 
 MAX_TOKENS = 300

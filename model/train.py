@@ -19,9 +19,9 @@ Nothing random is carried in state. A global batch is split into ``world × grad
 *slots*; slot ``s = rank·grad_accum + micro`` reads its own data stream, seeded by
 (seed, stage, slot, step // checkpoint_every) and re-created at the start of every
 ``checkpoint_every`` segment (and of every stage), and draws σ, noise and caption dropout from
-generators seeded by (seed, slot, step) (the noise's on the training device). Checkpoints are taken at segment and stage
-boundaries, so a resumed run re-creates exactly the streams the killed run had and repeats
-its losses bit for bit (CPU). The same global batch also comes out of 2 ranks × 1 micro-step
+generators seeded by (seed, slot, step), the noise's on the training device. Checkpoints are
+taken at segment and stage boundaries, so a resumed run re-creates exactly the streams the killed
+run had and repeats its losses bit for bit (CPU). The same global batch also comes out of 2 ranks × 1 micro-step
 and 1 rank × 2 micro-steps, so DDP is checked against a single process, and a run can resume
 on another number of GPUs as long as world × grad_accum stays the same (it warns otherwise).
 With ``reader.num_workers > 0`` the stream also depends on the number of loader workers.

@@ -37,6 +37,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -150,26 +151,24 @@ def prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25
     the sampler encodes them. Own no better than another's: no sampler setting can make a sample follow
     its text, and the fault is in training; clearly better: look at the sampling path."""
     pred = make_predictor(f"model:{checkpoint}", params)
-    found = []
-    for url in shard_urls(latents.latents_dir(params, "text2image")):
-        found += [sample_to_tensors(decode_sample(raw)) for raw in iter_tar_samples(url, ReadReport())]
-        if len(found) >= n:
-            break
-    found = found[:n]
+    raws = (raw for url in shard_urls(latents.latents_dir(params, "text2image"))
+            for raw in iter_tar_samples(url, ReadReport()))
+    found = [sample_to_tensors(decode_sample(raw)) for raw in islice(raws, n)]
     x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
     prompts = [f["prompt"] for f in found]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
+    chunks = range(0, len(x), 64)
     out = {"samples": len(found)}
     for name, texts in (("own", prompts), ("other", prompts[1:] + prompts[:1]), ("empty", [""] * len(prompts))):
+        encoded = [pred.text(texts[i:i + 64]) for i in chunks]
         per_sigma = {}
         for sigma in sigmas:
-            losses = []
-            for i in range(0, len(x), 64):
-                text, mask = pred.text(texts[i:i + 64])
+            total = 0.0
+            for i, (text, mask) in zip(chunks, encoded):
                 s = torch.full((len(text), 1), sigma, device=pred.device)
-                losses.append(flow_matching_loss(pred.model, x[i:i + 64], text, mask, s, noise[i:i + 64])[0]
-                              * len(text))
-            per_sigma[f"sigma_{sigma:g}"] = round(float(sum(losses)) / len(x), 5)
+                loss, _ = flow_matching_loss(pred.model, x[i:i + 64], text, mask, s, noise[i:i + 64])
+                total += float(loss) * len(text)
+            per_sigma[f"sigma_{sigma:g}"] = round(total / len(x), 5)
         out[name] = per_sigma
     return out
 

@@ -64,9 +64,10 @@ def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6
                                      start_azimuth_deg=rng.uniform(0, 360))[0]
         r = world.render(scene, camera)
         seed += 1
-        if (r.instance > 0).sum() < MIN_PIXELS:
+        pixels = int((r.instance > 0).sum())
+        if pixels < MIN_PIXELS:
             continue
-        covered += int((r.instance > 0).sum())
+        covered += pixels
         obj = scene.objects[0]
         images.append(torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1)
         labels.append((COLORS.index(obj.color), SHAPES.index(obj.shape)))

@@ -96,13 +96,13 @@ def evaluate(model: NextDiT, held: torch.Tensor, given_label: str) -> dict:
 
 
 def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor],
-                evaluate_model: Callable[[NextDiT], dict], record: dict) -> None:
+                evaluate_model: Callable[[NextDiT], dict], record: dict, caption_channels: int = 32) -> None:
     """The probes' model and loop: a NextDiT of ``args.width``/``args.depth`` (seeded by ``args.seed``), AdamW,
     clip 1, ``loss_of(model, generator)`` a step; every ``args.eval_every`` steps and at the end a row of
     ``evaluate_model(model)`` printed and added to ``record``, which ``--json`` gets at the end."""
     torch.manual_seed(args.seed)
     model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
-                                  caption_channels=32, multiple_of=32))
+                                  caption_channels=caption_channels, multiple_of=32))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()

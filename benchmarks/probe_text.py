@@ -6,18 +6,22 @@ The learning run's text→image samples (``learn_procedural.py``, a random text 
 colourless blobs after 4300 steps, and its world GenEval stayed under the random-scene floor. This
 asks, in minutes on a CPU, whether the model learns a prompt's colour and shape at all:
 
-* data: ``--scenes`` one-object world scenes rendered at 32² from a close orbit camera (objects of
-  fewer than 15 pixels skipped), captioned by the world (``A photo of a large red metal cube.``),
-  and 128 held-out ones (another seed range); latents are pixels unshuffled by 2, as in
-  ``probe_conditioning.py``;
-* text: the random tiny T5 the offline runs use (``TextEncoder.load(None)``), frozen, features cached;
+* data: ``--scenes`` world scenes of ``--objects`` objects (default one) rendered at 32² from a close
+  orbit camera (scenes with a visible object of fewer than 15 pixels skipped), captioned by the world
+  (``A photo of a large red metal cube.``), and 128 held-out ones (another seed range); latents are
+  pixels unshuffled by 2, as in ``probe_conditioning.py``;
+* text: the random tiny T5 the offline runs use (``TextEncoder.load(None)``), ``--text-dim`` wide, frozen,
+  features cached;
 * model: a NextDiT of ``--width``/``--depth`` trained by ``flow_matching_loss`` on one view, 10%
   caption dropout to the empty prompt (for CFG), AdamW, clip 1;
-* judge: a small CNN fitted on the training renders to name the object's colour (10) and shape (4),
+* judge: a small CNN fitted on the training renders to name the objects' colours (10) and shapes (4),
   scored on the held-out renders (the ceiling) and on renders of other prompts (the floor: a
-  right answer by chance, GenEval's "random scene");
+  right answer by chance, GenEval's "random scene"). Its accuracy is, per image, the share of the
+  k colours (shapes) the prompt names among the judge's k likeliest: top-1 accuracy for one object;
 * every ``--eval-every`` steps: 20-step Euler samples of the held-out prompts at CFG 1 and
-  ``--cfg``; the judge's colour and shape accuracy on them against their prompts.
+  ``--cfg``; the judge's colour and shape accuracy on them against their prompts; and
+  ``prompt_reliance`` on 256 training scenes (velocity loss with the own, another's and the empty
+  prompt), the figure ``learn_procedural.py`` reports for its GPU run.
 
 Random text encoder, random weights at start: nothing here is a benchmark of the released model.
 """
@@ -42,6 +46,7 @@ from model.nextdit import NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from model.train import pad_text  # noqa: E402
+from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,31 +57,36 @@ COLORS, SHAPES = list(world.COLORS), list(world.SHAPES)
 MIN_PIXELS = 15
 
 
-def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5)
+def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5), objects: tuple[int, int] = (1, 1)
                   ) -> tuple[torch.Tensor, torch.Tensor, list[str], float]:
-    """-> images [n, 3, RES, RES] in [-1, 1], labels [n, 2] (colour, shape index), captions, and the mean
-    share of the image the object covers; the camera ``radius`` metres (uniform in the range) from the target."""
+    """-> images [n, 3, RES, RES] in [-1, 1], labels [n, colours + shapes] (1 where a visible object has that
+    colour / shape), captions, and the mean share of the image the objects cover. Scenes of ``objects``
+    (lo, hi) objects, the camera ``radius`` metres (uniform in the range) from the target; a scene where a
+    visible object, so one its caption names, covers fewer than ``MIN_PIXELS`` is skipped."""
     images, labels, captions, seed, covered = [], [], [], first_seed, 0
     while len(images) < n:
         rng = np.random.default_rng(seed)
-        scene = world.sample_scene(seed, 1, 1)
+        scene = world.sample_scene(seed, *objects)
         camera = world.orbit_cameras(1, RES, RES, radius=rng.uniform(*radius), elevation_deg=rng.uniform(20, 45),
                                      start_azimuth_deg=rng.uniform(0, 360))[0]
         r = world.render(scene, camera)
         seed += 1
-        pixels = int((r.instance > 0).sum())
-        if pixels < MIN_PIXELS:
+        pixels = np.bincount(r.instance.ravel(), minlength=len(scene.objects) + 1)
+        visible = [o for o in scene.objects if pixels[o.instance_id] > 0]
+        if not visible or any(pixels[o.instance_id] < MIN_PIXELS for o in visible):
             continue
-        covered += pixels
-        obj = scene.objects[0]
+        covered += int(pixels[1:].sum())
+        label = torch.zeros(len(COLORS) + len(SHAPES))
+        for o in visible:
+            label[COLORS.index(o.color)] = label[len(COLORS) + SHAPES.index(o.shape)] = 1
         images.append(torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1)
-        labels.append((COLORS.index(obj.color), SHAPES.index(obj.shape)))
+        labels.append(label)
         captions.append(world.caption(scene, camera, r))
-    return torch.stack(images), torch.tensor(labels), captions, covered / (n * RES * RES)
+    return torch.stack(images), torch.stack(labels), captions, covered / (n * RES * RES)
 
 
 class Judge(nn.Module):
-    """Names the one object's colour and shape from a 32² image."""
+    """Names the colours and shapes of the objects in a 32² image."""
 
     def __init__(self):
         super().__init__()
@@ -88,11 +98,27 @@ class Judge(nn.Module):
         h = self.body(x)
         return self.color(h), self.shape(h)
 
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the label spread evenly over an image's colours (shapes): with one object,
+        plain classification."""
+        color, shape = self(images)
+        c, s = labels[:, :len(COLORS)], labels[:, len(COLORS):]
+        return F.cross_entropy(color, c / c.sum(1, keepdim=True)) + F.cross_entropy(shape, s / s.sum(1, keepdim=True))
+
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Per image, the share of its k colours (shapes) among the judge's k likeliest, averaged: with one
+        object, top-1 accuracy."""
         color, shape = self(images)
-        return {"color": (color.argmax(1) == labels[:, 0]).float().mean().item(),
-                "shape": (shape.argmax(1) == labels[:, 1]).float().mean().item()}
+        return {"color": _recall_at_k(color, labels[:, :len(COLORS)]),
+                "shape": _recall_at_k(shape, labels[:, len(COLORS):])}
+
+
+def _recall_at_k(logits: torch.Tensor, truth: torch.Tensor) -> float:
+    k = truth.sum(1).long()
+    ranks = logits.argsort(1, descending=True).argsort(1)  # 0 = likeliest
+    hits = (truth.bool() & (ranks < k[:, None])).sum(1)
+    return (hits / k).mean().item()
 
 
 def fit_judge(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int) -> Judge:
@@ -102,8 +128,7 @@ def fit_judge(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         i = torch.randint(len(images), (128,), generator=g)
-        color, shape = judge(images[i])
-        loss = F.cross_entropy(color, labels[i, 0]) + F.cross_entropy(shape, labels[i, 1])
+        loss = judge.loss(images[i], labels[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -145,14 +170,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--radius", type=float, nargs=2, default=(5.0, 6.5), metavar=("LO", "HI"),
                     help="camera distance range in metres: farther, and the object is a smaller share of the image")
+    ap.add_argument("--text-dim", type=int, default=32,
+                    help="the stand-in T5's width (the model's caption width): learn_procedural's `small` uses 768")
+    ap.add_argument("--objects", type=int, nargs=2, default=(1, 1), metavar=("LO", "HI"),
+                    help="objects per scene; above 1 the captions name several colours and shapes, as the world's do")
     ap.add_argument("--prompt-prefix", default="",
                     help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
 
     t0 = time.time()
-    images, labels, captions, covered = render_scenes(args.scenes, 0, tuple(args.radius))
-    held_images, held_labels, held_captions, _ = render_scenes(128, HELD_OUT_SEED, tuple(args.radius))
+    images, labels, captions, covered = render_scenes(args.scenes, 0, tuple(args.radius), tuple(args.objects))
+    held_images, held_labels, held_captions, _ = render_scenes(128, HELD_OUT_SEED, tuple(args.radius),
+                                                               tuple(args.objects))
     print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s; the object covers "
           f"{covered:.1%} of an image", flush=True)
     if args.prompt_prefix:
@@ -165,7 +195,7 @@ def main() -> None:
               "evals": []}
     print(json.dumps({"judge": record["judge"]}), flush=True)
 
-    encoder = TextEncoder.load(None, dim=32, seed=args.seed)
+    encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
     null_embeds, null_mask = pad_text(*null, text[0].shape[1])
     latents = to_latents(images[:, None])
@@ -178,7 +208,15 @@ def main() -> None:
         return flow_matching_loss(model, latents[i], embeds, mask, sample_sigmas((args.batch, 1), g, args.sigma_shift),
                                   torch.randn(latents[i].shape, generator=g))[0]
 
-    train_probe(args, loss_of, lambda model: evaluate(model, judge, held_text, null, held_labels, args.cfg), record)
+    some = slice(0, min(256, len(latents)))
+    fixed_noise = torch.randn(latents[some].shape, generator=torch.Generator().manual_seed(args.seed + 2))
+
+    def evaluate_model(model: NextDiT) -> dict:
+        reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
+        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg),
+                "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
+
+    train_probe(args, loss_of, evaluate_model, record, caption_channels=args.text_dim)
 
 
 if __name__ == "__main__":

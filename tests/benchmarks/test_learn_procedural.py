@@ -50,7 +50,7 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
     learn = load_script("learn_procedural")
     torch.manual_seed(0)
     model = NextDiT(CONFIGS["tiny"])  # cross-attention gates at 0, as trained models start: text reaches nothing
-    silent = learn.prompt_reliance(text2image_latents, _checkpoint(tmp_path / "silent", model), sigmas=(0.5, 0.9))
+    silent = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "silent", model), sigmas=(0.5, 0.9))
     assert silent["samples"] > 2 and set(silent) == {"samples", "own", "other", "empty"}
     assert set(silent["own"]) == {"sigma_0.5", "sigma_0.9"}
     assert all(v > 0 for v in silent["own"].values())
@@ -60,5 +60,5 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
         for name, p in model.named_parameters():
             if "gate" in name or "final_layer" in name:
                 p.normal_(0, 0.5)
-    heard = learn.prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
+    heard = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
     assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]

@@ -1,32 +1,61 @@
-"""probe_text: its scenes carry their caption's colour and shape, and a short run writes the judge's
-ceiling and floor and both guidance scales' accuracies."""
+"""probe_text: its scenes carry their caption's colours and shapes, its judge scores sets, and a short run
+writes the judge's ceiling and floor, both guidance scales' accuracies and the prompt reliance."""
 
 import json
 import subprocess
 import sys
+
+import torch
 
 from tests.benchmarks.scripts import BENCHMARKS, load_script
 
 SCRIPT = BENCHMARKS / "probe_text.py"
 
 
+def _named(label, names, offset=0):
+    return {names[i] for i in range(len(names)) if label[offset + i]}
+
+
 def test_scenes_show_one_object_of_their_captions_colour_and_shape():
     probe = load_script("probe_text")
     images, labels, captions, share = probe.render_scenes(12, 0)
     assert images.shape == (12, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
-    for (colour, shape), caption in zip(labels.tolist(), captions):
+    assert labels.shape == (12, len(probe.COLORS) + len(probe.SHAPES))
+    for label, caption in zip(labels.tolist(), captions):
         words = caption.lower().rstrip(".").split()
-        assert probe.COLORS[colour] in words and probe.SHAPES[shape] in words, caption
+        colours, shapes = _named(label, probe.COLORS), _named(label, probe.SHAPES, len(probe.COLORS))
+        assert len(colours) == len(shapes) == 1 and colours <= set(words) and shapes <= set(words), caption
     _, _, again, _ = probe.render_scenes(12, 0)
     assert again == captions and len(set(captions)) > 6
     *_, far_share = probe.render_scenes(12, 0, radius=(8.5, 11.5))
     assert probe.MIN_PIXELS / 32**2 < far_share < share < 0.5  # farther cameras: smaller objects, never empty
 
 
+def test_scenes_of_several_objects_label_every_colour_and_shape_their_caption_names():
+    probe = load_script("probe_text")
+    images, labels, captions, share = probe.render_scenes(16, 0, objects=(2, 5))
+    counts = []
+    for label, caption in zip(labels.tolist(), captions):
+        words = {w.rstrip(".,").removesuffix("s") for w in caption.lower().split()}
+        colours = _named(label, probe.COLORS)
+        named = {c for c in probe.COLORS if c in words}
+        assert colours == named, caption
+        assert _named(label, probe.SHAPES, len(probe.COLORS)) == {s for s in probe.SHAPES if s in words}, caption
+        counts.append(len(colours))
+    assert max(counts) >= 3 and share > probe.render_scenes(16, 0)[3]
+
+
+def test_the_judges_accuracy_is_the_share_of_named_colours_among_its_likeliest():
+    probe = load_script("probe_text")
+    truth = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]])
+    logits = torch.tensor([[5.0, 4, 0, 3], [0, 9, 1, 2]])  # first: top-2 = {0, 1}, one of {0, 2}; second: right
+    assert probe._recall_at_k(logits, truth) == 0.75
+
+
 def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):
     out = tmp_path / "probe.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--scenes", "64", "--steps", "4", "--eval-every", "2",
-                        "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--json", str(out)],
+                        "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--objects", "1", "3", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -35,3 +64,6 @@ def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):
     for scale in ("cfg1", "cfg3"):
         assert set(record["evals"][-1][scale]) == {"color", "shape"}
         assert all(0 <= v <= 1 for v in record["evals"][-1][scale].values())
+    reliance = record["evals"][-1]["reliance"]
+    assert set(reliance) == {"own", "other", "empty"} and set(reliance["own"]) == {"sigma_0.5", "sigma_0.75", "sigma_0.95"}
+    assert all(v > 0 for losses in reliance.values() for v in losses.values())

@@ -10,7 +10,8 @@
    ``latents`` stage does;
 4. train the ``small`` Next-DiT (≈62 M parameters) with the project's trainer for a fixed number
    of steps sized to fit ``--train-minutes`` (measured on a probe run), at ``--sigma-shift`` and
-   ``--condition-prob`` (defaults 1 and 0.5, not the paper-scale profile's 3 and 0: see their help);
+   ``--condition-prob`` (defaults 1 and 0.5, not the paper-scale profile's 3 and 0: see their help),
+   the three families mixed from the start or, with ``--t2i-first``, text2image alone first as the paper;
 5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
    model predictor beside each benchmark's baseline: image→depth AbsRel/δ1 against the best
    constant depth, 1-view→novel-view PSNR/SSIM against copying the input view (at ``--cfg`` and,
@@ -63,6 +64,18 @@ from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 FAMILIES = ["text2image", "depth", "multiview"]
 
 
+def stages(steps: int, t2i_first: float, batch: int) -> list[dict]:
+    """One mixed stage, or the paper's order (its "Training details": text-to-image alone first, then the
+    task mix) with ``t2i_first`` of the steps in the first."""
+    first = round(steps * t2i_first)
+    mixed = {"name": "mixed", "families": FAMILIES, "steps": steps - first, "batch_size": batch, "caption_dropout": 0.1}
+    if not first:
+        return [mixed]
+    if first >= steps:
+        raise ValueError(f"--t2i-first {t2i_first} leaves none of the {steps} steps to the task mix")
+    return [{**mixed, "name": "t2i", "families": ["text2image"], "steps": first}, mixed]
+
+
 def make_params(args) -> Params:
     base = load_profile("default").model_dump(mode="json")
     out = Path(args.out)
@@ -83,8 +96,7 @@ def make_params(args) -> Params:
     base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views,
                                   conditions=["depth_edges"])  # canny->image is no task of this run
     base["train"].update(
-        stages=[{"name": "mixed", "families": FAMILIES, "steps": args.steps, "batch_size": args.batch,
-                 "caption_dropout": 0.1}],
+        stages=stages(args.steps, args.t2i_first, args.batch),
         lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25,
         out_dir=str(out / "checkpoints"), compile=args.compile, ema_decay=0.999,
         sigma_shift=args.sigma_shift, condition_prob=args.condition_prob)
@@ -195,6 +207,9 @@ def main() -> None:
                          "~3%% of target views below σ 0.3, and the sampler's dynamic shift at 64 tokens a view is 1.6)")
     ap.add_argument("--condition-prob", type=float, default=0.5,
                     help="share of samples of 2+ views trained as conditional sampling runs them (train.condition_prob)")
+    ap.add_argument("--t2i-first", type=float, default=0.0,
+                    help="share of the steps trained on text2image alone before the task mix, as the paper's first "
+                         "stage (half its steps); 0: the mix from the start, as sessions 8-10 ran")
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
@@ -224,7 +239,7 @@ def main() -> None:
         # average over the mixed stage's families (a multiview step costs more than a text2image one).
         shutil.rmtree(out / "probe", ignore_errors=True)  # a finished probe would resume and time nothing
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
-            "stages": [params_.train.stages[0].model_copy(update={"steps": 100})],
+            "stages": [params_.train.stages[-1].model_copy(update={"steps": 100})],  # the mix: its steps cost most
             "out_dir": out / "probe", "checkpoint_every": 1000})})
         # A CUDA event after each step, read at the end: timing without synchronising, which would stop the
         # host from running ahead of the GPU as the trainer does (on a CPU, the host clock is the step's time)

@@ -1,5 +1,5 @@
-"""learn_procedural: its step-time probe (compiles are no cost of the steps to come, dear families are) and
-its check that a trained model reads its prompt."""
+"""learn_procedural: its step-time probe (compiles are no cost of the steps to come, dear families are), its
+stages, and its check that a trained model reads its prompt."""
 
 import json
 
@@ -44,6 +44,17 @@ def _checkpoint(folder, model):
     save_file(model.state_dict(), str(folder / "ema.safetensors"))
     (folder / "meta.json").write_text(json.dumps({"step": 1}))
     return folder
+
+
+def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
+    learn = load_script("learn_procedural")
+    (mixed,) = learn.stages(1000, 0.0, 64)
+    assert mixed["families"] == learn.FAMILIES and mixed["steps"] == 1000 and mixed["batch_size"] == 64
+    first, then = learn.stages(1000, 0.4, 64)
+    assert (first["families"], first["steps"], then["families"], then["steps"]) == (["text2image"], 400, learn.FAMILIES, 600)
+    assert first["name"] != then["name"]
+    with pytest.raises(ValueError, match="none of the 1000 steps"):
+        learn.stages(1000, 1.0, 64)
 
 
 def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):

@@ -13,12 +13,16 @@ the same bytes -- the shard writer relies on that for byte-identical rebuilds.
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.format import descr_to_dtype
 from PIL import Image
 
 from onegen.camera import Camera
@@ -155,13 +159,49 @@ def _decode_png(data: bytes) -> np.ndarray:
     return a
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@functools.lru_cache(maxsize=128)
+def _npy_header(header: bytes, encoding: str) -> tuple[np.dtype, str, tuple[int, ...]]:
+    d = ast.literal_eval(header.decode(encoding))
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"malformed .npy header {header[:80]!r}")
+    dtype = descr_to_dtype(d["descr"])
+    if dtype.hasobject:
+        raise ValueError("object arrays cannot be loaded without pickle")
+    shape = d["shape"]
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise ValueError(f"malformed .npy shape {shape!r}")
+    return dtype, "F" if d["fortran_order"] else "C", shape
+
+
+def _decode_npy(data: bytes) -> np.ndarray:
+    """What ``np.load`` gives for one ``.npy`` member, its header parsed once per distinct header: a
+    shard's members share a few, and parsing them was three quarters of ``np.load``'s time on a latent."""
+    if data[:6] != _NPY_MAGIC:
+        raise ValueError("not an .npy file")
+    major = data[6]
+    if major == 1:
+        start, size = 10, int.from_bytes(data[8:10], "little")
+    elif major in (2, 3):
+        start, size = 12, int.from_bytes(data[8:12], "little")
+    else:
+        raise ValueError(f".npy format version {major} is unknown")
+    dtype, order, shape = _npy_header(bytes(data[start:start + size]), "utf8" if major == 3 else "latin1")
+    offset, count = start + size, math.prod(shape)
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(f"{len(data) - offset} data bytes for a {dtype} array of shape {shape}")
+    return np.frombuffer(data, dtype, count, offset).reshape(shape, order=order).copy(order="K")
+
+
 def decode_member(key: str, name: str, data: bytes) -> np.ndarray:
     """Bytes of one view member -> array; a corrupt member raises FormatError naming it."""
     try:
         if name.endswith(".png"):
             return _decode_png(data)
         if name.endswith(".npy"):
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            return _decode_npy(data)
     except Exception as e:  # noqa: BLE001 -- any decoder failure is a corrupt member
         raise FormatError(f"{key}: member {name}: cannot decode ({type(e).__name__}: {e})") from e
     raise FormatError(f"{key}: member {name}: unknown extension")

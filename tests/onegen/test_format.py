@@ -91,3 +91,26 @@ def test_pickled_npy_is_refused():
     members["5.keypoints.npy"] = buf.getvalue()
     with pytest.raises(FormatError, match="5.keypoints.npy"):
         decode_sample(members)
+
+
+def test_npy_members_decode_as_np_load_does_and_truncated_ones_name_the_member():
+    import io
+
+    from onegen.format import decode_member
+
+    arrays = [np.arange(24, dtype=np.float16).reshape(2, 3, 4), np.asfortranarray(np.eye(3, 5, dtype=">i4")),
+              np.float32(2.5), np.zeros((0, 3), np.uint8), np.array([1 + 2j], np.complex64)]
+    for a in arrays:
+        for version in ((1, 0), (2, 0), (3, 0)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(a), version=version)
+            got = decode_member("src/item", "0.latent.npy", buf.getvalue())
+            want = np.load(io.BytesIO(buf.getvalue()))
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+            assert got.flags.writeable and got.flags.f_contiguous == want.flags.f_contiguous
+    buf = io.BytesIO()
+    np.save(buf, np.ones((4, 4), np.float16))
+    for bad, why in ((buf.getvalue()[:-2], "30 data bytes for a float16 array of shape \\(4, 4\\)"),
+                     (buf.getvalue() + b"\0\0", "34 data bytes"), (b"PK" + buf.getvalue()[2:], "not an .npy file")):
+        with pytest.raises(FormatError, match=f"src/item: member 0.latent.npy: cannot decode .*{why}"):
+            decode_member("src/item", "0.latent.npy", bad)

@@ -5,14 +5,10 @@ import json
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from model.nextdit import CONFIGS, NextDiT
-from onegen.cli import app
-from onegen.config import load_params, profile_path
-from tests.benchmarks.scripts import load_script
+from tests.benchmarks.scripts import load_script, tiny_text2image_latents
 
 
 def test_steady_step_seconds_leaves_compiles_out_and_keeps_the_family_mix():
@@ -27,16 +23,7 @@ def test_steady_step_seconds_leaves_compiles_out_and_keeps_the_family_mix():
 @pytest.fixture(scope="module")
 def text2image_latents(tmp_path_factory):
     """A tiny world's text2image shards encoded to latents with their prompts' features, as the run makes them."""
-    root = tmp_path_factory.mktemp("reliance")
-    d = yaml.safe_load(profile_path("default").read_text())
-    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
-    d["world"].update(scenes=3, id_groups=0, resolution=32, records_per_shard=4)
-    d["latents"] = {"text": True, "batch_size": 4}
-    (root / "params.yaml").write_text(yaml.safe_dump(d))
-    for args in (["world"], ["shards", "text2image"], ["latents", "text2image"]):
-        r = CliRunner().invoke(app, [*args, "-p", str(root / "params.yaml")])
-        assert r.exit_code == 0, r.output
-    return load_params(root / "params.yaml")
+    return tiny_text2image_latents(tmp_path_factory.mktemp("reliance"))
 
 
 def _checkpoint(folder, model):

@@ -44,6 +44,16 @@ def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
         learn.stages(1000, 1.0, 64)
 
 
+def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_line(tmp_path):
+    learn = load_script("learn_procedural")
+    params = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--objects", "1", "4", "--steps", "100",
+                                                 "--t2i-first", "0.3"]))
+    assert (params.world.min_objects, params.world.max_objects) == (1, 4)
+    assert [(s.name, s.steps) for s in params.train.stages] == [("t2i", 30), ("mixed", 70)]
+    default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))
+    assert (default.world.min_objects, default.world.max_objects) == (2, 5) and len(default.train.stages) == 1
+
+
 def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):
     learn = load_script("learn_procedural")
     torch.manual_seed(0)

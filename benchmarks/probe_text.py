@@ -21,7 +21,10 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
 * every ``--eval-every`` steps: 20-step Euler samples of the held-out prompts at CFG 1 and
   ``--cfg``; the judge's colour and shape accuracy on them against their prompts; and
   ``prompt_reliance`` on 256 training scenes (velocity loss with the own, another's and the empty
-  prompt), the figure ``learn_procedural.py`` reports for its GPU run.
+  prompt), the figure ``learn_procedural.py`` reports for its GPU run;
+* ``--loop trainer``: the same data written as latent shards and trained by ``model/train.py`` (the
+  reader, caption dropout on cached features, its AdamW and EMA) instead of the probe's own loop, so a
+  difference between the two is the project's training path.
 
 Random text encoder, random weights at start: nothing here is a benchmark of the released model.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +45,22 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from safetensors.torch import load_file  # noqa: E402
+
+from model import train as trainer  # noqa: E402
 from model.loss import flow_matching_loss, sample_sigmas  # noqa: E402
-from model.nextdit import NextDiT  # noqa: E402
+from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from model.train import pad_text  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
+from onegen import tasks  # noqa: E402
+from onegen.config import Params, load_profile  # noqa: E402
+from onegen.fingerprint import fingerprint  # noqa: E402
+from onegen.format import Provenance, Sample, View  # noqa: E402
+from onegen.shards.writer import ShardLimits, build_shards, write_json  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
+from pipelines.latents import encoder_identity, latents_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_conditioning import RES, to_latents, to_pixels, train_probe  # noqa: E402
@@ -155,6 +168,63 @@ def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: tor
     return out
 
 
+def train_with_trainer(args, latents: torch.Tensor, captions: list[str], text: tuple, evaluate_model, record: dict
+                       ) -> None:
+    """The same data, model (``tiny``) and evaluations, trained by ``model/train.py`` from latent shards instead
+    of ``train_probe``'s loop: what the project's data path and trainer (reader, shuffle, caption dropout on
+    cached features, AdamW settings, EMA) do to text learning. The raw weights are evaluated every
+    ``--eval-every`` steps as the loop's are, the EMA (what the predictor samples with) at the end.
+
+    The shards' ``latents.json`` names the stand-in VAE, as the trainer checks it, but their ``latent`` views
+    are the probe's pixels unshuffled by 2, which only this probe decodes."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="probe_text_"))
+    base = load_profile("default").model_dump(mode="json")
+    base["paths"] = {"data": str(work / "data"), "reports": str(work / "reports")}
+    base["seed"] = args.seed
+    base["model"].update(size="tiny", vae=None, text_encoder=None)
+    base["latents"]["text"] = True
+    base["reader"].update(batch_size=args.batch, num_workers=0)
+    base["train"].update(
+        stages=[{"name": "t2i", "families": ["text2image"], "steps": args.steps, "batch_size": args.batch,
+                 "caption_dropout": 0.1}],
+        lr=args.lr, warmup_steps=0, sigma_shift=args.sigma_shift, condition_prob=0.0, latents=True,
+        checkpoint_every=args.steps, log_every=100, out_dir=str(work / "checkpoints"), seed=args.seed,
+        parallel="none", precision="fp32", compile=False)
+    params = Params.model_validate(base)
+
+    embeds, mask = text
+    out = latents_dir(params, "text2image")
+
+    def make(i: int) -> Sample:
+        features = embeds[i][mask[i]].numpy().astype(np.float16)
+        return Sample(key=f"probe/{i:06d}", task=tasks.TEXT2IMAGE, caption=captions[i],
+                      views=[View("latent", latents[i, 0].numpy().astype(np.float16), role="image", meta={"of": "image"}),
+                             View("text", features, role="text")],
+                      provenance=Provenance("probe", f"{i:06d}", i))
+
+    build_shards(out, len(latents), make, ShardLimits(1024, 1 << 26),
+                 fingerprint("probe_text", args.scenes, args.objects, args.radius, args.seed), desc="probe shards")
+    write_json(out / "latents.json", encoder_identity(params))
+
+    t0 = time.time()
+
+    def on_step(step: int, model: NextDiT) -> None:
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            row = {"step": step, "seconds": round(time.time() - t0, 1), **evaluate_model(model)}
+            model.train()
+            record["evals"].append(row)
+            print(json.dumps(row), flush=True)
+
+    result = trainer.train(params, on_step=on_step)
+    ema = NextDiT(CONFIGS["tiny"])
+    ema.load_state_dict(load_file(str(Path(result["checkpoint"]) / "ema.safetensors")))
+    record["ema"] = {"step": result["step"], **evaluate_model(ema.eval())}
+    print(json.dumps({"ema": record["ema"]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=4000)
@@ -176,8 +246,21 @@ def main() -> None:
                     help="objects per scene; above 1 the captions name several colours and shapes, as the world's do")
     ap.add_argument("--prompt-prefix", default="",
                     help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
+    ap.add_argument("--loop", choices=["probe", "trainer"], default="probe",
+                    help="probe: the script's own training loop; trainer: model/train.py on latent shards of the same "
+                         "data (the `tiny` model; needs --prompt-prefix '[[text2image]]', the tag it puts first)")
+    ap.add_argument("--work", type=Path, help="with --loop trainer: where its shards and checkpoints go (default: a "
+                                              "temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
+    if args.loop == "trainer":
+        tiny = CONFIGS["tiny"]
+        if (args.width, args.depth, args.text_dim) != (tiny.hidden_size, tiny.depth, tiny.caption_channels):
+            ap.error(f"--loop trainer trains `tiny`: --width {tiny.hidden_size} --depth {tiny.depth} "
+                     f"--text-dim {tiny.caption_channels}")
+        if args.prompt_prefix != tasks.TEXT2IMAGE:
+            ap.error(f"--loop trainer puts {tasks.TEXT2IMAGE} before every prompt: pass --prompt-prefix "
+                     f"'{tasks.TEXT2IMAGE}' so the held-out prompts carry it too")
 
     t0 = time.time()
     images, labels, captions, covered = render_scenes(args.scenes, 0, tuple(args.radius), tuple(args.objects))
@@ -185,6 +268,7 @@ def main() -> None:
                                                                tuple(args.objects))
     print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s; the object covers "
           f"{covered:.1%} of an image", flush=True)
+    raw_captions = captions
     if args.prompt_prefix:
         captions, held_captions = ([f"{args.prompt_prefix} {c}" for c in cs] for cs in (captions, held_captions))
     judge = fit_judge(images, labels, args.judge_steps, args.seed)
@@ -216,7 +300,10 @@ def main() -> None:
         return {**evaluate(model, judge, held_text, null, held_labels, args.cfg),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
-    train_probe(args, loss_of, evaluate_model, record, caption_channels=args.text_dim)
+    if args.loop == "trainer":
+        train_with_trainer(args, latents, raw_captions, text, evaluate_model, record)
+    else:
+        train_probe(args, loss_of, evaluate_model, record, caption_channels=args.text_dim)
 
 
 if __name__ == "__main__":

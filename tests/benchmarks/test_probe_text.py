@@ -67,3 +67,25 @@ def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):
     reliance = record["evals"][-1]["reliance"]
     assert set(reliance) == {"own", "other", "empty"} and set(reliance["own"]) == {"sigma_0.5", "sigma_0.75", "sigma_0.95"}
     assert all(v > 0 for losses in reliance.values() for v in losses.values())
+
+
+def test_the_trainer_loop_trains_from_latent_shards_and_scores_its_ema(tmp_path):
+    out = tmp_path / "probe.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--scenes", "48", "--steps", "4", "--eval-every", "2", "--batch", "4",
+                        "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--loop", "trainer",
+                        "--work", str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert [row["step"] for row in record["evals"]] == [2, 4] and record["ema"]["step"] == 4
+    assert set(record["ema"]) == {"step", "cfg1", "cfg3", "reliance"}
+    assert len(list((tmp_path / "work" / "data" / "latents" / "text2image").glob("shard-*.tar"))) == 1
+    metrics = (tmp_path / "work" / "reports" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["step"] == 4
+
+
+def test_the_trainer_loop_refuses_what_it_cannot_train(tmp_path):
+    for extra, says in ((["--width", "128"], "trains `tiny`"), ([], "pass --prompt-prefix")):
+        prefix = [] if not extra else ["--prompt-prefix", "[[text2image]]"]
+        r = subprocess.run([sys.executable, str(SCRIPT), "--loop", "trainer", *prefix, *extra], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and says in r.stderr, r.stderr

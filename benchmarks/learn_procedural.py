@@ -156,7 +156,6 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
             "images": len(data)}
 
 
-@torch.no_grad()
 def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25, 0.5, 0.75, 0.95)) -> dict:
     """``prompt_reliance`` of the trained checkpoint on the first ``n`` text2image training latents, their
     prompts encoded as the sampler encodes them."""

@@ -246,6 +246,9 @@ def main() -> None:
                     help="objects per scene; above 1 the captions name several colours and shapes, as the world's do")
     ap.add_argument("--prompt-prefix", default="",
                     help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
+    ap.add_argument("--bf16", action="store_true",
+                    help="the probe's loop trains under bf16 autocast, as the trainer does on a GPU (~10x slower on "
+                         "this CPU); sampling stays float32, as the model predictor's")
     ap.add_argument("--loop", choices=["probe", "trainer"], default="probe",
                     help="probe: the script's own training loop; trainer: model/train.py on latent shards of the same "
                          "data (the `tiny` model; needs --prompt-prefix '[[text2image]]', the tag it puts first)")
@@ -258,6 +261,8 @@ def main() -> None:
         if (args.width, args.depth, args.text_dim) != (tiny.hidden_size, tiny.depth, tiny.caption_channels):
             ap.error(f"--loop trainer trains `tiny`: --width {tiny.hidden_size} --depth {tiny.depth} "
                      f"--text-dim {tiny.caption_channels}")
+        if args.bf16:
+            ap.error("--bf16 is the probe loop's; the trainer autocasts on a GPU only")
         if args.prompt_prefix != tasks.TEXT2IMAGE:
             ap.error(f"--loop trainer puts {tasks.TEXT2IMAGE} before every prompt: pass --prompt-prefix "
                      f"'{tasks.TEXT2IMAGE}' so the held-out prompts carry it too")
@@ -289,8 +294,10 @@ def main() -> None:
         drop = (torch.rand(args.batch, generator=g) < 0.1)[:, None]
         embeds = torch.where(drop[..., None], null_embeds, text[0][i])
         mask = torch.where(drop, null_mask, text[1][i])
-        return flow_matching_loss(model, latents[i], embeds, mask, sample_sigmas((args.batch, 1), g, args.sigma_shift),
-                                  torch.randn(latents[i].shape, generator=g))[0]
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
+            return flow_matching_loss(model, latents[i], embeds, mask,
+                                      sample_sigmas((args.batch, 1), g, args.sigma_shift),
+                                      torch.randn(latents[i].shape, generator=g))[0]
 
     some = slice(0, min(256, len(latents)))
     fixed_noise = torch.randn(latents[some].shape, generator=torch.Generator().manual_seed(args.seed + 2))

@@ -52,10 +52,11 @@ def test_the_judges_accuracy_is_the_share_of_named_colours_among_its_likeliest()
     assert probe._recall_at_k(logits, truth) == 0.75
 
 
-def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):
+def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):  # in bf16, as a GPU trains
     out = tmp_path / "probe.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--scenes", "64", "--steps", "4", "--eval-every", "2",
-                        "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--objects", "1", "3", "--json", str(out)],
+                        "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--objects", "1", "3",
+                        "--bf16", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -84,7 +85,8 @@ def test_the_trainer_loop_trains_from_latent_shards_and_scores_its_ema(tmp_path)
 
 
 def test_the_trainer_loop_refuses_what_it_cannot_train(tmp_path):
-    for extra, says in ((["--width", "128"], "trains `tiny`"), ([], "pass --prompt-prefix")):
+    for extra, says in ((["--width", "128"], "trains `tiny`"), ([], "pass --prompt-prefix"),
+                        (["--bf16"], "autocasts on a GPU only")):
         prefix = [] if not extra else ["--prompt-prefix", "[[text2image]]"]
         r = subprocess.run([sys.executable, str(SCRIPT), "--loop", "trainer", *prefix, *extra], capture_output=True,
                            text=True, timeout=120)

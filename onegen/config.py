@@ -147,6 +147,10 @@ class CaptionerConfig(_Strict):
                                 "peak; 16 leaves batch 96 room on an 80 GB H100. None: the whole batch at once "
                                 "(default 16 with quantize fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
+    kv_cache: Literal["model", "fp8"] = Field(
+        "model", description="fp8: the static KV cache stored as float8 e4m3 with a scale per token and head, read by "
+                             "a Triton decode kernel (half the decode steps' KV bytes; numbers differ from the "
+                             "model dtype's); needs static_cache, sdpa and the transformers backend")
     compile: bool = Field(True, description="torch.compile: CUDA graphs for the decode step, fused prefill "
                                             "layers (CUDA, static cache)")
     length_bucketing: bool = Field(True, description="batch images with similar image-token counts together")
@@ -161,9 +165,13 @@ class CaptionerConfig(_Strict):
     instruction: str | None = Field(None, description="replaces the built-in CAPTION:/ENTITIES: instruction")
 
     @model_validator(mode="after")
-    def _words(self):
+    def _consistent(self):
         if self.min_words > self.max_words:
             raise ValueError("min_words must be <= max_words")
+        if self.kv_cache == "fp8" and not (self.static_cache and self.attn_implementation == "sdpa"
+                                           and self.backend == "transformers"):
+            raise ValueError("kv_cache: fp8 needs static_cache: true, attn_implementation: sdpa and "
+                             "backend: transformers")
         return self
 
     @model_validator(mode="before")

@@ -94,6 +94,7 @@ from onegen.annotators import caption_text
 from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
 from onegen.annotators.batching import check_images
 from onegen.annotators.fp8 import check_fp8_device, quantize_linears
+from onegen.annotators.kv_fp8 import FP8, decode_attention, fp8_static_cache
 
 if TYPE_CHECKING:
     from onegen.config import CaptionerConfig
@@ -146,6 +147,13 @@ def _sdpa_packed_gqa(module, query, key, value, attention_mask, dropout=0.0, sca
     read once instead of being copied out to every query head."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if key.dtype == FP8:  # a decode step over an Fp8StaticLayer (see kv_fp8)
+        keep = attention_mask[:, 0, 0] if attention_mask is not None else torch.ones(
+            key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+        return decode_attention(query, module.fp8_kv_layer, keep, scaling or query.shape[-1] ** -0.5), None
+    if attention_mask is not None and attention_mask.shape[-1] > key.shape[-2]:
+        # an Fp8StaticLayer's prefill attends to the prompt's own states; the mask spans the whole static cache
+        attention_mask = attention_mask[..., : key.shape[-2]]
     groups = getattr(module, "num_key_value_groups", 1)
     mask_per_head = attention_mask is not None and attention_mask.shape[1] != 1
     if query.shape[2] != 1 or groups == 1 or mask_per_head or kwargs.get("position_bias") is not None:
@@ -179,7 +187,7 @@ def flex_decode_attention(query, key, value, keep: torch.Tensor, scale: float | 
 def _flex_decode(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """:func:`flex_decode_attention` for the compiled decode step; :func:`_sdpa_packed_gqa` everywhere else
     (the prefill, and an eager decode, where flex would run unfused)."""
-    if (query.shape[2] != 1 or not torch.compiler.is_compiling() or attention_mask is None
+    if (query.shape[2] != 1 or key.dtype == FP8 or not torch.compiler.is_compiling() or attention_mask is None
             or attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1 or kwargs.get("position_bias") is not None):
         return _sdpa_packed_gqa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                 is_causal=is_causal, **kwargs)
@@ -442,7 +450,15 @@ class TransformersVLM:
             self._cache.reset()
             return self._cache
         self._cache = None  # free the old one before the new one is allocated
-        self._cache = StaticCache(config=self.model.config, max_cache_len=size)
+        if self.cfg.kv_cache == "fp8":
+            try:
+                self._cache = fp8_static_cache(self.model.config, size)
+            except ValueError as e:
+                raise AnnotatorError(f"annotators.captioner.kv_cache=fp8: {e}") from None
+            for layer, cache_layer in zip(self.model.get_decoder().layers, self._cache.layers):
+                layer.self_attn.fp8_kv_layer = cache_layer  # where the attention function finds the scales
+        else:
+            self._cache = StaticCache(config=self.model.config, max_cache_len=size)
         # Allocated here, not lazily in the first layer call: inside a compiled prefill layer that would skip
         # marking the tensors as static addresses, and the decode step's CUDA graph would be skipped.
         text = self.model.config.get_text_config()
@@ -591,6 +607,7 @@ class Captioner:
         """Code version + what changes the answers: backend, image tokens, quantisation, instruction."""
         prompt = hashlib.sha256(self.instruction.encode()).hexdigest()[:8]
         quant = "" if self.cfg.quantize == "none" else f".{self.cfg.quantize}"
+        quant += ".kvfp8" if self.cfg.kv_cache == "fp8" else ""
         return f"{CODE_VERSION}+{self.vlm.name}.{self.cfg.image_tokens}{quant}.{prompt}"
 
     @property

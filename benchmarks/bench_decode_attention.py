@@ -13,13 +13,14 @@ reference is tested in tests/onegen/annotators/test_kv_fp8.py). CUDA only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from onegen.annotators.kv_fp8 import quantize_per_token
+from onegen.annotators.kv_fp8 import quantize_per_token, triton_decode_attention
 
 
 def timed_us(fn, repeats: int) -> float:
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument("--keys", type=int, default=3300)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the kernel eagerly at other blocks, warps and stages (kv_fp8's launch constants)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -72,6 +75,18 @@ def main() -> None:
         us = timed_us(fn, args.repeats)
         rows[name] = {"us": round(us, 1), "cache_mb": round(nbytes / 1e6, 1), "gb_per_s": round(nbytes / us / 1e3, 1)}
         print(f"{name:22s} {us:9.1f} µs  {nbytes / 1e6:8.1f} MB  {nbytes / us / 1e3:7.1f} GB/s", flush=True)
+    if args.sweep:
+        for block, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
+            def launch(block=block, warps=warps, stages=stages):
+                return triton_decode_attention(packed, k8, v8, ks, vs, keep, length, scale, block=block,
+                                               warps=warps, stages=stages)
+            try:
+                us = timed_us(launch, args.repeats)
+            except Exception as e:  # a launch that does not fit (shared memory) is a row, not the end of the sweep
+                print(f"block {block} warps {warps} stages {stages}: {type(e).__name__}", flush=True)
+                continue
+            rows[f"fp8 block {block} warps {warps} stages {stages}"] = {"us": round(us, 1)}
+            print(f"fp8 eager block {block:3d} warps {warps} stages {stages} {us:9.1f} µs", flush=True)
     diff = (fp8().float() - sdpa().float()).abs().max().item()
     ratio = rows["sdpa bf16 (compiled)"]["us"] / rows["fp8 kernel"]["us"]
     print(f"speed-up fp8 / sdpa: {ratio:.2f}x; largest output difference {diff:.4f} "

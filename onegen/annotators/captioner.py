@@ -40,6 +40,10 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   KV heads out to 32 query heads before every decode attention (4x the KV bytes written, then
   read: ~230 GB per step at B = 64). We fold the 4 query heads of each KV head into the query
   length instead, so each decode step reads the KV once (~26 GB). Prefill keeps stock SDPA.
+* FP8 KV cache (``kv_cache: fp8``, ``onegen.annotators.kv_fp8``): at batch 96 the keys and values are ~84% of a
+  decode step's bytes; stored as float8 with a scale per token and head they are half as many, read by a Triton
+  split-KV kernel that folds the scales into the scores and the softmax weights. The prefill attends to its own
+  full-precision states; only the decode steps read FP8.
 * Length bucketing: anyres token counts depend on the aspect ratio; images are sorted by count
   (longest first) and cut into batches, so left padding (FLOPs spent on pads) stays small, and
   the first batch fixes the static cache length for the rest (no recompiles for shorter ones).

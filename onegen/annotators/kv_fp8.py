@@ -27,7 +27,8 @@ from transformers.cache_utils import StaticCache, StaticLayer
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
-BLOCK_N = 64  # keys per inner step of the kernel
+# the kernel's launch: keys per inner step, warps, pipeline stages (benchmarks/bench_decode_attention.py --sweep)
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
 MIN_KEYS_PER_SPLIT = 256
 
 
@@ -172,9 +173,10 @@ def splits_for(programs: int, max_keys: int, device: torch.device) -> int:
 
 
 def triton_decode_attention(q, keys, values, key_scales, value_scales, keep, length, scale: float,
-                            launch=None, splits: int | None = None) -> torch.Tensor:
+                            launch=None, splits: int | None = None, block: int | None = None,
+                            warps: int | None = None, stages: int | None = None) -> torch.Tensor:
     """The kernel's launch and the combine of its splits; ``launch`` wraps the kernel (``wrap_triton`` inside the
-    custom op, the plain kernel under the interpreter)."""
+    custom op, the plain kernel under the interpreter); ``block``, ``warps`` and ``stages`` replace the module's."""
     b, hkv, groups, d = q.shape
     splits = splits or splits_for(b * hkv, keys.shape[2], q.device)
     acc = q.new_empty((b * hkv, splits, groups, d), dtype=torch.float32)
@@ -187,7 +189,8 @@ def triton_decode_attention(q, keys, values, key_scales, value_scales, keep, len
         q.stride(0), q.stride(1), q.stride(2), keys.stride(0), keys.stride(1), keys.stride(2),
         key_scales.stride(0), key_scales.stride(1), keep_bytes.stride(0), splits * groups, groups,
         scale * 1.4426950408889634, hkv,
-        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BLOCK=BLOCK_N, SPLITS=splits)
+        G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BLOCK=block or BLOCK_N, SPLITS=splits,
+        num_warps=warps or NUM_WARPS, num_stages=stages or NUM_STAGES)
     top = m.amax(1, keepdim=True)
     w = torch.exp2(m - top)  # an empty split has m = -inf and weight 0
     out = (acc * w[..., None]).sum(1) / (s_sum * w).sum(1)[..., None]

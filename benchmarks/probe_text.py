@@ -52,7 +52,6 @@ from model.loss import flow_matching_loss, sample_sigmas  # noqa: E402
 from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
-from model.train import pad_text  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
@@ -152,7 +151,7 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
     """Features and masks of every caption, padded to the longest one."""
     feats = [encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)]
     length = max(h.shape[1] for h, _ in feats)
-    padded = [pad_text(h, m, length) for h, m in feats]
+    padded = [trainer.pad_text(h, m, length) for h, m in feats]
     return torch.cat([h for h, _ in padded]), torch.cat([m for _, m in padded])
 
 
@@ -286,7 +285,7 @@ def main() -> None:
 
     encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
-    null_embeds, null_mask = pad_text(*null, text[0].shape[1])
+    null_embeds, null_mask = trainer.pad_text(*null, text[0].shape[1])
     latents = to_latents(images[:, None])
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:

@@ -108,7 +108,8 @@ def job_settings(args) -> SimpleNamespace:
     return SimpleNamespace(
         path=None, backend="transformers", batch_size=args.batch, dtype=args.dtype, attn_implementation="sdpa",
         decode_attention=args.decode_attention, image_tokens=args.image_tokens, quantize=args.quantize,
-        prefill_mlp_rows=args.prefill_mlp_rows, static_cache=args.static_cache, kv_cache=args.kv_cache, compile=args.compile, length_bucketing=True,
+        prefill_mlp_rows=args.prefill_mlp_rows, static_cache=args.static_cache, kv_cache=args.kv_cache,
+        decode_compile_mode=args.decode_compile_mode, compile=args.compile, length_bucketing=True,
         max_new_tokens=args.new_tokens, min_words=100, max_words=150, max_entities=10, retries=0,
         retry_temperature=0.7, seed=0, instruction=None)
 
@@ -185,6 +186,8 @@ def main() -> None:
     ap.add_argument("--kv-cache", choices=["model", "fp8"], default="model",
                     help="fp8: our static KV cache in float8 with per-token scales, read by a Triton decode kernel")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--decode-compile-mode", choices=["reduce-overhead", "max-autotune"], default="reduce-overhead",
+                    help="max-autotune: the decode step's GEMM tiles timed for its shapes at compile")
     ap.add_argument("--new-tokens", type=int, default=150)
     ap.add_argument("--image-size", type=int, help="square input side (default 672; quick 64)")
     ap.add_argument("--profile", action="store_true",

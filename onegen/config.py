@@ -153,6 +153,9 @@ class CaptionerConfig(_Strict):
                              "model dtype's); needs static_cache, sdpa and the transformers backend")
     compile: bool = Field(True, description="torch.compile: CUDA graphs for the decode step, fused prefill "
                                             "layers (CUDA, static cache)")
+    decode_compile_mode: Literal["reduce-overhead", "max-autotune"] = Field(
+        "reduce-overhead", description="torch.compile mode of the decode step (both replay CUDA graphs); "
+                                       "max-autotune also times GEMM tiles for its small-batch shapes (longer compile)")
     length_bucketing: bool = Field(True, description="batch images with similar image-token counts together")
     max_new_tokens: int = Field(320, ge=1, description="room for a 150-word caption plus the entity line")
     min_words: int = Field(100, ge=1, description="paper §4: captions of 100-150 words")

@@ -422,7 +422,7 @@ class TransformersVLM:
 
     @torch.no_grad()  # not inference_mode: transformers' compiled static-cache decode is built for no_grad
     def _generate_batch(self, inputs, batch: int, seeds, min_new_tokens) -> list[Generation]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import CompileConfig, GenerationConfig, LogitsProcessorList
 
         length = (inputs["input_ids"] if "input_ids" in inputs else inputs["inputs_embeds"]).shape[1]
         # Retries are few and come in odd batch sizes: a static cache and a decode graph for each would cost more
@@ -432,7 +432,8 @@ class TransformersVLM:
             cache = self._static_cache(batch, length + self.cfg.max_new_tokens)
         gen = GenerationConfig(
             max_new_tokens=self.cfg.max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, disable_compile=not self.cfg.compile or cache is None)
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, disable_compile=not self.cfg.compile or cache is None,
+            compile_config=CompileConfig(mode=self.cfg.decode_compile_mode))
         processors = LogitsProcessorList([_SeededSampling(seeds, self.cfg.retry_temperature)] if seeds else [])
         # The compiled prefill layers are specialised to the static cache: on a dynamic cache (retries) they run eager
         stance = "default" if cache is not None else "force_eager"

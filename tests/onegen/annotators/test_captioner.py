@@ -317,7 +317,7 @@ def test_image_seed_is_content_based():
 def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field():
     bench = load_script("bench_captioner")
     args = argparse.Namespace(batch=64, dtype="bfloat16", image_tokens="anyres", quantize="none", prefill_mlp_rows=16,
-                              static_cache=True, kv_cache="fp8",
+                              static_cache=True, kv_cache="fp8", decode_compile_mode="max-autotune",
                               compile=True, new_tokens=150, decode_attention="flex")
     settings = vars(bench.job_settings(args))
     assert set(settings) == set(CaptionerConfig.model_fields)  # runs without pydantic, so it lists them all

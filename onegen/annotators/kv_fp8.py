@@ -43,22 +43,22 @@ class Fp8StaticLayer(StaticLayer):
 
     ``update`` returns the full-precision states it was given for a prefill (more than one token: the prompt, into
     an empty cache) and the FP8 cache for a decode step; ``decode_attention`` reads the latter with ``key_scales``
-    and ``value_scales``. The bytes live in uint8 buffers: ``index_copy_`` has no float8 kernel everywhere."""
+    and ``value_scales``. ``keys`` and ``values`` hold the bytes as uint8 (``index_copy_`` has no float8 kernel
+    everywhere), viewed as float8 only inside a step: a graph whose inputs included both dtypes of one buffer, one
+    of them mutated, is one AOTAutograd refuses to compile."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.batch_size, self.num_heads = key_states.shape[:2]
         self.k_head_dim, self.v_head_dim = key_states.shape[-1], value_states.shape[-1]
         shape = (self.batch_size, self.num_heads, self.max_cache_len)
-        self._key_bytes = torch.zeros((*shape, self.k_head_dim), dtype=torch.uint8, device=self.device)
-        self._value_bytes = torch.zeros((*shape, self.v_head_dim), dtype=torch.uint8, device=self.device)
-        self.keys, self.values = self._key_bytes.view(FP8), self._value_bytes.view(FP8)
+        self.keys = torch.zeros((*shape, self.k_head_dim), dtype=torch.uint8, device=self.device)
+        self.values = torch.zeros((*shape, self.v_head_dim), dtype=torch.uint8, device=self.device)
         self.key_scales = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self.value_scales = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self.cumulative_length = self.cumulative_length.to(self.device)
         if not torch.compiler.is_compiling():  # static addresses, so the decode step's CUDA graph replays on them
-            for t in (self._key_bytes, self._value_bytes, self.keys, self.values, self.key_scales, self.value_scales,
-                      self.cumulative_length):
+            for t in (self.keys, self.values, self.key_scales, self.value_scales, self.cumulative_length):
                 torch._dynamo.mark_static_address(t)
         self.is_initialized = True
 
@@ -68,20 +68,20 @@ class Fp8StaticLayer(StaticLayer):
         n = key_states.shape[-2]
         positions = torch.arange(n, device=self.device) + self.cumulative_length
         self.cumulative_length.add_(n)
-        for states, data, scales in ((key_states, self._key_bytes, self.key_scales),
-                                     (value_states, self._value_bytes, self.value_scales)):
+        for states, data, scales in ((key_states, self.keys, self.key_scales),
+                                     (value_states, self.values, self.value_scales)):
             q, s = quantize_per_token(states)
             data.index_copy_(2, positions, q.view(torch.uint8))
             scales.index_copy_(2, positions, s)
         if n > 1:
             return key_states, value_states
-        return self.keys, self.values
+        return self.keys.view(FP8), self.values.view(FP8)
 
     def reset(self) -> None:
+        super().reset()
         if self.is_initialized:
-            for t in (self._key_bytes, self._value_bytes, self.key_scales, self.value_scales):
-                t.zero_()
-        self.cumulative_length.zero_()
+            self.key_scales.zero_()
+            self.value_scales.zero_()
 
 
 def fp8_static_cache(config, max_cache_len: int) -> StaticCache:
@@ -102,7 +102,8 @@ def decode_attention(query: torch.Tensor, layer: Fp8StaticLayer, keep: torch.Ten
     b, h, _, d = query.shape
     groups = h // layer.num_heads
     q = query.reshape(b, layer.num_heads, groups, d)
-    args = (q, layer.keys, layer.values, layer.key_scales, layer.value_scales, keep, layer.cumulative_length)
+    args = (q, layer.keys.view(FP8), layer.values.view(FP8), layer.key_scales, layer.value_scales, keep,
+            layer.cumulative_length)
     if query.is_cuda:
         out = torch.ops.onegen.fp8_kv_decode(*args, scale)
     else:
@@ -111,12 +112,13 @@ def decode_attention(query: torch.Tensor, layer: Fp8StaticLayer, keep: torch.Ten
 
 
 def reference_decode_attention(q, keys, values, key_scales, value_scales, keep, length, scale: float) -> torch.Tensor:
-    """The kernel's arithmetic in PyTorch: q (B, Hkv, G, D) against the first ``length`` cache positions."""
-    n = int(length)
-    k = keys[:, :, :n].float() * key_scales[:, :, :n, None]
-    v = values[:, :, :n].float() * value_scales[:, :, :n, None]
+    """The kernel's arithmetic in PyTorch: q (B, Hkv, G, D) against the first ``length`` cache positions (masked,
+    not sliced: no host sync, so it traces whole under torch.compile)."""
+    k = keys.float() * key_scales[..., None]
+    v = values.float() * value_scales[..., None]
     scores = torch.einsum("bhgd,bhnd->bhgn", q.float(), k) * scale
-    scores = scores.masked_fill(~keep[:, None, None, :n], -torch.inf)
+    filled = torch.arange(keys.shape[2], device=keys.device) < length
+    scores = scores.masked_fill(~(keep & filled)[:, None, None, :], -torch.inf)
     return torch.einsum("bhgn,bhnd->bhgd", scores.softmax(-1), v).to(q.dtype)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from onegen.annotators.base import AnnotatorError
 from onegen.annotators.captioner import Captioner
 from onegen.annotators.kv_fp8 import (
-    FP8, Fp8StaticLayer, fp8_static_cache, quantize_per_token, reference_decode_attention)
+    FP8, Fp8StaticLayer, decode_attention, fp8_static_cache, quantize_per_token, reference_decode_attention)
 from onegen.config import CaptionerConfig
 from tests.tiny_annotators import build_tiny_llava_next
 
@@ -41,16 +41,42 @@ def test_layer_stores_fp8_returns_the_prompt_states_then_its_cache_and_resets():
     k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
     keys, values = layer.update(k, v)
     assert keys is k and values is v  # the prefill attends in full precision
-    assert int(layer.cumulative_length) == 5 and layer.keys.shape == (2, 2, 16, 8) and layer.keys.dtype == FP8
+    assert int(layer.cumulative_length) == 5 and layer.keys.shape == (2, 2, 16, 8) and layer.keys.dtype == torch.uint8
     k1, v1 = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8)
     keys, values = layer.update(k1, v1)
-    assert keys is layer.keys and values is layer.values and int(layer.cumulative_length) == 6
-    stored = layer.keys.float() * layer.key_scales[..., None]
+    assert keys.dtype == values.dtype == FP8 and int(layer.cumulative_length) == 6
+    assert keys.data_ptr() == layer.keys.data_ptr() and values.data_ptr() == layer.values.data_ptr()
+    stored = keys.float() * layer.key_scales[..., None]
     assert torch.allclose(stored[:, :, :5], k, atol=0.07 * k.abs().max()) and torch.allclose(
-        layer.values[:, :, 5:6].float() * layer.value_scales[:, :, 5:6, None], v1, atol=0.07 * v1.abs().max())
-    assert not layer.keys[:, :, 6:].float().any()
+        values[:, :, 5:6].float() * layer.value_scales[:, :, 5:6, None], v1, atol=0.07 * v1.abs().max())
+    assert not layer.keys[:, :, 6:].any()
     layer.reset()
-    assert int(layer.cumulative_length) == 0 and not layer.keys.float().any() and not layer.key_scales.any()
+    assert int(layer.cumulative_length) == 0 and not layer.keys.any() and not layer.key_scales.any()
+
+
+def test_layer_update_and_decode_attention_trace_whole():
+    """What the compiled prefill layers and decode step trace (on CUDA the kernel's op; here its reference):
+    no graph break, so no host sync in either."""
+    torch.manual_seed(0)
+    layer = Fp8StaticLayer(max_cache_len=16)
+    layer.lazy_initialization(torch.zeros(2, 2, 0, 8), torch.zeros(2, 2, 0, 8))
+    keep = torch.ones(2, 16, dtype=torch.bool)
+
+    def step(q, k, v):
+        keys, _ = layer.update(k, v)
+        if k.shape[-2] > 1:
+            return keys
+        return decode_attention(q, layer, keep, 8**-0.5)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
+    compiled(None, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
+    q, k1, v1 = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8)
+    out = compiled(q, k1, v1)
+    assert out.shape == (2, 1, 4, 8) and int(layer.cumulative_length) == 6
+    eager = reference_decode_attention(q.reshape(2, 2, 2, 8), layer.keys.view(FP8), layer.values.view(FP8),
+                                       layer.key_scales,
+                                       layer.value_scales, keep, layer.cumulative_length, 8**-0.5)
+    assert torch.allclose(out, eager.reshape(2, 1, 4, 8))
 
 
 def _decode_case(b=3, hkv=2, groups=4, d=128, length=650, seed=0):
@@ -138,7 +164,7 @@ def test_captioner_decodes_from_the_fp8_cache_batch_invariantly(folder):
     assert fp8.version.endswith(".kvfp8." + plain.version.rsplit(".", 1)[1]) and fp8.version != plain.version
     together = [g.token_ids for g in fp8.vlm.generate(ims, min_new_tokens=6)]
     cache = fp8.vlm._cache
-    assert all(type(layer) is Fp8StaticLayer for layer in cache.layers) and cache.layers[0].keys.dtype == FP8
+    assert all(type(layer) is Fp8StaticLayer for layer in cache.layers) and cache.layers[0].keys.dtype == torch.uint8
     assert all(layer.self_attn.fp8_kv_layer is c for layer, c in zip(fp8.vlm.model.get_decoder().layers,
                                                                     cache.layers))
     alone = [fp8.vlm.generate([im], min_new_tokens=6)[0].token_ids for im in ims]
@@ -155,3 +181,30 @@ def test_fp8_cache_on_a_model_with_sliding_windows_names_the_key(folder):
     cap.vlm.model.config.text_config.sliding_window = 4
     with pytest.raises(AnnotatorError, match=r"annotators\.captioner\.kv_cache=fp8: .*full-attention"):
         cap.vlm.generate([np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_decode_step_over_the_fp8_cache_compiles_whole(folder):
+    """generate's compiled decode step (the model, our attention function, the FP8 cache layers) traced with
+    fullgraph=True, as CUDA runs it (here through AOTAutograd without Inductor): no graph break, and the tokens of
+    the eager steps."""
+    from transformers import CompileConfig, GenerationConfig
+
+    cfg = CaptionerConfig(path=folder, batch_size=2, max_new_tokens=4, min_words=1, kv_cache="fp8")
+    vlm = Captioner.load(cfg, device="cpu").vlm
+    rng = np.random.default_rng(0)
+    inputs = vlm._inputs([rng.integers(0, 256, (32, 64, 3), dtype=np.uint8),
+                          rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)])
+    length = inputs["input_ids"].shape[1]
+
+    def tokens(compiled: bool) -> list:
+        compile_config = CompileConfig(backend="aot_eager", fullgraph=True, mode=None)
+        compile_config._compile_all_devices = True  # transformers' switch for compiling off CUDA
+        gen = GenerationConfig(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=vlm.pad_id,
+                               compile_config=compile_config, disable_compile=not compiled)
+        with torch.no_grad():
+            ids = vlm.model.generate(**inputs, past_key_values=vlm._static_cache(2, length + 4), generation_config=gen)
+        return ids[:, length:].tolist()
+
+    torch._dynamo.reset()
+    assert tokens(compiled=True) == tokens(compiled=False)
+    assert hasattr(vlm.model, "_compiled_call")  # the compiled path really ran

@@ -105,7 +105,9 @@ def test_reference_decode_attention_is_exact_attention_over_the_dequantised_cach
 
 def test_triton_kernel_matches_the_reference_under_the_interpreter(tmp_path):
     """The kernel itself, split or not, with left pads and a cache longer than its filled length; Triton's
-    interpreter runs it on CPU tensors (it must be on before the kernel is defined: a fresh process)."""
+    interpreter runs it on CPU tensors (it must be on before the kernel is defined: a fresh process). In float32:
+    the interpreter (Triton 3.8) multiplies bfloat16 operands of ``tl.dot`` as raw bits, so the GPU's bf16 dots
+    are covered by benchmarks/bench_decode_attention.py, which prints the kernel's difference from bf16 SDPA."""
     q, k, v, keep, length = _decode_case()
     (k8, ks), (v8, vs) = quantize_per_token(k), quantize_per_token(v)
     torch.save((q, k8, v8, ks, vs, keep, length), tmp_path / "case.pt")

@@ -154,7 +154,8 @@ def _sdpa_packed_gqa(module, query, key, value, attention_mask, dropout=0.0, sca
     if key.dtype == FP8:  # a decode step over an Fp8StaticLayer (see kv_fp8)
         keep = attention_mask[:, 0, 0] if attention_mask is not None else torch.ones(
             key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
-        return decode_attention(query, module.fp8_kv_layer, keep, scaling or query.shape[-1] ** -0.5), None
+        scale = scaling or query.shape[-1] ** -0.5
+        return decode_attention(query, key, value, module.fp8_kv_layer, keep, scale), None
     if attention_mask is not None and attention_mask.shape[-1] > key.shape[-2]:
         # an Fp8StaticLayer's prefill attends to the prompt's own states; the mask spans the whole static cache
         attention_mask = attention_mask[..., : key.shape[-2]]

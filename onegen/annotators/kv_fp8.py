@@ -95,15 +95,15 @@ def fp8_static_cache(config, max_cache_len: int) -> StaticCache:
     return cache
 
 
-def decode_attention(query: torch.Tensor, layer: Fp8StaticLayer, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """One decode step's attention over an FP8 cache layer: query (B, H, 1, D), ``keep`` the (B, L) boolean key mask
-    (padding and future positions False). Returns (B, 1, H, D) in the query's dtype, as transformers' attention
-    functions do."""
+def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, layer: Fp8StaticLayer,
+                     keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """One decode step's attention: query (B, H, 1, D) against the FP8 ``keys`` and ``values`` that ``layer.update``
+    returned, with the layer's scales and filled length; ``keep`` the (B, L) boolean key mask (padding False).
+    Returns (B, 1, H, D) in the query's dtype, as transformers' attention functions do."""
     b, h, _, d = query.shape
     groups = h // layer.num_heads
     q = query.reshape(b, layer.num_heads, groups, d)
-    args = (q, layer.keys.view(FP8), layer.values.view(FP8), layer.key_scales, layer.value_scales, keep,
-            layer.cumulative_length)
+    args = (q, keys, values, layer.key_scales, layer.value_scales, keep, layer.cumulative_length)
     if query.is_cuda:
         out = torch.ops.onegen.fp8_kv_decode(*args, scale)
     else:

@@ -63,10 +63,10 @@ def test_layer_update_and_decode_attention_trace_whole():
     keep = torch.ones(2, 16, dtype=torch.bool)
 
     def step(q, k, v):
-        keys, _ = layer.update(k, v)
+        keys, values = layer.update(k, v)
         if k.shape[-2] > 1:
             return keys
-        return decode_attention(q, layer, keep, 8**-0.5)
+        return decode_attention(q, keys, values, layer, keep, 8**-0.5)
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
     compiled(None, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))

@@ -25,17 +25,18 @@ import triton
 import triton.language as tl
 from transformers.cache_utils import StaticCache, StaticLayer
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
+from onegen.annotators.fp8 import FP8, quantize_rows
+
 # the kernel's launch: keys per inner step, warps, pipeline stages (benchmarks/bench_decode_attention.py --sweep)
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
 MIN_KEYS_PER_SPLIT = 256
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., D) in any float dtype -> (float8 e4m3 values, float32 scales of shape (...)): x ≈ values * scales."""
-    scale = (x.detach().float().abs().amax(-1) / FP8_MAX).clamp_(min=torch.finfo(torch.float32).tiny)
-    return (x.float() / scale[..., None]).to(FP8), scale
+    """(..., D) in any float dtype -> (float8 e4m3 values, float32 scales of shape (...)): x ≈ values * scales.
+    The FP8 linears' per-row quantisation, with the scales stored one per vector."""
+    values, scales = quantize_rows(x)
+    return values, scales.squeeze(-1)
 
 
 class Fp8StaticLayer(StaticLayer):

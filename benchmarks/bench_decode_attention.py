@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=3300)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--sweep", action="store_true",
-                    help="also time the kernel eagerly at other blocks, warps and stages (kv_fp8's launch constants)")
+                    help="also time the kernel eagerly at other splits, blocks, warps and stages (kv_fp8's launch constants)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -68,25 +68,27 @@ def main() -> None:
     def fp8():
         return torch.ops.onegen.fp8_kv_decode(packed, k8, v8, ks, vs, keep, length, scale)
 
-    compiled_sdpa = torch.compile(sdpa)  # as in the compiled decode step
     rows = {}
-    for name, fn, nbytes in (("sdpa bf16 (compiled)", compiled_sdpa, 2 * k.nbytes),
-                             ("fp8 kernel", fp8, k8.nbytes + v8.nbytes + ks.nbytes + vs.nbytes)):
+    fp8_bytes = k8.nbytes + v8.nbytes + ks.nbytes + vs.nbytes
+    # compiled as in the decode step: the kernel inside an Inductor graph is where launch arguments get their types
+    for name, fn, nbytes in (("sdpa bf16 (compiled)", torch.compile(sdpa), 2 * k.nbytes),
+                             ("fp8 kernel", fp8, fp8_bytes), ("fp8 kernel (compiled)", torch.compile(fp8), fp8_bytes)):
         us = timed_us(fn, args.repeats)
         rows[name] = {"us": round(us, 1), "cache_mb": round(nbytes / 1e6, 1), "gb_per_s": round(nbytes / us / 1e3, 1)}
         print(f"{name:22s} {us:9.1f} µs  {nbytes / 1e6:8.1f} MB  {nbytes / us / 1e3:7.1f} GB/s", flush=True)
     if args.sweep:
-        for block, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
-            def launch(block=block, warps=warps, stages=stages):
-                return triton_decode_attention(packed, k8, v8, ks, vs, keep, length, scale, block=block,
-                                               warps=warps, stages=stages)
+        for splits, block, warps, stages in itertools.product((1, 2, 4, 8), (64, 128), (4, 8), (2, 3)):
+            def launch(splits=splits, block=block, warps=warps, stages=stages):
+                return triton_decode_attention(packed, k8, v8, ks, vs, keep, length, scale, splits=splits,
+                                               block=block, warps=warps, stages=stages)
             try:
                 us = timed_us(launch, args.repeats)
             except Exception as e:  # a launch that does not fit (shared memory) is a row, not the end of the sweep
-                print(f"block {block} warps {warps} stages {stages}: {type(e).__name__}", flush=True)
+                print(f"splits {splits} block {block} warps {warps} stages {stages}: {type(e).__name__}", flush=True)
                 continue
-            rows[f"fp8 block {block} warps {warps} stages {stages}"] = {"us": round(us, 1)}
-            print(f"fp8 eager block {block:3d} warps {warps} stages {stages} {us:9.1f} µs", flush=True)
+            name = f"fp8 splits {splits} block {block} warps {warps} stages {stages}"
+            rows[name] = {"us": round(us, 1)}
+            print(f"{name} {us:9.1f} µs", flush=True)
     reference = sdpa().float()
     diff = (fp8().float() - reference).abs().max().item()
     ratio = rows["sdpa bf16 (compiled)"]["us"] / rows["fp8 kernel"]["us"]

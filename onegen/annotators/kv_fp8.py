@@ -126,7 +126,7 @@ def reference_decode_attention(q, keys, values, key_scales, value_scales, keep, 
 @triton.jit
 def _decode_partials(Q, K, V, KS, VS, KEEP, LEN, ACC, M, L,
                      sq_b, sq_h, sq_g, sk_b, sk_h, sk_n, ss_b, ss_h, sm_b, so_bh, so_s,
-                     scale_log2, n_kv_heads,
+                     n_kv_heads, SCALE_LOG2: tl.constexpr,
                      G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr):
     """Online softmax over one split of one (row, KV head)'s keys; writes the split's unnormalised output, running
     max (base 2) and sum for the combine."""
@@ -151,7 +151,7 @@ def _decode_partials(Q, K, V, KS, VS, KEEP, LEN, ACC, M, L,
         kv_at = b * sk_b + h * sk_h + j[:, None] * sk_n + d[None, :]
         k = tl.load(K + kv_at, mask=inside[:, None], other=0.0).to(q.dtype)
         ks = tl.load(KS + b * ss_b + h * ss_h + j, mask=inside, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * (ks * scale_log2)[None, :]
+        s = tl.dot(q, tl.trans(k)) * (ks * SCALE_LOG2)[None, :]
         s = tl.where(keep[None, :], s, -float("inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a block of pads only: no NaN from -inf - -inf
@@ -185,13 +185,14 @@ def triton_decode_attention(q, keys, values, key_scales, value_scales, keep, len
     acc = q.new_empty((b * hkv, splits, groups, d), dtype=torch.float32)
     m = q.new_empty((b * hkv, splits, groups), dtype=torch.float32)
     s_sum = torch.empty_like(m)
-    keep_bytes = keep.view(torch.uint8) if keep.dtype == torch.bool else keep
+    # a cast, not a bool->uint8 view: Inductor cannot lower a view between those dtypes (torch.iinfo(bool) fails)
+    keep_bytes = keep.to(torch.uint8)
     kernel = (launch or (lambda k: k))(_decode_partials)
     kernel[(b * hkv, splits)](
         q, keys, values, key_scales, value_scales, keep_bytes, length, acc, m, s_sum,
         q.stride(0), q.stride(1), q.stride(2), keys.stride(0), keys.stride(1), keys.stride(2),
         key_scales.stride(0), key_scales.stride(1), keep_bytes.stride(0), splits * groups, groups,
-        scale * 1.4426950408889634, hkv,
+        hkv, SCALE_LOG2=scale * 1.4426950408889634,
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BLOCK=block or BLOCK_N, SPLITS=splits,
         num_warps=warps or NUM_WARPS, num_stages=stages or NUM_STAGES)
     top = m.amax(1, keepdim=True)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from onegen.annotators.base import AnnotatorError
 from onegen.annotators.captioner import Captioner
 from onegen.annotators.kv_fp8 import (
-    FP8, Fp8StaticLayer, decode_attention, fp8_static_cache, quantize_per_token, reference_decode_attention)
+    FP8, Fp8StaticLayer, decode_attention, fp8_static_cache, quantize_per_token, reference_decode_attention,
+    triton_decode_attention)
 from onegen.config import CaptionerConfig
 from tests.tiny_annotators import build_tiny_llava_next
 
@@ -129,6 +130,28 @@ def test_triton_kernel_matches_the_reference_under_the_interpreter(tmp_path):
     for splits, out in outs.items():
         assert torch.allclose(out, reference, atol=1e-4), (splits, (out - reference).abs().max())
 
+
+def test_kernel_launch_passes_only_what_inductor_can_type():
+    """Inside the compiled decode step Inductor generates the kernel's launch, and it types a Python float
+    argument fp64: that made the kernel's running max fp64 and failed its compile on an H100. So the runtime
+    arguments are ints and tensors (the key mask as bytes, not bool), and the softmax scale is a constexpr."""
+    q, k, v, keep, length = _decode_case()
+    (k8, ks), (v8, vs) = quantize_per_token(k), quantize_per_token(v)
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.constexprs = {p.name for p in kernel.params if p.is_constexpr}
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.constexprs, args, kwargs))
+
+    triton_decode_attention(q, k8, v8, ks, vs, keep, length, 128**-0.5, launch=Recorder)
+    (constexprs, args, kwargs), = launches
+    assert all(isinstance(a, int) or (isinstance(a, torch.Tensor) and a.dtype != torch.bool) for a in args), \
+        [type(a).__name__ if not isinstance(a, torch.Tensor) else a.dtype for a in args]
+    floats = {name for name, value in kwargs.items() if isinstance(value, float)}
+    assert floats and floats <= constexprs
 
 def test_cache_refuses_sliding_window_layers():
     from transformers import MistralConfig

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -129,6 +130,7 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-4, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(seed)
     t0, step, losses = time.time(), 0, []
+    progress = tqdm(desc="vae", unit="step")
     while time.time() - t0 < seconds:
         x = data[torch.randint(len(data), (64,), generator=gen)].to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
@@ -140,8 +142,11 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
         loss.backward()
         opt.step()
         step += 1
+        progress.update()
         if step % 200 == 0:
             losses.append(round(float(loss), 5))
+            progress.set_postfix(loss=losses[-1])
+    progress.close()
     vae.eval()
     with torch.no_grad():
         held = data[-512:].to(device)

@@ -147,6 +147,19 @@ def fit_judge(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int)
     return judge.eval()
 
 
+def opponent_colours(chroma_scale: float) -> torch.Tensor:
+    """RGB -> (luma, red-green, yellow-blue), an orthonormal basis, with both chroma axes times ``chroma_scale``.
+    At 1 a rotation, which neither the loss nor the isotropic noise can tell from RGB; below 1 the colours sit in
+    weaker channels than the luma, as in a VAE latent whose channels share one normalising scale."""
+    basis = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0], [1.0, 1.0, -2.0]])
+    return torch.diag(torch.tensor([1.0, chroma_scale, chroma_scale])) @ (basis / basis.norm(dim=1, keepdim=True))
+
+
+def recolour(pixels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` applied to the colour of every pixel, [N, 3, H, W]."""
+    return torch.einsum("ij,njhw->nihw", matrix, pixels)
+
+
 def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and masks of every caption, padded to the longest one."""
     feats = [encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)]
@@ -156,14 +169,15 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: torch.Tensor, cfg: float) -> dict:
+def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: torch.Tensor, cfg: float,
+             to_rgb: torch.Tensor) -> dict:
     embeds, mask = text
     out = {}
     for scale in sorted({1.0, cfg}):
         cond = Conditioning(embeds, mask, null[0].expand(len(embeds), -1, -1), null[1].expand(len(embeds), -1))
         made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(len(embeds), 1, 16, RES // 2, RES // 2),
                       [1.0], cond, steps=20, cfg_scale=scale, generator=torch.Generator().manual_seed(5))
-        out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(to_pixels(made)[:, 0].clamp(-1, 1), labels).items()}
+        out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(recolour(to_pixels(made)[:, 0], to_rgb).clamp(-1, 1), labels).items()}
     return out
 
 
@@ -253,6 +267,9 @@ def main() -> None:
                          "data (the `tiny` model; needs --prompt-prefix '[[text2image]]', the tag it puts first)")
     ap.add_argument("--work", type=Path, help="with --loop trainer: where its shards and checkpoints go (default: a "
                                               "temporary folder)")
+    ap.add_argument("--chroma-scale", type=float, default=None,
+                    help="train on (luma, two chroma axes) with the chroma times this (opponent_colours): is a "
+                         "prompt's colour learned slower when it sits in weaker latent channels? Default: RGB")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
     if args.loop == "trainer":
@@ -286,7 +303,8 @@ def main() -> None:
     encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
     null_embeds, null_mask = trainer.pad_text(*null, text[0].shape[1])
-    latents = to_latents(images[:, None])
+    colours = torch.eye(3) if args.chroma_scale is None else opponent_colours(args.chroma_scale)
+    latents = to_latents(recolour(images, colours)[:, None])
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
         i = torch.randint(len(latents), (args.batch,), generator=g)
@@ -303,7 +321,7 @@ def main() -> None:
 
     def evaluate_model(model: NextDiT) -> dict:
         reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
-        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg),
+        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, torch.linalg.inv(colours)),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

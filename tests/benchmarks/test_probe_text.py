@@ -52,11 +52,25 @@ def test_the_judges_accuracy_is_the_share_of_named_colours_among_its_likeliest()
     assert probe._recall_at_k(logits, truth) == 0.75
 
 
+def test_opponent_colours_rotate_at_scale_one_and_weaken_only_the_chroma():
+    probe = load_script("probe_text")
+    images = probe.render_scenes(8, 0)[0]
+    rotation = probe.opponent_colours(1.0)
+    assert torch.allclose(rotation @ rotation.T, torch.eye(3), atol=1e-6)  # the loss and the noise cannot tell
+    grey = torch.full((1, 3, 2, 2), 0.3)
+    assert torch.allclose(probe.recolour(grey, probe.opponent_colours(0.2))[:, 1:], torch.zeros(1, 2, 2, 2), atol=1e-6)
+    weak = probe.opponent_colours(0.25)
+    moved = probe.recolour(images, weak)
+    assert torch.allclose(moved[:, 0], probe.recolour(images, rotation)[:, 0])  # the luma as it was
+    assert torch.allclose(moved[:, 1:], 0.25 * probe.recolour(images, rotation)[:, 1:], atol=1e-6)
+    assert torch.allclose(probe.recolour(moved, torch.linalg.inv(weak)), images, atol=1e-5)
+
+
 def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):  # in bf16, as a GPU trains
     out = tmp_path / "probe.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--scenes", "64", "--steps", "4", "--eval-every", "2",
                         "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--objects", "1", "3",
-                        "--bf16", "--json", str(out)],
+                        "--bf16", "--chroma-scale", "0.5", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -106,7 +107,7 @@ def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()
-    for step in range(1, args.steps + 1):
+    for step in tqdm(range(1, args.steps + 1), desc="probe", unit="step", mininterval=10):
         loss = loss_of(model, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()

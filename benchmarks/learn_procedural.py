@@ -4,8 +4,8 @@
 
 1. render a training world (its own seed) and build the text2image, depth and multiview shards;
 2. fit a small SD3-style ``AutoencoderKL`` (16 latent channels, /8) on the world's images and
-   depth maps, with its latent shift and scale measured afterwards (as SD3 did), because there is
-   no offline pretrained VAE and a random one cannot be learned through;
+   depth maps, because there is no offline pretrained VAE and a random one cannot be learned through;
+   then standardise its latent channels on held-out images (``--latent-norm``);
 3. encode the shards into latent shards with it (and the prompts' text features), as the
    ``latents`` stage does;
 4. train the ``small`` Next-DiT (≈62 M parameters) with the project's trainer for a fixed number
@@ -120,8 +120,10 @@ def world_images(params: Params, limit: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> dict:
-    """A small AutoencoderKL fitted on the world: L1 + MSE reconstruction with a weak KL term."""
+def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, latent_norm: str = "channel") -> dict:
+    """A small AutoencoderKL fitted on the world: L1 + MSE reconstruction with a weak KL term. Its latents are then
+    normalised on held-out images, each channel to mean 0 and std 1 (``latent_norm="channel"``, see
+    ``standardise_latent_channels``) or all channels by one shift and scale as SD3's (``"global"``)."""
     torch.manual_seed(seed)
     data = world_images(params, 40000)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
@@ -153,16 +155,43 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int) -> 
         z = torch.cat([vae.encode(held[i:i + 64]).latent_dist.mode() for i in range(0, len(held), 64)])
         rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
     mse = F.mse_loss((rec + 1) / 2, (held + 1) / 2).item()
-    shift, scale = float(z.mean()), float(1 / z.std())
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    z = z.float()
+    # the spread of each channel under SD3's one scale and shift for all 16
+    shared = (z - z.mean()) / z.std()
+    summary = {"steps": step, "seconds": round(time.time() - t0, 1), "loss_every_200": losses,
+               "recon_psnr_db": round(10 * np.log10(1 / mse), 2), "latent_norm": latent_norm,
+               "channel_mean": [round(float(m), 3) for m in shared.mean((0, 2, 3))],
+               "channel_std": [round(float(s), 3) for s in shared.std((0, 2, 3))], "images": len(data)}
+    if latent_norm == "channel":
+        standardise_latent_channels(vae, z.mean((0, 2, 3)), z.std((0, 2, 3)))
+        vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    else:
+        vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
+    summary.update(shift_factor=vae.config.shift_factor, scaling_factor=vae.config.scaling_factor)
     vae.save_pretrained(params.model.vae)
-    # One scale and shift for all 16 channels, as SD3's: a channel whose normalised spread is small drowns in the
-    # noise at a lower σ than the others, so whatever it carries is decided late in sampling (a suspect for colour)
-    normalised = (z.float() - shift) * scale
-    return {"steps": step, "seconds": round(time.time() - t0, 1), "loss_every_200": losses,
-            "recon_psnr_db": round(10 * np.log10(1 / mse), 2), "shift_factor": shift, "scaling_factor": scale,
-            "channel_mean": [round(float(m), 3) for m in normalised.mean((0, 2, 3))],
-            "channel_std": [round(float(s), 3) for s in normalised.std((0, 2, 3))], "images": len(data)}
+    return summary
+
+
+@torch.no_grad()
+def standardise_latent_channels(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make the VAE's latent channel c come out as (z_c - mean_c) / std_c, and decode as before, by folding the
+    affine map into its 1x1 ``quant_conv`` (the posterior's mean and log-variance) and ``post_quant_conv``.
+
+    Why: SD3's one scale for all channels left this fitted VAE's channels with spreads from 0.25 to 1.92 (a CPU
+    fit), ``probe_text.py --chroma-scale`` finds a prompt's colours learned slower when they sit in weaker channels
+    (README), and the learning runs' text->image came out colourless. The result is still a plain
+    ``AutoencoderKL``, which every consumer reads with scale 1 and shift 0."""
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("standardising the latent channels needs the VAE's quant_conv and post_quant_conv")
+    c = mean.numel()
+    mean, std = mean.to(vae.quant_conv.weight), std.clamp(min=1e-6).to(vae.quant_conv.weight)
+    enc = vae.quant_conv
+    enc.weight[:c] /= std[:, None, None, None]
+    enc.bias[:c] = (enc.bias[:c] - mean) / std
+    enc.bias[c:] -= 2 * std.log()  # the log-variance, so a sampled latent is scaled as the mode
+    dec = vae.post_quant_conv
+    dec.bias += dec.weight[:, :, 0, 0] @ mean
+    dec.weight *= std[None, :, None, None]
 
 
 def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25, 0.5, 0.75, 0.95)) -> dict:
@@ -225,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
+    ap.add_argument("--latent-norm", choices=["channel", "global"], default="channel",
+                    help="the fitted VAE's latents standardised per channel, or by one shift and scale for all "
+                         "channels as SD3's (sessions 5-10 ran global)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
@@ -309,7 +341,7 @@ def main() -> None:
 
             ray.shutdown()  # its workers and object store are not needed again, and forking beside them is unsafe
     if args.stage in ("all", "vae"):
-        summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed)
+        summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed, args.latent_norm)
         print("vae", summary["vae"])
         save()
     if args.stage in ("all", "latents"):  # the trainer reads latents made by the fitted VAE

@@ -177,7 +177,8 @@ def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: tor
         cond = Conditioning(embeds, mask, null[0].expand(len(embeds), -1, -1), null[1].expand(len(embeds), -1))
         made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(len(embeds), 1, 16, RES // 2, RES // 2),
                       [1.0], cond, steps=20, cfg_scale=scale, generator=torch.Generator().manual_seed(5))
-        out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(recolour(to_pixels(made)[:, 0], to_rgb).clamp(-1, 1), labels).items()}
+        images = recolour(to_pixels(made)[:, 0], to_rgb).clamp(-1, 1)
+        out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(images, labels).items()}
     return out
 
 
@@ -304,7 +305,7 @@ def main() -> None:
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
     null_embeds, null_mask = trainer.pad_text(*null, text[0].shape[1])
     colours = torch.eye(3) if args.chroma_scale is None else opponent_colours(args.chroma_scale)
-    latents = to_latents(recolour(images, colours)[:, None])
+    latents, to_rgb = to_latents(recolour(images, colours)[:, None]), torch.linalg.inv(colours)
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
         i = torch.randint(len(latents), (args.batch,), generator=g)
@@ -321,7 +322,7 @@ def main() -> None:
 
     def evaluate_model(model: NextDiT) -> dict:
         reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
-        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, torch.linalg.inv(colours)),
+        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, to_rgb),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

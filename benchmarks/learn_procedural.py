@@ -43,9 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,6 +59,7 @@ from evals.predictors import make_predictor  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
+from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
 
@@ -121,77 +120,18 @@ def world_images(params: Params, limit: int) -> torch.Tensor:
 
 
 def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, latent_norm: str = "channel") -> dict:
-    """A small AutoencoderKL fitted on the world: L1 + MSE reconstruction with a weak KL term. Its latents are then
-    normalised on held-out images, each channel to mean 0 and std 1 (``latent_norm="channel"``, see
-    ``standardise_latent_channels``) or all channels by one shift and scale as SD3's (``"global"``)."""
-    torch.manual_seed(seed)
+    """A small SD3-style AutoencoderKL (16 latent channels, /8) fitted on the world's images and depth maps for
+    ``seconds``, its latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to
+    ``model.vae``."""
     data = world_images(params, 40000)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                        block_out_channels=[64, 128, 128, 256], layers_per_block=1, norm_num_groups=32).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-4, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(seed)
-    t0, step, losses = time.time(), 0, []
-    progress = tqdm(desc="vae", unit="step")
-    while time.time() - t0 < seconds:
-        x = data[torch.randint(len(data), (64,), generator=gen)].to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample()).sample.float()
-        kl = post.kl().mean() / x[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        progress.update()
-        if step % 200 == 0:
-            losses.append(round(float(loss), 5))
-            progress.set_postfix(loss=losses[-1])
-    progress.close()
-    vae.eval()
-    with torch.no_grad():
-        held = data[-512:].to(device)
-        z = torch.cat([vae.encode(held[i:i + 64]).latent_dist.mode() for i in range(0, len(held), 64)])
-        rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
-    mse = F.mse_loss((rec + 1) / 2, (held + 1) / 2).item()
-    z = z.float()
-    # the spread of each channel under SD3's one scale and shift for all 16
-    shared = (z - z.mean()) / z.std()
-    summary = {"steps": step, "seconds": round(time.time() - t0, 1), "loss_every_200": losses,
-               "recon_psnr_db": round(10 * np.log10(1 / mse), 2), "latent_norm": latent_norm,
-               "channel_mean": [round(float(m), 3) for m in shared.mean((0, 2, 3))],
-               "channel_std": [round(float(s), 3) for s in shared.std((0, 2, 3))], "images": len(data)}
-    if latent_norm == "channel":
-        standardise_latent_channels(vae, z.mean((0, 2, 3)), z.std((0, 2, 3)))
-        vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
-    else:
-        vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
-    summary.update(shift_factor=vae.config.shift_factor, scaling_factor=vae.config.scaling_factor)
+                        block_out_channels=[64, 128, 128, 256], layers_per_block=1, norm_num_groups=32)
+    summary = fit_autoencoder(vae, data[:-512], device, seed, seconds=seconds)
+    summary.update(normalise_latents(vae, data[-512:], latent_norm))
     vae.save_pretrained(params.model.vae)
     return summary
-
-
-@torch.no_grad()
-def standardise_latent_channels(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Make the VAE's latent channel c come out as (z_c - mean_c) / std_c, and decode as before, by folding the
-    affine map into its 1x1 ``quant_conv`` (the posterior's mean and log-variance) and ``post_quant_conv``.
-
-    Why: SD3's one scale for all channels left this fitted VAE's channels with spreads from 0.25 to 1.92 (a CPU
-    fit), ``probe_text.py --chroma-scale`` finds a prompt's colours learned slower when they sit in weaker channels
-    (README), and the learning runs' text->image came out colourless. The result is still a plain
-    ``AutoencoderKL``, which every consumer reads with scale 1 and shift 0."""
-    if vae.quant_conv is None or vae.post_quant_conv is None:
-        raise ValueError("standardising the latent channels needs the VAE's quant_conv and post_quant_conv")
-    c = mean.numel()
-    mean, std = mean.to(vae.quant_conv.weight), std.clamp(min=1e-6).to(vae.quant_conv.weight)
-    enc = vae.quant_conv
-    enc.weight[:c] /= std[:, None, None, None]
-    enc.bias[:c] = (enc.bias[:c] - mean) / std
-    enc.bias[c:] -= 2 * std.log()  # the log-variance, so a sampled latent is scaled as the mode
-    dec = vae.post_quant_conv
-    dec.bias += dec.weight[:, :, 0, 0] @ mean
-    dec.weight *= std[None, :, None, None]
 
 
 def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25, 0.5, 0.75, 0.95)) -> dict:
@@ -254,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
-    ap.add_argument("--latent-norm", choices=["channel", "global"], default="channel",
+    ap.add_argument("--latent-norm", choices=LATENT_NORMS, default="channel",
                     help="the fitted VAE's latents standardised per channel, or by one shift and scale for all "
                          "channels as SD3's (sessions 5-10 ran global)")
     ap.add_argument("--compile", action="store_true")

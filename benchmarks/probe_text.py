@@ -9,7 +9,9 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
 * data: ``--scenes`` world scenes of ``--objects`` objects (default one) rendered at 32² from a close
   orbit camera (scenes with a visible object of fewer than 15 pixels skipped), captioned by the world
   (``A photo of a large red metal cube.``), and 128 held-out ones (another seed range); latents are
-  pixels unshuffled by 2, as in ``probe_conditioning.py``;
+  pixels unshuffled by 2, as in ``probe_conditioning.py`` (``--chroma-scale``: in an opponent colour basis
+  first), or with ``--vae`` those of a tiny AutoencoderKL (16 channels, /2) fitted on the training renders
+  for ``--vae-steps`` and normalised per channel or by one scale, as ``learn_procedural.py``'s;
 * text: the random tiny T5 the offline runs use (``TextEncoder.load(None)``), ``--text-dim`` wide, frozen,
   features cached;
 * model: a NextDiT of ``--width``/``--depth`` trained by ``flow_matching_loss`` on one view, 10%
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusers import AutoencoderKL  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from model import train as trainer  # noqa: E402
@@ -53,6 +57,7 @@ from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
+from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.fingerprint import fingerprint  # noqa: E402
@@ -160,6 +165,40 @@ def recolour(pixels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", matrix, pixels)
 
 
+def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
+    """(encode, decode) between images [N, 3, RES, RES] and latents [N, 1, 16, RES/2, RES/2]: the pixels
+    unshuffled by 2, in RGB or (``chroma_scale``) an opponent colour basis."""
+    colours = torch.eye(3) if chroma_scale is None else opponent_colours(chroma_scale)
+    to_rgb = torch.linalg.inv(colours)
+    return (lambda images: to_latents(recolour(images, colours)[:, None]),
+            lambda latents: recolour(to_pixels(latents)[:, 0], to_rgb))
+
+
+def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int
+              ) -> tuple[Callable, Callable, dict]:
+    """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /2) fitted on
+    ``images`` for ``steps``, its latents normalised on ``held`` (``world_vae.normalise_latents``), and the fit's
+    summary. The encoding is the posterior's mode, as the ``latents`` stage's."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], layers_per_block=1,
+                        norm_num_groups=32)
+    summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps)
+    summary.update(normalise_latents(vae, held, latent_norm))
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mode() for i in range(0, len(x), 256)])
+        return ((z - shift) * scale)[:, None]
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return vae.decode(latents[:, 0] / scale + shift).sample
+
+    return encode, decode, summary
+
+
 def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and masks of every caption, padded to the longest one."""
     feats = [encoder(captions[i:i + 256]) for i in range(0, len(captions), 256)]
@@ -170,14 +209,14 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: torch.Tensor, cfg: float,
-             to_rgb: torch.Tensor) -> dict:
+             decode_latents: Callable) -> dict:
     embeds, mask = text
     out = {}
     for scale in sorted({1.0, cfg}):
         cond = Conditioning(embeds, mask, null[0].expand(len(embeds), -1, -1), null[1].expand(len(embeds), -1))
         made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(len(embeds), 1, 16, RES // 2, RES // 2),
                       [1.0], cond, steps=20, cfg_scale=scale, generator=torch.Generator().manual_seed(5))
-        images = recolour(to_pixels(made)[:, 0], to_rgb).clamp(-1, 1)
+        images = decode_latents(made).clamp(-1, 1)
         out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(images, labels).items()}
     return out
 
@@ -271,8 +310,14 @@ def main() -> None:
     ap.add_argument("--chroma-scale", type=float, default=None,
                     help="train on (luma, two chroma axes) with the chroma times this (opponent_colours): is a "
                          "prompt's colour learned slower when it sits in weaker latent channels? Default: RGB")
+    ap.add_argument("--vae", choices=LATENT_NORMS, default=None,
+                    help="train on the latents of a tiny AutoencoderKL fitted on the renders, each channel "
+                         "standardised or all by one shift and scale (SD3's), instead of the pixels")
+    ap.add_argument("--vae-steps", type=int, default=2000, help="with --vae: its fit's steps (batch 64)")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
+    if args.vae and args.chroma_scale is not None:
+        ap.error("--chroma-scale recolours the pixels that --vae replaces: pass one of them")
     if args.loop == "trainer":
         tiny = CONFIGS["tiny"]
         if (args.width, args.depth, args.text_dim) != (tiny.hidden_size, tiny.depth, tiny.caption_channels):
@@ -299,13 +344,19 @@ def main() -> None:
               "judge": {"held_out": judge.accuracy(held_images, held_labels),
                         "other_prompts": judge.accuracy(held_images.roll(1, 0), held_labels)},
               "evals": []}
+    if args.vae:
+        encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps, args.seed)
+        # the ceiling a perfect model of these latents could reach: the judge on the held-out renders' round trip
+        record["judge"]["vae_round_trip"] = judge.accuracy(decode_latents(encode_images(held_images)).clamp(-1, 1), held_labels)
+        print(json.dumps({"vae": record["vae"]}), flush=True)
+    else:
+        encode_images, decode_latents = pixel_codec(args.chroma_scale)
     print(json.dumps({"judge": record["judge"]}), flush=True)
 
     encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
     null_embeds, null_mask = trainer.pad_text(*null, text[0].shape[1])
-    colours = torch.eye(3) if args.chroma_scale is None else opponent_colours(args.chroma_scale)
-    latents, to_rgb = to_latents(recolour(images, colours)[:, None]), torch.linalg.inv(colours)
+    latents = encode_images(images)
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
         i = torch.randint(len(latents), (args.batch,), generator=g)
@@ -322,7 +373,7 @@ def main() -> None:
 
     def evaluate_model(model: NextDiT) -> dict:
         reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
-        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, to_rgb),
+        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, decode_latents),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

@@ -1,11 +1,10 @@
 """learn_procedural: its step-time probe (compiles are no cost of the steps to come, dear families are), its
-stages, its check that a trained model reads its prompt, and the fitted VAE's per-channel standardisation."""
+stages, and its check that a trained model reads its prompt."""
 
 import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from model.nextdit import CONFIGS, NextDiT
@@ -71,25 +70,3 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
                 p.normal_(0, 0.5)
     heard = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
     assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]
-
-
-def test_standardised_vae_encodes_unit_channels_and_decodes_as_before():
-    learn = load_script("learn_procedural")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(latent_channels=16, block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4).eval()
-    images = torch.rand(6, 3, 16, 16) * 2 - 1
-    with torch.no_grad():
-        before = vae.encode(images).latent_dist
-        z = before.mode()
-        mean, std = z.mean((0, 2, 3)), z.std((0, 2, 3))
-        decoded = vae.decode(z).sample
-        learn.standardise_latent_channels(vae, mean, std)
-        after = vae.encode(images).latent_dist
-    assert torch.allclose(after.mode(), (z - mean[:, None, None]) / std[:, None, None], atol=1e-4)
-    assert torch.allclose(after.mode().mean((0, 2, 3)), torch.zeros(16), atol=1e-4)
-    assert torch.allclose(after.mode().std((0, 2, 3)), torch.ones(16), atol=1e-4)
-    assert torch.allclose(after.std, before.std / std[:, None, None], rtol=1e-4)  # a sample scales as the mode
-    with torch.no_grad():
-        assert torch.allclose(vae.decode(after.mode()).sample, decoded, atol=1e-4)
-        assert not torch.allclose(vae.decode(z).sample, decoded, atol=1e-2)  # the old latents are no longer its

@@ -105,3 +105,29 @@ def test_the_trainer_loop_refuses_what_it_cannot_train(tmp_path):
         r = subprocess.run([sys.executable, str(SCRIPT), "--loop", "trainer", *prefix, *extra], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 2 and says in r.stderr, r.stderr
+
+
+def test_the_vae_codec_gives_the_model_standardised_channels_and_decodes_to_images():
+    probe = load_script("probe_text")
+    images, held = probe.render_scenes(16, 0)[0], probe.render_scenes(8, probe.HELD_OUT_SEED)[0]
+    encode, decode, summary = probe.vae_codec(images, held, "channel", steps=2, seed=0)
+    latents = encode(held)
+    assert latents.shape == (8, 1, 16, probe.RES // 2, probe.RES // 2)
+    assert torch.allclose(latents.std((0, 1, 3, 4)), torch.ones(16), atol=1e-3)
+    assert decode(latents).shape == held.shape and summary["steps"] == 2 and summary["latent_norm"] == "channel"
+    pixels_in, pixels_out = probe.pixel_codec(None)
+    assert torch.allclose(pixels_out(pixels_in(held)), held)
+
+
+def test_a_vae_run_reports_the_fit_and_the_judge_on_its_round_trip(tmp_path):
+    out = tmp_path / "probe.json"
+    common = [sys.executable, str(SCRIPT), "--scenes", "32", "--steps", "2", "--eval-every", "2", "--batch", "4",
+              "--judge-steps", "3", "--vae-steps", "2"]
+    r = subprocess.run([*common, "--vae", "global", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["vae"]["latent_norm"] == "global" and len(record["vae"]["channel_std"]) == 16
+    assert set(record["judge"]) == {"held_out", "other_prompts", "vae_round_trip"}
+    assert [row["step"] for row in record["evals"]] == [2]
+    r = subprocess.run([*common, "--vae", "channel", "--chroma-scale", "0.5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--chroma-scale recolours the pixels that --vae replaces" in r.stderr

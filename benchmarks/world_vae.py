@@ -1,0 +1,98 @@
+"""An AutoencoderKL fitted on world renders, and the normalisation of its latents, for the learning runs and probes.
+
+There is no offline pretrained VAE, and a random one cannot be learned through, so ``learn_procedural.py`` fits
+a small SD3-style one (16 latent channels, /8) on the world and ``probe_text.py --vae`` a tiny one (/2) at 32²;
+both then normalise its latents on held-out images, per channel or by SD3's one shift and scale.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+LATENT_NORMS = ("channel", "global")
+
+
+def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device, seed: int, seconds: float = float("inf"),
+                    steps: int | None = None, batch: int = 64) -> dict:
+    """Train ``vae`` on ``data`` ([N, 3, H, W] in [-1, 1]) for ``seconds`` or ``steps``, whichever ends first: L1 +
+    MSE reconstruction of a sampled latent with a weak KL term, AdamW, bf16 autocast on a GPU."""
+    if steps is None and seconds == float("inf"):
+        raise ValueError("fit_autoencoder needs seconds or steps to stop")
+    torch.manual_seed(seed)
+    vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(seed)
+    t0, step, losses = time.time(), 0, []
+    progress = tqdm(desc="vae", unit="step", total=steps)
+    while time.time() - t0 < seconds and (steps is None or step < steps):
+        x = data[torch.randint(len(data), (batch,), generator=gen)].to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample.float()
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        progress.update()
+        if step % 200 == 0:
+            losses.append(round(float(loss), 5))
+            progress.set_postfix(loss=losses[-1])
+    progress.close()
+    vae.eval()
+    return {"steps": step, "seconds": round(time.time() - t0, 1), "loss_every_200": losses, "images": len(data)}
+
+
+@torch.no_grad()
+def normalise_latents(vae: AutoencoderKL, held: torch.Tensor, latent_norm: str) -> dict:
+    """Normalise ``vae``'s latents on ``held`` images: each channel to mean 0 and std 1 (``"channel"``, folded into
+    the VAE by ``standardise_latent_channels``, config scale 1 and shift 0) or all channels by one shift and scale
+    in its config (``"global"``, SD3's). -> the reconstruction PSNR and each channel's spread under one scale."""
+    if latent_norm not in LATENT_NORMS:
+        raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, not {latent_norm!r}")
+    device = vae.quant_conv.weight.device
+    held = held.to(device)
+    z = torch.cat([vae.encode(held[i:i + 64]).latent_dist.mode() for i in range(0, len(held), 64)])
+    rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
+    mse = F.mse_loss((rec + 1) / 2, (held + 1) / 2).item()
+    z = z.float()
+    shared = (z - z.mean()) / z.std()  # the spread of each channel under one scale and shift for all
+    summary = {"recon_psnr_db": round(10 * np.log10(1 / mse), 2), "latent_norm": latent_norm,
+               "channel_mean": [round(float(m), 3) for m in shared.mean((0, 2, 3))],
+               "channel_std": [round(float(s), 3) for s in shared.std((0, 2, 3))]}
+    if latent_norm == "channel":
+        standardise_latent_channels(vae, z.mean((0, 2, 3)), z.std((0, 2, 3)))
+        vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
+    else:
+        vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
+    return {**summary, "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
+
+
+@torch.no_grad()
+def standardise_latent_channels(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make the VAE's latent channel c come out as (z_c - mean_c) / std_c, and decode as before, by folding the
+    affine map into its 1x1 ``quant_conv`` (the posterior's mean and log-variance) and ``post_quant_conv``.
+
+    Why: SD3's one scale for all channels left the learning run's fitted VAE with channel spreads from 0.25 to
+    1.92 (a CPU fit), ``probe_text.py --chroma-scale`` finds a prompt's colours learned slower when they sit in
+    weaker channels (README), and the learning runs' text->image came out colourless. The result is still a
+    plain ``AutoencoderKL``, which every consumer reads with scale 1 and shift 0."""
+    if vae.quant_conv is None or vae.post_quant_conv is None:
+        raise ValueError("standardising the latent channels needs the VAE's quant_conv and post_quant_conv")
+    c = mean.numel()
+    mean, std = mean.to(vae.quant_conv.weight), std.clamp(min=1e-6).to(vae.quant_conv.weight)
+    enc = vae.quant_conv
+    enc.weight[:c] /= std[:, None, None, None]
+    enc.bias[:c] = (enc.bias[:c] - mean) / std
+    enc.bias[c:] -= 2 * std.log()  # the log-variance, so a sampled latent is scaled as the mode
+    dec = vae.post_quant_conv
+    dec.bias += dec.weight[:, :, 0, 0] @ mean
+    dec.weight *= std[None, :, None, None]
+

@@ -1,0 +1,72 @@
+"""world_vae: the fit stops where told, and both latent normalisations give what the model is meant to see while
+the VAE decodes as before."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from benchmarks.world_vae import fit_autoencoder, normalise_latents, standardise_latent_channels
+
+
+def _tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(latent_channels=16, block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                         up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4)
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_the_fit_runs_its_steps_and_lowers_the_reconstruction_loss():
+    flat = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1  # one colour an image
+    vae, data = _tiny_vae(), flat.expand(-1, -1, 16, 16).repeat(4, 1, 1, 1)
+    with torch.no_grad():
+        before = (vae.decode(vae.encode(data).latent_dist.mode()).sample - data).abs().mean()
+    summary = fit_autoencoder(vae, data, torch.device("cpu"), seed=0, steps=60, batch=8)
+    assert summary["steps"] == 60 and summary["images"] == 32 and not vae.training
+    with torch.no_grad():
+        after = (vae.decode(vae.encode(data).latent_dist.mode()).sample - data).abs().mean()
+    assert after < 0.9 * before
+    with pytest.raises(ValueError, match="seconds or steps"):
+        fit_autoencoder(vae, data, torch.device("cpu"), seed=0)
+
+
+@pytest.mark.parametrize("latent_norm", ["channel", "global"])
+def test_normalised_latents_are_unit_per_channel_or_overall_and_decode_as_before(latent_norm):
+    vae, held = _tiny_vae().eval(), _images(6, 1)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(held).latent_dist.mode()).sample
+    summary = normalise_latents(vae, held, latent_norm)
+    assert summary["latent_norm"] == latent_norm and len(summary["channel_std"]) == 16
+    with torch.no_grad():
+        z = vae.encode(held).latent_dist.mode()
+        latents = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        assert torch.allclose(vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample,
+                              decoded, atol=1e-4)
+    if latent_norm == "channel":
+        assert torch.allclose(latents.std((0, 2, 3)), torch.ones(16), atol=1e-4)
+    else:  # one scale for all: the channels keep the unequal spreads the summary reports
+        assert abs(latents.std().item() - 1) < 1e-3
+        assert torch.allclose(latents.std((0, 2, 3)), torch.tensor(summary["channel_std"]), atol=2e-3)
+        assert max(summary["channel_std"]) > 1.5 * min(summary["channel_std"])
+    with pytest.raises(ValueError, match="latent_norm"):
+        normalise_latents(vae, held, "none")
+
+
+def test_standardised_vae_encodes_unit_channels_and_decodes_as_before():
+    vae, images = _tiny_vae().eval(), _images(6, 2)
+    with torch.no_grad():
+        before = vae.encode(images).latent_dist
+        z = before.mode()
+        mean, std = z.mean((0, 2, 3)), z.std((0, 2, 3))
+        decoded = vae.decode(z).sample
+        standardise_latent_channels(vae, mean, std)
+        after = vae.encode(images).latent_dist
+    assert torch.allclose(after.mode(), (z - mean[:, None, None]) / std[:, None, None], atol=1e-4)
+    assert torch.allclose(after.mode().mean((0, 2, 3)), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(after.mode().std((0, 2, 3)), torch.ones(16), atol=1e-4)
+    assert torch.allclose(after.std, before.std / std[:, None, None], rtol=1e-4)  # a sample scales as the mode
+    with torch.no_grad():
+        assert torch.allclose(vae.decode(after.mode()).sample, decoded, atol=1e-4)
+        assert not torch.allclose(vae.decode(z).sample, decoded, atol=1e-2)  # the old latents are no longer its

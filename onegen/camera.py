@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onegen.portable_linalg import matmul, norm
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -50,7 +52,7 @@ class Camera:
 def camera_centres(world_to_camera: np.ndarray) -> np.ndarray:
     """Centres -R^T t of world-to-camera matrices shaped (..., 4, 4) (or (..., 3, 4)) -> (..., 3)."""
     w2c = np.asarray(world_to_camera)
-    return -np.einsum("...ji,...j->...i", w2c[..., :3, :3], w2c[..., :3, 3])
+    return -matmul(np.swapaxes(w2c[..., :3, :3], -1, -2), w2c[..., :3, 3:])[..., 0]
 
 
 def intrinsics_from_fov(fov_deg: float, height: int, width: int) -> np.ndarray:
@@ -63,14 +65,14 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """World-to-camera 4x4 for a camera at ``eye`` looking at ``target`` (OpenCV axes)."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     z = target - eye
-    z /= np.linalg.norm(z)
+    z /= norm(z)
     x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-9:  # looking straight along `up`: any perpendicular will do
+    if norm(x) < 1e-9:  # looking straight along `up`: any perpendicular will do
         x = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
-    x /= np.linalg.norm(x)
+    x /= norm(x)
     y = np.cross(z, x)
     R = np.stack([x, y, z])
     w2c = np.eye(4)
     w2c[:3, :3] = R
-    w2c[:3, 3] = -R @ eye
+    w2c[:3, 3] = -matmul(R, eye)
     return w2c

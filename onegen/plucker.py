@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from onegen.camera import Camera, camera_centres
+from onegen.portable_linalg import affine_inverse, inv3, matmul, norm
 
 RAY_SCALE = 1.658  # makes the tiled (d, m) map roughly unit-variance (paper §3.3)
 RAY_CHANNELS = 16  # the latent channel count: (r, r, r[:4]) with r = (d, m)
@@ -39,7 +40,7 @@ def relative_to_first(world_to_cameras: np.ndarray) -> np.ndarray:
     Relative poses ``T_i @ inv(T_j)`` are unchanged.
     """
     w2c = np.asarray(world_to_cameras, dtype=np.float64)
-    return w2c @ np.linalg.inv(w2c[0])
+    return matmul(w2c, affine_inverse(w2c[0]))
 
 
 def _centres_and_axes(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +53,10 @@ def _closest_point_to_lines(points: np.ndarray, directions: np.ndarray, what: st
     """Least-squares point minimising the summed squared distance to lines (point, unit direction)."""
     projectors = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # onto each line's normal plane
     A = projectors.sum(axis=0)
-    b = np.einsum("nij,nj->i", projectors, points)
+    b = matmul(projectors, points[:, :, None])[..., 0].sum(axis=0)
     if np.linalg.cond(A) > 1e8:
         raise ValueError(f"{what} are (nearly) parallel, they have no meeting point")
-    return np.linalg.solve(A, b)
+    return matmul(inv3(A), b)
 
 
 def normalize_cameras(world_to_cameras: np.ndarray, first_distance: float = 1.7) -> np.ndarray:
@@ -69,12 +70,12 @@ def normalize_cameras(world_to_cameras: np.ndarray, first_distance: float = 1.7)
     w2c = np.asarray(world_to_cameras, dtype=np.float64)
     centres, axes = _centres_and_axes(w2c)
     p = _closest_point_to_lines(centres, axes, "cameras: optical axes")
-    distance = np.linalg.norm(centres[0] - p)
+    distance = norm(centres[0] - p)
     if distance < 1e-9:
         raise ValueError("cameras: camera 0 sits at the optical axes' meeting point, cannot scale")
     s = first_distance / distance
     out = w2c.copy()
-    out[:, :3, 3] = s * (w2c[:, :3, 3] + np.einsum("nij,j->ni", w2c[:, :3, :3], p))
+    out[:, :3, 3] = s * (w2c[:, :3, 3] + matmul(w2c[:, :3, :3], p))
     return out
 
 
@@ -88,8 +89,8 @@ def _pixel_grid(height: int, width: int, downsample: int) -> np.ndarray:
 
 
 def _camera_directions(K: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    dirs = pixels @ np.linalg.inv(K).T
-    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = matmul(pixels, inv3(K).T)
+    return dirs / norm(dirs, axis=1, keepdims=True)
 
 
 def plucker_rays(K: np.ndarray, world_to_camera: np.ndarray, height: int, width: int,
@@ -101,8 +102,8 @@ def plucker_rays(K: np.ndarray, world_to_camera: np.ndarray, height: int, width:
     """
     K = np.asarray(K, dtype=np.float64)
     w2c = np.asarray(world_to_camera, dtype=np.float64)
-    d = _camera_directions(K, _pixel_grid(height, width, downsample)) @ w2c[:3, :3]  # rows: R^T dc
-    d /= np.linalg.norm(d, axis=1, keepdims=True)  # R is only orthonormal up to rounding
+    d = matmul(_camera_directions(K, _pixel_grid(height, width, downsample)), w2c[:3, :3])  # rows: R^T dc
+    d /= norm(d, axis=1, keepdims=True)  # R is only orthonormal up to rounding
     m = np.cross(camera_centres(w2c), d)
     r = np.concatenate([d, m], axis=1).T.reshape(_RAY_COMPONENTS, height // downsample, width // downsample)
     return (RAY_SCALE * r[_CHANNEL_COMPONENT]).astype(np.float32)

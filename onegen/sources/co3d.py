@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from onegen.format import Sample
+from onegen.portable_linalg import matmul
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
@@ -127,7 +128,7 @@ class CO3DSource:
         K = _intrinsics(focal, principal, w, h, fmt, where)
         image = rgb_on_white(load_image(self.root / rel))
         K = scale_intrinsics(K, image.size[0] / w, image.size[1] / h)
-        w2c = check_pose(rigid(_P3D_TO_CV @ R.T, _P3D_TO_CV @ T), where)
+        w2c = check_pose(rigid(matmul(_P3D_TO_CV, R.T), matmul(_P3D_TO_CV, T)), where)
         return camera_view(image, K, w2c, self.resolution, meta={"frame": frame["frame_number"], "file": rel})
 
     def __iter__(self):

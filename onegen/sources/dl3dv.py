@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from onegen.format import Sample
+from onegen.portable_linalg import affine_inverse, matmul
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
@@ -101,7 +102,7 @@ class DL3DVSource:
         K, dist = _intrinsics(meta, frame, image.size, where)
         if np.any(dist != 0):
             image = _undistort(image, K, dist)
-        return camera_view(image, K, np.linalg.inv(c2w @ _GL_TO_CV_4), self.resolution,
+        return camera_view(image, K, affine_inverse(matmul(c2w, _GL_TO_CV_4)), self.resolution,
                            meta={"frame": frame["file_path"]})
 
     def _image_path(self, file_path: str) -> str:

@@ -48,6 +48,7 @@ from PIL import Image
 
 from onegen.camera import Camera
 from onegen.format import Sample, View
+from onegen.portable_linalg import inv3, matmul, norm
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
@@ -109,8 +110,8 @@ class HypersimSource:
                                             / f"frame.{frame:04d}.tonemap.jpg"))
             K, R_t = self._intrinsics(scene_name, *image.size)
             c2w = check_pose(rigid(orientations[frame], positions[frame] * mpau), where)
-            R = R_t @ GL_TO_CV @ c2w[:3, :3].T
-            w2c = rigid(R, -R @ c2w[:3, 3])
+            R = matmul(matmul(R_t, GL_TO_CV), c2w[:3, :3].T)
+            w2c = rigid(R, -matmul(R, c2w[:3, 3]))
             distance = _read_hdf5(scene / "images" / f"scene_{cam}_geometry_hdf5"
                                   / f"frame.{frame:04d}.depth_meters.hdf5", None)
             if distance.shape != (image.size[1], image.size[0]):
@@ -146,10 +147,10 @@ class HypersimSource:
 def intrinsics_from_uv(M: np.ndarray, width: int, height: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Hypersim's ``M_cam_from_uv`` -> (K, R_t) with ``pixel ~ K R_t ray`` for OpenCV-axes rays."""
     A = np.array([[2.0 / width, 0.0, -1.0], [0.0, -2.0 / height, 1.0], [0.0, 0.0, 1.0]])  # pixel -> (u, v, 1)
-    N = GL_TO_CV @ np.asarray(M, dtype=np.float64) @ A
+    N = matmul(matmul(GL_TO_CV, np.asarray(M, dtype=np.float64)), A)
     if not np.all(np.isfinite(N)) or np.linalg.det(N) <= 0:
         raise SourceError(f"{where}: M_cam_from_uv is singular, non-finite or mirrored")
-    P = np.linalg.inv(N)
+    P = inv3(N)
     # RQ via QR of the row-reversed transpose: P = U Q, U upper triangular, Q orthogonal
     Q0, U0 = np.linalg.qr(P[::-1].T)
     U, Q = U0.T[::-1, ::-1], Q0.T[::-1]
@@ -162,8 +163,8 @@ def planar_depth(distance: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Euclidean distance to the camera centre -> z-depth (0 where invalid), pixel centres at +0.5."""
     h, w = distance.shape
     v, u = np.mgrid[0:h, 0:w] + 0.5
-    rays = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(K).T  # third component is 1
-    depth = distance.astype(np.float64) / np.linalg.norm(rays, axis=-1)
+    rays = matmul(np.stack([u, v, np.ones_like(u)], axis=-1), inv3(K).T)  # third component is 1
+    depth = distance.astype(np.float64) / norm(rays, axis=-1)
     return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0)
 
 

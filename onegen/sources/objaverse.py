@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from onegen.format import Sample
+from onegen.portable_linalg import affine_inverse, matmul
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
@@ -106,7 +107,7 @@ def _lgm_pose(path: Path) -> np.ndarray:
         raise SourceError(f"{path}: malformed camera pose: {one_line(e)}") from e
     if c2w.size != 16:
         raise SourceError(f"{path}: camera pose must hold 16 numbers (a 4x4 camera-to-world), got {c2w.size}")
-    return np.linalg.inv(check_pose(c2w.reshape(4, 4), str(path)))
+    return affine_inverse(check_pose(c2w.reshape(4, 4), str(path)))
 
 
 def _zero123_pose(path: Path) -> np.ndarray:
@@ -120,4 +121,4 @@ def _zero123_pose(path: Path) -> np.ndarray:
         raise SourceError(f"{path}: camera pose must be a 3x4 numeric world-to-camera matrix, got {RT.dtype} "
                           f"{RT.shape}")
     blender = check_pose(np.vstack([RT.astype(np.float64), [0.0, 0.0, 0.0, 1.0]]), str(path))
-    return rigid(GL_TO_CV @ blender[:3, :3], GL_TO_CV @ blender[:3, 3])
+    return rigid(matmul(GL_TO_CV, blender[:3, :3]), matmul(GL_TO_CV, blender[:3, 3]))

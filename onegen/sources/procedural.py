@@ -20,11 +20,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from onegen.camera import Camera, intrinsics_from_fov, look_at
+from onegen.portable_linalg import inv3, matmul, norm
 
 # bump whenever a scene's pixels or captions change. 3: scalar trigonometry through ``math`` (libm), not numpy,
 # whose kernels differ in the last bit between CPUs (AVX-512 machines take SVML's): the same seed gave another
-# world, captions included, on another machine
-RENDERER_VERSION = "3"
+# world, captions included, on another machine. 4: camera and projection matrices through ``portable_linalg``,
+# not OpenBLAS, whose kernels are picked per CPU: AVX-512 (SkylakeX) and AVX2 (Haswell) kernels made two worlds
+RENDERER_VERSION = "4"
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")
 COLORS = {  # the ten GenEval colours
@@ -227,8 +229,8 @@ def random_camera(seed: int, height: int, width: int, fov_deg: float = 50.0) -> 
 
 def project(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World points (N, 3) -> pixel coordinates u, v (pixel centres at +0.5) and camera z."""
-    pc = np.asarray(points, dtype=np.float64) @ camera.rotation.T + camera.world_to_camera[:3, 3]
-    uvw = pc @ np.asarray(camera.K, dtype=np.float64).T
+    pc = matmul(np.asarray(points, dtype=np.float64), camera.rotation.T) + camera.world_to_camera[:3, 3]
+    uvw = matmul(pc, np.asarray(camera.K, dtype=np.float64).T)
     with np.errstate(divide="ignore", invalid="ignore"):
         return uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2], pc[:, 2]
 
@@ -371,7 +373,7 @@ def _shadow_volume(obj: SceneObject, light: np.ndarray) -> np.ndarray:
 
 def _ray_directions(camera: Camera):
     """World ray directions (three (H, W) float32 arrays) through pixel centres, camera z = 1."""
-    Kinv = np.linalg.inv(np.asarray(camera.K, dtype=np.float64)).astype(np.float32)
+    Kinv = inv3(camera.K).astype(np.float32)
     u = np.arange(camera.width, dtype=np.float32)[None, :] + np.float32(0.5)
     v = np.arange(camera.height, dtype=np.float32)[:, None] + np.float32(0.5)
     xc = Kinv[0, 0] * u + Kinv[0, 1] * v + Kinv[0, 2]  # K's last row is (0, 0, 1), so z_c = 1
@@ -399,7 +401,7 @@ def render(scene: Scene, camera: Camera, shadows: bool = True) -> Render:
     dx, dy, dz = _ray_directions(camera)
     ox, oy, oz = camera.centre.astype(np.float32)
     light = np.asarray(scene.light_dir, dtype=np.float64)
-    light /= np.linalg.norm(light)
+    light /= norm(light)
     Lx, Ly, Lz = light.astype(np.float32)
 
     with np.errstate(all="ignore"):  # misses and axis-parallel rays make inf and nan by design

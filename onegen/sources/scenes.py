@@ -23,6 +23,7 @@ from PIL import Image
 
 from onegen.camera import Camera
 from onegen.format import Provenance, Sample, View
+from onegen.portable_linalg import matmul
 from onegen.seeding import item_seed
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
@@ -80,7 +81,7 @@ def rgb_on_white(image: Image.Image) -> Image.Image:
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """K for the same image resampled by (sx, sy), e.g. intrinsics given for 3840x2160, image 960x540."""
-    return np.diag([sx, sy, 1.0]) @ np.asarray(K, dtype=np.float64)
+    return matmul(np.diag([sx, sy, 1.0]), np.asarray(K, dtype=np.float64))
 
 
 def square_crop(image: Image.Image, K: np.ndarray, size: int,
@@ -96,7 +97,7 @@ def square_crop(image: Image.Image, K: np.ndarray, size: int,
     x0, y0 = (w - s) // 2, (h - s) // 2
     out = image.resize((size, size), resample, box=(x0, y0, x0 + s, y0 + s))
     shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-    return out, np.diag([size / s, size / s, 1.0]) @ shift @ np.asarray(K, dtype=np.float64)
+    return out, matmul(matmul(np.diag([size / s, size / s, 1.0]), shift), np.asarray(K, dtype=np.float64))
 
 
 def pick_views(count: int, views: tuple[int, int], seed: int, where: str) -> list[int]:
@@ -132,7 +133,7 @@ def check_pose(T: np.ndarray, where: str) -> np.ndarray:
             or np.linalg.det(R) < 0:
         raise SourceError(f"{where}: pose is not a rigid transform (rotation part not orthonormal, or last row "
                           f"not 0 0 0 1)")
-    return T
+    return rigid(R, T[:3, 3])  # the last row exactly 0 0 0 1
 
 
 def read_captions_csv(path: Path, keep: set[str] | None = None) -> dict[str, str]:

@@ -1,0 +1,91 @@
+"""portable_linalg: numpy's products and inverses to rounding, and the same world and rays under every OpenBLAS kernel
+this CPU can run (the AVX-512 kernel once made another world than the AVX2 one)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onegen.portable_linalg import affine_inverse, det3, inv3, matmul, norm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_matmul_follows_numpys_shape_rules_and_values():
+    rng = np.random.default_rng(0)
+    a, b, v = rng.standard_normal((5, 3, 4)), rng.standard_normal((4, 2)), rng.standard_normal(4)
+    for x, y in ((a, b), (a, v), (v, b), (a[0], b), (rng.standard_normal((7, 4)), rng.standard_normal((1, 4, 3)))):
+        expected = x @ y
+        assert matmul(x, y).shape == expected.shape
+        np.testing.assert_allclose(matmul(x, y), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="scalars"):
+        matmul(2.0, b)
+
+
+def test_norm_det_and_inverses_match_numpys():
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((6, 3, 3))
+    np.testing.assert_allclose(norm(m, axis=1, keepdims=True), np.linalg.norm(m, axis=1, keepdims=True), rtol=1e-14)
+    assert norm(np.array([3.0, 4.0])) == 5.0
+    np.testing.assert_allclose(det3(m), np.linalg.det(m), rtol=1e-12)
+    np.testing.assert_allclose(inv3(m), np.linalg.inv(m), rtol=1e-9, atol=1e-9)
+    t = np.tile(np.eye(4), (6, 1, 1))
+    t[:, :3, :3], t[:, :3, 3] = m, rng.standard_normal((6, 3))
+    np.testing.assert_allclose(affine_inverse(t), np.linalg.inv(t), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="singular"):
+        inv3(np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"last row \(0, 0, 0, 1\)"):
+        affine_inverse(np.ones((4, 4)))
+
+
+# A digest of what a world build writes that goes through camera maths: renders, captions, cameras, and the
+# normalised rays of a rig; and, as a control that the kernel really changed, BLAS's own product and inverse.
+_DIGEST = """
+import hashlib, json
+import numpy as np
+from onegen.plucker import rays_for_cameras
+from onegen.sources import procedural as world
+h = hashlib.sha256()
+for seed in range(3):
+    scene = world.sample_scene(seed, 2, 5)
+    cams = world.orbit_cameras(4, 32, 48, seed=seed) + [world.random_camera(seed, 32, 48)]
+    for cam in cams:
+        r = world.render(scene, cam)
+        for a in (r.rgb, r.depth, r.instance):
+            h.update(a.tobytes())
+        h.update((world.caption(scene, cam, r) + json.dumps(cam.to_json())).encode())
+    h.update(rays_for_cameras(cams[:4], normalize=True).tobytes())
+a = np.random.default_rng(0).standard_normal((64, 64))
+print(h.hexdigest(), hashlib.sha256((a @ a).tobytes() + np.linalg.inv(a[:3, :3]).tobytes()).hexdigest())
+"""
+
+
+def _kernels_this_cpu_runs() -> list[str]:
+    flags = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                          if line.startswith("flags")), []))
+    kernels = ["Prescott"]  # SSE3: every x86-64
+    if {"avx2", "fma"} <= flags:
+        kernels.append("Haswell")
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        kernels.append("SkylakeX")
+    return kernels
+
+
+def test_the_world_and_its_rays_are_the_same_bytes_under_every_openblas_kernel():
+    kernels = _kernels_this_cpu_runs()
+    if len(kernels) < 2:
+        pytest.skip(f"this CPU runs only OpenBLAS's {kernels} kernels: nothing to compare")
+    digests = {}
+    for kernel in kernels:
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(ROOT)}
+        r = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests[kernel] = r.stdout.split()
+    assert len({blas for _, blas in digests.values()}) > 1, f"OPENBLAS_CORETYPE changed no BLAS result: {digests}"
+    assert len({world for world, _ in digests.values()}) == 1, f"the world differs between kernels: {digests}"

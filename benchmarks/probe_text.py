@@ -181,8 +181,8 @@ def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps:
     summary. The encoding is the posterior's mode, as the ``latents`` stage's."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], layers_per_block=1,
-                        norm_num_groups=32)
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
+                        norm_num_groups=8, mid_block_add_attention=False)  # ~0.2 s a step on 2 CPU cores
     summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps)
     summary.update(normalise_latents(vae, held, latent_norm))
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor

@@ -7,9 +7,9 @@ both then normalise its latents on held-out images, per channel or by SD3's one 
 
 from __future__ import annotations
 
+import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -43,7 +43,7 @@ def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device
         step += 1
         progress.update()
         if step % 200 == 0:
-            losses.append(round(float(loss), 5))
+            losses.append(round(loss.item(), 5))
             progress.set_postfix(loss=losses[-1])
     progress.close()
     vae.eval()
@@ -64,7 +64,7 @@ def normalise_latents(vae: AutoencoderKL, held: torch.Tensor, latent_norm: str) 
     mse = F.mse_loss((rec + 1) / 2, (held + 1) / 2).item()
     z = z.float()
     shared = (z - z.mean()) / z.std()  # the spread of each channel under one scale and shift for all
-    summary = {"recon_psnr_db": round(10 * np.log10(1 / mse), 2), "latent_norm": latent_norm,
+    summary = {"recon_psnr_db": round(10 * math.log10(1 / mse), 2), "latent_norm": latent_norm,
                "channel_mean": [round(float(m), 3) for m in shared.mean((0, 2, 3))],
                "channel_std": [round(float(s), 3) for s in shared.std((0, 2, 3))]}
     if latent_norm == "channel":

@@ -1,5 +1,6 @@
-"""portable_linalg: numpy's products and inverses to rounding, and the same world and rays under every OpenBLAS kernel
-this CPU can run (the AVX-512 kernel once made another world than the AVX2 one)."""
+"""portable_linalg: numpy's products and inverses to rounding; and the same world, rays and OpenCV conditions under
+every OpenBLAS kernel this CPU can run (the AVX-512 kernel once made another world than the AVX2 one) and with every
+SIMD dispatcher (OpenBLAS, numpy, OpenCV) held at its baseline."""
 
 import os
 import subprocess
@@ -41,11 +42,13 @@ def test_norm_det_and_inverses_match_numpys():
         affine_inverse(np.ones((4, 4)))
 
 
-# A digest of what a world build writes that goes through camera maths: renders, captions, cameras, and the
-# normalised rays of a rig; and, as a control that the kernel really changed, BLAS's own product and inverse.
+# A digest of what a world build writes through camera maths and OpenCV: renders, captions, cameras, the
+# normalised rays of a rig, Canny and the degradations; and, as a control that the kernel really changed, BLAS's
+# own product and inverse.
 _DIGEST = """
 import hashlib, json
 import numpy as np
+from onegen.annotators import degrade
 from onegen.plucker import rays_for_cameras
 from onegen.sources import procedural as world
 h = hashlib.sha256()
@@ -54,7 +57,9 @@ for seed in range(3):
     cams = world.orbit_cameras(4, 32, 48, seed=seed) + [world.random_camera(seed, 32, 48)]
     for cam in cams:
         r = world.render(scene, cam)
-        for a in (r.rgb, r.depth, r.instance):
+        rng = np.random.default_rng(seed)
+        made = (degrade.canny(r.rgb)[0], degrade.blur(r.rgb, rng)[0], degrade.downscale(r.rgb, rng)[0])
+        for a in (r.rgb, r.depth, r.instance, *made):
             h.update(a.tobytes())
         h.update((world.caption(scene, cam, r) + json.dumps(cam.to_json())).encode())
     h.update(rays_for_cameras(cams[:4], normalize=True).tobytes())
@@ -77,15 +82,24 @@ def _kernels_this_cpu_runs() -> list[str]:
     return kernels
 
 
-def test_the_world_and_its_rays_are_the_same_bytes_under_every_openblas_kernel():
+# numpy and OpenCV pick SIMD kernels at run time too; these hold both at their builds' baselines (numpy x86-64-v2,
+# OpenCV SSE3), beside OpenBLAS's oldest kernel
+_BASELINES = {"OPENBLAS_CORETYPE": "Prescott", "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL",
+              "OPENCV_CPU_DISABLE": "AVX512F,AVX2,FMA3,AVX,POPCNT,SSSE3"}
+
+
+def _digest(env: dict) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()
+
+
+def test_the_world_and_its_conditions_are_the_same_bytes_under_every_simd_kernel():
     kernels = _kernels_this_cpu_runs()
-    if len(kernels) < 2:
-        pytest.skip(f"this CPU runs only OpenBLAS's {kernels} kernels: nothing to compare")
-    digests = {}
-    for kernel in kernels:
-        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(ROOT)}
-        r = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        digests[kernel] = r.stdout.split()
-    assert len({blas for _, blas in digests.values()}) > 1, f"OPENBLAS_CORETYPE changed no BLAS result: {digests}"
+    digests = {kernel: _digest({"OPENBLAS_CORETYPE": kernel}) for kernel in kernels}
+    digests["every dispatcher at baseline"] = _digest(_BASELINES)
+    digests["this CPU's own"] = _digest({})
+    if len(kernels) > 1:
+        assert len({blas for _, blas in digests.values()}) > 1, f"OPENBLAS_CORETYPE changed no BLAS result: {digests}"
     assert len({world for world, _ in digests.values()}) == 1, f"the world differs between kernels: {digests}"

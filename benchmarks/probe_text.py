@@ -57,7 +57,7 @@ from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
-from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents  # noqa: E402
+from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents, reconstruction_psnr  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.fingerprint import fingerprint  # noqa: E402
@@ -177,14 +177,16 @@ def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
 def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int
               ) -> tuple[Callable, Callable, dict]:
     """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /2) fitted on
-    ``images`` for ``steps``, its latents normalised on ``held`` (``world_vae.normalise_latents``), and the fit's
-    summary. The encoding is the posterior's mode, as the ``latents`` stage's."""
+    ``images`` for ``steps``, its latents normalised on the first 512 of them (``world_vae.normalise_latents``), and
+    the fit's summary, whose reconstruction PSNR is of ``held``. The encoding is the posterior's mode, as the
+    ``latents`` stage's."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * 2,
                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
                         norm_num_groups=8, mid_block_add_attention=False)  # ~0.2 s a step on 2 CPU cores
     summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps)
-    summary.update(normalise_latents(vae, held, latent_norm))
+    summary.update(normalise_latents(vae, images[:512], latent_norm))
+    summary["recon_psnr_db"] = reconstruction_psnr(vae, held)
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
 
     @torch.no_grad()

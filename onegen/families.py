@@ -34,7 +34,9 @@ from onegen.seeding import item_seed
 if TYPE_CHECKING:
     from onegen.config import AnnotatorsConfig
 
-VERSION = 2  # bump when the samples built from the same inputs change: it is part of the shard fingerprint
+# bump when the samples built from the same inputs change: it is part of the shard fingerprint. 3: camera maths
+# through portable_linalg
+VERSION = 3
 SCENE, IDENTITY, PHOTO = "scene", "identity", "photo"
 EDGE_OPS = ("canny", "blur", "downscale", "inpaint")  # + "hed" when annotators.edges.hed_path is set
 

@@ -37,7 +37,7 @@ from onegen.sources.scenes import (
 )
 
 SOURCE = "co3d"
-VERSION = "1"
+VERSION = "2"  # 2: camera maths through portable_linalg
 ANNOTATIONS = "frame_annotations.jgz"
 _P3D_TO_CV = np.diag([-1.0, -1.0, 1.0])  # PyTorch3D camera (+X left, +Y up) -> OpenCV (+X right, +Y down)
 

@@ -44,7 +44,7 @@ from onegen.sources.scenes import (
 )
 
 SOURCE = "dl3dv"
-VERSION = "1"
+VERSION = "2"  # 2: camera maths through portable_linalg
 _GL_TO_CV_4 = np.diag([1.0, -1.0, -1.0, 1.0])
 _PINHOLE_MODELS = (None, "PINHOLE", "SIMPLE_PINHOLE", "OPENCV")
 _PATTERNS = ("*/transforms.json", "*/*/transforms.json", "*/*/*/transforms.json")  # up to 3 levels below root

@@ -48,7 +48,7 @@ from PIL import Image
 
 from onegen.camera import Camera
 from onegen.format import Sample, View
-from onegen.portable_linalg import inv3, matmul, norm
+from onegen.portable_linalg import det3, inv3, matmul, norm, rq3
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
@@ -58,7 +58,7 @@ from onegen.sources.scenes import (
 from onegen.sources.world_records import DEPTH_SCALE
 
 SOURCE = "hypersim"
-VERSION = "1"
+VERSION = "2"  # 2: camera maths through portable_linalg
 DEFAULT_FOV_X_DEG = 60.0
 _PREVIEW = re.compile(r"^scene_(cam_\d+)_final_preview$")
 _FRAME = re.compile(r"^frame\.(\d+)\.tonemap\.jpg$")
@@ -148,14 +148,9 @@ def intrinsics_from_uv(M: np.ndarray, width: int, height: int, where: str) -> tu
     """Hypersim's ``M_cam_from_uv`` -> (K, R_t) with ``pixel ~ K R_t ray`` for OpenCV-axes rays."""
     A = np.array([[2.0 / width, 0.0, -1.0], [0.0, -2.0 / height, 1.0], [0.0, 0.0, 1.0]])  # pixel -> (u, v, 1)
     N = matmul(matmul(GL_TO_CV, np.asarray(M, dtype=np.float64)), A)
-    if not np.all(np.isfinite(N)) or np.linalg.det(N) <= 0:
+    if not np.all(np.isfinite(N)) or det3(N) <= 0:
         raise SourceError(f"{where}: M_cam_from_uv is singular, non-finite or mirrored")
-    P = inv3(N)
-    # RQ via QR of the row-reversed transpose: P = U Q, U upper triangular, Q orthogonal
-    Q0, U0 = np.linalg.qr(P[::-1].T)
-    U, Q = U0.T[::-1, ::-1], Q0.T[::-1]
-    signs = np.sign(np.diag(U))
-    U, Q = U * signs, signs[:, None] * Q  # positive diagonal; det(Q) = +1 as det(P) > 0
+    U, Q = rq3(inv3(N))  # det(Q) = +1 as det(P) > 0
     return U / U[2, 2], Q
 
 

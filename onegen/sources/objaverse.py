@@ -36,7 +36,7 @@ from onegen.sources.scenes import (
 )
 
 SOURCE = "objaverse"
-VERSION = "1"
+VERSION = "2"  # 2: camera maths through portable_linalg
 
 
 class ObjaverseSource:

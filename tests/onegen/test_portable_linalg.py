@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onegen.portable_linalg import affine_inverse, det3, inv3, matmul, norm
+from onegen.portable_linalg import affine_inverse, det3, inv3, matmul, norm, rq3
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,9 @@ def test_matmul_follows_numpys_shape_rules_and_values():
         np.testing.assert_allclose(matmul(x, y), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="scalars"):
         matmul(2.0, b)
+    for x, y in ((np.ones((3, 1)), np.arange(3.0)), (np.ones((2, 3)), np.ones((1, 4)))):  # numpy raises, no broadcast
+        with pytest.raises(ValueError, match="inner dimensions"):
+            matmul(x, y)
 
 
 def test_norm_det_and_inverses_match_numpys():
@@ -38,8 +41,21 @@ def test_norm_det_and_inverses_match_numpys():
     np.testing.assert_allclose(affine_inverse(t), np.linalg.inv(t), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="singular"):
         inv3(np.ones((3, 3)))
-    with pytest.raises(ValueError, match=r"last row \(0, 0, 0, 1\)"):
+    with pytest.raises(ValueError, match=r"last row is not \(0, 0, 0, 1\)"):
         affine_inverse(np.ones((4, 4)))
+
+
+def test_rq3_splits_into_a_positive_upper_triangle_and_a_rotation():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        m = rng.standard_normal((3, 3))
+        m = m if np.linalg.det(m) > 0 else -m
+        u, q = rq3(m)
+        np.testing.assert_allclose(u @ q, m, atol=1e-12)
+        np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(q) > 0 and np.all(np.diag(u) > 0) and np.all(np.tril(u, -1) == 0)
+    with pytest.raises(ValueError, match="positive determinant"):
+        rq3(-np.eye(3))
 
 
 # A digest of what a world build writes through camera maths and OpenCV: renders, captions, cameras, the
@@ -65,6 +81,8 @@ for seed in range(3):
     h.update(rays_for_cameras(cams[:4], normalize=True).tobytes())
 a = np.random.default_rng(0).standard_normal((64, 64))
 print(h.hexdigest(), hashlib.sha256((a @ a).tobytes() + np.linalg.inv(a[:3, :3]).tobytes()).hexdigest())
+import cv2
+print(np._core._multiarray_umath.__cpu_features__["X86_V3"], cv2.getCPUFeaturesLine())  # the dispatch caps took
 """
 
 
@@ -92,14 +110,17 @@ def _digest(env: dict) -> list[str]:
     r = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout.split()
+    digests, dispatch = r.stdout.splitlines()
+    return [*digests.split(), dispatch]
 
 
 def test_the_world_and_its_conditions_are_the_same_bytes_under_every_simd_kernel():
     kernels = _kernels_this_cpu_runs()
     digests = {kernel: _digest({"OPENBLAS_CORETYPE": kernel}) for kernel in kernels}
-    digests["every dispatcher at baseline"] = _digest(_BASELINES)
+    digests["every dispatcher at baseline"] = *world_and_blas, dispatch = _digest(_BASELINES)
+    if "Haswell" in kernels:  # a CPU with AVX2, which both would otherwise dispatch to
+        assert dispatch.startswith("False") and "AVX2?" in dispatch, f"numpy or OpenCV ignored the caps: {dispatch}"
     digests["this CPU's own"] = _digest({})
     if len(kernels) > 1:
-        assert len({blas for _, blas in digests.values()}) > 1, f"OPENBLAS_CORETYPE changed no BLAS result: {digests}"
-    assert len({world for world, _ in digests.values()}) == 1, f"the world differs between kernels: {digests}"
+        assert len({d[1] for d in digests.values()}) > 1, f"OPENBLAS_CORETYPE changed no BLAS result: {digests}"
+    assert len({d[0] for d in digests.values()}) == 1, f"the world differs between kernels: {digests}"

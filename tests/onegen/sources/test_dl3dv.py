@@ -105,7 +105,7 @@ def test_counts_ids_shapes_and_provenance(root: Path):
             assert v.camera.height == v.camera.width == 32
         prov = rec.provenance
         assert (prov.source, prov.source_id) == ("dl3dv", source_id) and prov.seed >= 0
-        assert prov.annotators == [{"name": "onegen.sources.dl3dv", "version": "1", "weights_sha256": None}]
+        assert prov.annotators == [{"name": "onegen.sources.dl3dv", "version": "2", "weights_sha256": None}]
         decode_sample(encode_sample(rec))  # a valid One-Gen sample
     assert src[1].captions == {"original": "a kitchen table"} and src[1].caption == "a kitchen table"
     assert src[0].captions == {} and src[-1].key == "dl3dv/1K_ccc"

@@ -120,7 +120,7 @@ def test_the_vae_codec_gives_the_model_standardised_channels_and_decodes_to_imag
     assert torch.allclose(pixels_out(pixels_in(held)), held)
 
 
-def test_a_vae_run_reports_the_fit_and_the_judge_on_its_round_trip(tmp_path):
+def test_a_vae_run_reports_the_fit_and_the_judge_of_its_round_trips(tmp_path):
     out = tmp_path / "probe.json"
     common = [sys.executable, str(SCRIPT), "--scenes", "32", "--steps", "2", "--eval-every", "2", "--batch", "4",
               "--judge-steps", "3", "--vae-steps", "2"]
@@ -128,7 +128,7 @@ def test_a_vae_run_reports_the_fit_and_the_judge_on_its_round_trip(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["vae"]["latent_norm"] == "global" and len(record["vae"]["channel_std"]) == 16
-    assert set(record["judge"]) == {"held_out", "other_prompts", "vae_round_trip"}
+    assert set(record["judge"]) == {"held_out", "other_prompts"}
     assert [row["step"] for row in record["evals"]] == [2]
     r = subprocess.run([*common, "--vae", "channel", "--chroma-scale", "0.5"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--chroma-scale recolours the pixels that --vae replaces" in r.stderr

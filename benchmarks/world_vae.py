@@ -90,9 +90,10 @@ def standardise_latent_channels(vae: AutoencoderKL, mean: torch.Tensor, std: tor
     affine map into its 1x1 ``quant_conv`` (the posterior's mean and log-variance) and ``post_quant_conv``.
 
     Why: SD3's one scale for all channels left the learning run's fitted VAE with channel spreads from 0.25 to
-    1.92 (a CPU fit), ``probe_text.py --chroma-scale`` finds a prompt's colours learned slower when they sit in
-    weaker channels (README), and the learning runs' text->image came out colourless. The result is still a
-    plain ``AutoencoderKL``, which every consumer reads with scale 1 and shift 0."""
+    1.92 (a CPU fit), and ``probe_text.py --chroma-scale`` finds a prompt's colours learned slower when they sit in
+    weaker channels. (``probe_text.py --vae`` then found colour learned as fast under either normalisation of a
+    tiny fitted VAE, README.) The result is still a plain ``AutoencoderKL``, which every consumer reads with
+    scale 1 and shift 0."""
     if vae.quant_conv is None or vae.post_quant_conv is None:
         raise ValueError("standardising the latent channels needs the VAE's quant_conv and post_quant_conv")
     c = mean.numel()

@@ -57,9 +57,10 @@ def normalise_latents(vae: AutoencoderKL, held: torch.Tensor, latent_norm: str) 
     in its config (``"global"``, SD3's). -> the reconstruction PSNR and each channel's spread under one scale."""
     if latent_norm not in LATENT_NORMS:
         raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, not {latent_norm!r}")
-    z = _modes(vae, held).float()
+    modes = _modes(vae, held)
+    z = modes.float()
     shared = (z - z.mean()) / z.std()  # the spread of each channel under one scale and shift for all
-    summary = {"recon_psnr_db": reconstruction_psnr(vae, held), "latent_norm": latent_norm,
+    summary = {"recon_psnr_db": reconstruction_psnr(vae, held, modes), "latent_norm": latent_norm,
                "channel_mean": [round(float(m), 3) for m in shared.mean((0, 2, 3))],
                "channel_std": [round(float(s), 3) for s in shared.std((0, 2, 3))]}
     if latent_norm == "channel":
@@ -76,9 +77,10 @@ def _modes(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
-    """PSNR (dB, images in [0, 1]) of ``images`` ([-1, 1]) encoded to their posterior's mode and decoded."""
-    z = _modes(vae, images)
+def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor, modes: torch.Tensor | None = None) -> float:
+    """PSNR (dB, images in [0, 1]) of ``images`` ([-1, 1]) encoded to their posterior's mode (``modes`` where
+    already encoded) and decoded."""
+    z = _modes(vae, images) if modes is None else modes
     rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
     mse = F.mse_loss((rec + 1) / 2, (images.to(rec.device) + 1) / 2).item()
     return round(10 * math.log10(1 / mse), 2)

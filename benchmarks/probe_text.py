@@ -174,16 +174,17 @@ def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
             lambda latents: recolour(to_pixels(latents)[:, 0], to_rgb))
 
 
-def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int
+def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int, downsample: int = 2
               ) -> tuple[Callable, Callable, dict]:
-    """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /2) fitted on
-    ``images`` for ``steps``, its latents normalised on the first 512 of them (``world_vae.normalise_latents``), and
-    the fit's summary, whose reconstruction PSNR is of ``held``. The encoding is the posterior's mode, as the
-    ``latents`` stage's."""
+    """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /``downsample``)
+    fitted on ``images`` for ``steps``, its latents normalised on the first 512 of them
+    (``world_vae.normalise_latents``), and the fit's summary, whose reconstruction PSNR is of ``held``. The encoding
+    is the posterior's mode, as the ``latents`` stage's."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[16, 32], layers_per_block=1,
-                        norm_num_groups=8, mid_block_add_attention=False)  # ~0.2 s a step on 2 CPU cores
+    blocks = {2: [16, 32], 4: [16, 32, 32]}[downsample]
+    vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * len(blocks),
+                        up_block_types=["UpDecoderBlock2D"] * len(blocks), block_out_channels=blocks,
+                        layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False)  # /2: ~0.2 s a step on 2 CPU cores
     summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps)
     summary.update(normalise_latents(vae, images[:512], latent_norm))
     summary["recon_psnr_db"] = reconstruction_psnr(vae, held)
@@ -211,12 +212,13 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: torch.Tensor, cfg: float,
-             decode_latents: Callable) -> dict:
+             decode_latents: Callable, latent_size: int) -> dict:
     embeds, mask = text
     out = {}
     for scale in sorted({1.0, cfg}):
         cond = Conditioning(embeds, mask, null[0].expand(len(embeds), -1, -1), null[1].expand(len(embeds), -1))
-        made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(len(embeds), 1, 16, RES // 2, RES // 2),
+        shape = (len(embeds), 1, 16, latent_size, latent_size)
+        made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(shape),
                       [1.0], cond, steps=20, cfg_scale=scale, generator=torch.Generator().manual_seed(5))
         images = decode_latents(made).clamp(-1, 1)
         out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(images, labels).items()}
@@ -316,6 +318,8 @@ def main() -> None:
                     help="train on the latents of a tiny AutoencoderKL fitted on the renders, each channel "
                          "standardised or all by one shift and scale (SD3's), instead of the pixels")
     ap.add_argument("--vae-steps", type=int, default=2000, help="with --vae: its fit's steps (batch 64)")
+    ap.add_argument("--vae-downsample", type=int, choices=[2, 4], default=2,
+                    help="with --vae: 2 gives 16x16x16 latents (more numbers than the 32x32x3 pixels), 4 gives 8x8x16")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
     if args.vae and args.chroma_scale is not None:
@@ -342,7 +346,8 @@ def main() -> None:
         captions, held_captions = ([f"{args.prompt_prefix} {c}" for c in cs] for cs in (captions, held_captions))
     record = {"command": " ".join([sys.executable, *sys.argv]), "object_share": round(covered, 4), "evals": []}
     if args.vae:
-        encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps, args.seed)
+        encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps,
+                                                                args.seed, args.vae_downsample)
         print(json.dumps({"vae": record["vae"]}), flush=True)
         # what a perfect model of these latents would make: the renders' round trips, which the judge then learns
         # to read (fitted on the renders, it named only ~64% of the round trips' colours at 27.5 dB)
@@ -375,7 +380,7 @@ def main() -> None:
 
     def evaluate_model(model: NextDiT) -> dict:
         reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
-        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, decode_latents),
+        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, decode_latents, latents.shape[-1]),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

@@ -18,8 +18,8 @@ from tqdm import tqdm
 LATENT_NORMS = ("channel", "global")
 
 
-def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device, seed: int, seconds: float = float("inf"),
-                    steps: int | None = None, batch: int = 64) -> dict:
+def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device, seed: int,
+                    seconds: float = float("inf"), steps: int | None = None, batch: int = 64) -> dict:
     """Train ``vae`` on ``data`` ([N, 3, H, W] in [-1, 1]) for ``seconds`` or ``steps``, whichever ends first: L1 +
     MSE reconstruction of a sampled latent with a weak KL term, AdamW, bf16 autocast on a GPU."""
     if steps is None and seconds == float("inf"):

@@ -124,7 +124,8 @@ def test_a_vae_run_reports_the_fit_and_the_judge_of_its_round_trips(tmp_path):
     out = tmp_path / "probe.json"
     common = [sys.executable, str(SCRIPT), "--scenes", "32", "--steps", "2", "--eval-every", "2", "--batch", "4",
               "--judge-steps", "3", "--vae-steps", "2"]
-    r = subprocess.run([*common, "--vae", "global", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*common, "--vae", "global", "--vae-downsample", "4", "--json", str(out)], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["vae"]["latent_norm"] == "global" and len(record["vae"]["channel_std"]) == 16

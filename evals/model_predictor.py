@@ -27,7 +27,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
-from model.sampler import Conditioning, estimate_cameras, sample
+from model.sampler import Conditioning, DynamicShift, estimate_cameras, sample, scheduler_shift
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
 from onegen.annotators.base import weights_sha256
@@ -53,6 +53,14 @@ def transformer_weights(path: Path) -> Path:
 def _checkpoint_meta(weights: Path) -> dict:
     meta_file = weights.with_name("meta.json")
     return json.loads(meta_file.read_text()) if weights.is_file() and meta_file.is_file() else {}
+
+
+def schedule_shift(weights: Path) -> float | DynamicShift:
+    """The σ shift to sample with: a released ``transformer`` folder's own, from the Hub layout's
+    ``scheduler/scheduler_config.json`` beside it; else (a trainer checkpoint, or a folder without that
+    config) the default dynamic shift, SPEC's."""
+    config = weights.parent / "scheduler" / "scheduler_config.json"
+    return scheduler_shift(config) if weights.is_dir() and config.is_file() else DynamicShift()
 
 
 def given_label_for(meta: dict) -> str:
@@ -104,6 +112,7 @@ class ModelPredictor:
         weights = transformer_weights(self.checkpoint)
         self.model = _load_transformer(weights, params.model.size, self.device).eval()
         self.given_label = given_label_for(_checkpoint_meta(weights))
+        self.shift = schedule_shift(weights)
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
@@ -114,12 +123,12 @@ class ModelPredictor:
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
-            self.normalize_rays, self.given_label]).encode()).hexdigest()[:16]
+            self.normalize_rays, self.given_label, repr(self.shift)]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
-                "random_parts": random,
+                "random_parts": random, "shift": repr(self.shift),
                 "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}-seed{self.seed}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):
@@ -138,7 +147,8 @@ class ModelPredictor:
 
     def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str], ids: list[str]) -> torch.Tensor:
         return sample(self._denoise, views.to(self.device), start, self._cond(prompts), steps=self.steps,
-                      cfg_scale=self.cfg_scale, generator=self._generators(ids), given_label=self.given_label)
+                      cfg_scale=self.cfg_scale, shift=self.shift, generator=self._generators(ids),
+                      given_label=self.given_label)
 
     def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
         z = self.codec.encode(_to_unit([it["rgb"] for it in items]).to(self.device))
@@ -207,7 +217,7 @@ class ModelPredictor:
             h, w = it["images"][0].shape[:2]
             z = self.codec.encode(_to_unit(it["images"]).to(self.device))[None]
             cams = estimate_cameras(self._denoise, z, it["K"], h, w, self._cond([f"{tasks.MULTIVIEW} a photo"]),
-                                    steps=self.steps, cfg_scale=self.cfg_scale,
+                                    steps=self.steps, cfg_scale=self.cfg_scale, shift=self.shift,
                                     generator=self._generators([it["id"]]), given_label=self.given_label)[0]
             out.append((np.stack([c.rotation for c in cams]), np.stack([c.centre for c in cams])))
         return out

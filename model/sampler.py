@@ -34,7 +34,7 @@ partial conditioning (known region of one view: latent replacement + reconstruct
 The base schedule is diffusers' ``FlowMatchEulerDiscreteScheduler`` as the released pipeline
 drives it (``euler_sigmas``): σ = linspace(1, 1/N, N), shifted, then a final 0. The default shift
 is dynamic, from the number of *denoised* tokens (released ``calculate_shift``; see
-``dynamic_shift_mu``).
+``DynamicShift``), with a released checkpoint's own scheduler config read by ``scheduler_shift``.
 
 Classifier-free guidance batches ``[uncond, cond]`` in one call: the same latents in both halves
 (condition views included, as released), the negative prompt in the first half. ``cfg_on_views``
@@ -50,8 +50,10 @@ instead, so a sample's noise never depends on where in a batch it lands.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -63,17 +65,6 @@ from onegen.plucker import RAY_CHANNELS, DecodedCamera, cameras_from_rays
 
 T_SCALE = 1000.0  # timestep = σ·T_SCALE (diffusers' num_train_timesteps)
 PATCH = 2  # Next-DiT patch [1, 2, 2]: one token per 2x2 latent cells of a view
-
-# Dynamic shift (released ``calculate_shift``, fed from the checkpoint's scheduler config): mu grows
-# linearly with the number of denoised tokens through (BASE_SEQ_LEN, BASE_SHIFT) and
-# (MAX_SEQ_LEN, MAX_SHIFT), unclipped. These are diffusers' FlowMatchEulerDiscreteScheduler
-# defaults, which the released config passes through; check them against the checkpoint's
-# scheduler/scheduler_config.json when it is at hand.
-BASE_SEQ_LEN = 256
-MAX_SEQ_LEN = 4096
-BASE_SHIFT = 0.5
-MAX_SHIFT = 1.15
-
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -119,32 +110,76 @@ Denoiser = Callable[[Tensor, Tensor, Conditioning], Tensor]
 # The schedule
 # ---------------------------------------------------------------------------------------------
 
-def dynamic_shift_mu(n_tokens: float) -> float:
-    """Released ``calculate_shift``: mu linear in the number of denoised tokens (unclipped)."""
-    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
-    return BASE_SHIFT + slope * (n_tokens - BASE_SEQ_LEN)
+@dataclass(frozen=True)
+class DynamicShift:
+    """The resolution-dependent shift ``σ → e^mu / (e^mu + 1/σ − 1)``, with mu from the released
+    ``calculate_shift``: linear in the number of denoised tokens through (``base_seq_len``,
+    ``base_shift``) and (``max_seq_len``, ``max_shift``), unclipped. The defaults are diffusers'
+    ``FlowMatchEulerDiscreteScheduler``'s, which the released pipeline feeds from its scheduler config;
+    ``scheduler_shift`` reads a checkpoint's own."""
+
+    base_seq_len: float = 256
+    max_seq_len: float = 4096
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+
+    def mu(self, n_tokens: float) -> float:
+        slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+        return self.base_shift + slope * (n_tokens - self.base_seq_len)
 
 
-def euler_sigmas(steps: int, shift: float | Literal["dynamic"] = "dynamic", n_tokens: float | None = None) -> Tensor:
-    """``steps + 1`` noise levels, float64, from 1 down to 0 (FlowMatchEulerDiscreteScheduler semantics).
+# Scheduler options that change the σ schedule in ways this sampler does not implement, with the value
+# that leaves it alone: a checkpoint setting any other value is refused rather than sampled wrongly.
+_UNSUPPORTED_SCHEDULER_OPTIONS = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                                  "use_beta_sigmas": False, "invert_sigmas": False, "stochastic_sampling": False,
+                                  "time_shift_type": "exponential"}
+
+
+def scheduler_shift(config_file: str | Path) -> float | DynamicShift:
+    """The shift a diffusers ``FlowMatchEulerDiscreteScheduler`` config (a released checkpoint's
+    ``scheduler/scheduler_config.json``) gives the released pipeline's σ: its ``DynamicShift`` when
+    ``use_dynamic_shifting`` (the pipeline's mu is then computed from the same config), else its static
+    ``shift``, as diffusers' ``set_timesteps`` does."""
+    path = Path(config_file)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"sampler: cannot read the scheduler config {path}: {e}") from None
+    if config.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(f"sampler: {path} is a {config['_class_name']} config; the sampler implements "
+                         "FlowMatchEulerDiscreteScheduler's schedule only")
+    for key, neutral in _UNSUPPORTED_SCHEDULER_OPTIONS.items():
+        if config.get(key, neutral) != neutral:
+            raise ValueError(f"sampler: {path} sets {key}={config[key]!r}, which the sampler does not implement")
+    if config.get("use_dynamic_shifting", False):
+        default = DynamicShift()
+        return DynamicShift(base_seq_len=config.get("base_image_seq_len", default.base_seq_len),
+                            max_seq_len=config.get("max_image_seq_len", default.max_seq_len),
+                            base_shift=config.get("base_shift", default.base_shift),
+                            max_shift=config.get("max_shift", default.max_shift))
+    return float(config.get("shift", 1.0))
+
+
+def euler_sigmas(steps: int, shift: float | DynamicShift = DynamicShift(), n_tokens: float | None = None) -> Tensor:
+    """The base schedule, ``[steps + 1]``, from 1 (noise) to 0 (clean).
 
     σ = linspace(1, 1/steps, steps) as the released pipeline passes them, then shifted:
-    a float ``shift`` gives the static SD3 shift ``s·σ / (1 + (s − 1)·σ)``; ``'dynamic'`` gives
-    the resolution-dependent (exponential) shift ``e^mu / (e^mu + 1/σ − 1)`` with
-    ``mu = dynamic_shift_mu(n_tokens)``. A final 0 is appended (the last Euler step lands on data).
+    a float ``shift`` gives the static SD3 shift ``s·σ / (1 + (s − 1)·σ)``; a ``DynamicShift``
+    gives ``e^mu / (e^mu + 1/σ − 1)`` with ``mu = shift.mu(n_tokens)``. A final 0 is appended (the
+    last Euler step lands on data).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"sampler: steps must be an integer >= 1, got {steps!r}")
     sigma = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float64)
-    if shift == "dynamic":
+    if isinstance(shift, DynamicShift):
         if n_tokens is None:
             raise ValueError("sampler: the dynamic shift needs n_tokens (the number of denoised tokens)")
-        e_mu = math.exp(dynamic_shift_mu(n_tokens))
+        e_mu = math.exp(shift.mu(n_tokens))
         sigma = 1.0 / (1.0 + (1.0 / sigma - 1.0) / e_mu)  # = e^mu / (e^mu + 1/σ − 1), exactly 1 at σ = 1
-    elif isinstance(shift, (int, float)) and shift > 0:
+    elif isinstance(shift, (int, float)) and not isinstance(shift, bool) and shift > 0:
         sigma = shift * sigma / (1.0 + (shift - 1.0) * sigma)
     else:
-        raise ValueError(f"sampler: shift must be a positive number or 'dynamic', got {shift!r}")
+        raise ValueError(f"sampler: shift must be a positive number or a DynamicShift, got {shift!r}")
     return torch.cat([sigma, sigma.new_zeros(1)])
 
 
@@ -246,7 +281,7 @@ def sample(
     steps: int = 100,
     cfg_scale: float = 5.0,
     cfg_on_views: bool = False,
-    shift: float | Literal["dynamic"] = "dynamic",
+    shift: float | DynamicShift = DynamicShift(),
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     hold: Tensor | None = None,
     partial: dict | None = None,
@@ -262,7 +297,8 @@ def sample(
         cond: prompt (and, for CFG, negative prompt) embeddings.
         steps, cfg_scale: Euler steps; guidance scale (1 = one unguided call per step).
         cfg_on_views: the uncond half also loses the condition views (start 0 or held) to noise.
-        shift: ``'dynamic'`` (from the number of denoised tokens of each sample) or a static shift.
+        shift: a ``DynamicShift`` (from the number of denoised tokens of each sample; the default is
+            diffusers', ``scheduler_shift`` reads a released checkpoint's) or a static shift.
         generator: seeds all noise (one draw, then one generator per sample), or a list of B
             generators, sample b's noise from the b-th.
         hold: ``[F]`` or ``[B, F]`` bool; held views stay at σ_c = start (re-noised each step, never integrated).

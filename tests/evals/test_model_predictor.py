@@ -126,3 +126,26 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
         labels[prob] = (pred.given_label, pred.describe()["hash"])
     assert labels[0.0][0] == "released" and labels[0.5][0] == "zero"
     assert labels[0.0][1] != labels[0.5][1]  # other samples from the same weights: scored afresh
+
+
+def test_a_released_folder_is_sampled_with_its_own_scheduler_config(tmp_path):
+    """The Hub layout keeps the σ shift in ``scheduler/scheduler_config.json`` beside ``transformer``;
+    trainer checkpoints, and a transformer folder without that config, get SPEC's dynamic shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from evals.model_predictor import schedule_shift
+    from model.sampler import DynamicShift
+
+    transformer = tmp_path / "OneDiffusion" / "transformer"
+    transformer.mkdir(parents=True)
+    assert schedule_shift(transformer) == DynamicShift()
+    FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, max_shift=1.5).save_config(
+        tmp_path / "OneDiffusion" / "scheduler")
+    assert schedule_shift(transformer) == DynamicShift(max_shift=1.5)
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(tmp_path / "OneDiffusion" / "scheduler")
+    assert schedule_shift(transformer) == 3.0
+    weights = tmp_path / "step_0000001" / "ema.safetensors"  # a trainer checkpoint, beside a stray config
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(tmp_path / "scheduler")
+    assert schedule_shift(weights) == DynamicShift()

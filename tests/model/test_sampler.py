@@ -23,15 +23,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from model.sampler import (
-    BASE_SEQ_LEN,
-    BASE_SHIFT,
-    MAX_SEQ_LEN,
-    MAX_SHIFT,
     Conditioning,
-    dynamic_shift_mu,
+    DynamicShift,
     estimate_cameras,
     euler_sigmas,
     sample,
+    scheduler_shift,
 )
 from onegen.camera import Camera, intrinsics_from_fov, look_at
 from onegen.plucker import RAY_CHANNELS, rays_for_cameras
@@ -110,17 +107,52 @@ class ConstantWorld:
 @pytest.mark.parametrize("steps", [1, 7, 50, 100])
 @pytest.mark.parametrize("n_tokens", [0, 256, 1024, 8192])
 def test_dynamic_sigmas_match_diffusers(steps, n_tokens):
-    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=BASE_SHIFT, max_shift=MAX_SHIFT,
-                                            base_image_seq_len=BASE_SEQ_LEN, max_image_seq_len=MAX_SEQ_LEN)
+    shift = DynamicShift()
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=shift.base_shift,
+                                            max_shift=shift.max_shift, base_image_seq_len=shift.base_seq_len,
+                                            max_image_seq_len=shift.max_seq_len)
     # the released pipeline: explicit sigmas linspace(1, 1/N, N) and mu from calculate_shift
-    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
-    mu = n_tokens * slope + (BASE_SHIFT - slope * BASE_SEQ_LEN)
-    assert dynamic_shift_mu(n_tokens) == pytest.approx(mu, abs=1e-12)
+    slope = (shift.max_shift - shift.base_shift) / (shift.max_seq_len - shift.base_seq_len)
+    mu = n_tokens * slope + (shift.base_shift - slope * shift.base_seq_len)
+    assert shift.mu(n_tokens) == pytest.approx(mu, abs=1e-12)
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-    ours = euler_sigmas(steps, "dynamic", n_tokens)
+    ours = euler_sigmas(steps, shift, n_tokens)
     assert ours.shape == (steps + 1,) and ours[0] == 1.0 and ours[-1] == 0.0
     torch.testing.assert_close(ours.float(), sched.sigmas, atol=2e-6, rtol=0)
     torch.testing.assert_close((ours[:-1] * 1000).float(), sched.timesteps, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("options", [
+    {"use_dynamic_shifting": True, "base_shift": 0.3, "max_shift": 1.6, "base_image_seq_len": 128,
+     "max_image_seq_len": 2048},
+    {"use_dynamic_shifting": False, "shift": 3.0},
+    {"use_dynamic_shifting": False},  # diffusers' static default, shift 1
+])
+def test_a_saved_scheduler_config_gives_its_own_schedule(tmp_path, options):
+    """A checkpoint's scheduler config, as diffusers saves it, read back into the schedule that diffusers
+    itself builds from that config (the released pipeline's mu from the same config)."""
+    FlowMatchEulerDiscreteScheduler(**options).save_config(tmp_path)
+    shift = scheduler_shift(tmp_path / "scheduler_config.json")
+    assert isinstance(shift, DynamicShift) == options["use_dynamic_shifting"]
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path)
+    for n_tokens in (64, 1024, 4096):
+        c = sched.config
+        slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+        mu = c.base_shift + slope * (n_tokens - c.base_image_seq_len)
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 20, 20), mu=mu)
+        torch.testing.assert_close(euler_sigmas(20, shift, n_tokens).float(), sched.sigmas, atol=2e-6, rtol=0)
+
+
+def test_a_scheduler_config_the_sampler_cannot_follow_is_refused(tmp_path):
+    FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(tmp_path)
+    with pytest.raises(ValueError, match="use_karras_sigmas=True"):
+        scheduler_shift(tmp_path / "scheduler_config.json")
+    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    with pytest.raises(ValueError, match="DDIMScheduler"):
+        scheduler_shift(tmp_path / "scheduler_config.json")
+    (tmp_path / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read the scheduler config"):
+        scheduler_shift(tmp_path / "scheduler_config.json")
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
@@ -132,7 +164,7 @@ def test_static_sigmas_match_diffusers(shift):
 
 def test_sigmas_reject_bad_arguments():
     with pytest.raises(ValueError, match="n_tokens"):
-        euler_sigmas(10, "dynamic")
+        euler_sigmas(10, DynamicShift())
     with pytest.raises(ValueError, match="shift"):
         euler_sigmas(10, -1.0)
 
@@ -223,7 +255,7 @@ def test_condition_views_are_written_back_exactly_and_get_the_smallest_timestep(
     out, traj = sample(spy, views, [0.0, 1.0, 0.0], text(B), steps=steps, cfg_scale=1.0,
                        generator=torch.Generator().manual_seed(9), return_trajectory=True)
     n_tokens = 1 * (H // 2) * (W // 2)  # only the one generated view counts
-    sig = euler_sigmas(steps, "dynamic", n_tokens)
+    sig = euler_sigmas(steps, DynamicShift(), n_tokens)
     assert len(spy.calls) == steps and traj.shape == (steps + 1, B, F, C, H, W)
     for k, (x, t, _) in enumerate(spy.calls):
         assert torch.equal(x[:, [0, 2]], views[:, [0, 2]])  # fed clean every step
@@ -261,7 +293,7 @@ def test_coarse_view_starts_at_its_strength_and_finishes_with_the_others():
                            generator=torch.Generator().manual_seed(11), return_trajectory=True)
     eps = traj_joint[0][:, 1]  # the same seed gives view 1 the same noise in both runs
     torch.testing.assert_close(traj[0][:, 1], 0.3 * given[:, 1] + 0.7 * eps)
-    sig = euler_sigmas(steps, "dynamic", F * (H // 2) * (W // 2))  # the coarse view is denoised too
+    sig = euler_sigmas(steps, DynamicShift(), F * (H // 2) * (W // 2))  # the coarse view is denoised too
     for k, (_, t, _) in enumerate(spy.calls):
         torch.testing.assert_close(t[:, 0], torch.full((B,), 1000 * sig[k].item(), dtype=DT))
         torch.testing.assert_close(t[:, 1], 0.7 * t[:, 0])
@@ -279,7 +311,7 @@ def test_held_view_is_renoised_at_fixed_sigma_and_returned_clean():
     hold = torch.tensor([[False, True]] * B)
     out = sample(spy, views, [1.0, 0.4], text(B), steps=steps, cfg_scale=1.0, hold=hold,
                  generator=torch.Generator().manual_seed(13))
-    sig = euler_sigmas(steps, "dynamic", (H // 2) * (W // 2))  # the held view is not denoised
+    sig = euler_sigmas(steps, DynamicShift(), (H // 2) * (W // 2))  # the held view is not denoised
     noises = []
     for k, (x, t, _) in enumerate(spy.calls):
         torch.testing.assert_close(t[:, 1], torch.full((B,), 400.0, dtype=DT))
@@ -337,7 +369,7 @@ def test_cfg_on_views_drops_the_conditions_to_noise_in_the_uncond_half():
     spy = Spy(GaussianWorld([0.0, 0.0], [[1.0, 0.5], [0.5, 1.0]]))
     sample(spy, views, [1.0, 0.0], text(1, 1.0, neg=0.0), steps=3, cfg_scale=2.0, cfg_on_views=True,
            generator=torch.Generator().manual_seed(19))
-    sig_min = euler_sigmas(3, "dynamic", 4)[-2].item()
+    sig_min = euler_sigmas(3, DynamicShift(), 4)[-2].item()
     for x, t, _ in spy.calls:
         assert torch.equal(x[1, 1], views[0, 1])  # cond half: the condition, clean
         assert not torch.allclose(x[0, 1], views[0, 1])  # uncond half: noise

@@ -64,16 +64,17 @@ from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latent
 FAMILIES = ["text2image", "depth", "multiview"]
 
 
-def stages(steps: int, t2i_first: float, batch: int) -> list[dict]:
+def stages(steps: int, t2i_first: float, batch: int, t2i_batch: int | None = None) -> list[dict]:
     """One mixed stage, or the paper's order (its "Training details": text-to-image alone first, then the
-    task mix) with ``t2i_first`` of the steps in the first."""
+    task mix) with ``t2i_first`` of the steps in the first, at ``t2i_batch`` samples a step (default ``batch``)."""
     first = round(steps * t2i_first)
     mixed = {"name": "mixed", "families": FAMILIES, "steps": steps - first, "batch_size": batch, "caption_dropout": 0.1}
     if not first:
         return [mixed]
     if first >= steps:
         raise ValueError(f"--t2i-first {t2i_first} leaves none of the {steps} steps to the task mix")
-    return [{**mixed, "name": "t2i", "families": ["text2image"], "steps": first}, mixed]
+    return [{**mixed, "name": "t2i", "families": ["text2image"], "steps": first, "batch_size": t2i_batch or batch},
+            mixed]
 
 
 def make_params(args) -> Params:
@@ -96,7 +97,7 @@ def make_params(args) -> Params:
     base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views,
                                   conditions=["depth_edges"])  # canny->image is no task of this run
     base["train"].update(
-        stages=stages(args.steps, args.t2i_first, args.batch),
+        stages=stages(args.steps, args.t2i_first, args.batch, args.t2i_batch),
         lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25,
         out_dir=str(out / "checkpoints"), compile=args.compile, ema_decay=0.999,
         sigma_shift=args.sigma_shift, condition_prob=args.condition_prob)
@@ -124,6 +125,9 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     ``seconds``, its latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to
     ``model.vae``."""
     data = world_images(params, 40000)
+    if len(data) <= 1024:
+        raise ValueError(f"the world has {len(data)} images and depth maps: 512 are held out to normalise the "
+                         "latents and at least as many are needed to fit on; raise --scenes or --views")
     torch.manual_seed(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -191,6 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--t2i-first", type=float, default=0.0,
                     help="share of the steps trained on text2image alone before the task mix, as the paper's first "
                          "stage (half its steps); 0: the mix from the start, as sessions 8-10 ran")
+    ap.add_argument("--t2i-batch", type=int, default=None,
+                    help="samples a step of the --t2i-first stage (default --batch): a text2image sample is one view "
+                         "of 64 tokens at 128², a multiview sample of the mix 16 views, so a bigger batch costs "
+                         "that stage about what a mix step costs")
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
@@ -221,19 +229,16 @@ def main() -> None:
     def save():
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
 
-    def probe_steps(params_: Params) -> int:
+    def time_stage(params_: Params, stage, profile: StepProfile | None = None) -> tuple[float, int, int]:
         # 100 steps, each one timed from step 10 to 90; start-up (data workers, first-batch allocation) and
         # the final checkpoint write stay outside, and so do compiles (see steady_step_seconds); 80 steps
-        # average over the mixed stage's families (a multiview step costs more than a text2image one).
+        # average over a mixed stage's families (a multiview step costs more than a text2image one).
         shutil.rmtree(out / "probe", ignore_errors=True)  # a finished probe would resume and time nothing
         probe = params_.model_copy(update={"train": params_.train.model_copy(update={
-            "stages": [params_.train.stages[-1].model_copy(update={"steps": 100})],  # the mix: its steps cost most
-            "out_dir": out / "probe", "checkpoint_every": 1000})})
+            "stages": [stage.model_copy(update={"steps": 100})], "out_dir": out / "probe", "checkpoint_every": 1000})})
         # A CUDA event after each step, read at the end: timing without synchronising, which would stop the
         # host from running ahead of the GPU as the trainer does (on a CPU, the host clock is the step's time)
         stamps: list = []
-        # steps 91-99 profiled, after the timed ones: where a step's time goes (GPU kernels or the host)
-        profile = StepProfile(device, 90, 99)
 
         def stamp(step: int, _model) -> None:
             if 10 <= step <= 90:
@@ -242,7 +247,8 @@ def main() -> None:
                     stamps[-1].record()
                 else:
                     stamps.append(time.perf_counter())
-            profile.at(step)
+            if profile is not None:
+                profile.at(step)
 
         trainer.train(probe, on_step=stamp)
         if device.type == "cuda":
@@ -251,10 +257,25 @@ def main() -> None:
         else:
             durations = np.diff(stamps)
         seconds, kept = steady_step_seconds(durations)
-        summary["probe"] = {"seconds_per_step": round(seconds, 4), "steps_timed": kept,
-                            "steps_left_out": len(stamps) - 1 - kept, "profile": profile.result}
-        save()
-        return max(int(args.train_minutes * 60 / seconds), 60)
+        return seconds, kept, len(stamps) - 1 - kept
+
+    def probe_steps() -> int:
+        """Steps that fill --train-minutes: each stage's step timed on its own (a --t2i-batch step costs other
+        than a mix step), weighted by its share of the steps."""
+        both = {"steps": 200, "t2i_first": 0.5 if args.t2i_first else 0.0}  # 100 steps of each stage of the run
+        timed = make_params(argparse.Namespace(**{**vars(args), **both}))
+        summary["probe"] = {}
+        shares = {"t2i": args.t2i_first, "mixed": 1 - args.t2i_first}
+        for stage in timed.train.stages:
+            # steps 91-99 of the mix profiled, after the timed ones: where a step's time goes (GPU kernels or host)
+            profile = StepProfile(device, 90, 99) if stage.name == "mixed" else None
+            seconds, kept, left_out = time_stage(timed, stage, profile)
+            summary["probe"][stage.name] = {"seconds_per_step": round(seconds, 4), "steps_timed": kept,
+                                            "steps_left_out": left_out, "batch": stage.batch_size,
+                                            **({"profile": profile.result} if profile else {})}
+            save()
+        per_step = sum(shares[name] * p["seconds_per_step"] for name, p in summary["probe"].items())
+        return max(int(args.train_minutes * 60 / per_step), 60)
 
     params = make_params(args)
     if args.world_detector:  # checked before any minute is spent, copied where world_geneval looks
@@ -297,14 +318,14 @@ def main() -> None:
         save()
     if args.stage in ("all", "train"):
         if not args.steps:
-            args.steps = probe_steps(params)
+            args.steps = probe_steps()
             params = make_params(args)
         if summary.get("train", {}).get("steps") not in (None, args.steps):
             shutil.rmtree(params.train.out_dir, ignore_errors=True)  # another step count is another run, not a resume
         t0 = time.time()
         result = trainer.train(params)
         summary["train"] = {"steps": args.steps, "seconds": round(time.time() - t0, 1), "batch": args.batch,
-                            "result": result}
+                            "t2i_batch": args.t2i_batch or args.batch, "result": result}
         save()
     if args.stage in ("all", "eval"):
         ckpt = params.train.out_dir

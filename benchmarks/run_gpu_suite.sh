@@ -67,11 +67,13 @@ for job in $JOBS; do
     learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            # a detector carried from `dvc repro` (data/world_detector) saves the ~3 minutes of training one here;
            # LEARN_T2I_FIRST=0.3: text2image alone for that share of the steps, then the mix (the paper's order);
+           # LEARN_T2I_BATCH=512: that stage's batch (a text2image sample has 1/16 of a multiview sample's tokens);
            # LEARN_OBJECTS="1 4": objects per training scene (world GenEval's prompts name 1-4)
            detector=(); [ -f data/world_detector/weights.pt ] && detector=(--world-detector data/world_detector)
            step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
              --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 \
-             --lr 1e-3 --compile --t2i-first ${LEARN_T2I_FIRST:-0} --objects ${LEARN_OBJECTS:-2 5} "${detector[@]}"
+             --lr 1e-3 --compile --t2i-first ${LEARN_T2I_FIRST:-0} ${LEARN_T2I_BATCH:+--t2i-batch $LEARN_T2I_BATCH} \
+             --objects ${LEARN_OBJECTS:-2 5} "${detector[@]}"
            cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null
            cp "${LEARN_DIR:-/tmp/learn}_long/reports/train/metrics.jsonl" "$OUT/learn_long_metrics.jsonl" 2>/dev/null

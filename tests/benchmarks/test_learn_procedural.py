@@ -39,7 +39,9 @@ def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
     assert mixed["families"] == learn.FAMILIES and mixed["steps"] == 1000 and mixed["batch_size"] == 64
     first, then = learn.stages(1000, 0.4, 64)
     assert (first["families"], first["steps"], then["families"], then["steps"]) == (["text2image"], 400, learn.FAMILIES, 600)
-    assert first["name"] != then["name"]
+    assert first["name"] != then["name"] and first["batch_size"] == then["batch_size"] == 64
+    first, then = learn.stages(1000, 0.4, 64, t2i_batch=512)  # one-view samples: a bigger batch for the same GPU
+    assert (first["batch_size"], then["batch_size"]) == (512, 64)
     with pytest.raises(ValueError, match="none of the 1000 steps"):
         learn.stages(1000, 1.0, 64)
 
@@ -47,9 +49,9 @@ def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
 def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_line(tmp_path):
     learn = load_script("learn_procedural")
     params = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--objects", "1", "4", "--steps", "100",
-                                                 "--t2i-first", "0.3"]))
+                                                 "--t2i-first", "0.3", "--t2i-batch", "256"]))
     assert (params.world.min_objects, params.world.max_objects) == (1, 4)
-    assert [(s.name, s.steps) for s in params.train.stages] == [("t2i", 30), ("mixed", 70)]
+    assert [(s.name, s.steps, s.batch_size) for s in params.train.stages] == [("t2i", 30, 256), ("mixed", 70, 64)]
     default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))
     assert (default.world.min_objects, default.world.max_objects) == (2, 5) and len(default.train.stages) == 1
 

@@ -73,8 +73,16 @@ def stages(steps: int, t2i_first: float, batch: int, t2i_batch: int | None = Non
         return [mixed]
     if first >= steps:
         raise ValueError(f"--t2i-first {t2i_first} leaves none of the {steps} steps to the task mix")
-    return [{**mixed, "name": "t2i", "families": ["text2image"], "steps": first, "batch_size": t2i_batch or batch},
-            mixed]
+    return [{**mixed, "name": "t2i", "families": ["text2image"], "steps": first,
+             "batch_size": batch if t2i_batch is None else t2i_batch}, mixed]
+
+
+def steps_for_minutes(minutes: float, seconds_per_step: dict[str, float], t2i_first: float) -> int:
+    """Steps of a run of ``minutes`` whose stages (``"t2i"``, ``"mixed"``, as ``stages`` names them) take
+    ``t2i_first`` and the rest of its steps at their own ``seconds_per_step``; at least 60."""
+    shares = {"t2i": t2i_first, "mixed": 1 - t2i_first}
+    per_step = sum(shares[name] * seconds for name, seconds in seconds_per_step.items())
+    return max(int(minutes * 60 / per_step), 60)
 
 
 def make_params(args) -> Params:
@@ -125,7 +133,7 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     ``seconds``, its latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to
     ``model.vae``."""
     data = world_images(params, 40000)
-    if len(data) <= 1024:
+    if len(data) < 1024:
         raise ValueError(f"the world has {len(data)} images and depth maps: 512 are held out to normalise the "
                          "latents and at least as many are needed to fit on; raise --scenes or --views")
     torch.manual_seed(seed)
@@ -213,7 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--world-detector", type=Path,
                     help="a world_geneval detector trained elsewhere for the same world settings (`dvc repro`'s "
                          "data/world_detector), so this machine spends no time training one")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.t2i_batch is not None and not args.t2i_first:
+        ap.error("--t2i-batch is the batch of the --t2i-first stage: pass --t2i-first too")
+    return args
 
 
 def main() -> None:
@@ -262,10 +273,10 @@ def main() -> None:
     def probe_steps() -> int:
         """Steps that fill --train-minutes: each stage's step timed on its own (a --t2i-batch step costs other
         than a mix step), weighted by its share of the steps."""
-        both = {"steps": 200, "t2i_first": 0.5 if args.t2i_first else 0.0}  # 100 steps of each stage of the run
-        timed = make_params(argparse.Namespace(**{**vars(args), **both}))
+        # the run's stages, built at any step count that gives each some (time_stage runs 100 of each)
+        each = {"steps": 2, "t2i_first": 0.5 if args.t2i_first else 0.0}
+        timed = make_params(argparse.Namespace(**{**vars(args), **each}))
         summary["probe"] = {}
-        shares = {"t2i": args.t2i_first, "mixed": 1 - args.t2i_first}
         for stage in timed.train.stages:
             # steps 91-99 of the mix profiled, after the timed ones: where a step's time goes (GPU kernels or host)
             profile = StepProfile(device, 90, 99) if stage.name == "mixed" else None
@@ -274,8 +285,8 @@ def main() -> None:
                                             "steps_left_out": left_out, "batch": stage.batch_size,
                                             **({"profile": profile.result} if profile else {})}
             save()
-        per_step = sum(shares[name] * p["seconds_per_step"] for name, p in summary["probe"].items())
-        return max(int(args.train_minutes * 60 / per_step), 60)
+        seconds = {name: p["seconds_per_step"] for name, p in summary["probe"].items()}
+        return steps_for_minutes(args.train_minutes, seconds, args.t2i_first)
 
     params = make_params(args)
     if args.world_detector:  # checked before any minute is spent, copied where world_geneval looks
@@ -324,8 +335,9 @@ def main() -> None:
             shutil.rmtree(params.train.out_dir, ignore_errors=True)  # another step count is another run, not a resume
         t0 = time.time()
         result = trainer.train(params)
-        summary["train"] = {"steps": args.steps, "seconds": round(time.time() - t0, 1), "batch": args.batch,
-                            "t2i_batch": args.t2i_batch or args.batch, "result": result}
+        summary["train"] = {"steps": args.steps, "seconds": round(time.time() - t0, 1),
+                            "stages": [{"name": s.name, "steps": s.steps, "batch": s.batch_size}
+                                       for s in params.train.stages], "result": result}
         save()
     if args.stage in ("all", "eval"):
         ckpt = params.train.out_dir

@@ -118,8 +118,8 @@ class DynamicShift:
     ``FlowMatchEulerDiscreteScheduler``'s, which the released pipeline feeds from its scheduler config;
     ``scheduler_shift`` reads a checkpoint's own."""
 
-    base_seq_len: float = 256
-    max_seq_len: float = 4096
+    base_seq_len: float = 256.0
+    max_seq_len: float = 4096.0
     base_shift: float = 0.5
     max_shift: float = 1.15
 
@@ -128,18 +128,19 @@ class DynamicShift:
         return self.base_shift + slope * (n_tokens - self.base_seq_len)
 
 
-# Scheduler options that change the σ schedule in ways this sampler does not implement, with the value
-# that leaves it alone: a checkpoint setting any other value is refused rather than sampled wrongly.
-_UNSUPPORTED_SCHEDULER_OPTIONS = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
-                                  "use_beta_sigmas": False, "invert_sigmas": False, "stochastic_sampling": False,
-                                  "time_shift_type": "exponential"}
+# Scheduler options that change the σ schedule in ways this sampler does not implement: switches that must be
+# off (diffusers tests them for truth), and settings that must have the value this sampler assumes
+# (``num_train_timesteps``: the timestep is σ·T_SCALE). A checkpoint asking otherwise is refused, not sampled wrongly.
+_UNSUPPORTED_SWITCHES = ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                         "invert_sigmas", "stochastic_sampling")
+_ASSUMED_SETTINGS = {"time_shift_type": "exponential", "num_train_timesteps": T_SCALE}
 
 
 def scheduler_shift(config_file: str | Path) -> float | DynamicShift:
     """The shift a diffusers ``FlowMatchEulerDiscreteScheduler`` config (a released checkpoint's
     ``scheduler/scheduler_config.json``) gives the released pipeline's σ: its ``DynamicShift`` when
     ``use_dynamic_shifting`` (the pipeline's mu is then computed from the same config), else its static
-    ``shift``, as diffusers' ``set_timesteps`` does."""
+    ``shift``, as diffusers' ``set_timesteps`` does. Missing keys take diffusers' defaults."""
     path = Path(config_file)
     try:
         config = json.loads(path.read_text())
@@ -148,20 +149,27 @@ def scheduler_shift(config_file: str | Path) -> float | DynamicShift:
     if config.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler":
         raise ValueError(f"sampler: {path} is a {config['_class_name']} config; the sampler implements "
                          "FlowMatchEulerDiscreteScheduler's schedule only")
-    for key, neutral in _UNSUPPORTED_SCHEDULER_OPTIONS.items():
-        if config.get(key, neutral) != neutral:
+    for key in _UNSUPPORTED_SWITCHES:
+        if config.get(key):
             raise ValueError(f"sampler: {path} sets {key}={config[key]!r}, which the sampler does not implement")
+    for key, assumed in _ASSUMED_SETTINGS.items():
+        if config.get(key, assumed) != assumed:
+            raise ValueError(f"sampler: {path} sets {key}={config[key]!r}; the sampler implements {assumed!r} only")
+    default = DynamicShift()
+    numbers = {"shift": 1.0, "base_image_seq_len": default.base_seq_len, "max_image_seq_len": default.max_seq_len,
+               "base_shift": default.base_shift, "max_shift": default.max_shift}
+    try:
+        value = {key: float(config.get(key, fallback)) for key, fallback in numbers.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"sampler: {path}: {', '.join(numbers)} must be numbers") from None
     if config.get("use_dynamic_shifting", False):
-        default = DynamicShift()
-        return DynamicShift(base_seq_len=config.get("base_image_seq_len", default.base_seq_len),
-                            max_seq_len=config.get("max_image_seq_len", default.max_seq_len),
-                            base_shift=config.get("base_shift", default.base_shift),
-                            max_shift=config.get("max_shift", default.max_shift))
-    return float(config.get("shift", 1.0))
+        return DynamicShift(base_seq_len=value["base_image_seq_len"], max_seq_len=value["max_image_seq_len"],
+                            base_shift=value["base_shift"], max_shift=value["max_shift"])
+    return value["shift"]
 
 
 def euler_sigmas(steps: int, shift: float | DynamicShift = DynamicShift(), n_tokens: float | None = None) -> Tensor:
-    """The base schedule, ``[steps + 1]``, from 1 (noise) to 0 (clean).
+    """The base schedule, ``[steps + 1]`` float64, from 1 (noise) to 0 (clean).
 
     σ = linspace(1, 1/steps, steps) as the released pipeline passes them, then shifted:
     a float ``shift`` gives the static SD3 shift ``s·σ / (1 + (s − 1)·σ)``; a ``DynamicShift``

@@ -46,12 +46,22 @@ def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
         learn.stages(1000, 1.0, 64)
 
 
+def test_the_run_is_sized_by_each_stage_s_step_time_and_share():
+    learn = load_script("learn_procedural")
+    assert learn.steps_for_minutes(1.0, {"mixed": 0.1}, 0.0) == 600
+    # 30% of the steps at 0.05 s, 70% at 0.1 s: 0.085 s a step on average
+    assert learn.steps_for_minutes(1.0, {"t2i": 0.05, "mixed": 0.1}, 0.3) == 705
+    assert learn.steps_for_minutes(0.01, {"mixed": 0.1}, 0.0) == 60  # a floor, so the run still learns something
+
+
 def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_line(tmp_path):
     learn = load_script("learn_procedural")
     params = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--objects", "1", "4", "--steps", "100",
                                                  "--t2i-first", "0.3", "--t2i-batch", "256"]))
     assert (params.world.min_objects, params.world.max_objects) == (1, 4)
     assert [(s.name, s.steps, s.batch_size) for s in params.train.stages] == [("t2i", 30, 256), ("mixed", 70, 64)]
+    with pytest.raises(SystemExit):  # a batch for a stage the run does not have
+        learn.parse_args(["--out", str(tmp_path), "--t2i-batch", "256"])
     default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))
     assert (default.world.min_objects, default.world.max_objects) == (2, 5) and len(default.train.stages) == 1
 

@@ -128,24 +128,39 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     assert labels[0.0][1] != labels[0.5][1]  # other samples from the same weights: scored afresh
 
 
-def test_a_released_folder_is_sampled_with_its_own_scheduler_config(tmp_path):
+def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_path):
     """The Hub layout keeps the σ shift in ``scheduler/scheduler_config.json`` beside ``transformer``;
     trainer checkpoints, and a transformer folder without that config, get SPEC's dynamic shift."""
+    import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from evals import registry
     from evals.model_predictor import schedule_shift
     from model.sampler import DynamicShift
+    from tests.model.test_nextdit import _save_released_style
 
-    transformer = tmp_path / "OneDiffusion" / "transformer"
-    transformer.mkdir(parents=True)
-    assert schedule_shift(transformer) == DynamicShift()
-    FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, max_shift=1.5).save_config(
-        tmp_path / "OneDiffusion" / "scheduler")
-    assert schedule_shift(transformer) == DynamicShift(max_shift=1.5)
-    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(tmp_path / "OneDiffusion" / "scheduler")
-    assert schedule_shift(transformer) == 3.0
+    hub = tmp_path / "OneDiffusion"
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])
+    with torch.no_grad():  # the zero-initialised output layer and gates would give v = 0 under any schedule
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    _save_released_style(model, hub / "transformer", shards=1)
+    assert schedule_shift(hub / "transformer") == DynamicShift()
+    FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, max_shift=1.5).save_config(hub / "scheduler")
+    assert schedule_shift(hub / "transformer") == DynamicShift(max_shift=1.5)
     weights = tmp_path / "step_0000001" / "ema.safetensors"  # a trainer checkpoint, beside a stray config
     weights.parent.mkdir()
     weights.write_bytes(b"")
-    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(tmp_path / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(weights.parent / "scheduler")
     assert schedule_shift(weights) == DynamicShift()
+
+    # the predictor samples with it: the same weights and noise give other depth under another schedule
+    params = load_params(setup / "params.yaml")
+    items = list(registry.get("world_depth")(params).items())[:1]
+    dynamic = ModelPredictor(params, hub / "transformer", steps=2, cfg_scale=2.0)
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(hub / "scheduler")
+    static = ModelPredictor(params, hub / "transformer", steps=2, cfg_scale=2.0)
+    assert static.describe()["shift"] == "3.0" and static.describe()["hash"] != dynamic.describe()["hash"]
+    assert np.abs(static.predict_depth(items)[0] - dynamic.predict_depth(items)[0]).max() > 1e-3

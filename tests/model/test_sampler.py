@@ -147,6 +147,14 @@ def test_a_scheduler_config_the_sampler_cannot_follow_is_refused(tmp_path):
     FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(tmp_path)
     with pytest.raises(ValueError, match="use_karras_sigmas=True"):
         scheduler_shift(tmp_path / "scheduler_config.json")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=500).save_config(tmp_path)  # timesteps σ·500
+    with pytest.raises(ValueError, match="num_train_timesteps=500"):
+        scheduler_shift(tmp_path / "scheduler_config.json")
+    FlowMatchEulerDiscreteScheduler(shift_terminal=0.0).save_config(tmp_path)  # falsy: off, as diffusers reads it
+    assert scheduler_shift(tmp_path / "scheduler_config.json") == 1.0
+    (tmp_path / "scheduler_config.json").write_text('{"use_dynamic_shifting": true, "base_shift": null}')
+    with pytest.raises(ValueError, match="must be numbers"):
+        scheduler_shift(tmp_path / "scheduler_config.json")
     (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
     with pytest.raises(ValueError, match="DDIMScheduler"):
         scheduler_shift(tmp_path / "scheduler_config.json")

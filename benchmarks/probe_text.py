@@ -175,7 +175,7 @@ def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
 
 
 def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int, downsample: int = 2,
-              kl_weight: float = 1e-4, scale_equivariance: float = 0.0) -> tuple[Callable, Callable, dict]:
+              scale_equivariance: float = 0.0) -> tuple[Callable, Callable, dict]:
     """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /``downsample``)
     fitted on ``images`` for ``steps``, its latents normalised on the first 512 of them
     (``world_vae.normalise_latents``), and the fit's summary, whose reconstruction PSNR is of ``held``. The encoding
@@ -185,7 +185,7 @@ def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps:
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * len(blocks),
                         up_block_types=["UpDecoderBlock2D"] * len(blocks), block_out_channels=blocks,
                         layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False)  # /2: ~0.2 s a step on 2 CPU cores
-    summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps, kl_weight=kl_weight,
+    summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps,
                               scale_equivariance=scale_equivariance)
     summary.update(normalise_latents(vae, images[:512], latent_norm))
     summary["recon_psnr_db"] = reconstruction_psnr(vae, held)
@@ -321,7 +321,6 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=2000, help="with --vae: its fit's steps (batch 64)")
     ap.add_argument("--vae-downsample", type=int, choices=[2, 4], default=2,
                     help="with --vae: 2 gives 16x16x16 latents (more numbers than the 32x32x3 pixels), 4 gives 8x8x16")
-    ap.add_argument("--vae-kl", type=float, default=1e-4, help="with --vae: its fit's KL weight (per pixel value)")
     ap.add_argument("--vae-scale-equivariance", type=float, default=0.0,
                     help="with --vae: weight of its fit's coarse-scale reconstruction (world_vae.fit_autoencoder)")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
@@ -351,7 +350,7 @@ def main() -> None:
     record = {"command": " ".join([sys.executable, *sys.argv]), "object_share": round(covered, 4), "evals": []}
     if args.vae:
         encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps,
-                                                                args.seed, args.vae_downsample, args.vae_kl,
+                                                                args.seed, args.vae_downsample,
                                                                 args.vae_scale_equivariance)
         print(json.dumps({"vae": record["vae"]}), flush=True)
         # what a perfect model of these latents would make: the renders' round trips, which the judge then learns

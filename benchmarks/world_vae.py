@@ -20,10 +20,10 @@ LATENT_NORMS = ("channel", "global")
 
 def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device, seed: int,
                     seconds: float = float("inf"), steps: int | None = None, batch: int = 64,
-                    kl_weight: float = 1e-4, scale_equivariance: float = 0.0) -> dict:
+                    scale_equivariance: float = 0.0) -> dict:
     """Train ``vae`` on ``data`` ([N, 3, H, W] in [-1, 1]) for ``seconds`` or ``steps``, whichever ends first: L1 +
-    MSE reconstruction of a sampled latent with a KL term (``kl_weight`` per pixel value), AdamW, bf16 autocast on
-    a GPU. ``scale_equivariance`` > 0 adds, at that weight, the reconstruction of the image downsampled 2x from
+    MSE reconstruction of a sampled latent with a weak KL term, AdamW, bf16 autocast on a GPU.
+    ``scale_equivariance`` > 0 adds, at that weight, the reconstruction of the image downsampled 2x from
     its latent downsampled 2x (Skorokhodov et al. 2025, "Improving the Diffusability of Autoencoders": latents
     whose coarse scales decode to the coarse image carry less high-frequency content for diffusion to model)."""
     if steps is None and seconds == float("inf"):
@@ -42,7 +42,7 @@ def fit_autoencoder(vae: AutoencoderKL, data: torch.Tensor, device: torch.device
             rec = vae.decode(z).sample.float()
             coarse = vae.decode(F.avg_pool2d(z, 2)).sample.float() if scale_equivariance else None
         kl = post.kl().mean() / x[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         if coarse is not None:
             x_coarse = F.avg_pool2d(x, 2)
             loss = loss + scale_equivariance * (F.l1_loss(coarse, x_coarse) + F.mse_loss(coarse, x_coarse))

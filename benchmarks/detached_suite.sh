@@ -46,6 +46,11 @@ end=$((SECONDS + ${LIMIT:-540}))
 while running && [ $SECONDS -lt $end ]; do sleep 10; done
 cat "$RES/status" 2>/dev/null
 tail -n "${TAIL:-8}" "$RES/suite.out"  # where a suite that never started says why
+# what a learning run has saved so far (its job copies the same when it ends): a lease may end before the job does
+for name in learn learn_long; do
+  grep -q "start $name\$" "$RES/status" 2>/dev/null &&
+    bash benchmarks/collect_learn.sh "${LEARN_DIR:-/tmp/learn}${name#learn}" "$RES" $name
+done
 for f in "$RES"/*.log; do [ -f "$f" ] && { echo "== $f"; tail -n "${TAIL:-8}" "$f"; }; done
 [ -n "${OUT:-}" ] && tar czf "$OUT/res.tgz" -C "$RES" .
 exit 0

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
-#     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b128 cap_fp8_kv_tune cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
+#     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b128 cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
 #           learn learn_long (faster with ray) train_step train_rest attn
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b128|cap_fp8_kv_tune|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b128 cap_fp8_kv_tune cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b128|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b128 cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -42,6 +42,8 @@ for job in $JOBS; do
     # the same with the decode step's FP8 GEMM tiles autotuned (does the default tile leave SMs idle at ~100 rows?)
     cap_fp8_kv_tune) step cap_fp8_kv_tune python3 benchmarks/bench_captioner.py --quantize fp8 --kv-cache fp8 \
                        --decode-compile-mode max-autotune --baseline-images 8 --json "$OUT/cap_fp8_kv_tune.json" ;;
+    # the batch inputs' host time: the processor's call against ours (ids from the prompt tokenized once)
+    cap_inputs) step cap_inputs python3 benchmarks/bench_caption_inputs.py --device cuda ;;
     cap_base) step cap_base python3 benchmarks/bench_captioner.py --image-tokens base --baseline-images 8 --json "$OUT/cap_base.json" ;;
     cap_build) step cap_build python3 benchmarks/bench_caption_build.py --json "$OUT/cap_build.json" ;;
     ann) step ann python3 benchmarks/bench_annotators.py --profile --json "$OUT/ann.json" ;;
@@ -57,8 +59,7 @@ for job in $JOBS; do
     learn) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            step learn python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}" --scenes 1500 --views 8 \
              --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 1300 --vae-seconds 60
-           cp "${LEARN_DIR:-/tmp/learn}/learn_procedural.json" "$OUT/" 2>/dev/null
-           cp "${LEARN_DIR:-/tmp/learn}/reports/samples/samples.png" "$OUT/learn_samples.png" 2>/dev/null ;;
+           bash benchmarks/collect_learn.sh "${LEARN_DIR:-/tmp/learn}" "$OUT" learn ;;
     # the steps sized by a probe to 7 minutes of this device, at lr 1e-3 and compiled: `learn`'s 1300 steps at 3e-4
     # (~5 min on an H200) left depth->image blobs in sessions 5 and 7, and session 7's CPU probe
     # (probe_conditioning.py) learned ~1.7x slower at 3e-4 and followed depth clearly only after ~2.5x more steps;
@@ -74,13 +75,7 @@ for job in $JOBS; do
              --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 \
              --lr 1e-3 --compile --t2i-first ${LEARN_T2I_FIRST:-0} ${LEARN_T2I_BATCH:+--t2i-batch $LEARN_T2I_BATCH} \
              --objects ${LEARN_OBJECTS:-2 5} "${detector[@]}"
-           cp "${LEARN_DIR:-/tmp/learn}_long/learn_procedural.json" "$OUT/learn_long.json" 2>/dev/null
-           cp "${LEARN_DIR:-/tmp/learn}_long/reports/samples/samples.png" "$OUT/learn_long_samples.png" 2>/dev/null
-           cp "${LEARN_DIR:-/tmp/learn}_long/reports/train/metrics.jsonl" "$OUT/learn_long_metrics.jsonl" 2>/dev/null
-           # the model's own grids (a benchmark's folder holds its baseline's; the model's is an entry)
-           for grid in "${LEARN_DIR:-/tmp/learn}"_long/reports/evals/*/entries/model*/samples.png; do
-             [ -f "$grid" ] && cp "$grid" "$OUT/learn_long_$(basename "$(dirname "$(dirname "$(dirname "$grid")")")")_model.png"
-           done ;;
+           bash benchmarks/collect_learn.sh "${LEARN_DIR:-/tmp/learn}_long" "$OUT" learn_long ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     # the compiled rows never measured yet (each row compiles for ~2 minutes: the whole --extra set outlasts a call)
     train_rest) step train_rest python3 benchmarks/bench_train_step.py --modes compile --rows 8view,2.8b ;;

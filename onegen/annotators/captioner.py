@@ -35,7 +35,9 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   input for q, k and v. Each decoder layer compiled with dynamic shapes fuses those; a graph per
   layer (dynamo keeps ``layer_idx`` static) serves every prompt length.
 * The inputs of the next batch (processor: tiling, resizing, normalising, ~10 ms of host time per
-  image) are made in a second thread while the current batch generates.
+  image) are made in a second thread while the current batch generates. Their token ids come from the prompt
+  tokenized once, the image placeholder repeated to each image's count (``expand_placeholder``), rather than
+  from the processor tokenizing ~3,000 ids per image again; the first batch checks them against the processor's.
 * Packed-GQA decode attention (``sdpa`` here): under compile, transformers' SDPA path copies the 8
   KV heads out to 32 query heads before every decode attention (4x the KV bytes written, then
   read: ~230 GB per step at B = 64). We fold the 4 query heads of each KV head into the query
@@ -317,6 +319,35 @@ def prompt_text(processor, instruction: str, path: Path | str) -> str:
         raise AnnotatorError(f"annotators.captioner.path: {path} has no usable chat template ({e})") from None
 
 
+def prompt_pieces(processor, prompt: str, add_special_tokens: bool) -> tuple[list[int], int, list[int]] | None:
+    """The prompt's token ids around its one image placeholder, tokenized once: a batch's ids are then these with
+    the placeholder repeated to each image's count (``expand_placeholder``), where the processor tokenizes the
+    expanded prompt again for every image (~3,000 ids each at anyres 672²). None (the processor makes the ids)
+    if the prompt holds no single placeholder or the processor cannot count an image's tokens."""
+    image_id = getattr(processor, "image_token_id", None)
+    if image_id is None or getattr(processor, "_get_num_multimodal_tokens", None) is None:
+        return None
+    ids = processor.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
+    at = [k for k, t in enumerate(ids) if t == image_id]
+    return (ids[: at[0]], image_id, ids[at[0] + 1 :]) if len(at) == 1 else None
+
+
+def expand_placeholder(pieces: tuple[list[int], int, list[int]], counts: list[int],
+                       pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's (input_ids, attention_mask) from a prompt's ids around its one image placeholder (head, the
+    placeholder's id, tail), the placeholder repeated ``counts[i]`` times in row i; padded as the processors pad
+    for generation: on the left, with ``pad_id``, mask 0 there."""
+    head, image_id, tail = pieces
+    lengths = [len(head) + n + len(tail) for n in counts]
+    ids = torch.full((len(counts), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (n, length) in enumerate(zip(counts, lengths)):
+        start = ids.shape[1] - length
+        ids[row, start:] = torch.tensor(head + [image_id] * n + tail)
+        mask[row, start:] = 1
+    return ids, mask
+
+
 class TransformersVLM:
     """Batched generation with a transformers image-text-to-text model (see the module docstring)."""
 
@@ -336,6 +367,8 @@ class TransformersVLM:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self._cache, self._cache_batch, self._cache_len = None, 0, 0
+        self._prompt_pieces = prompt_pieces(processor, self.prompt, self.add_special_tokens)
+        self._prompt_pieces_checked = False
         # One lasting thread makes the next batch's inputs (a new thread per call would re-plan its cuDNN
         # convolutions, which PyTorch caches per thread). The tokenizer is not safe to use from two threads
         # at once (the processor sets its padding), hence the lock around inputs and decoding.
@@ -483,9 +516,23 @@ class TransformersVLM:
 
     @torch.no_grad()  # also when called on its own (the benchmark times it): no graph kept per chunk
     def _anyres_inputs(self, images):
-        """The processor's own inputs (each image's placeholder expanded to its anyres count)."""
-        inputs = self.processor(text=[self.prompt] * len(images), images=images, padding=True, return_tensors="pt",
-                                add_special_tokens=self.add_special_tokens, device=self.device).to(self.device)
+        """The processor's inputs (each image's placeholder expanded to its anyres count). The first call also
+        asks the processor for them and keeps the ids built here only if they are the processor's own."""
+        if self._prompt_pieces is None:
+            inputs = self.processor(text=[self.prompt] * len(images), images=images, padding=True,
+                                    return_tensors="pt", add_special_tokens=self.add_special_tokens, device=self.device)
+        else:
+            inputs = self.processor.image_processor(images, return_tensors="pt", device=self.device)
+            inputs["input_ids"], inputs["attention_mask"] = expand_placeholder(
+                self._prompt_pieces, self.num_image_tokens(images), self.pad_id)
+            if not self._prompt_pieces_checked:
+                self._prompt_pieces_checked = True
+                theirs = self.processor(text=[self.prompt] * len(images), images=images, padding=True,
+                                        return_tensors="pt", add_special_tokens=self.add_special_tokens)
+                if not all(torch.equal(inputs[k].cpu(), theirs[k]) for k in ("input_ids", "attention_mask")):
+                    self._prompt_pieces = None  # a processor that expands otherwise: its own ids from now on
+                    inputs = theirs
+        inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 

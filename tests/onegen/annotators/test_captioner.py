@@ -232,6 +232,28 @@ def test_flex_decode_is_only_taken_inside_a_compiled_decode_step(captioner, cfg)
     assert vlm.model.config._attn_implementation == PACKED_SDPA
 
 
+def test_input_ids_built_once_are_the_processors_own(cfg, captioner, monkeypatch):
+    """Mixed sizes (six placeholder counts, left padding): the ids built from the prompt tokenized once equal the
+    processor's; a processor that expands otherwise is caught on the first batch and makes the ids from then on."""
+    vlm, ims = captioner.vlm, images()
+    theirs = vlm.processor(text=[vlm.prompt] * len(ims), images=ims, padding=True, return_tensors="pt",
+                           add_special_tokens=vlm.add_special_tokens)
+    fresh = TransformersVLM(vlm.model, vlm.processor, cfg, captioner.instruction)
+    assert fresh._prompt_pieces is not None and len(set(fresh.num_image_tokens(ims))) == len(ims)
+    for _ in range(2):  # the first call checks against the processor, the second builds alone
+        ours = fresh._anyres_inputs(ims)
+        assert fresh._prompt_pieces is not None and fresh._prompt_pieces_checked
+        assert sorted(ours.keys()) == sorted(theirs.keys())
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
+
+    off = TransformersVLM(vlm.model, vlm.processor, cfg, captioner.instruction)
+    monkeypatch.setattr(off, "num_image_tokens", lambda batch: [n + 1 for n in vlm.num_image_tokens(batch)])
+    assert torch.equal(off._anyres_inputs(ims)["input_ids"], theirs["input_ids"])
+    assert off._prompt_pieces is None
+    assert torch.equal(off._anyres_inputs(ims)["input_ids"], theirs["input_ids"])
+
+
 def test_base_resolution_option_caps_image_tokens(cfg, captioner):
     base = Captioner.load(cfg.model_copy(update={"image_tokens": "base", "static_cache": False}), device="cpu")
     ims = images()

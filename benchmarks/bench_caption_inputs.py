@@ -1,0 +1,83 @@
+"""The captioner's batch inputs at the issue's job (LLaVA-NeXT anyres, 672² images): the processor's own call
+against ours (its image processor, then the token ids from the prompt tokenized once, ``expand_placeholder``).
+
+    python benchmarks/bench_caption_inputs.py [--images 96] [--rounds 5] [--device cpu|cuda]
+
+The processor and prompt are ``bench_captioner.py``'s (llava-v1.6-mistral's layout, a word-level tokenizer built
+there). Both sides run in this process, alternating, ``--rounds`` times; prints the median ms per image of each,
+and of the text side alone (the processor's call minus its image processor; our id building), and the ratio.
+Every round checks that both give the same ids and mask. Host time: on a GPU host ``--device cuda`` puts the image
+processing on the GPU, as the captioner does, which leaves the text side the larger share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_captioner import llava_next_config, llava_next_processor  # noqa: E402
+from onegen.annotators.caption_text import instruction  # noqa: E402
+from onegen.annotators.captioner import expand_placeholder, prompt_pieces  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=96, help="one batch (the FP8 captioner's default batch)")
+    ap.add_argument("--size", type=int, default=672)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="the tiny processor (a test's smoke run)")
+    args = ap.parse_args(argv)
+
+    processor = llava_next_processor(llava_next_config(args.quick), args.quick)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction(100, 150, 10)}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    pieces = prompt_pieces(processor, prompt, add_special_tokens=False)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]
+    device = torch.device(args.device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t0, out
+
+    times = {"processor": [], "image processor": [], "ours": [], "id building": []}
+    for _ in range(args.rounds + 1):  # the first round warms both up (allocations, the device's kernels)
+        processor_s, theirs = timed(lambda: processor(text=[prompt] * len(images), images=images, padding=True,
+                                                      return_tensors="pt", add_special_tokens=False, device=device))
+        pixels_s, _ = timed(lambda: processor.image_processor(images, return_tensors="pt", device=device))
+        counts = list(processor._get_num_multimodal_tokens(image_sizes=[im.shape[:2] for im in images])
+                      .num_image_tokens)
+        ids_s, (ids, mask) = timed(lambda: expand_placeholder(pieces, counts, processor.tokenizer.pad_token_id))
+        if not (torch.equal(ids, theirs["input_ids"]) and torch.equal(mask, theirs["attention_mask"])):
+            sys.exit("the ids built once differ from the processor's")
+        for name, s in (("processor", processor_s), ("image processor", pixels_s), ("ours", pixels_s + ids_s),
+                        ("id building", ids_s)):
+            times[name].append(s)
+    ms = {name: 1000 * statistics.median(v[1:]) / args.images for name, v in times.items()}
+    ms["processor text side"] = ms["processor"] - ms["image processor"]
+    print(f"{args.images} images of {args.size}², {counts[0]} image tokens each, {device}, median of {args.rounds}")
+    for name in ("processor", "ours", "processor text side", "id building"):
+        print(f"  {name:20s} {ms[name]:8.3f} ms/image")
+    ratio = ms["processor"] / ms["ours"]
+    print(f"processor / ours: {ratio:.2f}x")
+    return {"ms_per_image": ms, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()

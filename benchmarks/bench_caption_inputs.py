@@ -4,9 +4,8 @@ against ours (its image processor, then the token ids from the prompt tokenized 
     python benchmarks/bench_caption_inputs.py [--images 96] [--rounds 5] [--device cpu|cuda]
 
 The processor and prompt are ``bench_captioner.py``'s (llava-v1.6-mistral's layout, a word-level tokenizer built
-there). Both sides run in this process, alternating, ``--rounds`` times; prints the median ms per image of each,
-and of the text side alone (the processor's call minus its image processor; our id building), and the ratio.
-Every round checks that both give the same ids and mask. Host time: on a GPU host ``--device cuda`` puts the image
+there). Both sides run in this process, in alternating order, ``--rounds`` times (after a warm-up round); prints
+the median ms per image of each and the ratio. Every round checks that both give the same ids and mask. Host time: on a GPU host ``--device cuda`` puts the image
 processing on the GPU, as the captioner does, which leaves the text side the larger share.
 """
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_captioner import llava_next_config, llava_next_processor  # noqa: E402
 from onegen.annotators.caption_text import instruction  # noqa: E402
-from onegen.annotators.captioner import expand_placeholder, prompt_pieces  # noqa: E402
+from onegen.annotators.captioner import inputs_from_pieces, prompt_pieces  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,24 +55,25 @@ def main(argv: list[str] | None = None) -> dict:
         sync()
         return time.perf_counter() - t0, out
 
-    times = {"processor": [], "image processor": [], "ours": [], "id building": []}
-    for _ in range(args.rounds + 1):  # the first round warms both up (allocations, the device's kernels)
-        processor_s, theirs = timed(lambda: processor(text=[prompt] * len(images), images=images, padding=True,
-                                                      return_tensors="pt", add_special_tokens=False, device=device))
-        pixels_s, _ = timed(lambda: processor.image_processor(images, return_tensors="pt", device=device))
-        counts = list(processor._get_num_multimodal_tokens(image_sizes=[im.shape[:2] for im in images])
-                      .num_image_tokens)
-        ids_s, (ids, mask) = timed(lambda: expand_placeholder(pieces, counts, processor.tokenizer.pad_token_id))
-        if not (torch.equal(ids, theirs["input_ids"]) and torch.equal(mask, theirs["attention_mask"])):
+    call = dict(padding=True, return_tensors="pt", add_special_tokens=False, device=device)
+    image_kwargs = processor._merge_kwargs(tokenizer_init_kwargs=processor.tokenizer.init_kwargs,
+                                           **call)["images_kwargs"]
+    pad_id = processor.tokenizer.pad_token_id
+    sides = {"processor": lambda: processor(text=[prompt] * len(images), images=images, **call),
+             "ours": lambda: inputs_from_pieces(processor, images, image_kwargs, pieces, pad_id)}
+    times = {name: [] for name in sides}
+    for r in range(args.rounds + 1):  # the first round warms both up (allocations, the device's kernels)
+        made = {}
+        for name in sorted(sides, reverse=r % 2 == 1):  # alternating which goes first: allocator state, caches
+            seconds, made[name] = timed(sides[name])
+            times[name].append(seconds)
+        if not all(torch.equal(made["ours"][k], made["processor"][k]) for k in ("input_ids", "attention_mask")):
             sys.exit("the ids built once differ from the processor's")
-        for name, s in (("processor", processor_s), ("image processor", pixels_s), ("ours", pixels_s + ids_s),
-                        ("id building", ids_s)):
-            times[name].append(s)
     ms = {name: 1000 * statistics.median(v[1:]) / args.images for name, v in times.items()}
-    ms["processor text side"] = ms["processor"] - ms["image processor"]
-    print(f"{args.images} images of {args.size}², {counts[0]} image tokens each, {device}, median of {args.rounds}")
-    for name in ("processor", "ours", "processor text side", "id building"):
-        print(f"  {name:20s} {ms[name]:8.3f} ms/image")
+    tokens = int(made["processor"]["attention_mask"][0].sum())
+    print(f"{args.images} images of {args.size}², {tokens} tokens each, {device}, median of {args.rounds}")
+    for name, value in ms.items():
+        print(f"  {name:10s} {value:8.3f} ms/image")
     ratio = ms["processor"] / ms["ours"]
     print(f"processor / ours: {ratio:.2f}x")
     return {"ms_per_image": ms, "ratio": ratio}

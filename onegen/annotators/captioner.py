@@ -323,9 +323,9 @@ def prompt_pieces(processor, prompt: str, add_special_tokens: bool) -> tuple[lis
     """The prompt's token ids around its one image placeholder, tokenized once: a batch's ids are then these with
     the placeholder repeated to each image's count (``expand_placeholder``), where the processor tokenizes the
     expanded prompt again for every image (~3,000 ids each at anyres 672²). None (the processor makes the ids)
-    if the prompt holds no single placeholder or the processor cannot count an image's tokens."""
+    if the prompt holds no single placeholder or the processor has no separate image step."""
     image_id = getattr(processor, "image_token_id", None)
-    if image_id is None or getattr(processor, "_get_num_multimodal_tokens", None) is None:
+    if image_id is None or not hasattr(processor, "_process_images"):
         return None
     ids = processor.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
     at = [k for k, t in enumerate(ids) if t == image_id]
@@ -348,6 +348,21 @@ def expand_placeholder(pieces: tuple[list[int], int, list[int]], counts: list[in
     return ids, mask
 
 
+def inputs_from_pieces(processor, images: list[np.ndarray], image_kwargs: dict,
+                       pieces: tuple[list[int], int, list[int]], pad_id: int):
+    """The processor's call without its tokenizing: its image step (which also says each image's expansion of the
+    placeholder), then the ids from ``pieces``. None where an expansion is more than the placeholder repeated."""
+    inputs, expansions = processor._process_images(images, **image_kwargs)
+    for key in getattr(processor, "unused_input_names", ()):  # what the processor's call drops
+        inputs.pop(key, None)
+    token = processor.image_token
+    counts = [len(e) // len(token) for e in expansions]
+    if any(e != token * n for e, n in zip(expansions, counts)):
+        return None
+    inputs["input_ids"], inputs["attention_mask"] = expand_placeholder(pieces, counts, pad_id)
+    return inputs
+
+
 class TransformersVLM:
     """Batched generation with a transformers image-text-to-text model (see the module docstring)."""
 
@@ -367,8 +382,14 @@ class TransformersVLM:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self._cache, self._cache_batch, self._cache_len = None, 0, 0
+        # the processor's call as _anyres_inputs makes it, and its kwargs merged as that call merges them
+        self._processor_kwargs = dict(padding=True, return_tensors="pt", add_special_tokens=self.add_special_tokens,
+                                      device=self.device)
         self._prompt_pieces = prompt_pieces(processor, self.prompt, self.add_special_tokens)
         self._prompt_pieces_checked = False
+        if self._prompt_pieces is not None:
+            self._image_kwargs = processor._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs,
+                                                         **self._processor_kwargs)["images_kwargs"]
         # One lasting thread makes the next batch's inputs (a new thread per call would re-plan its cuDNN
         # convolutions, which PyTorch caches per thread). The tokenizer is not safe to use from two threads
         # at once (the processor sets its padding), hence the lock around inputs and decoding.
@@ -516,22 +537,27 @@ class TransformersVLM:
 
     @torch.no_grad()  # also when called on its own (the benchmark times it): no graph kept per chunk
     def _anyres_inputs(self, images):
-        """The processor's inputs (each image's placeholder expanded to its anyres count). The first call also
-        asks the processor for them and keeps the ids built here only if they are the processor's own."""
-        if self._prompt_pieces is None:
-            inputs = self.processor(text=[self.prompt] * len(images), images=images, padding=True,
-                                    return_tensors="pt", add_special_tokens=self.add_special_tokens, device=self.device)
-        else:
-            inputs = self.processor.image_processor(images, return_tensors="pt", device=self.device)
-            inputs["input_ids"], inputs["attention_mask"] = expand_placeholder(
-                self._prompt_pieces, self.num_image_tokens(images), self.pad_id)
-            if not self._prompt_pieces_checked:
+        """The processor's inputs (each image's placeholder expanded to its anyres count). With ``_prompt_pieces``
+        its image step runs as in its own call, and the ids are the prompt's pieces around each image's expansion
+        where that is the placeholder repeated; the first batch is also made by the processor's own call, and the
+        pieces are kept only if their ids are its ids."""
+        theirs = None
+        if self._prompt_pieces is not None:
+            inputs = inputs_from_pieces(self.processor, images, self._image_kwargs, self._prompt_pieces, self.pad_id)
+            if inputs is not None:
+                if self._prompt_pieces_checked:
+                    return self._on_device(inputs)
                 self._prompt_pieces_checked = True
-                theirs = self.processor(text=[self.prompt] * len(images), images=images, padding=True,
-                                        return_tensors="pt", add_special_tokens=self.add_special_tokens)
-                if not all(torch.equal(inputs[k].cpu(), theirs[k]) for k in ("input_ids", "attention_mask")):
-                    self._prompt_pieces = None  # a processor that expands otherwise: its own ids from now on
-                    inputs = theirs
+                theirs = self.processor(text=[self.prompt] * len(images), images=images, **self._processor_kwargs)
+                if set(inputs) == set(theirs) and all(torch.equal(inputs[k].cpu(), theirs[k].cpu())
+                                                      for k in ("input_ids", "attention_mask")):
+                    return self._on_device(inputs)
+            self._prompt_pieces = None  # a processor that expands or tokenizes otherwise: its own call from now on
+        if theirs is None:
+            theirs = self.processor(text=[self.prompt] * len(images), images=images, **self._processor_kwargs)
+        return self._on_device(theirs)
+
+    def _on_device(self, inputs):
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs

@@ -237,8 +237,10 @@ def main() -> None:
     summary["command"] = shlex.join([sys.executable, *sys.argv])
     summary["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
-    def save():
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    def save():  # whole or not at all: detached_suite.sh may copy it while the run goes on
+        partial = summary_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(summary, indent=1) + "\n")
+        partial.replace(summary_path)
 
     def time_stage(params_: Params, stage, profile: StepProfile | None = None) -> tuple[float, int, int]:
         # 100 steps, each one timed from step 10 to 90; start-up (data workers, first-batch allocation) and

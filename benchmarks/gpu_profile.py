@@ -95,3 +95,15 @@ def print_profile(label: str, prof: dict) -> None:
           f"{prof['wall_ms_per_image']:.2f} ms wall")
     for op in prof["top_ops"]:
         print(f"    {op['ms_per_image']:8.3f} ms/image {op['calls']:>6} calls  {op['op']}")
+
+
+def print_step_profile(label: str, prof: dict | None) -> None:
+    """A ``StepProfile`` result in the log: wall and GPU time a step, then the top GPU kernels and host ops."""
+    if prof is None:  # a loop that never reached the profiled steps
+        print(f"profile {label}: none")
+        return
+    gpu = "-" if prof["gpu_ms_per_step"] is None else f"{prof['gpu_ms_per_step']:.2f}"
+    print(f"profile {label}: {prof['wall_ms_per_step']:.2f} ms a step wall, {gpu} ms of GPU kernels")
+    for side in ("top_gpu", "top_host"):
+        for op in prof[side]:
+            print(f"    {side[4:]:4s} {op['ms_per_step']:8.3f} ms/step {op['calls']:>6} calls  {op['op']}")

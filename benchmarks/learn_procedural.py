@@ -57,7 +57,7 @@ from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
 from evals.predictors import make_predictor  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
-from benchmarks.gpu_profile import StepProfile  # noqa: E402
+from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents  # noqa: E402
 
@@ -280,13 +280,14 @@ def main() -> None:
         timed = make_params(argparse.Namespace(**{**vars(args), **each}))
         summary["probe"] = {}
         for stage in timed.train.stages:
-            # steps 91-99 of the mix profiled, after the timed ones: where a step's time goes (GPU kernels or host)
-            profile = StepProfile(device, 90, 99) if stage.name == "mixed" else None
+            # steps 91-99 profiled, after the timed ones: where a step's time goes (GPU kernels or host)
+            profile = StepProfile(device, 90, 99)
             seconds, kept, left_out = time_stage(timed, stage, profile)
             summary["probe"][stage.name] = {"seconds_per_step": round(seconds, 4), "steps_timed": kept,
                                             "steps_left_out": left_out, "batch": stage.batch_size,
-                                            **({"profile": profile.result} if profile else {})}
+                                            "profile": profile.result}
             save()
+            print_step_profile(f"probe {stage.name} (batch {stage.batch_size}, {seconds:.4f} s a step)", profile.result)
         seconds = {name: p["seconds_per_step"] for name, p in summary["probe"].items()}
         return steps_for_minutes(args.train_minutes, seconds, args.t2i_first)
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from torch.autograd import DeviceType
 
-from benchmarks.gpu_profile import StepProfile, host_times, kernel_times
+from benchmarks.gpu_profile import StepProfile, host_times, kernel_times, print_step_profile
 
 
 def test_step_profile_covers_its_window_and_names_the_host_ops():
@@ -24,6 +24,19 @@ def test_step_profile_covers_its_window_and_names_the_host_ops():
     assert "aten::mm" in ops and ops["aten::mm"]["calls"] == 4
     assert "aten::cumsum" not in ops
     assert r["wall_ms_per_step"] > 0
+
+
+def test_printed_step_profile_names_the_window_and_its_ops(capsys):
+    prof = {"steps": 4, "wall_ms_per_step": 12.5, "gpu_ms_per_step": 3.25,
+            "top_gpu": [{"op": "gemm_kernel", "ms_per_step": 2.0, "calls": 8}],
+            "top_host": [{"op": "aten::mm", "ms_per_step": 0.5, "calls": 4}]}
+    print_step_profile("probe t2i", prof)
+    print_step_profile("probe mixed", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "profile probe t2i: 12.50 ms a step wall, 3.25 ms of GPU kernels"
+    assert lines[1].split() == ["gpu", "2.000", "ms/step", "8", "calls", "gemm_kernel"]
+    assert lines[2].split() == ["host", "0.500", "ms/step", "4", "calls", "aten::mm"]
+    assert lines[3] == "profile probe mixed: none"
 
 
 def test_kernel_and_host_times_count_each_microsecond_once():

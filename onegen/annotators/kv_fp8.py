@@ -29,6 +29,10 @@ from onegen.annotators.fp8 import FP8, quantize_rows
 
 # the kernel's launch: keys per inner step, warps, pipeline stages (benchmarks/bench_decode_attention.py --sweep)
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
+# The dots' operand type: the query's (bf16 in the captioner), or float16, which float8 e4m3 converts to in one
+# instruction per pair where bfloat16 takes a detour through float32 (on sm_90). Not yet measured on a GPU:
+# bench_decode_attention.py times both.
+DOT_F16 = False
 MIN_KEYS_PER_SPLIT = 256
 
 
@@ -126,8 +130,8 @@ def reference_decode_attention(q, keys, values, key_scales, value_scales, keep, 
 @triton.jit
 def _decode_partials(Q, K, V, KS, VS, KEEP, LEN, ACC, M, L,
                      sq_b, sq_h, sq_g, sk_b, sk_h, sk_n, ss_b, ss_h, sm_b, so_bh, so_s,
-                     n_kv_heads, SCALE_LOG2: tl.constexpr,
-                     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr):
+                     n_kv_heads, SCALE_LOG2: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                     BLOCK: tl.constexpr, SPLITS: tl.constexpr, DOT_F16: tl.constexpr):
     """Online softmax over one split of one (row, KV head)'s keys; writes the split's unnormalised output, running
     max (base 2) and sum for the combine."""
     bh = tl.program_id(0)
@@ -141,6 +145,8 @@ def _decode_partials(Q, K, V, KS, VS, KEEP, LEN, ACC, M, L,
     g = tl.arange(0, GP)
     d = tl.arange(0, D)
     q = tl.load(Q + b * sq_b + h * sq_h + g[:, None] * sq_g + d[None, :], mask=g[:, None] < G, other=0.0)
+    if DOT_F16:
+        q = q.to(tl.float16)
     m = tl.full([GP], -float("inf"), tl.float32)
     s_sum = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, D], tl.float32)
@@ -160,7 +166,11 @@ def _decode_partials(Q, K, V, KS, VS, KEEP, LEN, ACC, M, L,
         s_sum = s_sum * alpha + tl.sum(p, 1)
         v = tl.load(V + kv_at, mask=inside[:, None], other=0.0).to(q.dtype)
         vs = tl.load(VS + b * ss_b + h * ss_h + j, mask=inside, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(q.dtype), v)
+        if DOT_F16:  # the weights over the block's largest value scale: in [0, 1], where float16 holds them well
+            top = tl.maximum(tl.max(vs, 0), 1e-30)
+            acc = acc * alpha[:, None] + tl.dot((p * (vs / top)[None, :]).to(q.dtype), v) * top
+        else:
+            acc = acc * alpha[:, None] + tl.dot((p * vs[None, :]).to(q.dtype), v)
         m = m_new
     out = bh * so_bh + split * so_s + g
     tl.store(ACC + out[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
@@ -177,9 +187,11 @@ def splits_for(programs: int, max_keys: int, device: torch.device) -> int:
 
 def triton_decode_attention(q, keys, values, key_scales, value_scales, keep, length, scale: float,
                             launch=None, splits: int | None = None, block: int | None = None,
-                            warps: int | None = None, stages: int | None = None) -> torch.Tensor:
+                            warps: int | None = None, stages: int | None = None,
+                            dot_f16: bool | None = None) -> torch.Tensor:
     """The kernel's launch and the combine of its splits; ``launch`` wraps the kernel (``wrap_triton`` inside the
-    custom op, the plain kernel under the interpreter); ``block``, ``warps`` and ``stages`` replace the module's."""
+    custom op, the plain kernel under the interpreter); ``block``, ``warps``, ``stages`` and ``dot_f16`` replace
+    the module's."""
     b, hkv, groups, d = q.shape
     splits = splits or splits_for(b * hkv, keys.shape[2], q.device)
     acc = q.new_empty((b * hkv, splits, groups, d), dtype=torch.float32)
@@ -194,7 +206,7 @@ def triton_decode_attention(q, keys, values, key_scales, value_scales, keep, len
         key_scales.stride(0), key_scales.stride(1), keep_bytes.stride(0), splits * groups, groups,
         hkv, SCALE_LOG2=scale * 1.4426950408889634,
         G=groups, GP=max(16, triton.next_power_of_2(groups)), D=d, BLOCK=block or BLOCK_N, SPLITS=splits,
-        num_warps=warps or NUM_WARPS, num_stages=stages or NUM_STAGES)
+        DOT_F16=DOT_F16 if dot_f16 is None else dot_f16, num_warps=warps or NUM_WARPS, num_stages=stages or NUM_STAGES)
     top = m.amax(1, keepdim=True)
     w = torch.exp2(m - top)  # an empty split has m = -inf and weight 0
     out = (acc * w[..., None]).sum(1) / (s_sum * w).sum(1)[..., None]

@@ -118,6 +118,10 @@ def test_triton_kernel_matches_the_reference_under_the_interpreter(tmp_path):
         from onegen.annotators.kv_fp8 import triton_decode_attention
         case = torch.load(sys.argv[1] + "/case.pt")
         outs = {s: triton_decode_attention(*case, 128 ** -0.5, splits=s) for s in (1, 3)}
+        q, k8, v8, ks, vs, keep, length = case
+        for tiny in (1.0, 1e-4):  # float16 dots, also over values small enough to underflow float16 products
+            outs[("f16", tiny)] = triton_decode_attention(q, k8, v8, ks, vs * tiny, keep, length, 128 ** -0.5,
+                                                          splits=3, dot_f16=True)
         torch.save(outs, sys.argv[1] + "/outs.pt")
     """))
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -126,9 +130,13 @@ def test_triton_kernel_matches_the_reference_under_the_interpreter(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     reference = reference_decode_attention(q, k8, v8, ks, vs, keep, length, 128**-0.5)
     outs = torch.load(tmp_path / "outs.pt")
-    assert set(outs) == {1, 3}
-    for splits, out in outs.items():
-        assert torch.allclose(out, reference, atol=1e-4), (splits, (out - reference).abs().max())
+    assert set(outs) == {1, 3, ("f16", 1.0), ("f16", 1e-4)}
+    for splits in (1, 3):
+        assert torch.allclose(outs[splits], reference, atol=1e-4), (splits, (outs[splits] - reference).abs().max())
+    for tiny in (1.0, 1e-4):  # float16 operands: ~1e-3 relative, at any scale of the values
+        expected = reference_decode_attention(q, k8, v8, ks, vs * tiny, keep, length, 128**-0.5)
+        error = (outs[("f16", tiny)] - expected).abs().max() / expected.abs().max()
+        assert 0 < error < 2e-3, (tiny, error)
 
 
 def test_kernel_launch_passes_only_what_inductor_can_type():

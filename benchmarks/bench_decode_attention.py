@@ -9,7 +9,7 @@ to 5% of the keys per row. Prints µs per call (one layer), the cache bytes each
 their ratio (both compiled, as in the decode step), and the largest difference of their outputs (FP8's rounding; the
 kernel against its own PyTorch reference is tested in tests/onegen/annotators/test_kv_fp8.py). Beside them, the
 kernel eagerly through its custom op, with float16 dot operands (``dot_f16``: one conversion instruction per pair of
-FP8 values, where bf16 takes three), and over the bf16 cache with unit scales: a diagnostic of what bounds it
+FP8 values, where bf16 goes through another type), and over the bf16 cache with unit scales: a diagnostic of what bounds it
 (twice the bytes in about the same time: not the bytes). CUDA only.
 """
 

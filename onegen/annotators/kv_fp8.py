@@ -30,7 +30,7 @@ from onegen.annotators.fp8 import FP8, quantize_rows
 # the kernel's launch: keys per inner step, warps, pipeline stages (benchmarks/bench_decode_attention.py --sweep)
 BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
 # The dots' operand type: the query's (bf16 in the captioner), or float16, which float8 e4m3 converts to in one
-# instruction per pair where bfloat16 takes a detour through float32 (on sm_90). Not yet measured on a GPU:
+# instruction per pair where bfloat16 goes through another type (sm_90 PTX). Not yet measured on a GPU:
 # bench_decode_attention.py times both.
 DOT_F16 = False
 MIN_KEYS_PER_SPLIT = 256

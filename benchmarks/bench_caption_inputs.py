@@ -1,12 +1,13 @@
 """The captioner's batch inputs at the issue's job (LLaVA-NeXT anyres, 672² images): the processor's own call
-against ours (its image processor, then the token ids from the prompt tokenized once, ``expand_placeholder``).
+against ours (its image step, then the token ids from the prompt tokenized once: ``inputs_from_pieces``).
 
     python benchmarks/bench_caption_inputs.py [--images 96] [--rounds 5] [--device cpu|cuda]
 
 The processor and prompt are ``bench_captioner.py``'s (llava-v1.6-mistral's layout, a word-level tokenizer built
-there). Both sides run in this process, in alternating order, ``--rounds`` times (after a warm-up round); prints
-the median ms per image of each and the ratio. Every round checks that both give the same ids and mask. Host time: on a GPU host ``--device cuda`` puts the image
-processing on the GPU, as the captioner does, which leaves the text side the larger share.
+there). Both sides run in this process, in alternating order, ``--rounds`` times after a warm-up round; prints the
+median ms per image of each and the ratio. Every round checks that both give the same ids and mask. On a GPU host,
+``--device cuda`` puts the image processing on the GPU, as the captioner does, which leaves the text side the larger
+share of the host's time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_captioner import llava_next_config, llava_next_processor  # noqa: E402
+from benchmarks.bench_captioner import llava_next_config, llava_next_processor, sync  # noqa: E402
 from onegen.annotators.caption_text import instruction  # noqa: E402
 from onegen.annotators.captioner import inputs_from_pieces, prompt_pieces  # noqa: E402
 
@@ -44,15 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]
     device = torch.device(args.device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(fn):
-        sync()
+        sync(device)
         t0 = time.perf_counter()
         out = fn()
-        sync()
+        sync(device)
         return time.perf_counter() - t0, out
 
     call = dict(padding=True, return_tensors="pt", add_special_tokens=False, device=device)

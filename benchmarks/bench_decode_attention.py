@@ -8,9 +8,9 @@ Shape: Mistral-7B's attention (32 query heads, 8 KV heads, head dim 128), one qu
 to 5% of the keys per row. Prints µs per call (one layer), the cache bytes each reads and the bandwidth they reach,
 their ratio (both compiled, as in the decode step), and the largest difference of their outputs (FP8's rounding; the
 kernel against its own PyTorch reference is tested in tests/onegen/annotators/test_kv_fp8.py). Beside them, the
-kernel eagerly through its custom op, with float16 dot operands (``dot_f16``: one conversion instruction per pair of
-FP8 values, where bf16 goes through another type), and over the bf16 cache with unit scales: a diagnostic of what bounds it
-(twice the bytes in about the same time: not the bytes). CUDA only.
+kernel eagerly through its custom op, with float16 dot operands (``dot_f16``: one conversion instruction per pair
+of FP8 values, where bf16 goes through another type), and over the bf16 cache with unit scales: a diagnostic of
+what bounds it (twice the bytes in about the same time: not the bytes). CUDA only.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"batch": b, "keys": n, "rows": rows, "ratio": round(ratio, 3),
-                                         "max_abs_diff": diff,
-                                         "max_abs_diff_f16_dots": diff_f16, "device": torch.cuda.get_device_name()}, indent=1))
+                                         "max_abs_diff": diff, "max_abs_diff_f16_dots": diff_f16,
+                                         "device": torch.cuda.get_device_name()}, indent=1))
 
 
 if __name__ == "__main__":

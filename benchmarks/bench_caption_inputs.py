@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in sorted(sides, reverse=r % 2 == 1):  # alternating which goes first: allocator state, caches
             seconds, made[name] = timed(sides[name])
             times[name].append(seconds)
-        if not all(torch.equal(made["ours"][k], made["processor"][k]) for k in ("input_ids", "attention_mask")):
+        if not all(torch.equal(made["ours"][k].cpu(), made["processor"][k].cpu())
+                   for k in ("input_ids", "attention_mask")):
             sys.exit("the ids built once differ from the processor's")
     ms = {name: 1000 * statistics.median(v[1:]) / args.images for name, v in times.items()}
     tokens = int(made["processor"]["attention_mask"][0].sum())

@@ -242,7 +242,7 @@ def main() -> None:
         partial.write_text(json.dumps(summary, indent=1) + "\n")
         partial.replace(summary_path)
 
-    def time_stage(params_: Params, stage, profile: StepProfile | None = None) -> tuple[float, int, int]:
+    def time_stage(params_: Params, stage, profile: StepProfile) -> tuple[float, int, int]:
         # 100 steps, each one timed from step 10 to 90; start-up (data workers, first-batch allocation) and
         # the final checkpoint write stay outside, and so do compiles (see steady_step_seconds); 80 steps
         # average over a mixed stage's families (a multiview step costs more than a text2image one).
@@ -260,8 +260,7 @@ def main() -> None:
                     stamps[-1].record()
                 else:
                     stamps.append(time.perf_counter())
-            if profile is not None:
-                profile.at(step)
+            profile.at(step)
 
         trainer.train(probe, on_step=stamp)
         if device.type == "cuda":

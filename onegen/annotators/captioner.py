@@ -541,21 +541,22 @@ class TransformersVLM:
         its image step runs as in its own call, and the ids are the prompt's pieces around each image's expansion
         where that is the placeholder repeated; the first batch is also made by the processor's own call, and the
         pieces are kept only if their ids are its ids."""
-        theirs = None
-        if self._prompt_pieces is not None:
-            inputs = inputs_from_pieces(self.processor, images, self._image_kwargs, self._prompt_pieces, self.pad_id)
-            if inputs is not None:
-                if self._prompt_pieces_checked:
-                    return self._on_device(inputs)
-                self._prompt_pieces_checked = True
-                theirs = self.processor(text=[self.prompt] * len(images), images=images, **self._processor_kwargs)
-                if set(inputs) == set(theirs) and all(torch.equal(inputs[k].cpu(), theirs[k].cpu())
-                                                      for k in ("input_ids", "attention_mask")):
-                    return self._on_device(inputs)
-            self._prompt_pieces = None  # a processor that expands or tokenizes otherwise: its own call from now on
-        if theirs is None:
-            theirs = self.processor(text=[self.prompt] * len(images), images=images, **self._processor_kwargs)
+        if self._prompt_pieces is None:
+            return self._on_device(self._processor_call(images))
+        inputs = inputs_from_pieces(self.processor, images, self._image_kwargs, self._prompt_pieces, self.pad_id)
+        if inputs is not None and self._prompt_pieces_checked:
+            return self._on_device(inputs)
+        theirs = self._processor_call(images)
+        if inputs is not None:
+            self._prompt_pieces_checked = True
+            if set(inputs) == set(theirs) and all(torch.equal(inputs[k].cpu(), theirs[k].cpu())
+                                                  for k in ("input_ids", "attention_mask")):
+                return self._on_device(inputs)
+        self._prompt_pieces = None  # a processor that expands or tokenizes otherwise: its own call from now on
         return self._on_device(theirs)
+
+    def _processor_call(self, images):
+        return self.processor(text=[self.prompt] * len(images), images=images, **self._processor_kwargs)
 
     def _on_device(self, inputs):
         inputs = inputs.to(self.device)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_captioner import (  # noqa: E402
     llava_next_config, llava_next_processor, naive_generate, naive_prompt)
 from benchmarks.gpu_busy import GpuBusy  # noqa: E402
-from onegen.config import load_profile, parse_params  # noqa: E402
+from onegen.config import CaptionerConfig, load_profile, parse_params  # noqa: E402
 
 
 def save_model(folder: Path, quick: bool, dtype: torch.dtype) -> None:
@@ -159,7 +159,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model and images (a CPU smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--images", type=int, help="photos in the folder (default 6 shards' worth; quick 12)")
-    ap.add_argument("--batch", type=int, help="captioner batch (default 40; quick 4)")
+    ap.add_argument("--batch", type=int, help="captioner batch (default CaptionerConfig's for the settings below; quick 4)")
+    ap.add_argument("--quantize", choices=["none", "fp8"], default="none", help="as bench_captioner.py (CUDA)")
+    ap.add_argument("--kv-cache", choices=["model", "fp8"], default="model", help="as bench_captioner.py (CUDA)")
     ap.add_argument("--shard", type=int, help="items per shard (default 2 batches)")
     ap.add_argument("--new-tokens", type=int, default=150)
     ap.add_argument("--baseline-images", type=int, help="images of the naive loop (default 16; quick 8)")
@@ -168,7 +170,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("runs/bench_caption_build.json"))
     args = ap.parse_args()
     q, device = args.quick, torch.device(args.device)
-    args.batch = args.batch or (4 if q else 40)
+    captioner = {"retries": 0, "max_new_tokens": args.new_tokens, "quantize": args.quantize, "kv_cache": args.kv_cache}
+    args.batch = args.batch or (4 if q else CaptionerConfig(**captioner).batch_size)
     args.shard = args.shard or 2 * args.batch
     args.images = args.images or (3 * args.shard if q else 6 * args.shard)
     args.baseline_images = args.baseline_images or (8 if q else 16)
@@ -185,7 +188,7 @@ def main() -> None:
         save_model(root / "vlm", q, dtype)
         images = write_photos(root / "photos", args.images, size)
         print(f"model and {args.images} photos on disk in {time.perf_counter() - t0:.0f} s", flush=True)
-        captioner = {"path": str(root / "vlm"), "batch_size": args.batch, "retries": 0, "max_new_tokens": args.new_tokens}
+        captioner = {**captioner, "path": str(root / "vlm"), "batch_size": args.batch}
         # every item fails caption validation, as random weights must: max_failure_fraction 1
         params = parse_params(photo_build_params(root, "text2image", "captioner", captioner, args, device, 1.0))
         check_ray_gpu(params, device)
@@ -200,6 +203,7 @@ def main() -> None:
         first, last = landed[0][0], landed[-1][0]
         steady_images = sum(n for _, n in landed[1:])
         build = dict(name="ray shard build", images=args.images, shards=len(landed), batch=args.batch,
+                     quantize=args.quantize, kv_cache=args.kv_cache,
                      steady_img_per_s=round(steady_images / (last - first), 3),
                      steady_gpu_busy=busy.fraction_between(first, last),
                      total_img_per_s=round(args.images / total_s, 3), total_s=round(total_s, 1),

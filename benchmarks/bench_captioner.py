@@ -167,6 +167,13 @@ def row(name: str, n: int, seconds: float, tokens: int, peak: float | None, **ex
                 new_tok_per_s=round(tokens / seconds, 1), peak_gib=None if peak is None else round(peak, 2), **extra)
 
 
+def default_batch(args: argparse.Namespace) -> int:
+    """CaptionerConfig's default batch for these settings, written out: this script runs without pydantic."""
+    if args.quantize == "fp8":
+        return 128 if args.kv_cache == "fp8" else 96
+    return 40
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model and few images (a CPU smoke run)")
@@ -174,7 +181,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, help="images timed for ours, a multiple of --batch (default 4 batches: the "
                     "first batch's inputs are made before any generation starts, a fill a long build pays once)")
     ap.add_argument("--baseline-images", type=int, help="images timed for the naive loop, 0 = skip (default 32)")
-    ap.add_argument("--batch", type=int, help="our batch (default anyres 40, 96 with fp8 and --prefill-mlp-rows 16; base 256; quick 4)")
+    ap.add_argument("--batch", type=int, help="our batch (default anyres 40, with fp8 (and --prefill-mlp-rows 16) 96, 128 with "
+                                                 "--kv-cache fp8 too; base 256; quick 4)")
     ap.add_argument("--baseline-batch", type=int, default=8)
     ap.add_argument("--image-tokens", choices=["anyres", "base"], default="anyres")
     ap.add_argument("--quantize", choices=["none", "fp8"], default="none",
@@ -198,8 +206,7 @@ def main() -> None:
     if args.profile and args.device != "cuda":
         ap.error("--profile measures GPU kernel time: it needs --device cuda")
     q = args.quick
-    # CaptionerConfig's default batch (and fp8's prefill chunking with it), written out: this script runs without pydantic
-    args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else 96 if args.quantize == "fp8" else 40)
+    args.batch = args.batch or (4 if q else 256 if args.image_tokens == "base" else default_batch(args))
     if args.quantize == "fp8" and args.prefill_mlp_rows is None:
         args.prefill_mlp_rows = 16
     args.images = args.images or 4 * args.batch
@@ -285,12 +292,6 @@ def main() -> None:
                     decode_ms_per_image=round((seconds - prefill_s) * per_image_ms, 1),
                     fill_s=round(fill_s, 3), steady_img_per_s=round(args.images / (seconds - fill_s), 3)))
     print(rows[-1], flush=True)
-    profiles = {}
-    if args.profile:  # which kernels bound the prefill (FP8 GEMMs? attention? quantisation?) and the decode
-        one = images[: args.batch]
-        profiles = {"prefill": op_profile(lambda: len(prefill_only.generate(one)), device, top=12),
-                    "whole": op_profile(lambda: len(vlm.generate(one, min_new_tokens=args.new_tokens)), device, top=12)}
-
     ratio = rows[-1]["img_per_s"] / rows[0]["img_per_s"] if len(rows) == 2 else None
     print(f"\n{'':16s} {'img/s':>8s} {'new tok/s':>10s} {'peak GiB':>9s} {'GPU busy':>9s}  batch")
     for r in rows:
@@ -302,18 +303,27 @@ def main() -> None:
           f"{ours_row['steady_img_per_s']:.2f} img/s")
     if ratio is not None:
         print(f"ratio ours / naive: {ratio:.2f}x (steady: {ours_row['steady_img_per_s'] / rows[0]['img_per_s']:.2f}x)")
-    for side, prof in profiles.items():
-        print_profile(f"ours, {side} (batch {args.batch})", prof)
     summary = dict(
         job=dict(model="llava-next-7b (mistral-7b + clip-l/336), random weights" if not q else "quick tiny llava-next",
                  image_size=size, new_tokens=args.new_tokens, greedy=True, dtype=args.dtype),
         device=torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, transformers=transformers.__version__, rows=rows,
-        ratio=None if ratio is None else round(ratio, 2), profiles=profiles,
+        ratio=None if ratio is None else round(ratio, 2), profiles={},
         command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    args.json.write_text(json.dumps(summary, indent=1) + "\n")  # before the profile, which may run out of memory
+    print(f"wrote {args.json}", flush=True)
+    if args.profile:  # which kernels bound the prefill (FP8 GEMMs? attention? quantisation?) and the decode
+        one = images[: args.batch]
+        profiles = summary["profiles"]
+        profiles["whole"] = op_profile(lambda: len(vlm.generate(one, min_new_tokens=args.new_tokens)), device, top=12)
+        print_profile(f"ours, whole (batch {args.batch})", profiles["whole"])
+        vlm._cache = None  # one static cache at a time: two of batch 128 did not fit beside a prefill in 80 GB
+        torch.cuda.empty_cache()
+        profiles["prefill"] = op_profile(lambda: len(prefill_only.generate(one)), device, top=12)
+        print_profile(f"ours, prefill (batch {args.batch})", profiles["prefill"])
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {args.json} with the profiles")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ from transformers.cache_utils import StaticCache, StaticLayer
 
 from onegen.annotators.fp8 import FP8, quantize_rows
 
-# the kernel's launch: keys per inner step, warps, pipeline stages (benchmarks/bench_decode_attention.py --sweep)
-BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 3
-# The dots' operand type: the query's (bf16 in the captioner), or float16, which float8 e4m3 converts to in one
-# instruction per pair where bfloat16 goes through another type (sm_90 PTX). Not yet measured on a GPU:
-# bench_decode_attention.py times both.
-DOT_F16 = False
+# The kernel's launch: keys per inner step, warps, pipeline stages. `bench_decode_attention.py --sweep` on an H100
+# (session 17, batch 128, 3,300 keys, eager): 468-491 µs at 128/4/2 against 525-529 at the former 64/4/3; under
+# torch.compile, as the decode step runs it, the two were within 1% (481 against 483-489 µs).
+BLOCK_N, NUM_WARPS, NUM_STAGES = 128, 4, 2
+# The dots' operand type: float16, which float8 e4m3 converts to in one instruction per pair where bfloat16 goes
+# through another type (sm_90 PTX), or else the query's (bf16 in the captioner). bench_decode_attention.py times
+# both: on H100s, 1.04x-1.20x faster (eager, batch 96 and 128, 3,300 keys; session 17), the same largest difference.
+DOT_F16 = True
 MIN_KEYS_PER_SPLIT = 256
 
 

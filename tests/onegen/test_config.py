@@ -70,6 +70,8 @@ def test_captioner_batch_follows_the_weights_dtype_unless_set():
     assert CaptionerConfig(quantize="fp8").batch_size == 96 and CaptionerConfig(quantize="fp8").prefill_mlp_rows == 16
     assert CaptionerConfig(quantize="fp8", batch_size=8).batch_size == 8
     assert CaptionerConfig(quantize="fp8", batch_size=96).prefill_mlp_rows == 16
+    assert CaptionerConfig(quantize="fp8", kv_cache="fp8").batch_size == 128  # the FP8 cache leaves room for 128 rows
+    assert CaptionerConfig(kv_cache="fp8").batch_size == 40
     assert CaptionerConfig(quantize="fp8", prefill_mlp_rows=None).prefill_mlp_rows is None
     assert CaptionerConfig(quantize="fp8", prefill_mlp_rows=8).prefill_mlp_rows == 8
     for bad in (0, None):  # null in params.yaml is an error, not the default

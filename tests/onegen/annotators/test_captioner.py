@@ -269,6 +269,16 @@ def test_base_resolution_option_caps_image_tokens(cfg, captioner):
     assert base.record["version"].startswith("1+transformers.base.")
 
 
+def test_out_of_memory_is_one_line_naming_the_batch_size(captioner, monkeypatch):
+    def too_large(**inputs):  # what CUDA raises when a batch's activations or cache do not fit
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 11.66 GiB.\nGPU 0 has a total capacity ...")
+
+    monkeypatch.setattr(captioner.vlm.model, "generate", too_large)
+    with pytest.raises(AnnotatorError, match=r"^annotators\.captioner\.batch_size=6: out of memory on cpu; lower it") as e:
+        captioner(images(SIZES[:2]))
+    assert "\n" not in str(e.value) and captioner.vlm._cache is None
+
+
 def test_garbage_is_retried_once_with_seeded_sampling_then_reported(captioner):
     ims = images(SIZES[:3])
     greedy = captioner.vlm.generate(ims)
@@ -352,3 +362,6 @@ def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field
     counts = processor._get_num_multimodal_tokens(image_sizes=[(672, 672), (480, 640)]).num_image_tokens
     assert counts[0] == 576 + 48 * 49  # the docstrings' 2928: base tile + 2x2 tiles unpadded, one newline per row
     assert counts[1] < counts[0]
+    for quantize, kv_cache in [("none", "model"), ("fp8", "model"), ("fp8", "fp8")]:
+        assert bench.default_batch(argparse.Namespace(quantize=quantize, kv_cache=kv_cache)) == \
+            CaptionerConfig(quantize=quantize, kv_cache=kv_cache).batch_size

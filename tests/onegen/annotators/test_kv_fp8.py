@@ -117,7 +117,7 @@ def test_triton_kernel_matches_the_reference_under_the_interpreter(tmp_path):
         import sys, torch
         from onegen.annotators.kv_fp8 import triton_decode_attention
         case = torch.load(sys.argv[1] + "/case.pt")
-        outs = {s: triton_decode_attention(*case, 128 ** -0.5, splits=s) for s in (1, 3)}
+        outs = {s: triton_decode_attention(*case, 128 ** -0.5, splits=s, dot_f16=False) for s in (1, 3)}
         q, k8, v8, ks, vs, keep, length = case
         for tiny in (1.0, 1e-4):  # float16 dots, also over values small enough to underflow float16 products
             outs[("f16", tiny)] = triton_decode_attention(q, k8, v8, ks, vs * tiny, keep, length, 128 ** -0.5,
@@ -194,7 +194,7 @@ def test_captioner_decodes_from_the_fp8_cache_batch_invariantly(folder):
     cfg = CaptionerConfig(path=folder, batch_size=6, max_new_tokens=6, min_words=3, max_words=40, max_entities=3)
     plain, fp8 = Captioner.load(cfg, device="cpu"), Captioner.load(cfg.model_copy(update={"kv_cache": "fp8"}),
                                                                    device="cpu")
-    assert fp8.version.endswith(".kvfp8." + plain.version.rsplit(".", 1)[1]) and fp8.version != plain.version
+    assert fp8.version.endswith(".kvfp8-f16." + plain.version.rsplit(".", 1)[1]) and fp8.version != plain.version
     together = [g.token_ids for g in fp8.vlm.generate(ims, min_new_tokens=6)]
     cache = fp8.vlm._cache
     assert all(type(layer) is Fp8StaticLayer for layer in cache.layers) and cache.layers[0].keys.dtype == torch.uint8

@@ -111,9 +111,12 @@ class ModelPredictor:
         self.checkpoint = checkpoint
         weights = transformer_weights(self.checkpoint)
         self.model = _load_transformer(weights, params.model.size, self.device).eval()
-        self.given_label = given_label_for(_checkpoint_meta(weights))
+        meta = _checkpoint_meta(weights)
+        self.given_label = given_label_for(meta)
         self.shift = schedule_shift(weights)
-        self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed)
+        # a released folder learned the release pipeline's latents (no shift_factor); a checkpoint, what it was trained on
+        vae_shift = meta.get("vae_shift", True) if weights.is_file() else False
+        self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed, shift=vae_shift)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
         self.steps, self.cfg_scale, self.seed = steps, cfg_scale, seed
@@ -121,7 +124,7 @@ class ModelPredictor:
         # Cached item scores are keyed by this: the bytes of every network that shapes an output, so a
         # retrained checkpoint under the same path, or another VAE or text encoder, is scored afresh.
         self.identity = hashlib.sha256(json.dumps([
-            weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed),
+            weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed, vae_shift),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
             self.normalize_rays, self.given_label, repr(self.shift)]).encode()).hexdigest()[:16]
 
@@ -160,14 +163,22 @@ class ModelPredictor:
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
         results = []
         for it in items:  # one object at a time: objects differ in their view sets
-            order = list(it["condition_views"]) + list(it["target_views"])
+            cond = list(it["condition_views"])
+            order = cond + list(it["target_views"])
+            # Unknown poses (paper Table 2): only the first condition view's camera is given; the others' rays are
+            # generated with the target images, and the given cameras alone set the rays' frame and scale.
+            posed = [i for i in order if it.get("poses_known", True) or i not in cond[1:]]
             h, w = it["images"][0].shape[:2]
-            cams = [Camera(it["K"], it["world_to_camera"][i], h, w) for i in order]
-            rays = torch.from_numpy(rays_for_cameras(cams, normalize=self.normalize_rays)).float()
-            images = [it["images"][i] if i in it["condition_views"] else np.zeros_like(it["images"][0]) for i in order]
+            given = rays_for_cameras([Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed],
+                                     normalize=self.normalize_rays)
+            rays = torch.zeros((len(order), *given.shape[1:]))
+            for k, i in enumerate(order):
+                if i in posed:
+                    rays[k] = torch.from_numpy(given[posed.index(i)]).float()
+            images = [it["images"][i] if i in cond else np.zeros_like(it["images"][0]) for i in order]
             z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
             seq = torch.stack([x for pair in zip(z, rays) for x in pair])[None]
-            start = [v for i in order for v in ((0.0 if i in it["condition_views"] else 1.0), 0.0)]
+            start = [v for i in order for v in ((0.0 if i in cond else 1.0), (0.0 if i in posed else 1.0))]
             out = self._sample(seq, start, [f"{tasks.MULTIVIEW} a photo"], [it["id"]])
             decoded = self.codec.decode(out[0, 0::2])
             pix = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -38,7 +38,8 @@ class ConstantDepth:
 
 
 class NearestConditionView:
-    """Novel views by copying the conditioning image whose camera centre is nearest the target's."""
+    """Novel views by copying the conditioning image whose camera centre is nearest the target's; with unknown
+    poses only the first condition view's camera is given, so that view is copied."""
 
     def describe(self) -> dict:
         return {"name": "copy-nearest-view", "kind": "baseline", "hash": "copy-nearest-view-v1"}
@@ -46,7 +47,7 @@ class NearestConditionView:
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
         out = []
         for it in items:
-            cond = it["condition_views"]
+            cond = it["condition_views"] if it.get("poses_known", True) else it["condition_views"][:1]
             centres = {i: camera_centres(it["world_to_camera"][i]) for i in cond}
             views = {}
             for t in it["target_views"]:

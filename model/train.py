@@ -213,7 +213,7 @@ def set_aside(out_dir: Path, tag: str) -> Path:
 def check_latents(directory: Path, params: Params) -> None:
     """Precomputed latents (and text features) must come from the weights this run is configured with."""
     made = json.loads((directory / "latents.json").read_text())
-    want_vae = LatentCodec.identity_of(params.model.vae, params.seed)
+    want_vae = LatentCodec.identity_of(params.model.vae, params.seed, params.model.vae_shift)
     if made["vae"] != want_vae:
         raise ValueError(f"{directory}: latents were made by VAE {made['vae'][:16]}, model.vae gives {want_vae[:16]} "
                          f"-- rerun `onegen latents {directory.name}`")
@@ -652,14 +652,16 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     data_id = data_identity(cfg, dirs)
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
-    changed = sorted(f for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)
+    changed = sorted(f"{f} shards" for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)
+    if ckpt and meta.get("vae_shift", True) != params.model.vae_shift:  # before the key, every run shifted
+        changed.append("latents (model.vae_shift)")
     if changed:
         # DVC reruns this stage when its shards change and keeps the checkpoints (persisted, so that a killed run
         # resumes): resumed, a finished run would train no step on the new data and report the old model as new.
         # A family added to or dropped from the recipe (a lengthened recipe) is no change of data.
         if dist.main:
             aside = set_aside(out_dir, ckpt.name)
-            tqdm.write(f"train: {ckpt} was trained on other {', '.join(changed)} shards; its checkpoints moved to "
+            tqdm.write(f"train: {ckpt} was trained on other {', '.join(changed)}; its checkpoints moved to "
                        f"{aside}, training from step 0")
         dist.barrier()
         ckpt, meta = None, {}
@@ -683,7 +685,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     # -- frozen parts: VAE and text encoder (seeded random stand-ins when their paths are unset) --
     model_cfg = CONFIGS[params.model.size]
     part_dtype = torch.bfloat16 if bf16 else torch.float32
-    codec = LatentCodec.load(params.model.vae, device=device, dtype=part_dtype, seed=params.seed)
+    codec = LatentCodec.load(params.model.vae, device=device, dtype=part_dtype, seed=params.seed,
+                             shift=params.model.vae_shift)
     text_enc = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens, device=device,
                                 seed=params.seed, dtype=part_dtype, dim=model_cfg.caption_channels)
     if text_enc.dim != model_cfg.caption_channels:
@@ -796,6 +799,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     "data_identity": data_id, "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
+                    "vae_shift": params.model.vae_shift,  # and which latents it learned
                     "model_config": model_cfg.to_dict(), "loss": record.get("loss"),
                     "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights},
                     "parts_seed": params.seed, "torch": torch.__version__}

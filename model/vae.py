@@ -5,6 +5,10 @@ normalised with the VAE config's ``shift_factor`` and ``scaling_factor`` so they
 unit-variance, as the transformer expects: ``z = (mode(q(z|x)) - shift) * scale``. Encoding
 uses the posterior mode, so precomputed latents are deterministic.
 
+The released OneDiffusion pipeline encodes ``scale * z`` and decodes ``x / scale``: it never applies
+``shift_factor``. Its weights learned those latents, so ``shift=False`` gives them (``ModelConfig.vae_shift``
+decides where the released weights are in play).
+
 ``load(None)`` builds a tiny seeded-random VAE of the same architecture for tests and the
 offline CPU default; anything it produces is marked ``random_weights`` and is not a result.
 """
@@ -33,34 +37,37 @@ def tiny_vae_config() -> dict:
 
 
 class LatentCodec:
-    def __init__(self, vae: AutoencoderKL, random_weights: bool):
+    def __init__(self, vae: AutoencoderKL, random_weights: bool, shift: bool = True):
         self.vae = vae.eval().requires_grad_(False)
         self.random_weights = random_weights
         self.scale = float(vae.config.scaling_factor)
-        self.shift = float(vae.config.shift_factor or 0.0)
+        self.shift = float(vae.config.shift_factor or 0.0) if shift else 0.0
         if vae.config.latent_channels != LATENT_CHANNELS:
             raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the model needs {LATENT_CHANNELS}")
 
     @staticmethod
-    def identity_of(path: Path | None, seed: int = 0) -> str:
-        """Names the weights ``load(path, seed=seed)`` gives, for caches made with them."""
+    def identity_of(path: Path | None, seed: int = 0, shift: bool = True) -> str:
+        """Names the latents ``load(path, seed=seed, shift=shift)`` gives, for caches made with them."""
         if path is None:
-            return f"random-tiny-vae-seed{seed}"
-        path = Path(resolve_model_path(path, "model.vae"))
-        return weights_sha256(path / "vae" if (path / "vae" / "config.json").is_file() else path)
+            name = f"random-tiny-vae-seed{seed}"
+        else:
+            path = Path(resolve_model_path(path, "model.vae"))
+            name = weights_sha256(path / "vae" if (path / "vae" / "config.json").is_file() else path)
+        return name if shift else f"{name}+unshifted"
 
     @classmethod
-    def load(cls, path: Path | None, device="cpu", dtype=torch.float32, seed: int = 0) -> "LatentCodec":
+    def load(cls, path: Path | None, device="cpu", dtype=torch.float32, seed: int = 0,
+             shift: bool = True) -> "LatentCodec":
         if path is None:
             torch.manual_seed(seed)
             vae = AutoencoderKL(**tiny_vae_config()).to(device)
-            return cls(vae if dtype == torch.float32 else vae.to(dtype=dtype), random_weights=True)
+            return cls(vae if dtype == torch.float32 else vae.to(dtype=dtype), random_weights=True, shift=shift)
         path = Path(resolve_model_path(path, "model.vae"))
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model.vae: no AutoencoderKL at {path} (expected config.json there or in vae/)")
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
-        return cls(vae.to(device), random_weights=False)
+        return cls(vae.to(device), random_weights=False, shift=shift)
 
     @property
     def device(self) -> torch.device:

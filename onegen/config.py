@@ -145,7 +145,7 @@ class CaptionerConfig(_Strict):
     prefill_mlp_rows: int | None = Field(
         None, ge=1, description="run each decoder MLP on at most this many images at a time in prefill (decode steps "
                                 "run whole): its gate/up activations (~0.2 GB per anyres image) set the prefill's "
-                                "peak; 16 leaves batch 96 room on an 80 GB H100. None: the whole batch at once "
+                                "peak; 16 leaves batch 96 room on an 80 GB H100 (128 with kv_cache fp8). None: the whole batch at once "
                                 "(default 16 with quantize fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
     kv_cache: Literal["model", "fp8"] = Field(
@@ -423,6 +423,12 @@ class ModelConfig(_Strict):
     text_encoder: ModelPath | None = Field(None, description="T5 encoder folder (or a repo with text_encoder/ + tokenizer/)")
     checkpoint: ModelPath | None = Field(None, description="released transformer/ folder to start from")
     max_text_tokens: int = Field(300, ge=1)
+
+    @property
+    def vae_shift(self) -> bool:
+        """Whether latents subtract the VAE config's shift_factor (SD3's convention): not when training starts from
+        the released weights, whose pipeline never applied it (model/vae.py)."""
+        return self.checkpoint is None
 
 
 # --- training recipe (paper §3.3) ---------------------------------------------------------

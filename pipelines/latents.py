@@ -43,7 +43,7 @@ def latents_dir(params: Params, family: str) -> Path:
 
 def encoder_identity(params: Params) -> dict:
     """What made the latents: the trainer compares this with its own configuration."""
-    return {"vae": LatentCodec.identity_of(params.model.vae, params.seed),
+    return {"vae": LatentCodec.identity_of(params.model.vae, params.seed, params.model.vae_shift),
             "text": TextEncoder.identity_of(params.model.text_encoder, params.seed,
                                             CONFIGS[params.model.size].caption_channels) if params.latents.text else None,
             "max_text_tokens": params.model.max_text_tokens if params.latents.text else None}
@@ -112,7 +112,7 @@ def encode_chunk(samples: list[Sample], codec: LatentCodec, text: TextEncoder | 
 def run(params: Params, family: str) -> dict:
     source = _SourceSamples(family_dir(params, family))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    codec = LatentCodec.load(params.model.vae, device=device, seed=params.seed)
+    codec = LatentCodec.load(params.model.vae, device=device, seed=params.seed, shift=params.model.vae_shift)
     identity = encoder_identity(params)
     text = None
     if params.latents.text:

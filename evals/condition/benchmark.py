@@ -53,6 +53,7 @@ def _image(pred, item: dict) -> np.ndarray:
 
 class _ConditionBenchmark(Benchmark):
     needs = "generate_from_condition"
+    protocol_version = "2"  # 2: UniCon's PCK (over matched keypoints) and soft edges at ControlNet's safe levels
     conditions: dict[str, cond.Condition]
     fid: fid_lib.InceptionFeatures | None = None
 

@@ -2,7 +2,8 @@
 a generator is given, and compare the generated image's annotation with the real image's.
 
 * ``canny``    -- OpenCV Canny at fixed thresholds (exact and offline): edge EMSE;
-* ``softedge`` -- HED soft edges (UniCon's SoftEdge; ``annotators.edges.hed_path``): edge EMSE;
+* ``softedge`` -- HED soft edges quantised to three levels as ControlNet's "safe" HED (UniCon's SoftEdge;
+  ``annotators.edges.hed_path``): edge EMSE;
 * ``depth``    -- Depth-Anything-V2 relative depth (``annotators.depth.path``): AbsRel;
 * ``pose``     -- YOLO + ViTPose people (``annotators.pose``): PCK@0.1, greedy matching;
 * ``depth_edges`` -- a depth condition scored without a depth annotator, where the depth given is
@@ -80,8 +81,16 @@ class DepthEdges(Canny):
     score_key = "depth_edge_emse"
 
 
+def safe_levels(edges: np.ndarray, step: int = 2) -> np.ndarray:
+    """ControlNet's ``safe_step`` on an 8-bit soft-edge map: [0, 1) cut into ``step + 1`` bins, each the bin's
+    floor (with step 2: 0, 127, 255). UniCon quantises its SoftEdge conditions so "to remove possible hidden
+    patterns", which also makes the maps nearly binary, as its EMSE assumes."""
+    levels = np.floor(edges.astype(np.float32) / 255.0 * (step + 1)) / step
+    return (np.clip(levels, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 class SoftEdges(_Edges):
-    """HED soft edges as 8-bit maps (``onegen.annotators.edges.HED``), compared in [0, 1]."""
+    """HED soft edges (``onegen.annotators.edges.HED``), quantised by ``safe_levels``, compared in [0, 1]."""
 
     kind = "softedge"
 
@@ -95,7 +104,7 @@ class SoftEdges(_Edges):
         return cls(HED.load(params.annotators.edges, params.annotators.device))
 
     def __call__(self, images):
-        return [v.data for v in self.annotator(images)]
+        return [safe_levels(v.data) for v in self.annotator(images)]
 
 
 class Depth:
@@ -158,13 +167,17 @@ class Pose:
         return annotation.skeleton
 
     def compare(self, generated, reference):
-        correct, total = metrics.pose_pck(self.people(reference), self.people(generated))
-        return {"pose_correct": float(correct), "pose_total": float(total)}
+        counts = metrics.pose_pck(self.people(reference), self.people(generated))
+        return {"pose_correct": float(counts.correct), "pose_matched": float(counts.matched),
+                "pose_total": float(counts.total)}
 
     def aggregate(self, scores):
-        """Mean over images whose real image shows someone; the others have no PCK."""
-        per_image = [s["pose_correct"] / s["pose_total"] for s in scores if s["pose_total"] > 0]
-        return {"pose_pck": 100.0 * float(np.mean(per_image))} if per_image else {}
+        """``pose_pck`` (UniCon's): the mean over images with a matched person of PCK over the matched keypoints;
+        ``pose_pck_all``: the mean over images whose real image shows someone, missing people's keypoints wrong."""
+        matched = [s["pose_correct"] / s["pose_matched"] for s in scores if s["pose_matched"] > 0]
+        shown = [s["pose_correct"] / s["pose_total"] for s in scores if s["pose_total"] > 0]
+        out = {"pose_pck": 100.0 * float(np.mean(matched))} if matched else {}
+        return out | ({"pose_pck_all": 100.0 * float(np.mean(shown))} if shown else {})
 
 
 def load(kind: str, params) -> Condition:

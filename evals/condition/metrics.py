@@ -14,14 +14,17 @@ on the real one with the same annotator, then compare. Pure numpy, no IO.
 * **Pose PCK@0.1** -- per (reference person, generated person) pair, the share of the reference
   person's visible keypoints that the generated person also has within 0.1 x max(h, w) of the
   reference person's box (mmpose's PCK with bbox normalisation). Pairs are matched greedily in
-  descending PCK, each person used once (UniCon's protocol). The image's PCK is the number of
-  correct keypoints over all matched pairs divided by the visible keypoints of *all* reference
-  people: a person the generated image lacks scores 0 rather than disappearing.
+  descending PCK, each person used once, and the image's PCK is over the matched keypoints
+  (UniCon's protocol: "Finally, we compute PCK over the matched keypoints"), so a person the
+  generated image lacks drops out, and an image with nobody generated has no PCK. Beside it, a
+  stricter figure divides by the visible keypoints of *all* reference people: a missing person's
+  keypoints count as wrong there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -98,13 +101,19 @@ def greedy_match(pck: np.ndarray) -> list[tuple[int, int]]:
     return pairs
 
 
-def pose_pck(reference: list[Person], generated: list[Person], threshold: float = PCK_THRESHOLD) -> tuple[int, int]:
-    """(correct keypoints, visible reference keypoints) of one image; (0, 0) when the real image
-    has no person with a visible keypoint (the image then has no PCK)."""
+class PoseCounts(NamedTuple):
+    correct: int  # keypoints within the threshold, over the matched pairs
+    matched: int  # visible keypoints of the matched reference people (UniCon's denominator)
+    total: int  # visible keypoints of all reference people (the strict denominator)
+
+
+def pose_pck(reference: list[Person], generated: list[Person], threshold: float = PCK_THRESHOLD) -> PoseCounts:
+    """One image's keypoint counts; all 0 when the real image has no person with a visible keypoint."""
     reference = [p for p in reference if np.asarray(p.visible, bool).any()]
-    total = int(sum(np.asarray(p.visible, bool).sum() for p in reference))
+    visible = np.array([np.asarray(p.visible, bool).sum() for p in reference], dtype=np.int64)
     if not reference or not generated:
-        return 0, total
+        return PoseCounts(0, 0, int(visible.sum()))
     correct = np.array([[correct_keypoints(r, g, threshold) for g in generated] for r in reference])
-    visible = np.array([np.asarray(r.visible, bool).sum() for r in reference])[:, None]
-    return int(sum(correct[r, g] for r, g in greedy_match(correct / visible))), total
+    pairs = greedy_match(correct / visible[:, None])
+    return PoseCounts(int(sum(correct[r, g] for r, g in pairs)), int(sum(visible[r] for r, _ in pairs)),
+                      int(visible.sum()))

@@ -5,7 +5,9 @@ whole image when there is no mask), cropped to the object's box (PIL rounds the 
 pixels), preprocessed by the CLIP model's own evaluation transform, and scored against a
 classifier of the 10 colours, each the renormalised mean of three prompt embeddings
 ("a photo of a {colour} {class}", "a photo of a {colour}-colored {class}", "a photo of a
-{colour} object"). The colour is the argmax (the first of equal scores).
+{colour} object"). The colour is the argmax (the first of equal scores). On CUDA both the classifier and the
+crops' logits are computed under float16 autocast, as GenEval's clip_benchmark calls (``amp=True``) compute
+them: near-equal colours can flip with the precision.
 
 Weights come from a local open_clip state dict (``evals.geneval.clip_path``); GenEval uses
 OpenAI's ViT-L-14, whose QuickGELU activations need the ``ViT-L-14-quickgelu`` architecture
@@ -14,6 +16,7 @@ when its weights are given as a file.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +60,17 @@ class ColorClassifier:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=dev)
         return cls(model, preprocess, open_clip.get_tokenizer(arch), dev, weights_sha256(path))
 
+    def _amp(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext()
+
     def _classifier(self, name: str) -> torch.Tensor:
         if name not in self._text:
             columns = []
-            for color in COLORS:
-                tokens = self.tokenizer([t.format(color=color, name=name) for t in TEMPLATES]).to(self.device)
-                e = F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(0)
-                columns.append(e / e.norm())
+            with self._amp():
+                for color in COLORS:
+                    tokens = self.tokenizer([t.format(color=color, name=name) for t in TEMPLATES]).to(self.device)
+                    e = F.normalize(self.model.encode_text(tokens), dim=-1).mean(0)
+                    columns.append(e / e.norm())
             self._text[name] = torch.stack(columns, 1)
         return self._text[name]
 
@@ -72,8 +79,10 @@ class ColorClassifier:
         if not objects:
             return []
         crops = torch.stack([self.preprocess(masked_crop(image, box, mask)) for box, mask in objects])
-        feats = F.normalize(self.model.encode_image(crops.to(self.device)).float(), dim=-1)
-        logits = 100.0 * feats @ self._classifier(name)
+        classifier = self._classifier(name)
+        with self._amp():
+            feats = F.normalize(self.model.encode_image(crops.to(self.device)), dim=-1)
+            logits = 100.0 * feats @ classifier
         return [COLORS[i] for i in logits.argmax(1).tolist()]
 
 

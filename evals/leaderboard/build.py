@@ -233,6 +233,7 @@ METRICS: dict[str, Metric] = {
     "edge_emse": Metric("Edge EMSE (×1e-2)", False, 2),
     "depth_edge_emse": Metric("Depth→image edge EMSE (×1e-2)", False, 2),
     "pose_pck": Metric("Pose PCK@0.1 (%)", True, 2),
+    "pose_pck_all": Metric("Pose PCK@0.1, missing people wrong (%)", True, 2),
 }
 INFO_LABELS = {"params_b": "Params (B)", "data_m": "# Data (M)"}
 

@@ -92,5 +92,5 @@ class GSO(_NVSBenchmark):
     def items(self):
         return [{"id": o.name, "images": list(o.images), "world_to_camera": list(o.world_to_camera), "K": o.K,
                  "condition_views": list(self.condition), "target_views": list(self.gso.TARGET_VIEWS),
-                 "poses_known": self.known_poses,
-                 "hash_fields": o.name} for o in self.objects]
+                 "poses_known": self.known_poses,  # the setting is part of what a cached score was scored on
+                 "hash_fields": [o.name, self.condition, self.known_poses]} for o in self.objects]

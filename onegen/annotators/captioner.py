@@ -113,6 +113,9 @@ CODE_VERSION = "1"
 PACKED_SDPA = "sdpa_packed_gqa"
 FLEX_DECODE = "sdpa_flex_decode"
 CACHE_ROUND = 128  # static KV cache lengths are multiples of this: few shapes, few compiled graphs
+# Retries sample on a dynamic bf16 cache beside the static one (~0.45 GB a row at anyres with 320 new tokens): a
+# whole failed batch of 128 at once would not fit on an 80 GB card, 16 rows at a time do.
+RETRY_ROWS = 16
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -447,11 +450,11 @@ class TransformersVLM:
             return None
         return list(count(image_sizes=[im.shape[:2] for im in images]).num_image_tokens)
 
-    def batches(self, images: list[np.ndarray]) -> list[list[int]]:
-        """Indices per generate call: longest image-token count first, then cut by batch_size."""
+    def batches(self, images: list[np.ndarray], rows: int | None = None) -> list[list[int]]:
+        """Indices per generate call: longest image-token count first, then cut by batch_size (or ``rows``)."""
         counts = self.num_image_tokens(images) if self.cfg.length_bucketing else None
         order = sorted(range(len(images)), key=lambda i: -counts[i]) if counts else list(range(len(images)))
-        bs = self.cfg.batch_size
+        bs = min(self.cfg.batch_size, rows or self.cfg.batch_size)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
 
     # -- generation ----------------------------------------------------------------------------
@@ -462,7 +465,7 @@ class TransformersVLM:
         second thread while the current batch generates."""
         check_images(images, NAME)
         out: list[Generation | None] = [None] * len(images)
-        batches = self.batches(images)
+        batches = self.batches(images, RETRY_ROWS if seeds is not None else None)
         pending = self._ahead.submit(self._inputs, [images[i] for i in batches[0]]) if batches else None
         try:
             for k, idx in enumerate(batches):
@@ -703,8 +706,8 @@ class Captioner:
         """Code version + what changes the answers: backend, image tokens, quantisation, instruction."""
         prompt = hashlib.sha256(self.instruction.encode()).hexdigest()[:8]
         quant = "" if self.cfg.quantize == "none" else f".{self.cfg.quantize}"
-        if self.cfg.kv_cache == "fp8":  # the kernel's dot operands change the numbers too
-            quant += ".kvfp8-f16" if kv_fp8.DOT_F16 else ".kvfp8"
+        if self.cfg.kv_cache == "fp8":  # the decode kernel's operands and launch change the numbers too
+            quant += f".kvfp8-{kv_fp8.kernel_version()}"
         return f"{CODE_VERSION}+{self.vlm.name}.{self.cfg.image_tokens}{quant}.{prompt}"
 
     @property

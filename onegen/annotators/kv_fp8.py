@@ -38,6 +38,12 @@ DOT_F16 = True
 MIN_KEYS_PER_SPLIT = 256
 
 
+def kernel_version() -> str:
+    """What shapes the kernel's rounding (operand type, block and stages: the order of its accumulation), for the
+    captioner's version string."""
+    return f"{'f16' if DOT_F16 else 'q'}-b{BLOCK_N}s{NUM_STAGES}"
+
+
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., D) in any float dtype -> (float8 e4m3 values, float32 scales of shape (...)): x ≈ values * scales.
     The FP8 linears' per-row quantisation, with the scales stored one per vector."""

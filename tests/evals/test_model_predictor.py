@@ -126,6 +126,11 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
         labels[prob] = (pred.given_label, pred.describe()["hash"])
     assert labels[0.0][0] == "released" and labels[0.5][0] == "zero"
     assert labels[0.0][1] != labels[0.5][1]  # other samples from the same weights: scored afresh
+    # the latents it learned: SD3's shifted ones unless the trainer said otherwise (started from released weights)
+    assert pred.codec.shift == pytest.approx(0.0609)
+    (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "vae_shift": False}))
+    unshifted = ModelPredictor(params, step)
+    assert unshifted.codec.shift == 0.0 and unshifted.describe()["hash"] != pred.describe()["hash"]
 
 
 def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_path):
@@ -163,4 +168,44 @@ def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_p
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_config(hub / "scheduler")
     static = ModelPredictor(params, hub / "transformer", steps=2, cfg_scale=2.0)
     assert static.describe()["shift"] == "3.0" and static.describe()["hash"] != dynamic.describe()["hash"]
+    assert static.codec.shift == 0.0  # the released pipeline never applies the VAE's shift_factor
     assert np.abs(static.predict_depth(items)[0] - dynamic.predict_depth(items)[0]).max() > 1e-3
+
+
+def test_unknown_poses_generate_the_later_condition_views_rays(setup, tmp_path):
+    """GSO's 2- and 3-view settings without poses (paper Table 2): only the first condition view's camera is
+    given. Moving another condition view's camera then changes no sample (its rays are generated, and it does
+    not enter the given rays' frame), where with poses known it does; the baseline copies the first view."""
+    import numpy as np
+
+    from evals import registry
+    from evals.predictors import NearestConditionView
+
+    step = tmp_path / "step_0000001"
+    step.mkdir()
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])
+    with torch.no_grad():  # the zero-initialised output layer and gates would give v = 0 whatever the rays
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    save_file(model.state_dict(), str(step / "ema.safetensors"))
+    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    params = load_params(setup / "params.yaml")
+    pred = ModelPredictor(params, step, steps=2, cfg_scale=2.0)
+    item = registry.get("world_nvs")(params).items()[0] | {"condition_views": [0, 1], "target_views": [2]}
+    w2c = [np.asarray(m, dtype=np.float64) for m in item["world_to_camera"]]
+    moved = [w2c[0], w2c[2], w2c[2]]  # view 1's camera where view 2's is
+    out = {(known, name): pred.predict_views([item | {"world_to_camera": cams, "poses_known": known}])[0][2]
+           for known in (True, False) for name, cams in (("true", w2c), ("moved", moved))}
+    assert np.array_equal(out[False, "true"], out[False, "moved"])
+    assert not np.array_equal(out[True, "true"], out[True, "moved"])
+    seen = {}  # what the sampler got: view 1's ray slot (sequence position 3) generated, from zeros
+    pred._sample = lambda views, start, *a: seen.update(views=views, start=start) or views
+    pred.predict_views([item | {"world_to_camera": w2c, "poses_known": False}])
+    assert seen["start"] == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0] and not seen["views"][0, 3].any()
+    assert seen["views"][0, 1].any() and seen["views"][0, 5].any()  # the first view's and the target's rays given
+    copied = NearestConditionView().predict_views([item | {"world_to_camera": moved, "poses_known": False}])[0][2]
+    assert np.array_equal(copied, item["images"][0])  # with poses known it would copy view 1, now at view 2
+    assert np.array_equal(NearestConditionView().predict_views([item | {"world_to_camera": moved}])[0][2],
+                          item["images"][1])

@@ -23,6 +23,22 @@ def test_vae_shapes_determinism_and_local_round_trip(tmp_path):
         codec.encode(torch.zeros(1, 3, 30, 32))
 
 
+def test_vae_unshifted_latents_are_the_released_pipelines():
+    """The released pipeline encodes ``scaling_factor * z`` and decodes ``x / scaling_factor``, never using
+    shift_factor: ``shift=False`` gives those latents, the default SD3's ``(z - shift) * scale``."""
+    shifted, unshifted = LatentCodec.load(None, seed=0), LatentCodec.load(None, seed=0, shift=False)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    z = shifted.vae.encode(x).latent_dist.mode()
+    cfg = shifted.vae.config
+    assert cfg.shift_factor != 0  # else the two conventions would agree and this test prove nothing
+    assert torch.allclose(unshifted.encode(x), cfg.scaling_factor * z, atol=1e-6)
+    assert torch.allclose(shifted.encode(x), (z - cfg.shift_factor) * cfg.scaling_factor, atol=1e-6)
+    lat = torch.randn(1, 16, 2, 2)
+    assert torch.allclose(unshifted.decode(lat), shifted.vae.decode(lat / cfg.scaling_factor).sample.clamp(-1, 1),
+                          atol=1e-6)
+    assert LatentCodec.identity_of(None, 0, shift=False) != LatentCodec.identity_of(None, 0) == "random-tiny-vae-seed0"
+
+
 def test_vae_missing_folder_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model\.vae: no AutoencoderKL at .*nowhere"):
         LatentCodec.load(tmp_path / "nowhere")

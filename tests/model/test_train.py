@@ -84,6 +84,7 @@ def test_loss_decreases(project):
     assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "meta.json"}
     meta = json.loads((ck / "meta.json").read_text())
     assert meta["step"] == 40 and meta["condition_prob"] == 0.0  # the model predictor's given-view label reads it
+    assert meta["vae_shift"] is True  # and which latents it learned (SD3's, shifted: no released start)
     torch.load(ck / "optimizer.pt", weights_only=True)
 
 
@@ -151,6 +152,19 @@ def test_checkpoints_of_other_data_are_set_aside_not_resumed(project, tmp_path):
     again = train(params, cfg.model_copy(update={"out_dir": out}))
     assert again["resumed_from"] == 14 and again["data_identity"] == summary["data_identity"]
     assert [p.name for p in out.glob("superseded-*")] == [aside.name]
+
+
+def test_checkpoints_of_other_latents_are_set_aside_not_resumed(project, tmp_path):
+    """A run whose checkpoint learned the released pipeline's unshifted latents (``model.vae_shift`` False: it
+    started from the released weights) is not continued on shifted ones: its checkpoints move aside."""
+    cfg = finished_reference_run(project)
+    out = tmp_path / "ck"
+    shutil.copytree(cfg.out_dir, out)
+    meta_path = out / "step_0000014" / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"vae_shift": False}))
+    summary = train(run_params(project, "ref"), cfg.model_copy(update={"out_dir": out}))
+    assert summary["resumed_from"] == 0 and summary["step"] == 14
+    assert (out / "superseded-step_0000014" / "step_0000014" / "meta.json").is_file()
 
 
 def test_resuming_another_model_size_is_one_clear_error(project):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.condition.conditions import SCORE_KEYS, Canny, Depth, DepthEdges, Pose, SoftEdges, load
+from evals.condition.conditions import SCORE_KEYS, Canny, Depth, DepthEdges, Pose, SoftEdges, load, safe_levels
 from onegen.annotators.depth import DepthAnnotator
 from onegen.annotators.edges import HED, HEDNet
 from onegen.annotators.pose import PoseResult
@@ -44,6 +44,12 @@ def test_softedge_runs_hed_from_a_local_checkpoint(tmp_path):
     assert all(m.dtype == np.uint8 and m.shape == (40, 52) for m in maps)
     assert soft.compare(maps[0], maps[0]) == {"edge_emse": 0.0} and soft.compare(maps[0], maps[1])["edge_emse"] > 0
     assert soft.record["name"] == "hed"
+    assert set(np.unique(np.concatenate([m.ravel() for m in maps]))) <= {0, 127, 255}
+
+
+def test_safe_levels_are_controlnets_safe_step():
+    x = np.array([0, 84, 85, 169, 170, 254, 255], np.uint8)  # bins at 1/3 and 2/3 of 255
+    assert safe_levels(x).tolist() == [0, 0, 127, 127, 255, 255, 255]
 
 
 def test_depth_condition_recovers_the_annotators_raw_disparity(depth_anything):
@@ -70,9 +76,12 @@ def test_pose_condition_matches_people_from_annotator_results():
     pose = Pose(None, keypoint_threshold=0.3)
     scores = [pose.compare(gen, real), pose.compare(real, real),
               pose.compare(PoseResult(np.zeros((0, 17, 3), np.float32), np.zeros((0, 5), np.float32), real.skeleton), real)]
-    assert scores == [{"pose_correct": 3.0, "pose_total": 5.0}, {"pose_correct": 5.0, "pose_total": 5.0},
-                      {"pose_correct": 0.0, "pose_total": 5.0}]
-    assert pose.aggregate(scores) == pytest.approx({"pose_pck": 100 * (0.6 + 1 + 0) / 3})
+    assert scores == [{"pose_correct": 3.0, "pose_matched": 5.0, "pose_total": 5.0},
+                      {"pose_correct": 5.0, "pose_matched": 5.0, "pose_total": 5.0},
+                      {"pose_correct": 0.0, "pose_matched": 0.0, "pose_total": 5.0}]
+    # UniCon's PCK is over matched keypoints: the image where nobody was generated has none
+    assert pose.aggregate(scores) == pytest.approx({"pose_pck": 100 * (0.6 + 1) / 2,
+                                                    "pose_pck_all": 100 * (0.6 + 1 + 0) / 3})
     assert pose.picture(real) is real.skeleton
 
 

@@ -68,12 +68,13 @@ def test_greedy_matching_takes_the_best_pairs_first():
     assert greedy_match(np.zeros((0, 3))) == []
 
 
-def test_pose_pck_matches_people_and_scores_missing_ones_zero():
+def test_pose_pck_counts_matched_people_and_all_of_them():
     a = _person([[0, 0], [0, 100], [0, 0]], visible=[True, True, False], box=[0, 0, 20, 100])  # 2 visible
     b = _person([[500, 0], [500, 100], [500, 50]], box=[480, 0, 520, 100])  # 3 visible
     gen_b = _person([[501, 1], [500, 100], [400, 50]])  # b's pose, listed first: 2 of 3 right
     gen_a = _person([[0, 0], [0, 100], [0, 0]], visible=[True, True, False])  # a's pose: 2 of 2
-    assert pose_pck([a, b], [gen_b, gen_a]) == (4, 5)  # the order of generated people does not matter
-    assert pose_pck([a, b], [gen_b]) == (2, 5)  # a is missing: its 2 keypoints count as wrong
-    assert pose_pck([a, b], []) == (0, 5)
-    assert pose_pck([], [gen_b]) == (0, 0)  # nobody in the real image: no PCK for this image
+    # (correct, visible keypoints of the matched reference people, of all reference people)
+    assert pose_pck([a, b], [gen_b, gen_a]) == (4, 5, 5)  # the order of generated people does not matter
+    assert pose_pck([a, b], [gen_b]) == (2, 3, 5)  # a is unmatched: out of UniCon's PCK, wrong in the strict one
+    assert pose_pck([a, b], []) == (0, 0, 5)
+    assert pose_pck([], [gen_b]) == (0, 0, 0)  # nobody in the real image: no PCK for this image

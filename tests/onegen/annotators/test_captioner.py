@@ -365,3 +365,17 @@ def test_benchmark_job_is_llava_v16_mistral_7b_and_spells_out_every_config_field
     for quantize, kv_cache in [("none", "model"), ("fp8", "model"), ("fp8", "fp8")]:
         assert bench.default_batch(argparse.Namespace(quantize=quantize, kv_cache=kv_cache)) == \
             CaptionerConfig(quantize=quantize, kv_cache=kv_cache).batch_size
+
+
+def test_retries_run_at_most_retry_rows_at_a_time(captioner, monkeypatch):
+    """Seeded retries decode on a dynamic cache beside the static one: a whole failed batch at once could run
+    the card out of memory, so they are cut to ``RETRY_ROWS``; greedy batches keep ``batch_size``."""
+    import onegen.annotators.captioner as module
+
+    sizes, real = [], captioner.vlm._generate_batch
+    monkeypatch.setattr(captioner.vlm, "_generate_batch", lambda inputs, batch, *a: sizes.append(batch) or real(inputs, batch, *a))
+    monkeypatch.setattr(module, "RETRY_ROWS", 4)
+    ims = images(SIZES)
+    captioner.vlm.generate(ims, seeds=list(range(len(ims))))
+    captioner.vlm.generate(ims)
+    assert len(ims) == 6 and sizes == [4, 2, 6]

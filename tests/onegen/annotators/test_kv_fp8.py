@@ -194,7 +194,7 @@ def test_captioner_decodes_from_the_fp8_cache_batch_invariantly(folder):
     cfg = CaptionerConfig(path=folder, batch_size=6, max_new_tokens=6, min_words=3, max_words=40, max_entities=3)
     plain, fp8 = Captioner.load(cfg, device="cpu"), Captioner.load(cfg.model_copy(update={"kv_cache": "fp8"}),
                                                                    device="cpu")
-    assert fp8.version.endswith(".kvfp8-f16." + plain.version.rsplit(".", 1)[1]) and fp8.version != plain.version
+    assert fp8.version.endswith(".kvfp8-f16-b128s2." + plain.version.rsplit(".", 1)[1]) and fp8.version != plain.version
     together = [g.token_ids for g in fp8.vlm.generate(ims, min_new_tokens=6)]
     cache = fp8.vlm._cache
     assert all(type(layer) is Fp8StaticLayer for layer in cache.layers) and cache.layers[0].keys.dtype == torch.uint8

@@ -32,7 +32,7 @@ class _PoseBenchmark(Benchmark):
         c_gt = camera_centres(w2c)
         errors = metrics.relative_rotation_errors(R_pred, R_gt)
         return {"rot_acc_15": float(metrics.rotation_accuracy(errors, 15.0)),
-                "centre_acc_10": float(metrics.camera_centre_accuracy(c_pred, c_gt, 0.1))}
+                "centre_acc_10": float(metrics.camera_centre_accuracy(c_pred, c_gt, 0.1, item.get("scene_scale")))}
 
     def aggregate(self, scores):
         return {k: 100 * float(np.mean([s[k] for s in scores])) for k in scores[0]}
@@ -53,7 +53,11 @@ class WorldPose(_PoseBenchmark):
 
 @register("pose_gso")
 class GSOPose(_PoseBenchmark):
+    """Nine of each object's 25 views; the centre errors are relative to the scale of all 25 cameras, as
+    RayDiffusion's evaluation takes it over the whole sequence (``full_scene_scale``), not the views evaluated."""
+
     data_name = "gso30-pose"
+    protocol_version = "2"  # 2: scene scale over all of the object's cameras
 
     def __init__(self, params: Params):
         from evals.nvs import gso
@@ -65,4 +69,5 @@ class GSOPose(_PoseBenchmark):
     def items(self):
         return [{"id": o.name, "images": [o.images[v] for v in GSO_POSE_VIEWS],
                  "world_to_camera": [o.world_to_camera[v] for v in GSO_POSE_VIEWS], "K": o.K,
+                 "scene_scale": metrics.gt_scene_scale(camera_centres(np.stack(o.world_to_camera))),
                  "hash_fields": o.name} for o in self.objects]

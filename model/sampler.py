@@ -434,8 +434,8 @@ def estimate_cameras(
     with start ``[0, 1, 0, 1, ...]``. ``K``: one full-resolution 3x3 for all views, one per view,
     or None to estimate intrinsics too. ``height``/``width``: the images' pixel size. ``kw`` go
     to ``sample`` (steps, cfg_scale, generator, ...). Returns, per sample, one ``DecodedCamera``
-    per image, in camera 0's frame (the model only knows relative poses) at the training rays'
-    scale.
+    per image, in the rays' world (the model only knows relative poses): camera 0's PyTorch3D-convention
+    frame (``plucker.relative_to_first``), at the training rays' scale.
     """
     if "return_trajectory" in kw:
         raise TypeError("estimate_cameras: return_trajectory is not supported")

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from onegen.config import AnnotatorsConfig
 
 # bump when the samples built from the same inputs change: it is part of the shard fingerprint. 3: camera maths
-# through portable_linalg
-VERSION = 3
+# through portable_linalg; 4: ray maps in camera 0's PyTorch3D frame, as the released code's
+VERSION = 4
 SCENE, IDENTITY, PHOTO = "scene", "identity", "photo"
 EDGE_OPS = ("canny", "blur", "downscale", "inpaint")  # + "hed" when annotators.edges.hed_path is set
 

@@ -7,7 +7,11 @@ latent cell, the ray through its centre has unit direction ``d`` and moment ``m 
 the image latents it sits beside.
 
 Cameras are first re-expressed relative to the first camera (``relative_to_first``): the model
-only ever sees relative poses, camera 0 being the identity. For training, cameras may also be
+only ever sees relative poses. Their world is camera 0's view frame in PyTorch3D's convention (x
+left, y up, z forward), as the released code's ``first_camera_transform`` makes it; in the OpenCV
+convention used everywhere else here that is camera 0 turned half a turn about its optical axis
+(``FIRST_CAMERA_FRAME``), so the released weights see the rays they were trained on: the same as
+camera 0's OpenCV frame but with x and y negated, in both d and m. For training, cameras may also be
 normalised beforehand (``normalize_cameras``): world translated so the optical axes meet at the
 origin and scaled so camera 0 is 1.7 from it. The order is normalise-in-world, then relative:
 the normalisation fixes the *scale* (the looked-at point is 1.7 in front of camera 0) and
@@ -34,13 +38,18 @@ _RAY_COMPONENTS = 6
 _CHANNEL_COMPONENT = np.arange(RAY_CHANNELS) % _RAY_COMPONENTS  # which of (d, m) each channel holds
 
 
+# camera 0's OpenCV frame -> its PyTorch3D frame (x left, y up): the world of every ray map; its own inverse
+FIRST_CAMERA_FRAME = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
 def relative_to_first(world_to_cameras: np.ndarray) -> np.ndarray:
-    """(N, 4, 4) world-to-camera -> the same cameras in camera 0's frame (camera 0 = identity).
+    """(N, 4, 4) world-to-camera -> the same cameras in camera 0's PyTorch3D-convention frame: camera 0's
+    world-to-camera is ``FIRST_CAMERA_FRAME`` (its OpenCV axes are the world's with x and y negated).
 
     Relative poses ``T_i @ inv(T_j)`` are unchanged.
     """
     w2c = np.asarray(world_to_cameras, dtype=np.float64)
-    return matmul(w2c, affine_inverse(w2c[0]))
+    return matmul(matmul(w2c, affine_inverse(w2c[0])), FIRST_CAMERA_FRAME)
 
 
 def _centres_and_axes(w2c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

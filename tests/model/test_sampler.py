@@ -31,7 +31,7 @@ from model.sampler import (
     scheduler_shift,
 )
 from onegen.camera import Camera, intrinsics_from_fov, look_at
-from onegen.plucker import RAY_CHANNELS, rays_for_cameras
+from onegen.plucker import FIRST_CAMERA_FRAME, RAY_CHANNELS, rays_for_cameras
 
 DT = torch.float64
 
@@ -541,7 +541,7 @@ def test_camera_pose_estimation_round_trip():
     assert torch.equal(x[:, 0::2], torch.cat([images, images]))  # interleaved [img0, rays0, img1, ...]
     assert (t[:, 1::2] == 1000).all() and (t[:, 0::2] < 1000).all()
     assert len(found) == 2 and all(len(per) == V for per in found)
-    R0 = cams[0].rotation
+    R0 = FIRST_CAMERA_FRAME[:3, :3] @ cams[0].rotation  # the rays' world: camera 0's PyTorch3D frame
     for per_sample in found:
         for cam, est in zip(cams, per_sample):
             assert rotation_angle_deg(cam.rotation @ R0.T, est.rotation) < 1.0

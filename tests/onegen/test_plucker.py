@@ -12,6 +12,7 @@ from onegen.plucker import (
     normalize_cameras,
     plucker_rays,
     rays_for_cameras,
+    FIRST_CAMERA_FRAME,
     relative_to_first,
 )
 
@@ -87,7 +88,9 @@ def test_rays_for_cameras_shape_and_first_camera_at_origin():
     assert rays.shape == (6, 16, 16, 16) and rays.dtype == np.float32
     np.testing.assert_allclose(rays[0, 3:6], 0.0, atol=1e-6)  # camera 0 at the origin: zero moments
     K = orbit_rig()[0].K
-    np.testing.assert_allclose(rays[0], plucker_rays(K, np.eye(4), 128, 128), atol=1e-6)
+    np.testing.assert_allclose(rays[0], plucker_rays(K, FIRST_CAMERA_FRAME, 128, 128), atol=1e-6)
+    # as the released code's rays (PyTorch3D: x left, y up): the top-left cell looks left, up and forward
+    assert (rays[0, :3, 0, 0] > 0).all() and (rays[0, :2, -1, -1] < 0).all()
 
 
 def test_single_camera_rig_with_normalize_is_its_identity_map():
@@ -101,10 +104,10 @@ def test_rays_for_cameras_rejects_mixed_sizes():
         rays_for_cameras([a, Camera(b.K, b.world_to_camera, 64, 128)])
 
 
-def test_relative_to_first_is_identity_for_camera_0_and_keeps_relative_poses():
+def test_relative_to_first_puts_camera_0_at_its_pytorch3d_frame_and_keeps_relative_poses():
     w2c = np.stack([c.world_to_camera for c in orbit_rig(n=5)])
     rel = relative_to_first(w2c)
-    np.testing.assert_allclose(rel[0], np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(rel[0], FIRST_CAMERA_FRAME, atol=1e-12)
     for i, j in [(1, 2), (3, 0), (4, 1)]:
         np.testing.assert_allclose(rel[i] @ np.linalg.inv(rel[j]), w2c[i] @ np.linalg.inv(w2c[j]), atol=1e-12)
 

@@ -30,6 +30,7 @@ from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.sampler import Conditioning, DynamicShift, estimate_cameras, sample, scheduler_shift
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
+from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen.annotators.base import weights_sha256
 from onegen import tasks
 from onegen.config import Params
@@ -116,6 +117,10 @@ class ModelPredictor:
         self.shift = schedule_shift(weights)
         # a released folder learned the release pipeline's latents (no shift_factor); a checkpoint, what it was trained on
         vae_shift = meta.get("vae_shift", True) if weights.is_file() else False
+        # how the model draws depth: the released convention (near bright, disparity), or version 1's (near dark,
+        # metric depth) for checkpoints trained before it; the depth benchmarks align in that space
+        self.depth_version = meta.get("depth_condition", 1) if weights.is_file() else DEPTH_CONDITION_VERSION
+        self.depth_space = "depth" if self.depth_version == 1 else "disparity"
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed, shift=vae_shift)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
@@ -126,7 +131,7 @@ class ModelPredictor:
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed, vae_shift),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
-            self.normalize_rays, self.given_label, repr(self.shift)]).encode()).hexdigest()[:16]
+            self.normalize_rays, self.given_label, repr(self.shift), self.depth_version]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
@@ -157,7 +162,8 @@ class ModelPredictor:
         z = self.codec.encode(_to_unit([it["rgb"] for it in items]).to(self.device))
         views = torch.stack([z, torch.zeros_like(z)], dim=1)
         out = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(items), [it["id"] for it in items])
-        depth = self.codec.decode(out[:, 1]).mean(dim=1)  # the model's depth image, near = -1
+        # the model's depth image in [-1, 1]: +1 is an affine-invariant disparity (or depth, version 1) in [0, 2]
+        depth = self.codec.decode(out[:, 1]).mean(dim=1)
         return [d.cpu().numpy() + 1.0 for d in depth]
 
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:

@@ -55,6 +55,7 @@ from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents
+from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen.config import ConfigError, Params, TrainConfig, TrainStage, load_params
 from onegen.jsonl import append_jsonl
 from onegen.seeding import item_seed
@@ -217,6 +218,9 @@ def check_latents(directory: Path, params: Params) -> None:
     if made["vae"] != want_vae:
         raise ValueError(f"{directory}: latents were made by VAE {made['vae'][:16]}, model.vae gives {want_vae[:16]} "
                          f"-- rerun `onegen latents {directory.name}`")
+    if made.get("depth_condition", 1) != DEPTH_CONDITION_VERSION:
+        raise ValueError(f"{directory}: latents hold depth images drawn by convention {made.get('depth_condition', 1)}, "
+                         f"the reader now draws {DEPTH_CONDITION_VERSION} -- rerun `onegen latents {directory.name}`")
     want_text = TextEncoder.identity_of(params.model.text_encoder, params.seed, CONFIGS[params.model.size].caption_channels)
     if made.get("text") is not None and (made["text"] != want_text or made["max_text_tokens"] != params.model.max_text_tokens):
         raise ValueError(f"{directory}: cached text features come from another text encoder or token limit than "
@@ -655,6 +659,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     changed = sorted(f"{f} shards" for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)
     if ckpt and meta.get("vae_shift", True) != params.model.vae_shift:  # before the key, every run shifted
         changed.append("latents (model.vae_shift)")
+    if ckpt and meta.get("depth_condition", 1) != DEPTH_CONDITION_VERSION:  # the same shards, drawn otherwise
+        changed.append(f"depth images (version {meta.get('depth_condition', 1)})")
     if changed:
         # DVC reruns this stage when its shards change and keeps the checkpoints (persisted, so that a killed run
         # resumes): resumed, a finished run would train no step on the new data and report the old model as new.
@@ -800,6 +806,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "vae_shift": params.model.vae_shift,  # and which latents it learned
+                    "depth_condition": DEPTH_CONDITION_VERSION,  # and how its depth images are drawn
                     "model_config": model_cfg.to_dict(), "loss": record.get("loss"),
                     "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights},
                     "parts_seed": params.seed, "torch": torch.__version__}

@@ -26,6 +26,7 @@ import torch
 from model.nextdit import CONFIGS
 from model.text import TextEncoder
 from model.vae import LatentCodec
+from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen.config import Params
 from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
@@ -46,7 +47,8 @@ def encoder_identity(params: Params) -> dict:
     return {"vae": LatentCodec.identity_of(params.model.vae, params.seed, params.model.vae_shift),
             "text": TextEncoder.identity_of(params.model.text_encoder, params.seed,
                                             CONFIGS[params.model.size].caption_channels) if params.latents.text else None,
-            "max_text_tokens": params.model.max_text_tokens if params.latents.text else None}
+            "max_text_tokens": params.model.max_text_tokens if params.latents.text else None,
+            "depth_condition": DEPTH_CONDITION_VERSION}  # depth views are encoded as the reader draws them
 
 
 class _SourceSamples:

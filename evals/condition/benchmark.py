@@ -163,5 +163,5 @@ class WorldConditions(_ConditionBenchmark):
 
 
 def _depth_picture(depth_m: np.ndarray) -> np.ndarray:
-    x = depth_to_condition(depth_m)  # 3xHxW in [-1, 1], near = -1
+    x = depth_to_condition(depth_m)  # 3xHxW in [-1, 1], near = +1
     return ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()

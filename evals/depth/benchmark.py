@@ -23,9 +23,10 @@ class _DepthBenchmark(Benchmark):
     baseline = "constant-depth"
     needs = "predict_depth"
     depth_range: tuple[float, float] = metrics.NYU_RANGE
-    space = "depth"
+    space = "depth"  # a predictor's own ``depth_space`` replaces it (the model predicts disparity)
 
     def predict(self, predictor, batch):
+        self.space = getattr(predictor, "depth_space", type(self).space)
         return predictor.predict_depth(batch)
 
     def valid(self, item: dict) -> np.ndarray:
@@ -40,8 +41,10 @@ class _DepthBenchmark(Benchmark):
                 "delta1": 100 * float(np.mean([s["delta1"] for s in scores]))}
 
     def sample_grid(self, items, predictions, path):
+        as_depth = (lambda p: p) if self.space == "depth" else (lambda p: 1.0 / np.maximum(p, 1e-3))  # for the picture
         save_tile_grid([[it["rgb"], _depth_image(it["depth"], it["depth"] > 0),
-                         _depth_image(pred, np.ones_like(pred, bool))] for it, pred in zip(items, predictions)], path)
+                         _depth_image(as_depth(pred), np.ones_like(pred, bool))] for it, pred in zip(items, predictions)],
+                       path)
         return True
 
 

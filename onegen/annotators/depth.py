@@ -5,11 +5,14 @@ normalised per image to 0..65535 in a 16-bit PNG, view meta ``{"kind": "relative
 "near": "high", "raw_min", "raw_max"}`` (the raw range recovers the network output). It is only
 defined up to scale and shift, so nothing metric is claimed: no ``depth_scale``.
 
-What the diffusion model sees: :func:`disparity_to_condition`, the same per-image 2-98 %
-normalisation to [-1, 1] that ``onegen.shards.reader.depth_to_condition`` applies to metric world
-depth, and with the same polarity (near = -1, dark; far = +1, bright), so DA-V2 depth and exact
-world depth teach one convention. It is linear in disparity, as DepthAnything's own
-visualisation; inverting an affine-invariant disparity to depth is not well defined.
+What the diffusion model sees: :func:`disparity_to_condition`, a per-image 2-98 % normalisation
+of the disparity to [-1, 1] with near = +1 (bright) and far = -1 (dark), as DepthAnything's own
+pictures and the released OneDiffusion's depth images (its examples, and what its weights
+learned); ``onegen.shards.reader.depth_to_condition`` draws exact metric depth the same way, from
+its inverse, so estimated and exact depth teach one convention. (Inverting an affine-invariant
+disparity to depth is not well defined; the other way round is.) ``CONDITION_VERSION`` names the
+convention: checkpoints record it, and those of version 1 (near = -1, linear in metric depth) are
+still read as they were trained.
 
 Preprocessing follows the DA-V2 image processor (DPT, ``keep_aspect_ratio``): scale by the
 factor closest to 1 that brings one side to ``input_size``, round both sides to a multiple of
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
 KIND = "relative-disparity"
 U16_MAX = 65535
+CONDITION_VERSION = 2  # how depth is drawn for the model: 2 near bright, linear in disparity; 1 near dark, in depth
 QUEUED_BATCHES = 2  # batches on the device ahead of the one being collected: enough to hide the host's share
 
 
@@ -60,11 +64,15 @@ def stored_disparity(view: View) -> np.ndarray:
     return (view.data.astype(np.float32) / U16_MAX * (hi - lo) + lo).astype(np.float32)
 
 
-def disparity_to_condition(disparity: np.ndarray) -> torch.Tensor:
-    """Stored relative disparity (HxW) -> the 3xHxW [-1, 1] image the model sees; near = -1."""
+def disparity_to_condition(disparity: np.ndarray, valid: np.ndarray | None = None) -> torch.Tensor:
+    """Relative disparity (HxW, large = near) -> the 3xHxW [-1, 1] image the model sees: near = +1, the
+    2-98 % range of the ``valid`` pixels (all by default) spread over [-1, 1]; other pixels are far (-1)."""
     d = disparity.astype(np.float32)
-    lo, hi = np.percentile(d, [2, 98])
-    x = np.clip((hi - d) / max(hi - lo, 1e-6), 0, 1) * 2 - 1
+    ok = np.ones(d.shape, bool) if valid is None else np.asarray(valid, bool)
+    if not ok.any():
+        return -torch.ones(3, *d.shape)
+    lo, hi = np.percentile(d[ok], [2, 98])
+    x = np.where(ok, np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1), 0.0) * 2 - 1
     return torch.from_numpy(x.astype(np.float32))[None].expand(3, -1, -1).clone()
 
 

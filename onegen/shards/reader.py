@@ -117,18 +117,14 @@ def _image_to_tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def depth_to_condition(depth_m: np.ndarray) -> torch.Tensor:
-    """Metric depth -> the 3-channel image the model sees: affine-invariant, 2-98 % range to [-1, 1].
-
-    Marigold-style normalisation: the model learns relative depth, and a monocular estimate
-    (DepthAnything) is only defined up to scale and shift anyway. Invalid pixels (0) map to far.
-    """
+    """Metric depth -> the 3-channel image the model sees: its disparity drawn as a monocular estimate's
+    (``disparity_to_condition``: affine-invariant, 2-98 % range to [-1, 1], near = +1), the released model's
+    convention; the model learns relative depth, and an estimate is only defined up to scale and shift anyway.
+    Invalid pixels (0) are far."""
+    depth_m = np.asarray(depth_m, dtype=np.float32)
     valid = depth_m > 0
-    if not valid.any():
-        return torch.ones(3, *depth_m.shape)
-    lo, hi = np.percentile(depth_m[valid], [2, 98])
-    d = np.where(valid, depth_m, hi)
-    x = np.clip((d - lo) / max(hi - lo, 1e-6), 0, 1) * 2 - 1
-    return torch.from_numpy(x.astype(np.float32))[None].expand(3, -1, -1).clone()
+    disparity = np.divide(1.0, depth_m, out=np.zeros(depth_m.shape, np.float32), where=valid)
+    return disparity_to_condition(disparity, valid)
 
 
 def sample_to_tensors(sample: Sample) -> dict:

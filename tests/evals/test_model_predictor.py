@@ -128,9 +128,12 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     assert labels[0.0][1] != labels[0.5][1]  # other samples from the same weights: scored afresh
     # the latents it learned: SD3's shifted ones unless the trainer said otherwise (started from released weights)
     assert pred.codec.shift == pytest.approx(0.0609)
+    assert pred.depth_space == "depth"  # a checkpoint from before the released depth convention: read as trained
     (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "vae_shift": False}))
     unshifted = ModelPredictor(params, step)
     assert unshifted.codec.shift == 0.0 and unshifted.describe()["hash"] != pred.describe()["hash"]
+    (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "depth_condition": 2}))
+    assert ModelPredictor(params, step).depth_space == "disparity"
 
 
 def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_path):
@@ -169,6 +172,7 @@ def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_p
     static = ModelPredictor(params, hub / "transformer", steps=2, cfg_scale=2.0)
     assert static.describe()["shift"] == "3.0" and static.describe()["hash"] != dynamic.describe()["hash"]
     assert static.codec.shift == 0.0  # the released pipeline never applies the VAE's shift_factor
+    assert static.depth_space == "disparity"  # its depth images are DA-V2's: near bright, linear in disparity
     assert np.abs(static.predict_depth(items)[0] - dynamic.predict_depth(items)[0]).max() > 1e-3
 
 
@@ -209,3 +213,24 @@ def test_unknown_poses_generate_the_later_condition_views_rays(setup, tmp_path):
     assert np.array_equal(copied, item["images"][0])  # with poses known it would copy view 1, now at view 2
     assert np.array_equal(NearestConditionView().predict_views([item | {"world_to_camera": moved}])[0][2],
                           item["images"][1])
+
+
+def test_depth_benchmarks_align_in_the_predictors_space(setup):
+    """The model's depth images are disparity (near bright, the released convention): a predictor says so with
+    ``depth_space`` and the benchmark aligns in that space, where an exact affine disparity scores 0."""
+    import numpy as np
+
+    from evals import registry
+
+    class Disparity:
+        depth_space = "disparity"
+
+        def predict_depth(self, items):
+            return [3.0 / np.maximum(it["depth"], 1e-3) + 2.0 for it in items]
+
+    bench = registry.get("world_depth")(load_params(setup / "params.yaml"))
+    items = bench.items()
+    preds = bench.predict(Disparity(), items)
+    assert bench.space == "disparity" and all(bench.score(it, p)["abs_rel"] < 1e-6 for it, p in zip(items, preds))
+    bench.space = "depth"  # the same maps read as depth: far off
+    assert all(bench.score(it, p)["abs_rel"] > 0.05 for it, p in zip(items, preds))

@@ -85,6 +85,7 @@ def test_loss_decreases(project):
     meta = json.loads((ck / "meta.json").read_text())
     assert meta["step"] == 40 and meta["condition_prob"] == 0.0  # the model predictor's given-view label reads it
     assert meta["vae_shift"] is True  # and which latents it learned (SD3's, shifted: no released start)
+    assert meta["depth_condition"] == 2  # and how its depth images were drawn
     torch.load(ck / "optimizer.pt", weights_only=True)
 
 
@@ -191,6 +192,10 @@ def test_latents_cached_for_another_model_size_are_refused(project, tmp_path):
     train_mod.check_latents(folder, small)
     (folder / "latents.json").write_text(json.dumps(encoder_identity(params)))
     train_mod.check_latents(folder, params)
+    # latents encoded before depth was drawn as disparity (near bright): refused, not trained on
+    (folder / "latents.json").write_text(json.dumps(encoder_identity(params) | {"depth_condition": 1}))
+    with pytest.raises(ValueError, match=r"text2image: latents hold depth images drawn by convention 1"):
+        train_mod.check_latents(folder, params)
 
 
 def test_checkpoint_is_atomic_and_stale_temp_ignored(project, monkeypatch):

@@ -95,14 +95,18 @@ def test_preprocessing_matches_the_hf_processor(annotator):
 
 def test_condition_matches_the_world_depth_convention():
     yy, xx = np.mgrid[0:32, 0:48]
-    disparity = (xx * 1000 + yy * 7).astype(np.uint16)  # right side near
+    disparity = (xx * 1000 + yy * 7 + 1).astype(np.uint16)  # right side near
     cond = disparity_to_condition(disparity)
-    # negated disparity is an affine-invariant depth: the reader's normalisation must agree with ours
-    ref = depth_to_condition((disparity.max() + 1.0 - disparity).astype(np.float32))
-    assert cond.shape == (3, 32, 48) and torch.allclose(cond, ref, atol=1e-5)
-    assert cond[0, :, -1].max() < -0.99 and cond[0, :, 0].min() > 0.99  # near dark, far bright
+    # metric depth is drawn from its inverse: the reader's picture of 1 / disparity must be ours
+    ref = depth_to_condition((1.0 / disparity).astype(np.float32))
+    assert cond.shape == (3, 32, 48) and torch.allclose(cond, ref, atol=1e-4)
+    assert cond[0, :, -1].min() > 0.99 and cond[0, :, 0].max() < -0.99  # near bright, far dark: DA-V2's pictures
     img = condition_image(disparity)
-    assert img.shape == (32, 48, 3) and img.dtype == np.uint8 and img[0, 0, 0] == 255 and img[0, -1, 0] == 0
+    assert img.shape == (32, 48, 3) and img.dtype == np.uint8 and img[0, 0, 0] == 0 and img[0, -1, 0] == 255
+    # pixels without depth are far, and leave the range of the others alone
+    holes = np.where(xx < 4, 0.0, 1.0 / disparity).astype(np.float32)
+    with_holes = depth_to_condition(holes)
+    assert (with_holes[:, :, :4] == -1).all() and with_holes[0, :, -1].min() > 0.99
 
 
 def test_weights_hash_follows_the_weights(tmp_path, annotator):

@@ -146,8 +146,8 @@ def test_split_by_node_and_worker_cover_every_sample_once(shards, monkeypatch):
 
 
 def test_monocular_disparity_maps_to_the_same_condition_polarity():
-    """A Depth-Anything map (relative disparity, near = high) must reach the model as near = -1,
-    exactly like metric depth does."""
+    """A Depth-Anything map (relative disparity, near = high) must reach the model as near = +1 (bright),
+    exactly like metric depth does: the released model's depth images."""
     from onegen.annotators.depth import disparity_to_condition
     from onegen.format import Provenance, Sample, View
     from onegen.shards.reader import sample_to_tensors
@@ -158,5 +158,5 @@ def test_monocular_disparity_maps_to_the_same_condition_polarity():
                View("depth", disparity, role="condition", meta={"kind": "relative-disparity"})], Provenance("t", "x", 0))
     t = sample_to_tensors(s)
     assert torch.equal(t["views"][1], disparity_to_condition(disparity))
-    assert t["views"][1][0, 0, 0] == -1 and t["views"][1][0, -1, -1] == 1  # nearest pixel dark, farthest bright
+    assert t["views"][1][0, 0, 0] == 1 and t["views"][1][0, -1, -1] == -1  # nearest pixel bright, farthest dark
     assert "depth_m_1" not in t

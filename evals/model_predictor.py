@@ -206,6 +206,9 @@ class ModelPredictor:
         return out
 
     def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
+        if self.depth_version == 1 and any(it["condition_kind"] == "depth" for it in items):
+            raise ValueError(f"model predictor: {self.checkpoint} learned depth drawn near-dark (depth_condition 1); "
+                             "depth conditions are now drawn as disparity, near bright: retrain it for depth->image")
         out: list[np.ndarray | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):  # a batch shares its task token and size

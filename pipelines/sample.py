@@ -49,7 +49,7 @@ def run(params: Params) -> dict:
         i2d = pred.predict_depth([{"rgb": r.rgb, "id": f"sample/{i}"}])[0]
         tiles = [r.rgb, _image(depth_img[0]), _image(pred.codec.decode(t2i[:, 0])[0]),
                  _image(pred.codec.decode(d2i[:, 0])[0]),
-                 _image(torch.from_numpy(np.clip(i2d * 2 - 1, -1, 1))[None].expand(3, -1, -1))]
+                 _image(torch.from_numpy(np.clip(i2d - 1, -1, 1))[None].expand(3, -1, -1))]  # back to [-1, 1]
         rows.append(np.concatenate([np.asarray(Image.fromarray(t).resize((TILE, TILE))) for t in tiles], 1))
     grid = Image.fromarray(np.concatenate(rows, 0))
     info = pred.describe()

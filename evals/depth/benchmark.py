@@ -41,7 +41,7 @@ class _DepthBenchmark(Benchmark):
                 "delta1": 100 * float(np.mean([s["delta1"] for s in scores]))}
 
     def sample_grid(self, items, predictions, path):
-        as_depth = (lambda p: p) if self.space == "depth" else (lambda p: 1.0 / np.maximum(p, 1e-3))  # for the picture
+        as_depth = (lambda p: p) if self.space == "depth" else (lambda p: -p)  # negated disparity: drawn alike
         save_tile_grid([[it["rgb"], _depth_image(it["depth"], it["depth"] > 0),
                          _depth_image(as_depth(pred), np.ones_like(pred, bool))] for it, pred in zip(items, predictions)],
                        path)

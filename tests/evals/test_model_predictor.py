@@ -6,6 +6,7 @@ weights are random and the result says so.
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -129,6 +130,9 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     # the latents it learned: SD3's shifted ones unless the trainer said otherwise (started from released weights)
     assert pred.codec.shift == pytest.approx(0.0609)
     assert pred.depth_space == "depth"  # a checkpoint from before the released depth convention: read as trained
+    with pytest.raises(ValueError, match="learned depth drawn near-dark"):  # its depth inputs cannot be drawn so
+        pred.generate_from_condition([{"condition_kind": "depth", "condition": np.zeros((32, 32, 3), np.uint8),
+                                       "prompt": "p", "id": "x"}])
     (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "vae_shift": False}))
     unshifted = ModelPredictor(params, step)
     assert unshifted.codec.shift == 0.0 and unshifted.describe()["hash"] != pred.describe()["hash"]

@@ -80,8 +80,6 @@ def test_retrained_weights_at_the_same_path_are_scored_afresh(setup, tmp_path):
 def test_an_items_prediction_does_not_depend_on_its_batch(setup):
     """Noise is keyed by item id: the same depth alone, first or second in a batch (a resumed run drops
     scored items from its batches, which must not change the rest's scores)."""
-    import numpy as np
-
     from evals import registry
     from evals.model_predictor import ModelPredictor
     from onegen.config import load_params
@@ -140,10 +138,21 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     assert ModelPredictor(params, step).depth_space == "disparity"
 
 
+def _live_tiny_model() -> NextDiT:
+    """A seeded tiny model whose velocity depends on its inputs: the zero-initialised output layer and gates
+    would give v = 0 whatever the schedule or the rays."""
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    return model
+
+
 def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_path):
     """The Hub layout keeps the σ shift in ``scheduler/scheduler_config.json`` beside ``transformer``;
     trainer checkpoints, and a transformer folder without that config, get SPEC's dynamic shift."""
-    import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from evals import registry
@@ -152,13 +161,7 @@ def test_a_released_folder_is_sampled_with_its_own_scheduler_config(setup, tmp_p
     from tests.model.test_nextdit import _save_released_style
 
     hub = tmp_path / "OneDiffusion"
-    torch.manual_seed(0)
-    model = NextDiT(CONFIGS["tiny"])
-    with torch.no_grad():  # the zero-initialised output layer and gates would give v = 0 under any schedule
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    _save_released_style(model, hub / "transformer", shards=1)
+    _save_released_style(_live_tiny_model(), hub / "transformer", shards=1)
     assert schedule_shift(hub / "transformer") == DynamicShift()
     FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, max_shift=1.5).save_config(hub / "scheduler")
     assert schedule_shift(hub / "transformer") == DynamicShift(max_shift=1.5)
@@ -184,20 +187,12 @@ def test_unknown_poses_generate_the_later_condition_views_rays(setup, tmp_path):
     """GSO's 2- and 3-view settings without poses (paper Table 2): only the first condition view's camera is
     given. Moving another condition view's camera then changes no sample (its rays are generated, and it does
     not enter the given rays' frame), where with poses known it does; the baseline copies the first view."""
-    import numpy as np
-
     from evals import registry
     from evals.predictors import NearestConditionView
 
     step = tmp_path / "step_0000001"
     step.mkdir()
-    torch.manual_seed(0)
-    model = NextDiT(CONFIGS["tiny"])
-    with torch.no_grad():  # the zero-initialised output layer and gates would give v = 0 whatever the rays
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    save_file(model.state_dict(), str(step / "ema.safetensors"))
+    save_file(_live_tiny_model().state_dict(), str(step / "ema.safetensors"))
     (step / "meta.json").write_text(json.dumps({"step": 1}))
     params = load_params(setup / "params.yaml")
     pred = ModelPredictor(params, step, steps=2, cfg_scale=2.0)
@@ -222,8 +217,6 @@ def test_unknown_poses_generate_the_later_condition_views_rays(setup, tmp_path):
 def test_depth_benchmarks_align_in_the_predictors_space(setup):
     """The model's depth images are disparity (near bright, the released convention): a predictor says so with
     ``depth_space`` and the benchmark aligns in that space, where an exact affine disparity scores 0."""
-    import numpy as np
-
     from evals import registry
 
     class Disparity:

@@ -89,7 +89,7 @@ def test_model_predictor_answers_world_conditions(tmp_path):
     step.mkdir(parents=True)
     torch.manual_seed(0)
     save_file(NextDiT(CONFIGS["tiny"]).state_dict(), str(step / "ema.safetensors"))
-    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    (step / "meta.json").write_text(json.dumps({"step": 1, "depth_condition": 2}))  # as the trainer writes now
     params = _write(tmp_path, _params(tmp_path, items=2, resolution=32))
     res, _ = _eval(params, "world_conditions", "--predictor", f"model:{step}")
     assert res["model"]["weights"] == "random" and res["n_items"] == 4

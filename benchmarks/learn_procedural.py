@@ -53,6 +53,7 @@ from onegen.config import Params, load_profile  # noqa: E402
 from onegen.format import decode_sample  # noqa: E402
 from onegen.shards.reader import (ReadReport, depth_to_condition, iter_tar_samples, sample_to_tensors,  # noqa: E402
                                   shard_urls)
+from onegen.shards.writer import atomic_write_bytes  # noqa: E402
 from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
 from evals.predictors import make_predictor  # noqa: E402
@@ -238,9 +239,7 @@ def main() -> None:
     summary["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
     def save():  # whole or not at all: detached_suite.sh may copy it while the run goes on
-        partial = summary_path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(summary, indent=1) + "\n")
-        partial.replace(summary_path)
+        atomic_write_bytes(summary_path, (json.dumps(summary, indent=1) + "\n").encode())
 
     def time_stage(params_: Params, stage, profile: StepProfile) -> tuple[float, int, int]:
         # 100 steps, each one timed from step 10 to 90; start-up (data workers, first-batch allocation) and

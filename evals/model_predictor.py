@@ -30,8 +30,8 @@ from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.sampler import Conditioning, DynamicShift, estimate_cameras, sample, scheduler_shift
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
-from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen.annotators.base import weights_sha256
+from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen import tasks
 from onegen.config import Params
 from onegen.hub_cache import resolve_model_path
@@ -115,11 +115,12 @@ class ModelPredictor:
         meta = _checkpoint_meta(weights)
         self.given_label = given_label_for(meta)
         self.shift = schedule_shift(weights)
-        # a released folder learned the release pipeline's latents (no shift_factor); a checkpoint, what it was trained on
-        vae_shift = meta.get("vae_shift", True) if weights.is_file() else False
-        # how the model draws depth: the released convention (near bright, disparity), or version 1's (near dark,
-        # metric depth) for checkpoints trained before it; the depth benchmarks align in that space
-        self.depth_version = meta.get("depth_condition", 1) if weights.is_file() else DEPTH_CONDITION_VERSION
+        # A released folder learned the release pipeline's latents (no shift_factor) and depth images (near bright,
+        # disparity); a trainer checkpoint what its meta says, by default what checkpoints from before those keys
+        # learned (shifted latents; version 1 depth, near dark in metric depth). The depth benchmarks align in that space.
+        released = weights.is_dir()
+        vae_shift = False if released else meta.get("vae_shift", True)
+        self.depth_version = DEPTH_CONDITION_VERSION if released else meta.get("depth_condition", 1)
         self.depth_space = "depth" if self.depth_version == 1 else "disparity"
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed, shift=vae_shift)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
@@ -175,12 +176,9 @@ class ModelPredictor:
             # generated with the target images, and the given cameras alone set the rays' frame and scale.
             posed = [i for i in order if it.get("poses_known", True) or i not in cond[1:]]
             h, w = it["images"][0].shape[:2]
-            given = rays_for_cameras([Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed],
-                                     normalize=self.normalize_rays)
-            rays = torch.zeros((len(order), *given.shape[1:]))
-            for k, i in enumerate(order):
-                if i in posed:
-                    rays[k] = torch.from_numpy(given[posed.index(i)]).float()
+            given = dict(zip(posed, torch.from_numpy(rays_for_cameras(
+                [Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed], normalize=self.normalize_rays))))
+            rays = torch.stack([given[i] if i in given else torch.zeros_like(given[order[0]]) for i in order]).float()
             images = [it["images"][i] if i in cond else np.zeros_like(it["images"][0]) for i in order]
             z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
             seq = torch.stack([x for pair in zip(z, rays) for x in pair])[None]

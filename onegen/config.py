@@ -145,8 +145,8 @@ class CaptionerConfig(_Strict):
     prefill_mlp_rows: int | None = Field(
         None, ge=1, description="run each decoder MLP on at most this many images at a time in prefill (decode steps "
                                 "run whole): its gate/up activations (~0.2 GB per anyres image) set the prefill's "
-                                "peak; 16 leaves batch 96 room on an 80 GB H100 (128 with kv_cache fp8). None: the whole batch at once "
-                                "(default 16 with quantize fp8)")
+                                "peak; 16 leaves batch 96 room on an 80 GB H100 (128 with kv_cache fp8). None: the "
+                                "whole batch at once (default 16 with quantize fp8)")
     static_cache: bool = Field(True, description="static KV cache (what lets the decode step be compiled)")
     kv_cache: Literal["model", "fp8"] = Field(
         "model", description="fp8: the static KV cache stored as float8 e4m3 with a scale per token and head, read by "

@@ -88,7 +88,8 @@ def summarize(scores: list[dict[str, float]]) -> dict[str, float]:
 class _GenEvalBenchmark(Benchmark):
     baseline = "random-scene"
     needs = "generate_images"
-    protocol_version = "3"  # 2: float32 thresholds and relations, numpy-1.23 tie order; 3: CLIP colours under fp16 autocast on CUDA (as the original)
+    # as the original: 2 float32 thresholds and relations, numpy-1.23 tie order; 3 CLIP colours under fp16 autocast on CUDA
+    protocol_version = "3"
 
     def __init__(self, prompts: list[dict], n_images: int, image_size: int, id_prefix: str, evaluator: list):
         self.prompts, self.n_images, self.image_size = prompts, n_images, image_size

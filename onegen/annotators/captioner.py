@@ -22,7 +22,7 @@ Why it is fast (LLaVA-NeXT-7B = Mistral-7B + CLIP-L/336 on one H100, 672² image
   dominate, so larger B barely helps anyres. Memory sets the limit: measured on an 80 GB H100,
   anyres B = 40 peaks at 45 GiB, and B = 64 ran out of memory in the prefill MLP (57 GB held plus
   20 GB of fragmented cache). FP8 halves weights and activations: anyres B = 64 peaks at 54.5 GiB
-  (the default batch under ``quantize: fp8``), and its decode costs 37 ms per image against B = 40's
+  (``quantize: fp8``'s default batch then; 96 since, 128 with the FP8 KV cache), and its decode costs 37 ms per image against B = 40's
   54 (H200, 2026-11-24). Base-only tiles need 0.1 GB of KV per image: B = 256 peaks at 61 GiB. Beyond the KV
   cache, the prefill MLP's gate/up activations (~0.2 GB per anyres image) set the peak: ``prefill_mlp_rows``
   runs them a few images at a time (``RowChunkedMLP``): batch 96 peaks at 47.3 GiB with the FP8 KV cache, and

@@ -48,7 +48,7 @@ def best_of(passes: int, fn) -> float:
 
 def stream_rate(dirs: list[Path], batch: int, batches: int) -> float:
     """Samples/s of the trainer's batch stream, the first batch (shuffle buffer filling) left out."""
-    stream = slot_batches(dirs, batch, seed=0, shuffle=256, report=ReadReport())
+    stream = slot_batches(dict.fromkeys(dirs), batch, seed=0, shuffle=256, report=ReadReport())
     next(stream)
     t0 = time.perf_counter()
     for _ in range(batches):

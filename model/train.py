@@ -174,26 +174,37 @@ def config_hash(cfg: TrainConfig, params: Params) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def family_dirs(params: Params, cfg: TrainConfig) -> list[list[Path]]:
-    """Each stage's shard directories, checked up front (one clear line per missing family)."""
+def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]]:
+    """Each stage's shard directories, each with the side its samples are resized to as they are read (None:
+    as stored), checked up front (one clear line per missing family). A stage at another side than the
+    shards' reads images resized (``resize.resize_sample``), or with ``train.latents`` the latents that
+    ``onegen latents`` encoded at that side, in ``data/latents/<family>/side<S>``."""
     out = []
     kind, command = ("latents", "latents") if cfg.latents else ("shards", "shards")
     for i, stage in enumerate(cfg.stages):
-        dirs = [params.paths.data / kind / f for f in stage.families]
-        for fam, d in zip(stage.families, dirs):
+        dirs: dict[Path, int | None] = {}
+        for fam in stage.families:
+            side = stage.side_of(fam)
+            d = params.paths.data / kind / fam
+            if cfg.latents and side is not None:
+                d, side = d / f"side{side}", None
             if stage.steps and not (d / "stats.json").is_file():
                 raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
                                         f"at {d} (run `onegen {command} {fam}`)")
             if stage.steps and cfg.latents:
                 check_latents(d, params)
+            dirs[d] = side
         out.append(dirs)
     return out
 
 
-def data_identity(cfg: TrainConfig, dirs: list[list[Path]]) -> dict[str, str]:
+def data_identity(cfg: TrainConfig, dirs: list[dict[Path, int | None]]) -> dict[str, str]:
     """What the recipe trains on: each family folder's ``content_identity`` (its shards' own hashes), for the
     stages that take steps. A checkpoint made on other data of a family is never resumed (``_train``)."""
-    return {d.name: content_identity(json.loads((d / "stats.json").read_text()))
+    def name(d: Path) -> str:  # a family's resized latents live in a folder of its own
+        return f"{d.parent.name}/{d.name}" if d.name.startswith("side") else d.name
+
+    return {name(d): content_identity(json.loads((d / "stats.json").read_text()))
             for d in sorted({d for stage, ds in zip(cfg.stages, dirs) if stage.steps for d in ds})}
 
 
@@ -251,11 +262,13 @@ def with_caption_dropout(text: torch.Tensor, mask: torch.Tensor, drop: list[bool
     return torch.where(rows[:, None, None], e, text), torch.where(rows[:, None], em, mask)
 
 
-def slot_batches(dirs: list[Path], micro_batch: int, seed: int, shuffle: int, report: ReadReport) -> Iterator[dict]:
+def slot_batches(dirs: dict[Path, int | None], micro_batch: int, seed: int, shuffle: int,
+                 report: ReadReport) -> Iterator[dict]:
     """Endless task-group-balanced batches of one shape signature (``reader.training_batches``),
     with shard resampling seeded by ``seed`` alone: a slot's data must not depend on which rank
-    reads it."""
-    streams = group_streams(dirs, report, resampled=True, shuffle=shuffle, seed=seed, seed_names_reader=True)
+    reads it. ``dirs``: shard directory -> the side to resize its samples to, or None."""
+    streams = group_streams(list(dirs), report, resampled=True, shuffle=shuffle, seed=seed, seed_names_reader=True,
+                            sides={d: side for d, side in dirs.items() if side is not None})
     return bucket_batches(mix_task_groups(streams, seed), micro_batch)
 
 

@@ -65,7 +65,9 @@ def latents(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES
     from pipelines import latents as stage
 
     st = _run(stage.run, _params(params), family)
-    typer.echo(f"latents {family}: {st['samples']} samples in {st['shards']} shards")
+    sides = f"; resized to {', '.join(f'{side}px' for side in st['sides'])} for the stages at those sides" \
+        if st["sides"] else ""
+    typer.echo(f"latents {family}: {st['samples']} samples in {st['shards']} shards{sides}")
 
 
 @app.command()

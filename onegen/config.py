@@ -73,8 +73,10 @@ class SourceConfig(_Strict):
     split: str | None = None
     image_column: str = "image"
     limit: int | None = Field(None, ge=1, description="read at most this many records")
-    # scene and identity readers (dl3dv, objaverse, co3d, hypersim, id_folder)
-    resolution: int = Field(256, ge=8, multiple_of=8, description="square side images are centre-cropped/resized to")
+    # every kind (photo kinds only where set); then the scene and identity readers' (dl3dv, objaverse, co3d,
+    # hypersim, id_folder) own
+    resolution: int = Field(256, ge=8, multiple_of=8, description="square side images are centre-cropped/resized to "
+                            "(photo sources: world.resolution unless set here)")
     views: tuple[int, int] = Field((4, 12), description="min/max views per multiview record (paper: 4-12)")
     captions: Path | None = Field(None, description="csv 'id,caption' without header (Cap3D for objaverse; dl3dv)")
     image_subdir: str | None = Field(None, description="dl3dv: folder replacing file_path's first one, e.g. images_4")
@@ -435,19 +437,41 @@ class ModelConfig(_Strict):
 # The paper trains in three stages -- text-to-image pretraining, a mixture of every task, a
 # high-resolution finetune -- with AdamW at lr 5e-4, a global batch of 256, the SD3 noise
 # schedule shifted by 3, and task groups drawn with equal probability (the reader does that).
-# A stage names the shard families it reads; its resolution is the one its shards were built at.
+# A stage names the shard families it reads and, optionally, the side they are trained at (the paper's stages
+# change resolution: T2I 256² then 512², 256² for the other tasks, a 1024² finetune); by default the side
+# the shards were built at.
 # Choices the paper leaves open: betas (0.9, 0.95) because lr 5e-4 is 5x DiT's and a shorter
 # second-moment memory avoids loss spikes there; no weight decay, as DiT and Lumina train;
 # linear warm-up then constant lr; EMA 0.999 with the usual warm-up min(d, (1+n)/(10+n)).
 
+# A side must give whole 2x2 patches of the VAE's /8 latents.
+Side = Annotated[int, Field(ge=16, multiple_of=16)]
+
+
 class TrainStage(_Strict):
-    """One block of the recipe: which shard families, how many optimizer steps, what batch."""
+    """One block of the recipe: which shard families, at what resolution, how many optimizer steps, what batch."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     families: list[Family] = Field(..., min_length=1, description="shard families under <paths.data>/shards")
     steps: int = Field(..., ge=0, description="optimizer steps in this stage")
     batch_size: int = Field(..., ge=1, description="global batch (all ranks x grad_accum)")
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description="P(prompt -> '') for classifier-free guidance")
+    resolution: Side | None = Field(None, description="square side every view of this stage is trained at: images "
+                                    "centre-cropped and resized, ray maps recomputed from the cameras; null = as built")
+    family_resolution: dict[Family, Side] = Field(
+        default_factory=dict, description="sides for some families over `resolution` (paper's mixed stage: "
+                                          "text2image 512, the other tasks 256)")
+
+    @model_validator(mode="after")
+    def _resolution_families(self):
+        extra = sorted(set(self.family_resolution) - set(self.families))
+        if extra:
+            raise ValueError(f"family_resolution names {extra}, not among this stage's families {self.families}")
+        return self
+
+    def side_of(self, family: str) -> int | None:
+        """The square side ``family`` is trained at in this stage (None: as its shards were built)."""
+        return self.family_resolution.get(family, self.resolution)
 
 
 def _default_stages() -> list[TrainStage]:
@@ -494,6 +518,12 @@ class TrainConfig(_Strict):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    def sides_of(self, family: str) -> list[int]:
+        """The resized sides (not None) that stages with steps train ``family`` at: what `onegen latents` encodes
+        beside the shards' own resolution."""
+        return sorted({s.side_of(family) for s in self.stages
+                       if s.steps and family in s.families and s.side_of(family) is not None})
 
 
 

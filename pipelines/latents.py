@@ -7,6 +7,9 @@ the normalised latents the transformer sees; ``meta.of`` names the modality) whi
 views pass through. With ``latents.text`` each sample also carries its prompt's text-encoder
 features (a ``text`` view, float16, L x D, its valid tokens only).
 
+A training stage at another side than the shards' (``train.stages[].resolution``) gets the family's samples
+resized to that side first (``onegen.shards.resize``), encoded into ``data/latents/<family>/side<S>``.
+
 ``latents.json`` beside the shards names the VAE and text encoder that made them; the trainer
 refuses latents made by other weights than the ones it is configured with. Encoding runs in
 fixed chunks of ``latents.batch_size`` samples (chunk ``i // batch_size``), so a resumed build
@@ -32,14 +35,18 @@ from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors
+from onegen.shards.resize import VERSION as RESIZE_VERSION, resize_sample
 from onegen.shards.writer import ShardLimits, build_shards, content_identity, write_json
 from pipelines.shards import StageError, family_dir
 
 PASS_THROUGH = ("rays", "latent", "text")
 
 
-def latents_dir(params: Params, family: str) -> Path:
-    return params.paths.data / "latents" / family
+def latents_dir(params: Params, family: str, side: int | None = None) -> Path:
+    """Where ``onegen latents`` writes a family: its shards as built, or (``side``) resized to a training stage's
+    square side first, in a folder of their own beside them (``model.train.family_dirs`` reads the same)."""
+    out = params.paths.data / "latents" / family
+    return out if side is None else out / f"side{side}"
 
 
 def encoder_identity(params: Params) -> dict:
@@ -124,19 +131,24 @@ def run(params: Params, family: str) -> dict:
     if text is not None:
         records.append({"name": "text_encoder", "version": type(text.model).__name__, "weights_sha256": identity["text"]})
     chunk = params.latents.batch_size
+    built = {}
+    for side in [None, *params.train.sides_of(family)]:
+        def sample(i: int, side=side) -> Sample:
+            return source[i] if side is None else resize_sample(source[i], side)
 
-    @lru_cache(maxsize=1)
-    def encoded(c: int) -> list[Sample]:
-        return encode_chunk([source[i] for i in range(c * chunk, min((c + 1) * chunk, len(source)))],
-                            codec, text, records)
+        @lru_cache(maxsize=1)
+        def encoded(c: int, sample=sample) -> list[Sample]:
+            return encode_chunk([sample(i) for i in range(c * chunk, min((c + 1) * chunk, len(source)))],
+                                codec, text, records)
 
-    out = latents_dir(params, family)
-    fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
-                     params.latents.batch_size)
-    stats = build_shards(out, len(source), lambda i: encoded(i // chunk)[i % chunk],
-                         ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp,
-                         desc=f"latents {family}",
-                         on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
-                                               stage="latents", family=family))
-    write_json(out / "latents.json", identity)
-    return stats
+        out = latents_dir(params, family, side)
+        fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
+                         params.latents.batch_size, *([] if side is None else [f"side{side}", RESIZE_VERSION]))
+        name = family if side is None else f"{family} at {side}px"
+        built[side] = build_shards(out, len(source), lambda i, encoded=encoded: encoded(i // chunk)[i % chunk],
+                                   ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard),
+                                   fp, desc=f"latents {name}",
+                                   on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
+                                                         stage="latents", family=family, side=side))
+        write_json(out / "latents.json", {**identity, "side": side})
+    return {**built[None], "sides": {s: st["samples"] for s, st in built.items() if s is not None}}

@@ -163,7 +163,13 @@ class Sources:
 
     def record(self, ref: Ref) -> Sample:
         rec = self.get(ref.source)[ref.record]
-        return photo_record(ref.source, rec, self.params.world.resolution) if isinstance(rec, dict) else rec
+        return photo_record(ref.source, rec, self.photo_side(ref.source)) if isinstance(rec, dict) else rec
+
+    def photo_side(self, name: str) -> int:
+        """A photo source's square side: its own ``resolution`` where the params set one (a recipe that trains
+        text-to-image at 1024² needs photos stored that large), else the world's, as the shards it joins."""
+        cfg = self.params.sources[name]
+        return cfg.resolution if "resolution" in cfg.model_fields_set else self.params.world.resolution
 
     def source_id(self, ref: Ref) -> str | None:
         ids = getattr(self.get(ref.source), "ids", None)

@@ -18,7 +18,7 @@ import logging
 import random
 import tarfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +29,7 @@ import webdataset as wds
 from onegen import tasks
 from onegen.annotators.depth import disparity_to_condition
 from onegen.format import FormatError, Sample, decode_sample
+from onegen.shards.resize import resize_sample
 
 log = logging.getLogger(__name__)
 TASK_GROUPS = ("text2image", "image2image", "id", "multiview")
@@ -155,11 +156,13 @@ def sample_to_tensors(sample: Sample) -> dict:
     }
 
 
-def _decode_stage(report: ReadReport):
+def _decode_stage(report: ReadReport, sides: Mapping[str, int]):
     def stage(src: Iterable[dict]) -> Iterator[dict]:
         for raw in src:
             try:
-                yield sample_to_tensors(decode_sample(raw))
+                sample = decode_sample(raw)
+                side = sides.get(str(Path(raw["__url__"]).parent))
+                yield sample_to_tensors(resize_sample(sample, side) if side else sample)
             except (FormatError, KeyError, ValueError, TypeError) as e:
                 report.add(raw.get("__url__", "?"), raw.get("__key__"), f"{type(e).__name__}: {e}")
     return stage
@@ -184,8 +187,10 @@ def _seed_alone() -> int:
 
 
 def sample_stream(urls: list[str], report: ReadReport, resampled: bool = False, shuffle: int = 0,
-                  seed: int = 0, seed_names_reader: bool = False) -> wds.DataPipeline:
-    """One source's decoded samples, split by node and by DataLoader worker.
+                  seed: int = 0, seed_names_reader: bool = False,
+                  sides: Mapping[str, int] | None = None) -> wds.DataPipeline:
+    """One source's decoded samples, split by node and by DataLoader worker; the samples of a shard whose
+    directory ``sides`` names are resized to that square side (``resize.resize_sample``).
 
     Resampled streams draw shards with a generator seeded by ``seed`` and, by default, the
     rank and worker; ``seed_names_reader=True`` leaves them out because the caller's ``seed``
@@ -200,7 +205,7 @@ def sample_stream(urls: list[str], report: ReadReport, resampled: bool = False, 
     stages = [shards]
     if not resampled:  # resampled streams draw independently per worker instead of splitting
         stages += [wds.split_by_node, wds.split_by_worker]
-    stages += [_tar_stage(report), _decode_stage(report)]
+    stages += [_tar_stage(report), _decode_stage(report, sides or {})]
     if shuffle:
         stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
     return wds.DataPipeline(*stages)
@@ -252,15 +257,19 @@ def collate(samples: list[dict]) -> dict:
 
 
 def group_streams(shard_dirs: list[Path], report: ReadReport, resampled: bool, shuffle: int,
-                  seed: int, seed_names_reader: bool = False) -> dict[str, Iterable[dict]]:
-    """Shard directories -> one stream per task group (a family's stats.json names its tasks)."""
+                  seed: int, seed_names_reader: bool = False,
+                  sides: Mapping[Path, int] | None = None) -> dict[str, Iterable[dict]]:
+    """Shard directories -> one stream per task group (a family's stats.json names its tasks); a directory
+    in ``sides`` is read resized to that square side."""
     by_group: dict[str, list[str]] = defaultdict(list)
     for d in shard_dirs:
         groups = {task_group(t) for t in _family_tasks(Path(d))}
         if len(groups) != 1:
             raise ValueError(f"{d}: shards mix task groups {sorted(groups)}; keep one group per directory")
         by_group[groups.pop()].extend(shard_urls(Path(d)))
-    return {g: sample_stream(u, report, resampled, shuffle, seed, seed_names_reader) for g, u in by_group.items()}
+    by_url_dir = {str(Path(d)): side for d, side in (sides or {}).items()}
+    return {g: sample_stream(u, report, resampled, shuffle, seed, seed_names_reader, by_url_dir)
+            for g, u in by_group.items()}
 
 
 def _family_tasks(directory: Path) -> list[str]:

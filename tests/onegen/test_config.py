@@ -21,6 +21,11 @@ def test_profiles_load_and_differ_where_the_paper_does():
     assert d.world.resolution == 128 and p.world.resolution == 256
     assert p.world.views_per_scene >= 4 and p.world.id_views == (2, 5)
     assert set(p.shards.families) == set(FAMILIES)
+    # the paper's sides: text2image 256² then 512² alone, 512² among the other tasks' 256², a 1024² finetune
+    assert [s.side_of("text2image") for s in p.train.stages] == [256, 512, 512, 1024]
+    assert p.train.stages[2].side_of("depth") == 256 and p.train.sides_of("text2image") == [256, 512, 1024]
+    assert p.sources["unsplash"].resolution == 1024
+    assert [s.side_of("text2image") for s in d.train.stages] == [64, None, None] and d.train.sides_of("depth") == []
 
 
 @pytest.mark.parametrize(
@@ -35,6 +40,9 @@ def test_profiles_load_and_differ_where_the_paper_does():
         (lambda d: d["world"].__setitem__("min_objects", 9), r"min_objects must be <= max_objects"),
         (lambda d: d["shards"]["families"]["text2image"].__setitem__("sources", ["nowhere"]), r"unknown source 'nowhere'"),
         (lambda d: d.__setitem__("reader", [1, 2]), r"reader: Input should be a valid dictionary"),
+        (lambda d: d["train"]["stages"][0].__setitem__("resolution", 72), r"train\.stages\.0\.resolution: .*multiple of 16"),
+        (lambda d: d["train"]["stages"][0].__setitem__("family_resolution", {"depth": 64}),
+         r"train\.stages\.0: family_resolution names \['depth'\], not among this stage's families \['text2image'\]"),
     ],
 )
 def test_bad_params_name_the_dotted_key(edit, message):

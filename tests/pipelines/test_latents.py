@@ -148,3 +148,56 @@ def test_latents_of_other_shards_are_rebuilt_not_kept(project, tmp_path, monkeyp
     _invoke("latents", "text2image", "-p", p)
     assert "Other shards." not in before
     assert {s.caption for s in _read(root / "data/latents/text2image")} == {"Other shards."}
+
+
+def test_a_stage_at_another_side_reads_resized_latents_or_images(project, tmp_path):
+    """A stage at 16² over 32² shards: `onegen latents` encodes the resized samples into side16/ (rays recomputed
+    at the new grid), and the trainer reads them there, or resizes the images itself without latents."""
+    import shutil
+
+    from model.train import family_dirs, slot_batches
+    from onegen.plucker import rays_for_cameras
+    from onegen.shards.resize import resize_sample
+
+    root = tmp_path / "p"
+    shutil.copytree(project, root)
+    d = yaml.safe_load((project / "params.yaml").read_text())
+    d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    d["train"]["stages"] = [{"name": "low", "families": ["text2image", "multiview"], "resolution": 16, "steps": 2,
+                             "batch_size": 2},
+                            {"name": "full", "families": FAMILIES, "family_resolution": {"depth": 16}, "steps": 1,
+                             "batch_size": 2}]
+    d["train"].update(checkpoint_every=1, out_dir=str(root / "ckpt"))
+    (root / "params.yaml").write_text(yaml.safe_dump(d))
+    p = str(root / "params.yaml")
+    for fam in FAMILIES:
+        r = _invoke("latents", fam, "-p", p)
+        assert "resized to 16px" in r.output
+    src = _read(root / "data/shards/multiview")
+    low = _read(root / "data/latents/multiview/side16")
+    assert [s.key for s in low] == [s.key for s in src]
+    for s, t in zip(src, low):
+        rays = [v for v in t.views if v.modality == "rays"]
+        assert all(v.data.shape == (16, 2, 2) for v in t.views if v.modality in ("latent", "rays"))
+        want = rays_for_cameras([v.camera for v in resize_sample(s, 16).views if v.modality == "rays"], normalize=True)
+        np.testing.assert_allclose(np.stack([v.data for v in rays]).astype(np.float32), want, atol=2e-3)
+    assert json.loads((root / "data/latents/multiview/side16/latents.json").read_text())["side"] == 16
+
+    params = load_params(root / "params.yaml")
+    dirs = family_dirs(params, params.train)
+    assert dirs[1][root / "data/latents/depth/side16"] is None and root / "data/latents/text2image" in dirs[1]
+    result = train(params)
+    assert set(result["data_identity"]) == {"text2image/side16", "multiview/side16", "depth/side16", "text2image",
+                                            "multiview"}
+    on_images = params.model_copy(update={"train": params.train.model_copy(
+        update={"latents": False, "out_dir": root / "ckpt_images"})})
+    dirs = family_dirs(on_images, on_images.train)
+    assert dirs[0] == {root / "data/shards/text2image": 16, root / "data/shards/multiview": 16}
+    stream = slot_batches(dirs[0], 2, seed=0, shuffle=0, report=ReadReport())
+    seen = set()
+    for batch in (next(stream) for _ in range(6)):  # images at 16², rays at their 2x2 latent grid
+        seen.add(batch["group"][0])
+        assert [tuple(v.shape[2:]) for v in batch["views"]] == [(2, 2) if m == "rays" else (16, 16)
+                                                               for m in batch["modalities"][0]]
+    assert seen == {"text2image", "multiview"}
+    assert np.isfinite(train(on_images)["loss"])

@@ -238,3 +238,15 @@ def test_external_scenes_join_multiview_and_need_a_depth_model_for_depth(root, t
     capsys.readouterr()
     depth = shards.run(params, "depth")
     assert depth["samples"] == 12 and "scene views of dl3dv need annotators.depth.path" in capsys.readouterr().out
+
+
+def test_a_photo_source_is_stored_at_its_own_resolution_where_set():
+    """A recipe that trains text-to-image at 1024² needs its photos kept that large; unset, photos join the
+    world's shards at the world's side."""
+    from onegen.config import parse_params, profile_path
+    from pipelines.shards import Sources
+
+    d = yaml.safe_load(profile_path("default").read_text())
+    assert Sources(parse_params(d)).photo_side("sample_photos") == d["world"]["resolution"] == 128
+    d["sources"]["sample_photos"]["resolution"] = 512
+    assert Sources(parse_params(d)).photo_side("sample_photos") == 512

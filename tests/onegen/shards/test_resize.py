@@ -1,0 +1,73 @@
+"""Resizing a decoded sample for a training stage at another side than its shards'."""
+
+import numpy as np
+import pytest
+
+from onegen.camera import Camera
+from onegen.format import Provenance, Sample, View
+from onegen.plucker import rays_for_cameras
+from onegen.shards.resize import resize_sample, resized_camera
+
+
+def camera(yaw: float, h: int, w: int, f: float = 90.0) -> Camera:
+    c, s = np.cos(yaw), np.sin(yaw)
+    w2c = np.eye(4)
+    w2c[:3, :3] = [[c, 0, -s], [0, 1, 0], [s, 0, c]]
+    w2c[:3, 3] = [0.1, -0.2, 4.0]
+    return Camera(K=np.array([[f, 0, w / 2 + 3], [0, f * 1.1, h / 2 - 2], [0, 0, 1]]), world_to_camera=w2c,
+                  height=h, width=w)
+
+
+def sample(views: list[View]) -> Sample:
+    return Sample(key="world/000001", task="[[multiview]]", caption="a scene", views=views,
+                  provenance=Provenance("world", "000001", 0))
+
+
+def test_cameras_follow_the_crop_and_rays_are_recomputed_at_the_new_grid():
+    rng = np.random.default_rng(0)
+    cams = [camera(y, 96, 128) for y in (0.0, 0.4, -0.7)]  # landscape: the centre square is cropped first
+    rays = rays_for_cameras(cams, normalize=True).astype(np.float16)
+    views = [View("image", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), camera=c) for c in cams]
+    views += [View("rays", r, role="camera", camera=c, meta={"normalized": True}) for r, c in zip(rays, cams)]
+    out = resize_sample(sample(views), 48)
+    assert [v.data.shape for v in out.views] == [(48, 48, 3)] * 3 + [(16, 6, 6)] * 3
+    # a world point projects to the same place, in the new pixels, as it did in the crop of the old ones
+    point = np.array([0.3, -0.1, 0.5, 1.0])
+    for old, new in zip(cams, (v.camera for v in out.views[:3])):
+        uv_old = old.K @ (old.world_to_camera @ point)[:3]
+        uv_new = new.K @ (new.world_to_camera @ point)[:3]
+        np.testing.assert_allclose(uv_new[:2] / uv_new[2], (uv_old[:2] / uv_old[2] - [16, 0]) * 48 / 96)
+    # the rays are those of the resized cameras, computed afresh (same normalisation, same dtype)
+    want = rays_for_cameras([resized_camera(c, 0, 16, 96, 48) for c in cams], normalize=True)
+    got = np.stack([v.data for v in out.views[3:]])
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-3)
+
+
+def test_label_maps_keep_their_values_and_pictures_are_filtered():
+    rng = np.random.default_rng(1)
+    labels = rng.choice(np.array([[255, 0, 0], [0, 128, 255], [10, 200, 30]], np.uint8), size=(64, 64))
+    depth = rng.integers(1, 5000, (64, 64)).astype(np.uint16)
+    depth[:8] = 0  # invalid pixels stay invalid, never averaged with their neighbours
+    picture = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = resize_sample(sample([View("image", picture), View("semantic", labels, role="condition"),
+                                View("depth", depth, role="condition", meta={"depth_scale": 0.001})]), 32)
+    img, sem, dep = (v.data for v in out.views)
+    assert {tuple(c) for c in sem.reshape(-1, 3)} <= {tuple(c) for c in labels.reshape(-1, 3)}
+    assert set(np.unique(dep)) <= set(np.unique(depth)) and (dep[:4] == 0).all() and (dep[4:] > 0).all()
+    assert out.views[2].meta == {"depth_scale": 0.001}
+    # noise filtered down: far smoother than one pixel in four picked out of it
+    picked = picture[1::2, 1::2].astype(np.float32)
+    assert img.astype(np.float32).std() < 0.8 * picked.std()
+    assert abs(float(img.mean()) - float(picture.mean())) < 3
+
+
+def test_what_cannot_be_resized_names_the_sample_and_view():
+    latent = View("latent", np.zeros((16, 4, 4), np.float16), meta={"of": "image"})
+    with pytest.raises(ValueError, match=r"world/000001: view 0 \(latent\): VAE latents cannot be resized"):
+        resize_sample(sample([latent]), 16)
+    rays = View("rays", np.zeros((16, 4, 4), np.float16), role="camera")
+    with pytest.raises(ValueError, match="world/000001: a ray view without its camera"):
+        resize_sample(sample([rays]), 16)
+    with pytest.raises(ValueError, match=r"view 0 \(hed\): no resampling rule for a float32"):
+        resize_sample(sample([View("hed", np.zeros((8, 8), np.float32))]), 16)

@@ -136,6 +136,19 @@ def stage_at(cfg: TrainConfig, step: int) -> int:
     raise IndexError(f"step {step} is past the last stage")
 
 
+def recipe_through(cfg: TrainConfig, step: int) -> list[dict]:
+    """What shaped the weights at ``step``: each stage begun before it, with its data, sides, batch and the
+    steps it ran. A checkpoint records it; a recipe whose own differs up to that step would not have made it."""
+    out = []
+    for stage, (start, end) in zip(cfg.stages, stage_bounds(cfg)):
+        if start >= step:
+            break
+        out.append({"name": stage.name, "sides": {f: stage.side_of(f) for f in sorted(stage.families)},
+                    "batch_size": stage.batch_size, "caption_dropout": stage.caption_dropout,
+                    "steps": min(end, step) - start})
+    return out
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup_steps``, then constant (the paper gives no decay)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -674,13 +687,19 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         changed.append("latents (model.vae_shift)")
     if ckpt and meta.get("depth_condition", 1) != DEPTH_CONDITION_VERSION:  # the same shards, drawn otherwise
         changed.append(f"depth images (version {meta.get('depth_condition', 1)})")
+    if ckpt and "recipe" in meta and meta["recipe"] != recipe_through(cfg, int(meta["step"])):
+        changed.append(f"stages (train.stages up to step {meta['step']}: families, sides, batch or steps)")
+    elif ckpt and meta.get("config_hash") != chash and int(meta.get("step", 0)) == total:
+        # a finished run (or one from before checkpoints kept their recipe) is the model of its own params only
+        changed.append("train or model params (a finished run's)")
     if changed:
         # DVC reruns this stage when its shards change and keeps the checkpoints (persisted, so that a killed run
         # resumes): resumed, a finished run would train no step on the new data and report the old model as new.
-        # A family added to or dropped from the recipe (a lengthened recipe) is no change of data.
+        # A family added to or dropped from the recipe (a lengthened recipe) is no change of data, and stages
+        # added or lengthened after the checkpoint's step no change of what trained it.
         if dist.main:
             aside = set_aside(out_dir, ckpt.name)
-            tqdm.write(f"train: {ckpt} was trained on other {', '.join(changed)}; its checkpoints moved to "
+            tqdm.write(f"train: {ckpt} was trained with other {', '.join(changed)}; its checkpoints moved to "
                        f"{aside}, training from step 0")
         dist.barrier()
         ckpt, meta = None, {}
@@ -815,7 +834,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             window.reset()
         if is_checkpoint_step(cfg, step):
             meta = {"step": step, "stage": stage.name, "stage_index": si, "config_hash": chash,
-                    "data_identity": data_id, "slots": slots,
+                    "data_identity": data_id, "recipe": recipe_through(cfg, step), "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "vae_shift": params.model.vae_shift,  # and which latents it learned

@@ -155,6 +155,35 @@ def test_checkpoints_of_other_data_are_set_aside_not_resumed(project, tmp_path):
     assert [p.name for p in out.glob("superseded-*")] == [aside.name]
 
 
+def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resumes(project, tmp_path):
+    """`dvc repro` after an edit of train.stages: a stage the checkpoint already trained through, run at another
+    side, would not have made it (set aside, trained anew); a stage added after it continues it."""
+    cfg = finished_reference_run(project)
+    meta = json.loads((cfg.out_dir / "step_0000014" / "meta.json").read_text())
+    assert [(r["name"], r["steps"], r["sides"]["text2image"]) for r in meta["recipe"]] == [("t2i", 6, None),
+                                                                                          ("mixed", 8, None)]
+    longer = cfg.model_copy(update={"out_dir": tmp_path / "longer", "stages": [
+        *cfg.stages, TrainStage(name="low", families=["text2image"], resolution=16, steps=2, batch_size=4)]})
+    shutil.copytree(cfg.out_dir, longer.out_dir)
+    summary = train(run_params(project, "longer"), longer)
+    assert summary["resumed_from"] == 14 and summary["step"] == 16
+
+    lower = cfg.model_copy(update={"out_dir": tmp_path / "lower", "stages": [
+        cfg.stages[0].model_copy(update={"resolution": 16}), cfg.stages[1]]})
+    shutil.copytree(cfg.out_dir, lower.out_dir)
+    summary = train(run_params(project, "lower"), lower)
+    assert summary["resumed_from"] == 0 and summary["step"] == 14
+    assert (lower.out_dir / "superseded-step_0000014" / "step_0000014").is_dir()
+
+    # a finished checkpoint from before checkpoints kept their recipe: any other params retrain it
+    old = tmp_path / "old"
+    shutil.copytree(cfg.out_dir, old)
+    meta_path = old / "step_0000014" / "meta.json"
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "recipe"}))
+    summary = train(run_params(project, "old"), cfg.model_copy(update={"out_dir": old, "lr": 2e-3}))
+    assert summary["resumed_from"] == 0
+
+
 def test_checkpoints_of_other_latents_are_set_aside_not_resumed(project, tmp_path):
     """A run whose checkpoint learned the released pipeline's unshifted latents (``model.vae_shift`` False: it
     started from the released weights) is not continued on shifted ones: its checkpoints move aside."""

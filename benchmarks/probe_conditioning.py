@@ -96,14 +96,26 @@ def evaluate(model: NextDiT, held: torch.Tensor, given_label: str) -> dict:
     return {k: {m: round(v, 4) for m, v in d.items()} for k, d in out.items()}
 
 
+def compile_like_trainer(model: NextDiT, device: torch.device) -> NextDiT:
+    """Each block's forward compiled by ``model/train.py``'s own ``wrap_model`` (no DDP, no checkpointing)."""
+    from model import train as trainer
+    from onegen.config import TrainConfig
+
+    return trainer.wrap_model(model, TrainConfig(parallel="none", compile=True), trainer.Dist(device=device))
+
+
 def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor],
-                evaluate_model: Callable[[NextDiT], dict], record: dict, caption_channels: int = 32) -> None:
-    """The probes' model and loop: a NextDiT of ``args.width``/``args.depth`` (seeded by ``args.seed``), AdamW,
-    clip 1, ``loss_of(model, generator)`` a step; every ``args.eval_every`` steps and at the end a row of
+                evaluate_model: Callable[[NextDiT], dict], record: dict, caption_channels: int = 32,
+                device: torch.device | str = "cpu", compile_blocks: bool = False) -> None:
+    """The probes' model and loop: a NextDiT of ``args.width``/``args.depth`` (seeded by ``args.seed``, on the host,
+    then moved to ``device``; ``compile_blocks``: compiled as the trainer compiles them), AdamW, clip 1,
+    ``loss_of(model, generator)`` a step; every ``args.eval_every`` steps and at the end a row of
     ``evaluate_model(model)`` printed and added to ``record``, which ``--json`` gets at the end."""
     torch.manual_seed(args.seed)
     model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
-                                  caption_channels=caption_channels, multiple_of=32))
+                                  caption_channels=caption_channels, multiple_of=32)).to(device)
+    if compile_blocks:
+        model = compile_like_trainer(model, torch.device(device))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed + 1)
     t0 = time.time()

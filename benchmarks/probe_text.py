@@ -26,7 +26,19 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
   prompt), the figure ``learn_procedural.py`` reports for its GPU run;
 * ``--loop trainer``: the same data written as latent shards and trained by ``model/train.py`` (the
   reader, caption dropout on cached features, its AdamW and EMA) instead of the probe's own loop, so a
-  difference between the two is the project's training path.
+  difference between the two is the project's training path;
+* ``--device cuda`` (default cpu) runs the model, its training, sampling and ``prompt_reliance`` on the GPU, with
+  every random draw still made on the host (the same batches, σ and noise as on a CPU), so its figures compare
+  with a CPU run's; rendering, the VAE, the text encoder and the judge stay on the host. With ``--bf16`` the
+  GPU training path's precision (bf16 autocast, TF32), with ``--compile`` its blocks compiled by
+  ``model/train.py``'s ``wrap_model``; on CUDA self-attention is the compiled flex kernel and SDPA picks the
+  caption cross-attention's (cuDNN on an H100). ``--loop trainer`` trains on ``--device`` too (the trainer
+  alone would take CUDA whenever there is one), in bf16 with ``--bf16`` and compiled with ``--compile``; it
+  draws its noise on its device, so its CUDA run sees other noise than its CPU run:
+
+      python benchmarks/probe_text.py --steps 2000 --device cuda --bf16 --compile
+      python benchmarks/probe_text.py --steps 2000 --loop trainer --prompt-prefix '[[text2image]]' \
+          --device cuda --bf16 --compile
 
 Random text encoder, random weights at start: nothing here is a benchmark of the released model.
 """
@@ -34,6 +46,7 @@ Random text encoder, random weights at start: nothing here is a benchmark of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -214,16 +227,31 @@ def encode(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, tor
 @torch.no_grad()
 def evaluate(model: NextDiT, judge: Judge, text: tuple, null: tuple, labels: torch.Tensor, cfg: float,
              decode_latents: Callable, latent_size: int) -> dict:
-    embeds, mask = text
+    """Samples on the model's device (their noise drawn on the host), decoded and judged on the host."""
+    device = next(model.parameters()).device
+    embeds, mask = (t.to(device) for t in text)
+    null_embeds, null_mask = (t.to(device) for t in null)
     out = {}
     for scale in sorted({1.0, cfg}):
-        cond = Conditioning(embeds, mask, null[0].expand(len(embeds), -1, -1), null[1].expand(len(embeds), -1))
+        cond = Conditioning(embeds, mask, null_embeds.expand(len(embeds), -1, -1), null_mask.expand(len(embeds), -1))
         shape = (len(embeds), 1, 16, latent_size, latent_size)
-        made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(shape),
+        made = sample(lambda v, t, c: model(v, t, c.embeds, c.mask), torch.zeros(shape, device=device),
                       [1.0], cond, steps=20, cfg_scale=scale, generator=torch.Generator().manual_seed(5))
-        images = decode_latents(made).clamp(-1, 1)
+        images = decode_latents(made.cpu()).clamp(-1, 1)
         out[f"cfg{scale:g}"] = {k: round(v, 3) for k, v in judge.accuracy(images, labels).items()}
     return out
+
+
+@contextlib.contextmanager
+def trainer_on(device: torch.device):
+    """``model/train.py`` takes CUDA whenever there is one (``setup_distributed``): held to ``--device`` here, so
+    that a CPU run stays one on a GPU machine."""
+    chosen, original = trainer.Dist(device=device), trainer.setup_distributed
+    trainer.setup_distributed = lambda: chosen
+    try:
+        yield
+    finally:
+        trainer.setup_distributed = original
 
 
 def train_with_trainer(args, latents: torch.Tensor, captions: list[str], text: tuple, evaluate_model, record: dict
@@ -247,7 +275,7 @@ def train_with_trainer(args, latents: torch.Tensor, captions: list[str], text: t
                  "caption_dropout": 0.1}],
         lr=args.lr, warmup_steps=0, sigma_shift=args.sigma_shift, condition_prob=0.0, latents=True,
         checkpoint_every=args.steps, log_every=100, out_dir=str(work / "checkpoints"), seed=args.seed,
-        parallel="none", precision="fp32", compile=False)
+        parallel="none", precision="bf16" if args.bf16 else "fp32", compile=args.compile)
     params = Params.model_validate(base)
 
     embeds, mask = text
@@ -274,9 +302,11 @@ def train_with_trainer(args, latents: torch.Tensor, captions: list[str], text: t
             record["evals"].append(row)
             print(json.dumps(row), flush=True)
 
-    result = trainer.train(params, on_step=on_step)
+    with trainer_on(torch.device(args.device)):
+        result = trainer.train(params, on_step=on_step)
     ema = NextDiT(CONFIGS["tiny"])
     ema.load_state_dict(load_file(str(Path(result["checkpoint"]) / "ema.safetensors")))
+    ema.to(args.device)
     record["ema"] = {"step": result["step"], **evaluate_model(ema.eval())}
     print(json.dumps({"ema": record["ema"]}), flush=True)
     if args.json:
@@ -306,7 +336,13 @@ def main() -> None:
                     help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
     ap.add_argument("--bf16", action="store_true",
                     help="the probe's loop trains under bf16 autocast, as the trainer does on a GPU (~10x slower on "
-                         "this CPU); sampling stays float32, as the model predictor's")
+                         "this CPU; on CUDA with TF32 too, as the trainer); sampling stays float32, as the model "
+                         "predictor's. With --loop trainer (CUDA only): the trainer's precision bf16")
+    ap.add_argument("--device", default="cpu",
+                    help="where the model trains, samples and is scored: cpu (default) or cuda; the random draws "
+                         "stay on the host either way")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile the model's blocks as model/train.py does (its wrap_model; minutes on a CPU)")
     ap.add_argument("--loop", choices=["probe", "trainer"], default="probe",
                     help="probe: the script's own training loop; trainer: model/train.py on latent shards of the same "
                          "data (the `tiny` model; needs --prompt-prefix '[[text2image]]', the tag it puts first)")
@@ -327,13 +363,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.vae and args.chroma_scale is not None:
         ap.error("--chroma-scale recolours the pixels that --vae replaces: pass one of them")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
+    if device.type == "cuda" and args.bf16 and args.loop == "probe":
+        # as model/train.py turns them on for a bf16 run (for the whole process, its evaluations included)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.loop == "trainer":
         tiny = CONFIGS["tiny"]
         if (args.width, args.depth, args.text_dim) != (tiny.hidden_size, tiny.depth, tiny.caption_channels):
             ap.error(f"--loop trainer trains `tiny`: --width {tiny.hidden_size} --depth {tiny.depth} "
                      f"--text-dim {tiny.caption_channels}")
-        if args.bf16:
-            ap.error("--bf16 is the probe loop's; the trainer autocasts on a GPU only")
+        if args.bf16 and torch.device(args.device).type != "cuda":
+            ap.error("--bf16 with --loop trainer needs --device cuda: the trainer autocasts on a GPU only")
         if args.prompt_prefix != tasks.TEXT2IMAGE:
             ap.error(f"--loop trainer puts {tasks.TEXT2IMAGE} before every prompt: pass --prompt-prefix "
                      f"'{tasks.TEXT2IMAGE}' so the held-out prompts carry it too")
@@ -347,7 +389,8 @@ def main() -> None:
     raw_captions = captions
     if args.prompt_prefix:
         captions, held_captions = ([f"{args.prompt_prefix} {c}" for c in cs] for cs in (captions, held_captions))
-    record = {"command": " ".join([sys.executable, *sys.argv]), "object_share": round(covered, 4), "evals": []}
+    record = {"command": " ".join([sys.executable, *sys.argv]), "object_share": round(covered, 4), "evals": [],
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if args.vae:
         encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps,
                                                                 args.seed, args.vae_downsample,
@@ -370,27 +413,34 @@ def main() -> None:
     latents = encode_images(images)
 
     def loss_of(model: NextDiT, g: torch.Generator) -> torch.Tensor:
+        # every draw on the host, in the CPU run's order: a --device cuda run trains on the same batches and noise
         i = torch.randint(len(latents), (args.batch,), generator=g)
         drop = (torch.rand(args.batch, generator=g) < 0.1)[:, None]
         embeds = torch.where(drop[..., None], null_embeds, text[0][i])
         mask = torch.where(drop, null_mask, text[1][i])
-        with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
-            return flow_matching_loss(model, latents[i], embeds, mask,
-                                      sample_sigmas((args.batch, 1), g, args.sigma_shift),
-                                      torch.randn(latents[i].shape, generator=g))[0]
+        sigmas = sample_sigmas((args.batch, 1), g, args.sigma_shift)
+        noise = torch.randn(latents[i].shape, generator=g)
+        x, embeds, mask, sigmas, noise = (t.to(device) for t in (latents[i], embeds, mask, sigmas, noise))
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
+            return flow_matching_loss(model, x, embeds, mask, sigmas, noise)[0]
 
     some = slice(0, min(256, len(latents)))
     fixed_noise = torch.randn(latents[some].shape, generator=torch.Generator().manual_seed(args.seed + 2))
 
+    def encode_on_device(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.to(device) for t in encoder(prompts))
+
     def evaluate_model(model: NextDiT) -> dict:
-        reliance = prompt_reliance(model, latents[some], fixed_noise, captions[some], encoder, sigmas=(0.5, 0.75, 0.95))
+        reliance = prompt_reliance(model, latents[some].to(device), fixed_noise.to(device), captions[some],
+                                   encode_on_device, sigmas=(0.5, 0.75, 0.95))
         return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, decode_latents, latents.shape[-1]),
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":
         train_with_trainer(args, latents, raw_captions, text, evaluate_model, record)
     else:
-        train_probe(args, loss_of, evaluate_model, record, caption_channels=args.text_dim)
+        train_probe(args, loss_of, evaluate_model, record, caption_channels=args.text_dim, device=device,
+                    compile_blocks=args.compile)
 
 
 if __name__ == "__main__":

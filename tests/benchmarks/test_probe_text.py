@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.benchmarks.scripts import BENCHMARKS, load_script
@@ -133,3 +134,17 @@ def test_a_vae_run_reports_the_fit_and_the_judge_of_its_round_trips(tmp_path):
     assert [row["step"] for row in record["evals"]] == [2]
     r = subprocess.run([*common, "--vae", "channel", "--chroma-scale", "0.5"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--chroma-scale recolours the pixels that --vae replaces" in r.stderr
+
+
+def test_the_trainer_is_held_to_the_probes_device():  # model/train.py alone takes CUDA whenever there is one
+    probe = load_script("probe_text")
+    original = probe.trainer.setup_distributed
+    with probe.trainer_on(torch.device("cpu")):
+        assert probe.trainer.setup_distributed().device == torch.device("cpu")
+    assert probe.trainer.setup_distributed is original
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where there is no CUDA")
+def test_a_cuda_run_is_refused_where_there_is_none():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA device here" in r.stderr, r.stderr

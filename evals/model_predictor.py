@@ -35,7 +35,7 @@ from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen import tasks
 from onegen.config import Params
 from onegen.hub_cache import resolve_model_path
-from onegen.plucker import rays_for_cameras
+from onegen.plucker import RAY_FRAME, rays_for_cameras
 from onegen.seeding import item_seed
 from onegen.camera import Camera
 
@@ -122,6 +122,9 @@ class ModelPredictor:
         vae_shift = False if released else meta.get("vae_shift", True)
         self.depth_version = DEPTH_CONDITION_VERSION if released else meta.get("depth_condition", 1)
         self.depth_space = "depth" if self.depth_version == 1 else "disparity"
+        # the key came after the frame changed and before depth_condition did: a checkpoint with the latter but not
+        # the former learned the current frame
+        self.ray_frame = RAY_FRAME if released else meta.get("ray_frame", 2 if "depth_condition" in meta else 1)
         self.codec = LatentCodec.load(params.model.vae, device=self.device, seed=params.seed, shift=vae_shift)
         self.text = TextEncoder.load(params.model.text_encoder, max_tokens=params.model.max_text_tokens,
                                      device=self.device, seed=params.seed, dim=self.model.config.caption_channels)
@@ -132,7 +135,8 @@ class ModelPredictor:
         self.identity = hashlib.sha256(json.dumps([
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed, vae_shift),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
-            self.normalize_rays, self.given_label, repr(self.shift), self.depth_version]).encode()).hexdigest()[:16]
+            self.normalize_rays, self.given_label, repr(self.shift), self.depth_version,
+            self.ray_frame]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
@@ -168,6 +172,10 @@ class ModelPredictor:
         return [d.cpu().numpy() + 1.0 for d in depth]
 
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
+        if self.ray_frame != RAY_FRAME:
+            raise ValueError(f"model predictor: {self.checkpoint} learned ray maps in camera 0's OpenCV frame "
+                             f"(ray_frame {self.ray_frame}); they are now drawn in its PyTorch3D frame, as the release "
+                             "draws them: retrain it for novel views")
         results = []
         for it in items:  # one object at a time: objects differ in their view sets
             cond = list(it["condition_views"])

@@ -58,6 +58,7 @@ from model.views import batch_to_latents
 from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen.config import ConfigError, Params, TrainConfig, TrainStage, load_params
 from onegen.jsonl import append_jsonl
+from onegen.plucker import RAY_FRAME
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
 from onegen.shards.writer import atomic_write_bytes, content_identity, write_json
@@ -839,6 +840,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "vae_shift": params.model.vae_shift,  # and which latents it learned
                     "depth_condition": DEPTH_CONDITION_VERSION,  # and how its depth images are drawn
+                    "ray_frame": RAY_FRAME,  # and in which world its ray maps live
                     "model_config": model_cfg.to_dict(), "loss": record.get("loss"),
                     "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights},
                     "parts_seed": params.seed, "torch": torch.__version__}

@@ -40,6 +40,9 @@ _CHANNEL_COMPONENT = np.arange(RAY_CHANNELS) % _RAY_COMPONENTS  # which of (d, m
 
 # camera 0's OpenCV frame -> its PyTorch3D frame (x left, y up): the world of every ray map; its own inverse
 FIRST_CAMERA_FRAME = np.diag([-1.0, -1.0, 1.0, 1.0])
+# which world ray maps live in, recorded by checkpoints: 1 camera 0's OpenCV frame (until session 17), 2 its
+# PyTorch3D frame (FIRST_CAMERA_FRAME). A model reads the rays of its own version only.
+RAY_FRAME = 2
 
 
 def relative_to_first(world_to_cameras: np.ndarray) -> np.ndarray:

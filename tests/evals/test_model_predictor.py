@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     step.mkdir(parents=True)
     torch.manual_seed(0)
     save_file(NextDiT(CONFIGS["tiny"]).state_dict(), str(step / "ema.safetensors"))
-    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    (step / "meta.json").write_text(json.dumps({"step": 1, "ray_frame": 2}))
     (root / "ck" / "latest").write_text("step_0000001\n")
     d = yaml.safe_load(profile_path("default").read_text())
     d["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
@@ -136,6 +136,16 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     assert unshifted.codec.shift == 0.0 and unshifted.describe()["hash"] != pred.describe()["hash"]
     (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "depth_condition": 2}))
     assert ModelPredictor(params, step).depth_space == "disparity"
+    # rays: the current frame from the meta key on, and in the checkpoints of the depth convention that came after
+    # it; before both, camera 0's OpenCV frame, whose model cannot read the rays drawn now
+    assert ModelPredictor(params, step).ray_frame == 2
+    (step / "meta.json").write_text(json.dumps({"step": 1, "ray_frame": 2}))
+    current = ModelPredictor(params, step)
+    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    old_frame = ModelPredictor(params, step)
+    assert old_frame.ray_frame == 1 and old_frame.describe()["hash"] != current.describe()["hash"]
+    with pytest.raises(ValueError, match=r"learned ray maps in camera 0's OpenCV frame \(ray_frame 1\)"):
+        old_frame.predict_views([{"condition_views": [0], "target_views": [1]}])
 
 
 def _live_tiny_model() -> NextDiT:
@@ -193,7 +203,7 @@ def test_unknown_poses_generate_the_later_condition_views_rays(setup, tmp_path):
     step = tmp_path / "step_0000001"
     step.mkdir()
     save_file(_live_tiny_model().state_dict(), str(step / "ema.safetensors"))
-    (step / "meta.json").write_text(json.dumps({"step": 1}))
+    (step / "meta.json").write_text(json.dumps({"step": 1, "ray_frame": 2}))
     params = load_params(setup / "params.yaml")
     pred = ModelPredictor(params, step, steps=2, cfg_scale=2.0)
     item = registry.get("world_nvs")(params).items()[0] | {"condition_views": [0, 1], "target_views": [2]}

@@ -86,6 +86,7 @@ def test_loss_decreases(project):
     assert meta["step"] == 40 and meta["condition_prob"] == 0.0  # the model predictor's given-view label reads it
     assert meta["vae_shift"] is True  # and which latents it learned (SD3's, shifted: no released start)
     assert meta["depth_condition"] == 2  # and how its depth images were drawn
+    assert meta["ray_frame"] == 2  # and in which world its rays were
     torch.load(ck / "optimizer.pt", weights_only=True)
 
 

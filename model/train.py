@@ -150,6 +150,16 @@ def recipe_through(cfg: TrainConfig, step: int) -> list[dict]:
     return out
 
 
+# what shapes the weights besides the stages: a finished run under other values of these is another model (compile,
+# checkpointing, parallelism or reading latents are how a run computes, not what it learns)
+WEIGHT_SHAPING = {"lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "grad_accum",
+                  "sigma_shift", "condition_prob", "precision", "seed"}
+
+
+def optimization_of(cfg: TrainConfig, params: Params) -> dict:
+    return {**cfg.model_dump(mode="json", include=WEIGHT_SHAPING), "start": str(params.model.checkpoint)}
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup_steps``, then constant (the paper gives no decay)."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -206,7 +216,7 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]
                 raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
                                         f"at {d} (run `onegen {command} {fam}`)")
             if stage.steps and cfg.latents:
-                check_latents(d, params)
+                check_latents(d, params, fam)
             dirs[d] = side
         out.append(dirs)
     return out
@@ -236,20 +246,22 @@ def set_aside(out_dir: Path, tag: str) -> Path:
     return aside
 
 
-def check_latents(directory: Path, params: Params) -> None:
-    """Precomputed latents (and text features) must come from the weights this run is configured with."""
+def check_latents(directory: Path, params: Params, family: str | None = None) -> None:
+    """Precomputed latents (and text features) must come from the weights this run is configured with; ``family``
+    names the folder's family where it is a resized side of it (``<family>/side<S>``)."""
+    family = family or directory.name
     made = json.loads((directory / "latents.json").read_text())
     want_vae = LatentCodec.identity_of(params.model.vae, params.seed, params.model.vae_shift)
     if made["vae"] != want_vae:
         raise ValueError(f"{directory}: latents were made by VAE {made['vae'][:16]}, model.vae gives {want_vae[:16]} "
-                         f"-- rerun `onegen latents {directory.name}`")
+                         f"-- rerun `onegen latents {family}`")
     if made.get("depth_condition", 1) != DEPTH_CONDITION_VERSION:
         raise ValueError(f"{directory}: latents hold depth images drawn by convention {made.get('depth_condition', 1)}, "
-                         f"the reader now draws {DEPTH_CONDITION_VERSION} -- rerun `onegen latents {directory.name}`")
+                         f"the reader now draws {DEPTH_CONDITION_VERSION} -- rerun `onegen latents {family}`")
     want_text = TextEncoder.identity_of(params.model.text_encoder, params.seed, CONFIGS[params.model.size].caption_channels)
     if made.get("text") is not None and (made["text"] != want_text or made["max_text_tokens"] != params.model.max_text_tokens):
         raise ValueError(f"{directory}: cached text features come from another text encoder or token limit than "
-                         f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {directory.name}`")
+                         f"model.text_encoder / model.max_text_tokens -- rerun `onegen latents {family}`")
 
 
 def padded_length(length: int) -> int:
@@ -688,11 +700,16 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         changed.append("latents (model.vae_shift)")
     if ckpt and meta.get("depth_condition", 1) != DEPTH_CONDITION_VERSION:  # the same shards, drawn otherwise
         changed.append(f"depth images (version {meta.get('depth_condition', 1)})")
-    if ckpt and "recipe" in meta and meta["recipe"] != recipe_through(cfg, int(meta["step"])):
+    finished = ckpt is not None and int(meta.get("step", 0)) == total
+    past = ckpt is not None and int(meta.get("step", 0)) > total  # a shortened recipe: one clear error below
+    if ckpt and not past and "recipe" in meta and meta["recipe"] != recipe_through(cfg, int(meta["step"])):
         changed.append(f"stages (train.stages up to step {meta['step']}: families, sides, batch or steps)")
-    elif ckpt and meta.get("config_hash") != chash and int(meta.get("step", 0)) == total:
-        # a finished run (or one from before checkpoints kept their recipe) is the model of its own params only
-        changed.append("train or model params (a finished run's)")
+    elif finished and "optimization" in meta and meta["optimization"] != optimization_of(cfg, params):
+        # a finished run is the model of its own hyperparameters only (an unfinished one continues, with a warning)
+        changed.append("hyperparameters (a finished run's: " + ", ".join(
+            k for k, v in optimization_of(cfg, params).items() if meta["optimization"].get(k) != v) + ")")
+    elif finished and "optimization" not in meta and meta.get("config_hash") != chash:
+        changed.append("train or model params (a finished run's, from before checkpoints kept their recipe)")
     if changed:
         # DVC reruns this stage when its shards change and keeps the checkpoints (persisted, so that a killed run
         # resumes): resumed, a finished run would train no step on the new data and report the old model as new.
@@ -835,7 +852,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             window.reset()
         if is_checkpoint_step(cfg, step):
             meta = {"step": step, "stage": stage.name, "stage_index": si, "config_hash": chash,
-                    "data_identity": data_id, "recipe": recipe_through(cfg, step), "slots": slots,
+                    "data_identity": data_id, "recipe": recipe_through(cfg, step),
+                    "optimization": optimization_of(cfg, params), "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "vae_shift": params.model.vae_shift,  # and which latents it learned
@@ -855,6 +873,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                "read_problems": len(report.problems), "config_hash": chash, "data_identity": data_id,
                "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights}}
     if dist.main:
+        log_dir.mkdir(parents=True, exist_ok=True)  # a finished run resumed into fresh reports logged nothing
         write_json(log_dir / "summary.json", summary)
     return summary
 

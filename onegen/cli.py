@@ -65,9 +65,8 @@ def latents(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES
     from pipelines import latents as stage
 
     st = _run(stage.run, _params(params), family)
-    sides = f"; resized to {', '.join(f'{side}px' for side in st['sides'])} for the stages at those sides" \
-        if st["sides"] else ""
-    typer.echo(f"latents {family}: {st['samples']} samples in {st['shards']} shards{sides}")
+    sides = ", ".join("as built" if side is None else f"resized to {side}px" for side in st["sides"])
+    typer.echo(f"latents {family}: {st['samples']} samples ({sides}) in {st['shards']} shards")
 
 
 @app.command()

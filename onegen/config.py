@@ -73,10 +73,9 @@ class SourceConfig(_Strict):
     split: str | None = None
     image_column: str = "image"
     limit: int | None = Field(None, ge=1, description="read at most this many records")
-    # every kind (photo kinds only where set); then the scene and identity readers' (dl3dv, objaverse, co3d,
-    # hypersim, id_folder) own
-    resolution: int = Field(256, ge=8, multiple_of=8, description="square side images are centre-cropped/resized to "
-                            "(photo sources: world.resolution unless set here)")
+    # every kind; then the scene and identity readers' (dl3dv, objaverse, co3d, hypersim, id_folder) own
+    resolution: int | None = Field(None, ge=8, multiple_of=8, description="square side images are centre-cropped/"
+                                   "resized to; null: world.resolution for photo sources, 256 for the others")
     views: tuple[int, int] = Field((4, 12), description="min/max views per multiview record (paper: 4-12)")
     captions: Path | None = Field(None, description="csv 'id,caption' without header (Cap3D for objaverse; dl3dv)")
     image_subdir: str | None = Field(None, description="dl3dv: folder replacing file_path's first one, e.g. images_4")
@@ -87,6 +86,11 @@ class SourceConfig(_Strict):
         None, description="hypersim: metadata_camera_parameters.csv (per-scene intrinsics); null = 60 deg pinhole")
     min_images: int = Field(4, ge=1, description="id_folder: keep subjects with at least this many images")
     id_views: tuple[int, int] = Field((2, 5), description="id_folder: min/max images per identity record (paper: 2-5)")
+
+    @property
+    def scene_side(self) -> int:
+        """The side a scene or identity reader stores its views at."""
+        return self.resolution or 256
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -519,11 +523,11 @@ class TrainConfig(_Strict):
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
-    def sides_of(self, family: str) -> list[int]:
-        """The resized sides (not None) that stages with steps train ``family`` at: what `onegen latents` encodes
-        beside the shards' own resolution."""
-        return sorted({s.side_of(family) for s in self.stages
-                       if s.steps and family in s.families and s.side_of(family) is not None})
+    def sides_of(self, family: str) -> list[int | None]:
+        """The sides stages with steps train ``family`` at (None: as its shards are), what `onegen latents` encodes;
+        a family no stage trains is encoded as its shards are."""
+        sides = {s.side_of(family) for s in self.stages if s.steps and family in s.families}
+        return sorted(sides, key=lambda side: (side is not None, side or 0)) or [None]
 
 
 

@@ -8,7 +8,8 @@ views pass through. With ``latents.text`` each sample also carries its prompt's 
 features (a ``text`` view, float16, L x D, its valid tokens only).
 
 A training stage at another side than the shards' (``train.stages[].resolution``) gets the family's samples
-resized to that side first (``onegen.shards.resize``), encoded into ``data/latents/<family>/side<S>``.
+resized to that side first (``onegen.shards.resize``), encoded into ``data/latents/<family>/side<S>``; the
+shards' own side is encoded only where a stage (or none at all) trains the family at it.
 
 ``latents.json`` beside the shards names the VAE and text encoder that made them; the trainer
 refuses latents made by other weights than the ones it is configured with. Encoding runs in
@@ -132,7 +133,7 @@ def run(params: Params, family: str) -> dict:
         records.append({"name": "text_encoder", "version": type(text.model).__name__, "weights_sha256": identity["text"]})
     chunk = params.latents.batch_size
     built = {}
-    for side in [None, *params.train.sides_of(family)]:
+    for side in params.train.sides_of(family):
         def sample(i: int, side=side) -> Sample:
             return source[i] if side is None else resize_sample(source[i], side)
 
@@ -151,4 +152,4 @@ def run(params: Params, family: str) -> dict:
                                    on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
                                                          stage="latents", family=family, side=side))
         write_json(out / "latents.json", {**identity, "side": side})
-    return {**built[None], "sides": {s: st["samples"] for s, st in built.items() if s is not None}}
+    return {"samples": len(source), "shards": sum(st["shards"] for st in built.values()), "sides": list(built)}

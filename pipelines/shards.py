@@ -168,8 +168,7 @@ class Sources:
     def photo_side(self, name: str) -> int:
         """A photo source's square side: its own ``resolution`` where the params set one (a recipe that trains
         text-to-image at 1024² needs photos stored that large), else the world's, as the shards it joins."""
-        cfg = self.params.sources[name]
-        return cfg.resolution if "resolution" in cfg.model_fields_set else self.params.world.resolution
+        return self.params.sources[name].resolution or self.params.world.resolution
 
     def source_id(self, ref: Ref) -> str | None:
         ids = getattr(self.get(ref.source), "ids", None)

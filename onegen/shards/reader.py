@@ -33,6 +33,7 @@ from onegen.shards.resize import resize_sample
 
 log = logging.getLogger(__name__)
 TASK_GROUPS = ("text2image", "image2image", "id", "multiview")
+FAILURES_IN_A_ROW = 256  # samples of one stream that may fail one after another before it stops
 
 
 def task_group(task: str) -> str:
@@ -158,13 +159,22 @@ def sample_to_tensors(sample: Sample) -> dict:
 
 def _decode_stage(report: ReadReport, sides: Mapping[str, int]):
     def stage(src: Iterable[dict]) -> Iterator[dict]:
+        failed = 0
         for raw in src:
             try:
                 sample = decode_sample(raw)
                 side = sides.get(str(Path(raw["__url__"]).parent))
                 yield sample_to_tensors(resize_sample(sample, side) if side else sample)
+                failed = 0
             except (FormatError, KeyError, ValueError, TypeError) as e:
-                report.add(raw.get("__url__", "?"), raw.get("__key__"), f"{type(e).__name__}: {e}")
+                reason = f"{type(e).__name__}: {e}"
+                report.add(raw.get("__url__", "?"), raw.get("__key__"), reason)
+                failed += 1
+                # one bad sample is skipped and reported; every sample failing (a stage's side larger than the
+                # shards', a map with no resampling rule) would otherwise spin a resampled stream forever
+                if failed == FAILURES_IN_A_ROW:
+                    raise RuntimeError(f"reader: {failed} samples in a row unreadable, the last "
+                                       f"{raw.get('__key__')} of {raw.get('__url__', '?')}: {reason}") from e
     return stage
 
 

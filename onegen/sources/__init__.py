@@ -47,25 +47,25 @@ def open_source(cfg: SourceConfig, seed: int = 0):
     if cfg.kind == "dl3dv":
         from onegen.sources.dl3dv import DL3DVSource
 
-        return DL3DVSource(cfg.path, views=cfg.views, resolution=cfg.resolution, captions=cfg.captions,
+        return DL3DVSource(cfg.path, views=cfg.views, resolution=cfg.scene_side, captions=cfg.captions,
                            image_subdir=cfg.image_subdir, seed=seed)
     if cfg.kind == "objaverse":
         from onegen.sources.objaverse import ObjaverseSource
 
-        return ObjaverseSource(cfg.path, views=cfg.views, resolution=cfg.resolution, captions=cfg.captions,
+        return ObjaverseSource(cfg.path, views=cfg.views, resolution=cfg.scene_side, captions=cfg.captions,
                                fov_deg=cfg.render_fov_deg, seed=seed)
     if cfg.kind == "co3d":
         from onegen.sources.co3d import CO3DSource
 
-        return CO3DSource(cfg.path, views=cfg.views, resolution=cfg.resolution, categories=cfg.categories, seed=seed)
+        return CO3DSource(cfg.path, views=cfg.views, resolution=cfg.scene_side, categories=cfg.categories, seed=seed)
     if cfg.kind == "hypersim":
         from onegen.sources.hypersim import HypersimSource
 
-        return HypersimSource(cfg.path, views=cfg.views, resolution=cfg.resolution,
+        return HypersimSource(cfg.path, views=cfg.views, resolution=cfg.scene_side,
                               camera_parameters=cfg.camera_parameters, seed=seed)
     if cfg.kind == "id_folder":
         from onegen.sources.id_folder import IDFolderSource
 
-        return IDFolderSource(cfg.path, min_images=cfg.min_images, id_views=cfg.id_views, resolution=cfg.resolution,
+        return IDFolderSource(cfg.path, min_images=cfg.min_images, id_views=cfg.id_views, resolution=cfg.scene_side,
                               seed=seed)
     raise ValueError(f"unknown source kind {cfg.kind!r}")

@@ -176,11 +176,18 @@ def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resu
     assert summary["resumed_from"] == 0 and summary["step"] == 14
     assert (lower.out_dir / "superseded-step_0000014" / "step_0000014").is_dir()
 
+    # a finished run is the model of its hyperparameters (set aside for another lr), not of how it computed
+    for name, change, resumed in (("lr", {"lr": 2e-3}, 0), ("ckpting", {"activation_checkpointing": True}, 14)):
+        out = tmp_path / name
+        shutil.copytree(cfg.out_dir, out)
+        summary = train(run_params(project, name), cfg.model_copy(update={"out_dir": out, **change}))
+        assert summary["resumed_from"] == resumed, name
     # a finished checkpoint from before checkpoints kept their recipe: any other params retrain it
     old = tmp_path / "old"
     shutil.copytree(cfg.out_dir, old)
     meta_path = old / "step_0000014" / "meta.json"
-    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "recipe"}))
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items()
+                                     if k not in ("recipe", "optimization")}))
     summary = train(run_params(project, "old"), cfg.model_copy(update={"out_dir": old, "lr": 2e-3}))
     assert summary["resumed_from"] == 0
 

@@ -23,9 +23,12 @@ def test_profiles_load_and_differ_where_the_paper_does():
     assert set(p.shards.families) == set(FAMILIES)
     # the paper's sides: text2image 256² then 512² alone, 512² among the other tasks' 256², a 1024² finetune
     assert [s.side_of("text2image") for s in p.train.stages] == [256, 512, 512, 1024]
-    assert p.train.stages[2].side_of("depth") == 256 and p.train.sides_of("text2image") == [256, 512, 1024]
-    assert p.sources["unsplash"].resolution == 1024
-    assert [s.side_of("text2image") for s in d.train.stages] == [64, None, None] and d.train.sides_of("depth") == []
+    assert p.train.stages[2].side_of("depth") is None and p.train.sides_of("text2image") == [256, 512, 1024]
+    # photos for text-to-image stored at 1024² (never upscaled), the same photos for the 256² conditions at 256²
+    assert p.sources["unsplash_hr"].resolution == 1024 and p.sources["unsplash"].resolution is None
+    assert "world" not in p.shards.families["text2image"].sources
+    assert [s.side_of("text2image") for s in d.train.stages] == [64, None, None] and d.train.sides_of("depth") == [None]
+    assert d.train.sides_of("text2image") == [None, 64]
 
 
 @pytest.mark.parametrize(

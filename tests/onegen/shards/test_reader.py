@@ -160,3 +160,16 @@ def test_monocular_disparity_maps_to_the_same_condition_polarity():
     assert torch.equal(t["views"][1], disparity_to_condition(disparity))
     assert t["views"][1][0, 0, 0] == 1 and t["views"][1][0, -1, -1] == -1  # nearest pixel bright, farthest dark
     assert "depth_m_1" not in t
+
+
+def test_a_directory_read_at_another_side_is_resized_and_an_impossible_side_stops_the_stream(shards):
+    d = shards("depth", 6, size=32)
+    report = ReadReport()
+    out = list(sample_stream(shard_urls(d), report, sides={str(d): 16}))
+    assert len(out) == 6 and all(v.shape == (3, 16, 16) for s in out for v in s["views"]) and not report.problems
+    # every sample smaller than the side: reported one by one, then the (endless, resampled) stream stops
+    report = ReadReport()
+    with pytest.raises(RuntimeError, match=r"256 samples in a row unreadable, the last depth/item_\d+ .*smaller than "
+                                           r"the stage's side 64"):
+        next(iter(sample_stream(shard_urls(d), report, resampled=True, sides={str(d): 64})))
+    assert len(report.problems) == 256

@@ -6,7 +6,7 @@ import pytest
 from onegen.camera import Camera
 from onegen.format import Provenance, Sample, View
 from onegen.plucker import rays_for_cameras
-from onegen.shards.resize import resize_sample, resized_camera
+from onegen.shards.resize import resize_sample
 
 
 def camera(yaw: float, h: int, w: int, f: float = 90.0) -> Camera:
@@ -37,8 +37,13 @@ def test_cameras_follow_the_crop_and_rays_are_recomputed_at_the_new_grid():
         uv_old = old.K @ (old.world_to_camera @ point)[:3]
         uv_new = new.K @ (new.world_to_camera @ point)[:3]
         np.testing.assert_allclose(uv_new[:2] / uv_new[2], (uv_old[:2] / uv_old[2] - [16, 0]) * 48 / 96)
-    # the rays are those of the resized cameras, computed afresh (same normalisation, same dtype)
-    want = rays_for_cameras([resized_camera(c, 0, 16, 96, 48) for c in cams], normalize=True)
+    # the rays are those of the cameras a 96² crop at x 16 resized to 48² has, computed afresh (same normalisation,
+    # same dtype), and those cameras are the image views'
+    crop = [Camera(K=np.diag([0.5, 0.5, 1.0]) @ np.array([[1, 0, -16], [0, 1, 0], [0, 0, 1.0]]) @ c.K,
+                   world_to_camera=c.world_to_camera, height=48, width=48) for c in cams]
+    want = rays_for_cameras(crop, normalize=True)
+    for v, c in zip(out.views[3:], out.views[:3]):
+        np.testing.assert_allclose(v.camera.K, c.camera.K)
     got = np.stack([v.data for v in out.views[3:]])
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-3)
@@ -55,7 +60,7 @@ def test_label_maps_keep_their_values_and_pictures_are_filtered():
     img, sem, dep = (v.data for v in out.views)
     assert {tuple(c) for c in sem.reshape(-1, 3)} <= {tuple(c) for c in labels.reshape(-1, 3)}
     assert set(np.unique(dep)) <= set(np.unique(depth)) and (dep[:4] == 0).all() and (dep[4:] > 0).all()
-    assert out.views[2].meta == {"depth_scale": 0.001}
+    assert out.views[2].meta == {"depth_scale": 0.001} and out.meta["resized_from"] == [[64, 64]]
     # noise filtered down: far smoother than one pixel in four picked out of it
     picked = picture[1::2, 1::2].astype(np.float32)
     assert img.astype(np.float32).std() < 0.8 * picked.std()
@@ -70,4 +75,11 @@ def test_what_cannot_be_resized_names_the_sample_and_view():
     with pytest.raises(ValueError, match="world/000001: a ray view without its camera"):
         resize_sample(sample([rays]), 16)
     with pytest.raises(ValueError, match=r"view 0 \(hed\): no resampling rule for a float32"):
-        resize_sample(sample([View("hed", np.zeros((8, 8), np.float32))]), 16)
+        resize_sample(sample([View("hed", np.zeros((32, 32), np.float32))]), 16)
+
+
+def test_a_view_smaller_than_the_side_is_never_upscaled():
+    small = sample([View("image", np.zeros((32, 48, 3), np.uint8))])
+    with pytest.raises(ValueError, match=r"world/000001: view 0 \(image\): 48x32 px, smaller than the stage's side 48"):
+        resize_sample(small, 48)
+    assert resize_sample(small, 32).views[0].data.shape == (32, 32, 3)  # the crop itself: no resampling needed

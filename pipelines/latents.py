@@ -119,6 +119,28 @@ def encode_chunk(samples: list[Sample], codec: LatentCodec, text: TextEncoder | 
     return out
 
 
+def encode_side(params: Params, family: str, source: _SourceSamples, side: int | None, codec: LatentCodec,
+                text: TextEncoder | None, records: list[dict], identity: dict) -> dict:
+    """The family's latents as built (``side`` None) or resized to ``side`` first, into ``latents_dir``."""
+    chunk = params.latents.batch_size
+
+    @lru_cache(maxsize=1)
+    def encoded(c: int) -> list[Sample]:
+        samples = [source[i] for i in range(c * chunk, min((c + 1) * chunk, len(source)))]
+        return encode_chunk(samples if side is None else [resize_sample(s, side) for s in samples], codec, text, records)
+
+    out = latents_dir(params, family, side)
+    fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
+                     params.latents.batch_size, *([] if side is None else [f"side{side}", RESIZE_VERSION]))
+    stats = build_shards(out, len(source), lambda i: encoded(i // chunk)[i % chunk],
+                         ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp,
+                         desc=f"latents {family}" + ("" if side is None else f" at {side}px"),
+                         on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
+                                               stage="latents", family=family, side=side))
+    write_json(out / "latents.json", {**identity, "side": side})
+    return stats
+
+
 def run(params: Params, family: str) -> dict:
     source = _SourceSamples(family_dir(params, family))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,25 +153,6 @@ def run(params: Params, family: str) -> dict:
     records = [{"name": "vae", "version": "diffusers.AutoencoderKL", "weights_sha256": identity["vae"]}]
     if text is not None:
         records.append({"name": "text_encoder", "version": type(text.model).__name__, "weights_sha256": identity["text"]})
-    chunk = params.latents.batch_size
-    built = {}
-    for side in params.train.sides_of(family):
-        def sample(i: int, side=side) -> Sample:
-            return source[i] if side is None else resize_sample(source[i], side)
-
-        @lru_cache(maxsize=1)
-        def encoded(c: int, sample=sample) -> list[Sample]:
-            return encode_chunk([sample(i) for i in range(c * chunk, min((c + 1) * chunk, len(source)))],
-                                codec, text, records)
-
-        out = latents_dir(params, family, side)
-        fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
-                         params.latents.batch_size, *([] if side is None else [f"side{side}", RESIZE_VERSION]))
-        name = family if side is None else f"{family} at {side}px"
-        built[side] = build_shards(out, len(source), lambda i, encoded=encoded: encoded(i // chunk)[i % chunk],
-                                   ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard),
-                                   fp, desc=f"latents {name}",
-                                   on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
-                                                         stage="latents", family=family, side=side))
-        write_json(out / "latents.json", {**identity, "side": side})
+    built = {side: encode_side(params, family, source, side, codec, text, records, identity)
+             for side in params.train.sides_of(family)}
     return {"samples": len(source), "shards": sum(st["shards"] for st in built.values()), "sides": list(built)}

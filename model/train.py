@@ -299,7 +299,8 @@ def slot_batches(dirs: dict[Path, int | None], micro_batch: int, seed: int, shuf
 
 
 class _SlotDataset(torch.utils.data.IterableDataset):
-    """``slot_batches`` inside DataLoader workers, each worker with its own derived seed."""
+    """``slot_batches`` inside DataLoader workers, each worker with its own derived seed; a batch carries the
+    samples its worker skipped since the previous one (``read_problems``), for the trainer's report."""
 
     def __init__(self, dirs, micro_batch, seed, shuffle):
         self.dirs, self.micro_batch, self.seed, self.shuffle = dirs, micro_batch, seed, shuffle
@@ -307,7 +308,10 @@ class _SlotDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         seed = item_seed(self.seed, "train/worker", info.id if info else 0)
-        yield from slot_batches(self.dirs, self.micro_batch, seed, self.shuffle, ReadReport())
+        report, seen = ReadReport(), 0
+        for batch in slot_batches(self.dirs, self.micro_batch, seed, self.shuffle, report):
+            batch["read_problems"], seen = report.problems[seen:], len(report.problems)
+            yield batch
 
 
 def open_stream(dirs, micro_batch: int, seed: int, params: Params, report: ReadReport, pin: bool) -> Iterator[dict]:
@@ -316,7 +320,12 @@ def open_stream(dirs, micro_batch: int, seed: int, params: Params, report: ReadR
         return slot_batches(dirs, micro_batch, seed, params.reader.shuffle_buffer, report)
     loader = torch.utils.data.DataLoader(_SlotDataset(dirs, micro_batch, seed, params.reader.shuffle_buffer),
                                          batch_size=None, num_workers=workers, pin_memory=pin, prefetch_factor=4)
-    return iter(loader)
+
+    def reported() -> Iterator[dict]:
+        for batch in loader:
+            report.problems.extend(batch.pop("read_problems"))
+            yield batch
+    return reported()
 
 
 # --------------------------------------------------------------------------------------------

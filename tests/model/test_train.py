@@ -1,6 +1,7 @@
 """The trainer on CPU: it learns, resumes bit-exactly after a kill, DDP/FSDP2 equal one process,
 and checkpoints appear atomically. Shards come from the project's own pipeline (tiny world)."""
 
+import io
 import json
 import os
 import shutil
@@ -382,3 +383,30 @@ def test_logged_losses_leave_given_views_out():
     assert rec["loss_multiview"] == 3.0 and rec["loss_image2image"] == 3.0
     assert rec["loss_sigma_00_20"] is None  # the given view is no σ-0 target
     assert rec["loss_sigma_20_40"] == 2.0 and rec["loss_sigma_40_60"] == 3.5
+
+
+def test_samples_skipped_inside_loader_workers_reach_the_summary(project, tmp_path):
+    """Every other text2image sample corrupt: the run trains on the rest, and the skipped ones are counted
+    whether the shards are read in this process or in DataLoader workers (each with a report of its own)."""
+    import tarfile
+
+    root = tmp_path / "p"
+    shutil.copytree(project / "data", root / "data")
+    for shard in sorted((root / "data/shards/text2image").glob("shard-*.tar")):
+        with tarfile.open(shard) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+        keys = sorted({m.name.split(".")[0] for m, _ in members})
+        with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tf:
+            for m, data in members:
+                if m.name.endswith(".png") and keys.index(m.name.split(".")[0]) % 2:
+                    data = b"not a png" + data[9:]
+                m.size = len(data)
+                tf.addfile(m, io.BytesIO(data))
+    base = run_params(project, "skipped")
+    base = base.model_copy(update={"paths": base.paths.model_copy(update={"data": root / "data"})})
+    cfg = TrainConfig(stages=[TrainStage(name="t2i", families=["text2image"], steps=3, batch_size=4)],
+                      checkpoint_every=3, log_every=1, out_dir=tmp_path / "ck")
+    for workers in (0, 1):
+        params = base.model_copy(update={"reader": base.reader.model_copy(update={"num_workers": workers})})
+        summary = train(params, cfg.model_copy(update={"out_dir": tmp_path / f"ck{workers}"}))
+        assert summary["step"] == 3 and summary["read_problems"] > 0, workers

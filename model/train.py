@@ -61,6 +61,7 @@ from onegen.jsonl import append_jsonl
 from onegen.plucker import RAY_FRAME
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
+from onegen.shards.resize import resized_dir
 from onegen.shards.writer import atomic_write_bytes, content_identity, write_json
 
 SIGMA_BINS = 5
@@ -211,7 +212,7 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]
             side = stage.side_of(fam)
             d = params.paths.data / kind / fam
             if cfg.latents and side is not None:
-                d, side = d / f"side{side}", None
+                d, side = resized_dir(d, side), None
             if stage.steps and not (d / "stats.json").is_file():
                 raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
                                         f"at {d} (run `onegen {command} {fam}`)")
@@ -222,13 +223,11 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]
     return out
 
 
-def data_identity(cfg: TrainConfig, dirs: list[dict[Path, int | None]]) -> dict[str, str]:
+def data_identity(cfg: TrainConfig, dirs: list[dict[Path, int | None]], root: Path) -> dict[str, str]:
     """What the recipe trains on: each family folder's ``content_identity`` (its shards' own hashes), for the
-    stages that take steps. A checkpoint made on other data of a family is never resumed (``_train``)."""
-    def name(d: Path) -> str:  # a family's resized latents live in a folder of its own
-        return f"{d.parent.name}/{d.name}" if d.name.startswith("side") else d.name
-
-    return {name(d): content_identity(json.loads((d / "stats.json").read_text()))
+    stages that take steps, by its path under ``root`` (``depth``, ``text2image/side512``). A checkpoint made on
+    other data of a family is never resumed (``_train``)."""
+    return {d.relative_to(root).as_posix(): content_identity(json.loads((d / "stats.json").read_text()))
             for d in sorted({d for stage, ds in zip(cfg.stages, dirs) if stage.steps for d in ds})}
 
 
@@ -701,7 +700,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)
     dist.barrier()
-    data_id = data_identity(cfg, dirs)
+    data_id = data_identity(cfg, dirs, params.paths.data / ("latents" if cfg.latents else "shards"))
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
     changed = sorted(f"{f} shards" for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)

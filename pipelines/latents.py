@@ -36,7 +36,7 @@ from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors
-from onegen.shards.resize import VERSION as RESIZE_VERSION, resize_sample
+from onegen.shards.resize import VERSION as RESIZE_VERSION, resize_sample, resized_dir
 from onegen.shards.writer import ShardLimits, build_shards, content_identity, write_json
 from pipelines.shards import StageError, family_dir
 
@@ -47,7 +47,7 @@ def latents_dir(params: Params, family: str, side: int | None = None) -> Path:
     """Where ``onegen latents`` writes a family: its shards as built, or (``side``) resized to a training stage's
     square side first, in a folder of their own beside them (``model.train.family_dirs`` reads the same)."""
     out = params.paths.data / "latents" / family
-    return out if side is None else out / f"side{side}"
+    return out if side is None else resized_dir(out, side)
 
 
 def encoder_identity(params: Params) -> dict:

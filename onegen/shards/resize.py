@@ -13,6 +13,7 @@ smaller than the side would be a blurred copy, so it is an error naming the item
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,11 @@ VERSION = 1
 NEAREST_MODALITIES = frozenset({"depth", "semantic", "bbox", "instance", "canny"})
 # views that are not pictures: the prompt's cached features pass as they are, ray maps are recomputed
 UNSIZED = frozenset({"text", "rays"})
+
+
+def resized_dir(family_dir: Path, side: int) -> Path:
+    """Where a family's samples resized to ``side`` are kept, inside its own folder (``onegen latents``)."""
+    return family_dir / f"side{side}"
 
 
 def resize_view(view: View, side: int, where: str) -> View:

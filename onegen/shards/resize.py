@@ -21,7 +21,7 @@ from PIL import Image
 from onegen.camera import Camera
 from onegen.format import Sample, View
 from onegen.plucker import rays_for_cameras
-from onegen.sources.scenes import square_crop
+from onegen.sources.scenes import square_crop, square_crop_intrinsics
 
 # bump when resizing the same sample gives other pixels: resized latents record it
 VERSION = 1
@@ -36,6 +36,20 @@ def resized_dir(family_dir: Path, side: int) -> Path:
     return family_dir / f"side{side}"
 
 
+def _check_side(height: int, width: int, side: int, where: str) -> None:
+    if min(height, width) < side:
+        raise ValueError(f"{where}: {width}x{height} px, smaller than the stage's side {side}: stages never "
+                         f"upscale; store the source that large (world.resolution, a source's resolution) or train "
+                         f"this family at its own side")
+
+
+def resized_camera(camera: Camera, side: int, where: str) -> Camera:
+    """The camera of its image's centre square crop resized to ``side``."""
+    _check_side(camera.height, camera.width, side, where)
+    return Camera(K=square_crop_intrinsics(camera.K, camera.width, camera.height, side),
+                  world_to_camera=camera.world_to_camera, height=side, width=side)
+
+
 def resize_view(view: View, side: int, where: str) -> View:
     """One picture or map (HxW or HxWxC) centre-cropped and resized to ``side``, its camera with it."""
     a = view.data
@@ -43,20 +57,15 @@ def resize_view(view: View, side: int, where: str) -> View:
         raise ValueError(f"{where}: VAE latents cannot be resized; resize the shards before `onegen latents`")
     if a.ndim not in (2, 3):
         raise ValueError(f"{where}: expected an HxW or HxWxC map to resize, got shape {a.shape}")
-    if min(a.shape[:2]) < side:
-        raise ValueError(f"{where}: {a.shape[1]}x{a.shape[0]} px, smaller than the stage's side {side}: stages never "
-                         f"upscale; store the source that large (world.resolution, a source's resolution) or train "
-                         f"this family at its own side")
+    _check_side(*a.shape[:2], side, where)
     if view.modality in NEAREST_MODALITIES:
         resample = Image.Resampling.NEAREST
     elif a.dtype == np.uint8:
         resample = Image.Resampling.BICUBIC
     else:
         raise ValueError(f"{where}: no resampling rule for a {a.dtype} {view.modality} map")
-    K = view.camera.K if view.camera is not None else np.eye(3)
-    image, K = square_crop(Image.fromarray(a), K, side, resample)
-    camera = None if view.camera is None else Camera(K=K, world_to_camera=view.camera.world_to_camera,
-                                                       height=side, width=side)
+    image, _ = square_crop(Image.fromarray(a), np.eye(3), side, resample)
+    camera = None if view.camera is None else resized_camera(view.camera, side, where)
     return replace(view, data=np.asarray(image, dtype=a.dtype), camera=camera)
 
 
@@ -74,8 +83,7 @@ def resize_sample(sample: Sample, side: int) -> Sample:
         normalized = {bool(v.meta.get("normalized", False)) for v in rig}
         if len(normalized) != 1:
             raise ValueError(f"{sample.key}: ray views disagree on camera normalisation")
-        cameras = [resize_view(View("image", np.zeros((v.camera.height, v.camera.width), np.uint8), camera=v.camera),
-                               side, f"{sample.key}: view {i} (rays)").camera for i, v in zip(ray_at, rig)]
+        cameras = [resized_camera(v.camera, side, f"{sample.key}: view {i} (rays)") for i, v in zip(ray_at, rig)]
         rays = rays_for_cameras(cameras, normalize=normalized.pop()).astype(rig[0].data.dtype)
         for i, c, r in zip(ray_at, cameras, rays):
             views[i] = replace(views[i], data=r, camera=c)

@@ -84,20 +84,25 @@ def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     return matmul(np.diag([sx, sy, 1.0]), np.asarray(K, dtype=np.float64))
 
 
+def square_crop_intrinsics(K: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
+    """The intrinsics of an image's centre square crop ``[x0, x0+s) x [y0, y0+s)`` resized to ``size``: an image
+    point ``x`` lands at ``size/s * (x - x0)``, so ``K' = S T K`` with ``T`` the crop offset and
+    ``S = diag(size/s, size/s, 1)``."""
+    s = min(width, height)
+    x0, y0 = (width - s) // 2, (height - s) // 2
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    return matmul(matmul(np.diag([size / s, size / s, 1.0]), shift), np.asarray(K, dtype=np.float64))
+
+
 def square_crop(image: Image.Image, K: np.ndarray, size: int,
                 resample: Image.Resampling = Image.Resampling.BICUBIC) -> tuple[Image.Image, np.ndarray]:
-    """Centre square crop resized to ``size``, and the intrinsics that go with it.
-
-    The crop ``[x0, x0+s) x [y0, y0+s)`` maps onto ``[0, size)^2`` (Pillow's ``box`` resize maps
-    box edges to image edges), so an image point ``x`` lands at ``size/s * (x - x0)``: exactly
-    ``K' = S T K`` with ``T`` the crop offset and ``S = diag(size/s, size/s, 1)``.
-    """
+    """Centre square crop resized to ``size``, and the intrinsics that go with it (``square_crop_intrinsics``:
+    Pillow's ``box`` resize maps box edges to image edges, as those intrinsics assume)."""
     w, h = image.size
     s = min(w, h)
     x0, y0 = (w - s) // 2, (h - s) // 2
     out = image.resize((size, size), resample, box=(x0, y0, x0 + s, y0 + s))
-    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-    return out, matmul(matmul(np.diag([size / s, size / s, 1.0]), shift), np.asarray(K, dtype=np.float64))
+    return out, square_crop_intrinsics(K, w, h, size)
 
 
 def pick_views(count: int, views: tuple[int, int], seed: int, where: str) -> list[int]:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_attention.py            # Lumina2 2.6B shape: batch 4, 1024 tokens, 24/8 heads, d 96
     python benchmarks/bench_attention.py --quick    # a CPU smoke run at toy sizes (forward only: flex has no CPU backward)
+    python benchmarks/bench_attention.py --shape learn_t2i   # `small` on the learning run's 128² text2image batches
 
 The train step's profile (H200, eager) spent 6.6 ms per image in flex attention with the logit
 soft-cap, the backward 3x the forward. Inductor picks flex's tile sizes from a table keyed by head
@@ -15,6 +16,10 @@ Measured (H200, torch 2.11, 2026-12-04, each variant compiled just before its ti
 flex without the cap 0.721, with the cap as tanh 1.095, as 2σ(2x)−1 (the model's) 0.805; explicit
 tiles 0.801-1.847, max-autotune 0.800, the FLASH backend 1.203 and 1.650 with d padded to 128. The
 model keeps Inductor's defaults.
+
+``--shape learn_t2i`` (batch 256, 64 tokens, 8/4 heads, d 72) is where Inductor's AUTO choice took its
+flex-decoding kernel (under 128 queries, static shapes): the model asks for BACKEND "TRITON", its general
+kernel, at every length; the AUTO row times what it had before.
 
 Then the block's other attention, the caption cross-attention with its padding mask (256 caption tokens):
 SDPA as the model calls it against its efficient and cuDNN kernels forced, and flex with a block mask.
@@ -34,10 +39,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.nextdit import _softcap_score_mod, softcapped_attention  # noqa: E402
+from model.nextdit import FLEX_KERNEL_OPTIONS, _softcap_score_mod, softcapped_attention  # noqa: E402
 
 # Forward tiles (BLOCK_M, BLOCK_N, warps, stages) as Inductor's H100 table has them for d 64/128, the
 # backward's (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) of its sm90 rule, to try on d 96; and another kernel.
+SHAPES = {"train": (4, 24, 8, 1024, 96),  # batch, heads, KV heads, tokens, head dim
+          "learn_t2i": (256, 8, 4, 64, 72)}
 CANDIDATES = {
     "fwd 128x64 w8 s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
     "fwd 128x128 w8 s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
@@ -153,6 +160,8 @@ def cross_attention_rows(b: int, h: int, hkv: int, n: int, d: int, text_len: int
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="toy sizes, for a CPU smoke run")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="train",
+                    help="train: the Lumina2 2.6B train step's; learn_t2i: `small` on 64-token text2image batches")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--softcap", type=float, default=30.0)
     ap.add_argument("--json", type=Path)
@@ -160,7 +169,7 @@ def main() -> None:
     from torch.nn.attention.flex_attention import flex_attention
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    b, h, hkv, n, d = (2, 4, 2, 64, 16) if args.quick else (4, 24, 8, 1024, 96)
+    b, h, hkv, n, d = (2, 4, 2, 64, 16) if args.quick else SHAPES[args.shape]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator(device).manual_seed(0)
     grad = device.type == "cuda"
@@ -169,7 +178,8 @@ def main() -> None:
     cap = _softcap_score_mod(args.softcap)
     flops = (3.5 if grad else 1.0) * 4 * b * h * n * n * d
 
-    def flex(mode: str | None = None, score_mod=cap, options: dict | None = None, pad_to: int | None = None):
+    def flex(mode: str | None = None, score_mod=cap, options: dict | None = FLEX_KERNEL_OPTIONS,
+             pad_to: int | None = None):
         """Called just before its variant is timed: each compiles afresh, against no other's cache entries.
         ``pad_to``: zero-pad the head dim (scores and scale unchanged, the pad sliced off the output)."""
         torch.compiler.reset()
@@ -189,8 +199,10 @@ def main() -> None:
     variants = {"sdpa, no cap (reference)": sdpa,
                 "flex, no cap": lambda: flex(score_mod=None),
                 "flex, cap as tanh": lambda: flex(score_mod=tanh_cap),
-                "flex, cap (ours: 2 sigmoid(2x) - 1)": flex}
-    variants |= {f"flex, cap, {name}": functools.partial(flex, options=opts) for name, opts in CANDIDATES.items()}
+                "flex, cap (ours: 2 sigmoid(2x) - 1)": flex,
+                "flex, cap, BACKEND AUTO (ours until 2026-12-05)": functools.partial(flex, options={"BACKEND": "AUTO"})}
+    variants |= {f"flex, cap, {name}": functools.partial(flex, options={**FLEX_KERNEL_OPTIONS, **opts})
+                 for name, opts in CANDIDATES.items()}
     # FlashAttention-4's Hopper backward was reported to need head dim >= 128 (ecmwf/anemoi-core#959, 2026-03);
     # Triton flex pads 96 to 128 inside anyway, so padding ourselves costs no more
     if d < 128:

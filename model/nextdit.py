@@ -255,6 +255,9 @@ def _softcap_score_mod(cap: float):
     return score_mod
 
 
+FLEX_KERNEL_OPTIONS = {"BACKEND": "TRITON"}  # flex_attention's general kernel at every sequence length
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_flex_attention():
     # Default (auto-)dynamic compile: the first new sequence length recompiles once with
@@ -302,11 +305,15 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
         # autocast path fails (torch 2.11); run it on one explicit dtype with autocast off.
         # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
-        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04).
+        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). BACKEND "TRITON": under 128
+        # queries with static shapes, Inductor otherwise picks its flex-decoding kernel, made for a few queries
+        # against a long cache; at the learning run's 64-token text2image batches that forward took 1.18 ms
+        # a layer, 6.5x its own backward (H100 profile, 2026-12-05).
         dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
         with torch.autocast(q.device.type, enabled=False):
             return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
-                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa)
+                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
+                                              kernel_options=FLEX_KERNEL_OPTIONS)
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from onegen.hub_cache import check_model_path
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
-FAMILIES = ("text2image", "depth", "semantic", "bbox", "multiview", "id", "edges")
-Family = Literal["text2image", "depth", "semantic", "bbox", "multiview", "id", "edges"]
+FAMILIES = ("text2image", "depth", "semantic", "bbox", "multiview", "id", "edges", "pose")
+Family = Literal["text2image", "depth", "semantic", "bbox", "multiview", "id", "edges", "pose"]
 
 
 # Weights: a local path, or hf:<org>/<name>[@rev][/path] in the local Hugging Face cache, looked up where the
@@ -113,12 +113,24 @@ class FamilyConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, description="cap per family; null = everything the sources give")
 
 
+def _default_families() -> dict[str, FamilyConfig]:
+    # pose is off unless asked for: the procedural world, every other family's default source, has no people
+    return {f: FamilyConfig(enabled=False, sources=[]) if f == "pose" else FamilyConfig() for f in FAMILIES}
+
+
 class ShardsConfig(_Strict):
     max_samples_per_shard: int = Field(64, ge=1, description="items per family shard, fixed up front (the "
                                                              "partition never depends on workers or bytes)")
     max_bytes_per_shard: int = Field(256 * 2**20, ge=1024, description="world stage only: cut its shards here")
     rays_normalize_cameras: bool = Field(False, description="optical axes meet at origin, first camera at 1.7")
-    families: dict[Family, FamilyConfig] = Field(default_factory=lambda: {f: FamilyConfig() for f in FAMILIES})
+    families: dict[Family, FamilyConfig] = Field(default_factory=_default_families)
+
+    @model_validator(mode="after")
+    def _every_family_named(self):
+        # a family the params leave out is not built: a params file from before the family existed still runs
+        for f in FAMILIES:
+            self.families.setdefault(f, FamilyConfig(enabled=False, sources=[]))
+        return self
 
 
 # --- annotators (paper §4) ------------------------------------------------------------------
@@ -481,7 +493,9 @@ class TrainStage(_Strict):
 def _default_stages() -> list[TrainStage]:
     return [
         TrainStage(name="t2i", families=["text2image"], steps=150, batch_size=8, caption_dropout=0.1),
-        TrainStage(name="mixed", families=list(FAMILIES), steps=300, batch_size=8, caption_dropout=0.1),
+        # every family the procedural world fills (pose needs photos of people and its annotator)
+        TrainStage(name="mixed", families=[f for f in FAMILIES if f != "pose"], steps=300, batch_size=8,
+                   caption_dropout=0.1),
         TrainStage(name="finetune", families=["text2image", "id"], steps=50, batch_size=8, caption_dropout=0.1),
     ]
 
@@ -556,6 +570,9 @@ class Params(_Strict):
         per_image = {"image_folder", "hf_dataset", "sample_photos"} | scenes
         for fam, fc in self.shards.families.items():
             for s in fc.sources:
+                if s == "world" and fam == "pose" and fc.enabled:
+                    raise ValueError("shards.families.pose.sources: the procedural world has no people to pose; "
+                                     "pose takes photo and scene sources")
                 if s == "world":
                     continue
                 if s not in self.sources:

@@ -82,6 +82,8 @@ MODEL_ANNOTATORS = {a.name: a for a in (
                    "onegen.annotators.segment:Segmenter"),
     ModelAnnotator("depth", "depth", ("path",), "Depth-Anything-V2", "onegen.annotators.depth:DepthAnnotator"),
     ModelAnnotator("hed", "edges", ("hed_path",), "HED soft edges", "onegen.annotators.edges:HED"),
+    ModelAnnotator("pose", "pose", ("detector_path", "path"), "YOLO person boxes + ViTPose keypoints",
+                   "onegen.annotators.pose:PoseAnnotator"),
 )}
 
 
@@ -154,6 +156,8 @@ def annotators_for(family: str, source: str, info: RecordInfo,
         required = ("captioner", "segmenter")  # entities to look for, then boxes and masks
     elif family == "edges" and edge_op == "hed":
         required = ("hed",)
+    elif family == "pose":  # no source has ground-truth keypoints
+        required = ("pose",)
     optional: tuple[str, ...] = ()
     if external and family in ("text2image", "id") and info.kind in (PHOTO, IDENTITY):
         optional += ("filters",)
@@ -259,6 +263,8 @@ def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
         return _class_map(family, record, ref.view, img, rng, s, common)
     if family == "edges":
         return _edges(record, img, rng, s, options.edge_op(index), options, annotations, common)
+    if family == "pose":
+        return _pose(record, img, annotations["pose"], s, used, common)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -303,6 +309,18 @@ def _edges(record: Sample, img: View, rng, s: int, op: str, options: BuildOption
         task = tasks.INPAINT
     return Sample(task=task, views=[img, View(op, cond, role="condition", meta=meta)],
                   provenance=_provenance(record, s, _opencv_record()), **common)
+
+
+def _pose(record: Sample, img: View, pose: Annotation, s: int, used: list[dict], common: dict) -> Sample | None:
+    """The image and its OpenPose-style skeleton; an image where the detector finds no one is dropped (counted).
+    Each person's COCO-17 keypoints (x, y in the image's pixels, heatmap score) and box ride in the view's meta."""
+    result = pose.output
+    if not len(result.keypoints):
+        return None
+    meta = {"keypoints": np.round(result.keypoints, 2).tolist(), "boxes": np.round(result.boxes, 2).tolist(),
+            "format": "coco17"}
+    return Sample(task=tasks.POSE2IMAGE, views=[img, View("pose", result.skeleton, role="condition", meta=meta)],
+                  provenance=_provenance(record, s, *used), **common)
 
 
 def _multiview(record: Sample, s: int, normalize: bool) -> Sample:

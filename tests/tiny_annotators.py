@@ -118,3 +118,30 @@ def save_tiny_owlv2(folder):
     model.save_pretrained(folder)
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
                    tokenizer=tokenizer).save_pretrained(folder)
+
+
+# --- pose: YOLOv8 person boxes -> ViTPose keypoints ---------------------------------------------------
+POSE_CROP = (64, 48)  # ViTPose input (height, width)
+
+
+def save_tiny_vitpose(folder, seed: int = 0):
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+    backbone = VitPoseBackboneConfig(image_size=list(POSE_CROP), patch_size=[16, 16], hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, out_indices=[2])
+    torch.manual_seed(seed)
+    cfg = VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, num_labels=17)
+    VitPoseForPoseEstimation(cfg).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_yolo(path):
+    from onegen.annotators.yolo import import_ultralytics
+
+    torch.manual_seed(0)
+    yolo = import_ultralytics().YOLO("yolov8n.yaml")  # the real YOLOv8 architecture, random weights, built offline
+    # a random detector sees no one; raise its person logit so the full path has persons to pose
+    for branch in yolo.model.model[-1].cv3:
+        branch[-1].bias.data[0] = 6.0
+    yolo.save(str(path))
+    return path

@@ -274,6 +274,9 @@ def group_streams(shard_dirs: list[Path], report: ReadReport, resampled: bool, s
     by_group: dict[str, list[str]] = defaultdict(list)
     for d in shard_dirs:
         groups = {task_group(t) for t in _family_tasks(Path(d))}
+        if not groups:
+            raise ValueError(f"{d}: the family has no samples (see its stats.json and the shards log for what was "
+                             "left out); build it or leave it out of the stage")
         if len(groups) != 1:
             raise ValueError(f"{d}: shards mix task groups {sorted(groups)}; keep one group per directory")
         by_group[groups.pop()].extend(shard_urls(Path(d)))

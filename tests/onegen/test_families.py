@@ -149,3 +149,29 @@ def test_builds_are_pure_functions_of_the_item(world):
         a = encode_sample(build(fam, Ref("world", 1, 2), world[1], 0, 5))
         b = encode_sample(build(fam, Ref("world", 1, 2), world[1], 0, 5))
         assert a == b, fam
+
+
+def test_pose_samples_come_from_the_pose_annotator_and_an_image_without_people_is_dropped():
+    from onegen.annotators.pose import PoseResult, render_skeleton
+
+    info = PHOTO_INFO
+    assert families.annotators_for("pose", "photos", info) == (("pose",), ())
+    refs, left_out = enumerate_items("pose", {"photos": [info, info]})
+    assert refs == [] and left_out == {("photos", PHOTO, ("pose",)): 2}  # no keypoints without the model
+    assert len(enumerate_items("pose", {"photos": [info, info]}, {"pose"})[0]) == 2
+
+    rng = np.random.default_rng(0)
+    keypoints = np.concatenate([rng.uniform(4, 28, (2, 17, 2)), rng.uniform(0.5, 1, (2, 17, 1))], -1).astype(np.float32)
+    boxes = np.array([[2, 3, 20, 30, 0.9], [10, 1, 31, 31, 0.6]], np.float32)
+    found = PoseResult(keypoints, boxes, render_skeleton(keypoints, 32, 32))
+    rec = annotator_record("yolo-vitpose", "1", "0f" * 32)
+    s = build("pose", Ref("photos", 0), photo(), 0, 0, {"pose": Annotation(found, [rec])})
+    assert s.task == tasks.POSE2IMAGE and [v.modality for v in s.views] == ["image", "pose"]
+    assert s.views[1].role == "condition" and s.views[1].data is found.skeleton and s.provenance.annotators == [rec]
+    np.testing.assert_allclose(np.array(s.views[1].meta["keypoints"]), keypoints, atol=5e-3)
+    np.testing.assert_allclose(np.array(s.views[1].meta["boxes"]), boxes, atol=5e-3)
+    back = decode_sample(encode_sample(s))  # the keypoints survive the shard format
+    assert np.array(back.views[1].meta["keypoints"]).shape == (2, 17, 3)
+
+    nobody = PoseResult(np.zeros((0, 17, 3), np.float32), np.zeros((0, 5), np.float32), np.zeros((32, 32, 3), np.uint8))
+    assert build("pose", Ref("photos", 0), photo(), 0, 0, {"pose": Annotation(nobody, [rec])}) is None

@@ -64,6 +64,7 @@ def _params(root: Path, name: str, **build) -> Path:
         fam["sources"] = ["world"]
     for fam in ("text2image", "depth", "edges"):
         d["shards"]["families"][fam]["sources"] = ["world", "photos"]
+    d["shards"]["families"]["pose"]["sources"] = ["photos"]  # the world has no people
     d["annotators"] = build.pop("annotators", {})
     d["build"] = {"max_failure_fraction": 0.25, **build}
     path = root / f"{name}.yaml"

@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from onegen import tasks
 from onegen.annotators.captioner import Captioner, CaptionResult
 from onegen.annotators.segment import Segmenter
 from onegen.families import Annotation
@@ -20,7 +21,8 @@ from onegen.shards.reader import ReadReport, iter_tar_samples
 from onegen.sources.sample_photos import SamplePhotosSource
 from pipelines import shards, world
 from pipelines.shards import annotator_line
-from tests.tiny_annotators import OPEN, build_tiny_llava_next, save_tiny_grounding_dino, tiny_sam
+from tests.tiny_annotators import (OPEN, build_tiny_llava_next, save_tiny_grounding_dino, save_tiny_vitpose,
+                                   save_tiny_yolo, tiny_sam)
 
 
 def _config(root: Path, name: str, **shards_cfg) -> dict:
@@ -33,12 +35,17 @@ def _config(root: Path, name: str, **shards_cfg) -> dict:
         fam["sources"] = ["world"]
     for fam in ("text2image", "depth", "semantic", "bbox", "edges"):
         d["shards"]["families"][fam]["sources"] = ["world", "photos"]
+    d["shards"]["families"]["pose"]["sources"] = ["photos"]  # the world has no people
     d["build"] = {"executor": "local"}
     return d
 
 
 def _params(root: Path, name: str, **kw):
-    params = parse_params(_config(root, name, **kw))
+    return _params_of(root, name, _config(root, name, **kw))
+
+
+def _params_of(root: Path, name: str, d: dict):
+    params = parse_params(d)
     dst = root / name / "data" / "world"
     if not dst.exists():
         shutil.copytree(root / "world", dst)
@@ -86,6 +93,11 @@ def test_photos_without_checkpoints_get_only_deterministic_annotators_and_the_lo
 
     edges = shards.run(params, "edges")
     assert edges["samples"] == 15 and "annotators.edges.hed_path not set" in capsys.readouterr().out
+
+    pose = shards.run(params, "pose")
+    assert pose["samples"] == 0 and ("pose family: 3 photos of photos need annotators.pose.detector_path + "
+                                     "annotators.pose.path (YOLO person boxes + ViTPose keypoints); skipped"
+                                     in capsys.readouterr().out)
     report = ReadReport()
     photo_edges = [decode_sample(raw) for p in sorted(shards.family_dir(params, "edges").glob("shard-*.tar"))
                    for raw in iter_tar_samples(str(p), report) if raw["__key__"].startswith("photos/")]
@@ -192,6 +204,36 @@ def test_photos_go_through_the_captioner_then_the_segmenter_with_its_entities(ro
         assert [a["name"] for a in s.provenance.annotators] == [captioner.record["name"]] + [
             r["name"] for r in segmenter.records]
         assert {p["label"] for p in s.palette} <= {"sky", "tree"}
+
+
+def test_photos_get_pose_samples_through_yolo_and_vitpose_and_images_without_people_are_counted(root, tmp_path):
+    pose_cfg = {"detector_path": str(save_tiny_yolo(tmp_path / "yolo.pt")),
+                "path": str(save_tiny_vitpose(tmp_path / "vitpose")), "detector_size": 64, "max_persons": 3}
+
+    def params_with(name: str, **cfg):
+        d = _config(root, name)
+        d["annotators"]["pose"] = pose_cfg | cfg
+        return _params_of(root, name, d)
+
+    params = params_with("pose")
+    st = shards.run(params, "pose")
+    assert st["samples"] == 3 and st["skipped"] == 0 and st["failed"] == 0  # the world never enters
+    assert st["tasks"] == {tasks.POSE2IMAGE: 3}
+    report = ReadReport()
+    samples = [decode_sample(raw) for p in sorted(shards.family_dir(params, "pose").glob("shard-*.tar"))
+               for raw in iter_tar_samples(str(p), report)]
+    assert [s.key for s in samples] == ["photos/astronaut", "photos/chelsea", "photos/coffee"]
+    for s in samples:
+        img, pose = s.views
+        assert [v.modality for v in s.views] == ["image", "pose"] and pose.role == "condition"
+        assert img.data.shape == pose.data.shape == (32, 32, 3) and pose.data.dtype == np.uint8
+        persons = np.array(pose.meta["keypoints"])
+        assert persons.shape[1:] == (17, 3) and 1 <= len(persons) <= 3 and len(pose.meta["boxes"]) == len(persons)
+        assert s.provenance.annotators[-1]["name"] == "yolo-vitpose"
+        assert s.prompt().startswith(tasks.POSE2IMAGE)
+
+    none = shards.run(params_with("pose_nobody", box_threshold=1.0), "pose")  # no one found: left out, counted
+    assert none["samples"] == 0 and none["skipped"] == 3 and none["failed"] == 0
 
 
 def _nerfstudio_scene(folder: Path, frames: int, size: int = 40) -> None:

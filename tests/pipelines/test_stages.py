@@ -51,7 +51,8 @@ def test_world_has_scene_and_identity_records(project):
 
 def test_family_counts_and_tokens(project):
     # the world's 6 scenes x 4 views, plus the 6 sample photos where only deterministic annotators are needed
-    expected = {"text2image": 30, "depth": 24, "semantic": 24, "bbox": 24, "edges": 30, "multiview": 6, "id": 3}
+    expected = {"text2image": 30, "depth": 24, "semantic": 24, "bbox": 24, "edges": 30, "multiview": 6, "id": 3,
+                "pose": 0}
     for fam, n in expected.items():
         st = json.loads((project / "data/shards" / fam / "stats.json").read_text())
         assert st["samples"] == n, fam
@@ -93,7 +94,10 @@ def test_identity_prompt_marks_each_image(project):
 def test_dataset_card_and_grids(project):
     card = (project / "reports/dataset.md").read_text()
     for fam in FAMILIES:
-        assert f"| {fam} |" in card and (project / "reports/dataset" / f"{fam}.png").is_file()
+        assert f"| {fam} |" in card
+        # the default has no pose model: its photos are left out for want of it, and the card says so
+        assert (project / "reports/dataset" / f"{fam}.png").is_file() == (fam != "pose")
+    assert "- pose: no samples" in card
     assert "[[multiview]]" in card
     assert "| family | shards | samples | skipped | failed | MB |" in card
     summary = json.loads((project / "reports/dataset_stats.json").read_text())
@@ -110,10 +114,15 @@ def test_deleted_shard_is_rebuilt_byte_identical(project):
 
 
 def test_reader_mixes_all_four_task_groups(project):
-    dirs = [project / "data/shards" / f for f in FAMILIES]
+    dirs = [project / "data/shards" / f for f in FAMILIES if f != "pose"]
     batches = training_batches(dirs, batch_size=2, shuffle=16)
     groups = {b["group"][0] for _, b in zip(range(60), batches)}
     assert groups == {"text2image", "image2image", "id", "multiview"}
+
+
+def test_a_family_without_samples_is_named_when_read(project):
+    with pytest.raises(ValueError, match=r"shards/pose: the family has no samples"):
+        next(iter(training_batches([project / "data/shards/pose"], batch_size=2, shuffle=16)))
 
 
 def test_bad_params_give_one_line_and_exit_2(tmp_path):
@@ -124,7 +133,7 @@ def test_bad_params_give_one_line_and_exit_2(tmp_path):
 
 
 def test_unknown_family_is_refused():
-    r = runner.invoke(app, ["shards", "pose"])
+    r = runner.invoke(app, ["shards", "sketch"])
     assert r.exit_code == 2 and "unknown family" in r.output
 
 

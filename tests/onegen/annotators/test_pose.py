@@ -1,12 +1,9 @@
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import (
-    VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor,
-)
+from transformers import VitPoseImageProcessor
 from transformers.models.vitpose.image_processing_vitpose import box_to_center_and_scale
 
 from onegen.annotators.base import AnnotatorError
@@ -14,36 +11,14 @@ from onegen.annotators.pose import (
     OPENPOSE_COLORS, PoseAnnotator, box_to_center_scale, crop_persons, heatmap_peaks, render_skeleton,
 )
 from onegen.config import PoseAnnotatorConfig
-from onegen.annotators.yolo import import_ultralytics
-
-CROP = (64, 48)
-
-
-def _save_vitpose(folder: Path, seed: int = 0) -> Path:
-    backbone = VitPoseBackboneConfig(image_size=list(CROP), patch_size=[16, 16], hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, mlp_ratio=2, out_indices=[2])
-    torch.manual_seed(seed)
-    cfg = VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, num_labels=17)
-    VitPoseForPoseEstimation(cfg).save_pretrained(folder)
-    return folder
-
-
-def _save_yolo(path: Path) -> Path:
-    YOLO = import_ultralytics().YOLO
-
-    torch.manual_seed(0)
-    yolo = YOLO("yolov8n.yaml")  # the real YOLOv8 architecture, random weights, built offline
-    # a random detector sees no one; raise its person logit so the full path has persons to pose
-    for branch in yolo.model.model[-1].cv3:
-        branch[-1].bias.data[0] = 6.0
-    yolo.save(str(path))
-    return path
+from tests.tiny_annotators import POSE_CROP as CROP
+from tests.tiny_annotators import save_tiny_vitpose, save_tiny_yolo
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("pose")
-    return _save_yolo(root / "yolo.pt"), _save_vitpose(root / "vitpose")
+    return save_tiny_yolo(root / "yolo.pt"), save_tiny_vitpose(root / "vitpose")
 
 
 def _cfg(folders, **kw) -> PoseAnnotatorConfig:
@@ -152,7 +127,7 @@ def test_skeleton_drawing_follows_openpose_conventions():
 
 
 def test_weights_hash_follows_the_weights(tmp_path, folders, annotator):
-    other = PoseAnnotator.load(_cfg((folders[0], _save_vitpose(tmp_path / "v2", seed=1))), device="cpu")
+    other = PoseAnnotator.load(_cfg((folders[0], save_tiny_vitpose(tmp_path / "v2", seed=1))), device="cpu")
     assert other.record["weights_sha256"] != annotator.record["weights_sha256"]
 
 

@@ -17,7 +17,7 @@ from onegen.annotators.segment import Segmenter
 from onegen.families import Annotation
 from onegen.config import ConfigError, load_params, parse_params, profile_path
 from onegen.format import decode_sample
-from onegen.shards.reader import ReadReport, iter_tar_samples
+from onegen.shards.reader import ReadReport, iter_tar_samples, training_batches
 from onegen.sources.sample_photos import SamplePhotosSource
 from pipelines import shards, world
 from pipelines.shards import annotator_line
@@ -231,6 +231,12 @@ def test_photos_get_pose_samples_through_yolo_and_vitpose_and_images_without_peo
         assert persons.shape[1:] == (17, 3) and 1 <= len(persons) <= 3 and len(pose.meta["boxes"]) == len(persons)
         assert s.provenance.annotators[-1]["name"] == "yolo-vitpose"
         assert s.prompt().startswith(tasks.POSE2IMAGE)
+
+    # the trainer reads them as image-to-image pairs: the picture and its skeleton, both 3xHxW in [-1, 1]
+    batch = next(training_batches([shards.family_dir(params, "pose")], batch_size=2, shuffle=4))
+    assert batch["group"] == ["image2image"] * 2 and batch["modalities"][0] == ["image", "pose"]
+    assert [tuple(v.shape) for v in batch["views"]] == [(2, 3, 32, 32)] * 2
+    assert batch["views"][1].min() >= -1 and batch["views"][1].max() <= 1 and batch["views"][1].max() > -1
 
     none = shards.run(params_with("pose_nobody", box_threshold=1.0), "pose")  # no one found: left out, counted
     assert none["samples"] == 0 and none["skipped"] == 3 and none["failed"] == 0

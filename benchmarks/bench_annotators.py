@@ -65,6 +65,7 @@ from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
 from onegen import tasks  # noqa: E402
 from onegen.annotators import batching  # noqa: E402
 from onegen.annotators.yolo import import_ultralytics  # noqa: E402
+from onegen.families import pose_view  # noqa: E402
 from onegen.format import Provenance, Sample, View, encode_sample  # noqa: E402
 
 TARGETS = {"depth": 0.9, "segment": 0.9}  # issue 3 acceptance
@@ -101,8 +102,7 @@ def encode_views(task: str, record: dict, index: int, view: View) -> dict:
 
 
 def encode_pose(record: dict, index: int, res) -> dict:
-    views = [View("pose", res.skeleton, role="condition"), View("keypoints", res.keypoints, role="condition")]
-    return _members(index, tasks.POSE2IMAGE, views, record)
+    return _members(index, tasks.POSE2IMAGE, [pose_view(res)], record)  # as the pose family stores it
 
 
 def encode_filter(record: dict, index: int, verdict) -> dict:

@@ -311,15 +311,19 @@ def _edges(record: Sample, img: View, rng, s: int, op: str, options: BuildOption
                   provenance=_provenance(record, s, _opencv_record()), **common)
 
 
-def _pose(record: Sample, img: View, pose: Annotation, s: int, used: list[dict], common: dict) -> Sample | None:
-    """The image and its OpenPose-style skeleton; an image where the detector finds no one is dropped (counted).
-    Each person's COCO-17 keypoints (x, y in the image's pixels, heatmap score) and box ride in the view's meta."""
-    result = pose.output
-    if not len(result.keypoints):
-        return None
+def pose_view(result) -> View:
+    """A pose annotator's result as the family stores it: the OpenPose-style skeleton, with each person's COCO-17
+    keypoints (x, y in the image's pixels, heatmap score) and box in the view's meta."""
     meta = {"keypoints": np.round(result.keypoints, 2).tolist(), "boxes": np.round(result.boxes, 2).tolist(),
             "format": "coco17"}
-    return Sample(task=tasks.POSE2IMAGE, views=[img, View("pose", result.skeleton, role="condition", meta=meta)],
+    return View("pose", result.skeleton, role="condition", meta=meta)
+
+
+def _pose(record: Sample, img: View, pose: Annotation, s: int, used: list[dict], common: dict) -> Sample | None:
+    """The image and its skeleton; an image where the detector finds no one is dropped (counted as skipped)."""
+    if not len(pose.output.keypoints):
+        return None
+    return Sample(task=tasks.POSE2IMAGE, views=[img, pose_view(pose.output)],
                   provenance=_provenance(record, s, *used), **common)
 
 

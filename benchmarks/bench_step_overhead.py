@@ -49,7 +49,10 @@ VARIANTS = {
 
 def run_variant(name: str, how: dict, size: str, batch: int, latent: int, text_len: int, steps: int,
                 device: torch.device) -> dict:
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    skips_before = counters["inductor"]["cudagraph_skips"]
     nextdit.FLEX_KERNEL_OPTIONS = how.get("flex", DEFAULT_FLEX)
     torch.manual_seed(0)
     model = NextDiT(CONFIGS[size]).to(device).train()
@@ -89,17 +92,23 @@ def run_variant(name: str, how: dict, size: str, batch: int, latent: int, text_l
         loss = step(5 + i)
     sync(device)
     wall = (time.perf_counter() - t0) / steps
-    prof = StepProfile(device, 0, 5, top=6)
-    for i in range(6):
-        prof.at(i)
-        if i < 5:
-            step(5 + steps + i)
     row = {"name": name, "ms_per_step": round(wall * 1e3, 2), "samples_per_s": round(batch / wall, 1),
-           "gpu_ms_per_step": prof.result["gpu_ms_per_step"], "profiled_wall_ms": prof.result["wall_ms_per_step"],
-           "loss": round(float(loss), 5), "warmup_s": round(compile_s, 1)}
+           "loss": round(float(loss), 5), "warmup_s": round(compile_s, 1), "gpu_ms_per_step": None,
+           # graphs Inductor declined to capture run as plain compiled code: a CUDA-graphs row must show 0 here
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips_before}
+    try:  # the timing above stands even where the profiled window fails
+        prof = StepProfile(device, 0, 5, top=6)
+        for i in range(6):
+            prof.at(i)
+            if i < 5:
+                step(5 + steps + i)
+        row["gpu_ms_per_step"] = prof.result["gpu_ms_per_step"]
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: profiled window failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
     gpu = "-" if row["gpu_ms_per_step"] is None else f"{row['gpu_ms_per_step']:.2f}"
     print(f"{name:40s} {row['ms_per_step']:8.2f} ms a step ({row['samples_per_s']:.0f} samples/s), GPU kernels "
-          f"{gpu} ms, loss {row['loss']:.5f}, warm-up {row['warmup_s']:.0f} s", flush=True)
+          f"{gpu} ms, loss {row['loss']:.5f}, warm-up {row['warmup_s']:.0f} s, cudagraph skips "
+          f"{row['cudagraph_skips']}", flush=True)
     return row
 
 
@@ -118,13 +127,17 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # the profiler's CUDA side must be up before any graph is captured, or a profiled window over graph
+        # replays can lose their kernels or fail (pytorch/pytorch#100441)
+        with torch.profiler.profile():
+            pass
     names = args.variants.split(",")
     if unknown := set(names) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(unknown)}")
     if args.quick:
         size, batch, latent, text_len, names = "tiny", 4, 8, 16, ["default (the trainer's)"]
     else:
-        size, batch, latent, text_len = "small", 256, 16, 96
+        size, batch, latent, text_len = "small", 256, 16, 64  # the trainer pads captions to a multiple of 64
     print(f"`{size}`, batch {batch}, {latent}x{latent} latents ({(latent // 2) ** 2} tokens), {text_len} caption "
           f"tokens, {device}", flush=True)
     rows = []

@@ -216,6 +216,10 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]
             if stage.steps and not (d / "stats.json").is_file():
                 raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
                                         f"at {d} (run `onegen {command} {fam}`)")
+            if stage.steps and not json.loads((d / "stats.json").read_text())["samples"]:
+                raise ValueError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no samples at {d} (its "
+                                 f"shards log says what was left out, e.g. for want of an annotator); build it or "
+                                 f"leave it out of the stage")
             if stage.steps and cfg.latents:
                 check_latents(d, params, fam)
             dirs[d] = side

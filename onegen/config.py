@@ -315,7 +315,7 @@ class BuildConfig(_Strict):
                                                   "also the procedural world's render processes")
     num_cpus: int = Field(2, ge=1, description="CPUs of the in-process Ray (ignored when attaching)")
     object_store_mb: int = Field(512, ge=100, description="object store of the in-process Ray, MiB")
-    annotator_pools: dict[Literal["filters", "captioner", "segmenter", "depth", "hed"], ActorPoolConfig] = Field(
+    annotator_pools: dict[Literal["filters", "captioner", "segmenter", "depth", "hed", "pose"], ActorPoolConfig] = Field(
         default_factory=dict, description="per model annotator; unlisted ones get one CPU actor")
 
 

@@ -315,7 +315,7 @@ def pose_view(result) -> View:
     """A pose annotator's result as the family stores it: the OpenPose-style skeleton, with each person's COCO-17
     keypoints (x, y in the image's pixels, heatmap score) and box in the view's meta."""
     meta = {"keypoints": np.round(result.keypoints, 2).tolist(), "boxes": np.round(result.boxes, 2).tolist(),
-            "format": "coco17"}
+            "format": "coco17", "threshold": result.threshold}
     return View("pose", result.skeleton, role="condition", meta=meta)
 
 

@@ -50,6 +50,7 @@ class PoseResult:
     keypoints: np.ndarray  # (P, 17, 3) float32: x, y in image pixels, heatmap score
     boxes: np.ndarray  # (P, 5) float32: x1, y1, x2, y2, detector score (1 for given boxes)
     skeleton: np.ndarray  # HxWx3 uint8, OpenPose-style on black
+    threshold: float = 0.3  # joints scoring below it are not drawn (what redraws the skeleton at another size)
 
 
 # --- drawing -----------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class PoseAnnotator:
             b = found[i].cpu().numpy().astype(np.float32)
             k = kps[first[i] : first[i] + len(b)].astype(np.float32)
             skeleton = render_skeleton(k, img.shape[0], img.shape[1], self.keypoint_threshold)
-            results.append(PoseResult(keypoints=k, boxes=b, skeleton=skeleton))
+            results.append(PoseResult(keypoints=k, boxes=b, skeleton=skeleton, threshold=self.keypoint_threshold))
         return results
 
 

@@ -24,7 +24,7 @@ from onegen.plucker import rays_for_cameras
 from onegen.sources.scenes import square_crop, square_crop_intrinsics
 
 # bump when resizing the same sample gives other pixels: resized latents record it
-VERSION = 1
+VERSION = 2  # 2: pose skeletons redrawn from their keypoints
 # values that must stay among those the map already holds (Canny's edges: binary, one pixel wide)
 NEAREST_MODALITIES = frozenset({"depth", "semantic", "bbox", "instance", "canny"})
 # views that are not pictures: the prompt's cached features pass as they are, ray maps are recomputed
@@ -50,9 +50,34 @@ def resized_camera(camera: Camera, side: int, where: str) -> Camera:
                   world_to_camera=camera.world_to_camera, height=side, width=side)
 
 
+def resized_points(xy: np.ndarray, height: int, width: int, side: int) -> np.ndarray:
+    """Pixel positions [..., 2] (x, y) of an image after its centre square crop is resized to ``side``: the
+    mapping ``square_crop_intrinsics`` applies to cameras."""
+    s = min(width, height)
+    return (xy - [(width - s) // 2, (height - s) // 2]) * (side / s)
+
+
+def _redrawn_pose(view: View, side: int, where: str) -> View:
+    """A pose skeleton drawn again at ``side`` from its keypoints, moved by the crop and scale (resampling would
+    blend its limb colours and thin its lines), keypoints and boxes with it."""
+    from onegen.annotators.pose import render_skeleton
+
+    h, w = view.data.shape[:2]
+    _check_side(h, w, side, where)
+    kp = np.array(view.meta["keypoints"], np.float32).reshape(-1, 17, 3)
+    boxes = np.array(view.meta["boxes"], np.float32).reshape(-1, 5)
+    kp[..., :2] = resized_points(kp[..., :2], h, w, side)
+    boxes[:, :4] = resized_points(boxes[:, :4].reshape(-1, 2, 2), h, w, side).reshape(-1, 4)
+    meta = {**view.meta, "keypoints": np.round(kp, 2).tolist(), "boxes": np.round(boxes, 2).tolist()}
+    return replace(view, data=render_skeleton(kp, side, side, view.meta.get("threshold", 0.3)), meta=meta)
+
+
 def resize_view(view: View, side: int, where: str) -> View:
-    """One picture or map (HxW or HxWxC) centre-cropped and resized to ``side``, its camera with it."""
+    """One picture or map (HxW or HxWxC) centre-cropped and resized to ``side``, its camera with it; a pose
+    skeleton is drawn again from its keypoints."""
     a = view.data
+    if view.modality == "pose" and "keypoints" in view.meta:
+        return _redrawn_pose(view, side, where)
     if view.modality == "latent":
         raise ValueError(f"{where}: VAE latents cannot be resized; resize the shards before `onegen latents`")
     if a.ndim not in (2, 3):
@@ -72,7 +97,8 @@ def resize_view(view: View, side: int, where: str) -> View:
 def resize_sample(sample: Sample, side: int) -> Sample:
     """``sample`` with every view at ``side`` x ``side``; a view that cannot be resized (a VAE latent, one smaller
     than ``side``, an unknown kind of array) is a ``ValueError`` naming the sample and the view. Views' pixel-unit
-    metadata (a blur's sigma, an inpainting box) keep the stored units: ``meta.resized_from`` says which."""
+    metadata (a blur's sigma, an inpainting box) keep the stored units: ``meta.resized_from`` says which; a pose
+    view's keypoints and boxes move with its pixels."""
     views = [v if v.modality in UNSIZED else resize_view(v, side, f"{sample.key}: view {i} ({v.modality})")
              for i, v in enumerate(sample.views)]
     ray_at = [i for i, v in enumerate(views) if v.modality == "rays"]

@@ -362,6 +362,16 @@ def test_missing_family_names_the_stage(project):
         train(run_params(project, "missing"), cfg)
 
 
+def test_a_family_without_samples_names_the_stage(project):
+    # the default builds pose from photos of people only with annotators.pose set: here it is empty
+    r = CliRunner().invoke(app, ["shards", "pose", "-p", str(project / "params.yaml")])
+    assert r.exit_code == 0 and "annotators.pose.detector_path + annotators.pose.path" in r.output, r.output
+    cfg = TrainConfig(stages=[TrainStage(name="x", families=["depth", "pose"], steps=1, batch_size=2)],
+                      out_dir=project / "empty/ck")
+    with pytest.raises(ValueError, match=r"train.stages\[0\] \(x\): family 'pose' has no samples"):
+        train(run_params(project, "empty"), cfg)
+
+
 def test_main_reads_train_section(project, tmp_path):
     d = yaml.safe_load((project / "params.yaml").read_text())
     d["paths"]["reports"] = str(tmp_path / "reports")

@@ -12,6 +12,25 @@ def _default() -> dict:
     return yaml.safe_load(profile_path("default").read_text())
 
 
+def test_pose_is_built_only_where_asked_for_and_a_family_left_out_is_off():
+    d = _default()
+    d["shards"]["families"]["pose"] = {"enabled": False, "sources": ["world"]}  # off: its sources do not matter
+    assert not parse_params(d).shards.families["pose"].enabled
+    del d["shards"]["families"]["pose"]  # params from before the family existed
+    assert parse_params(d).shards.families["pose"].model_dump() == {"enabled": False, "sources": [],
+                                                                    "max_samples": None}
+    assert not parse_params({}).shards.families["pose"].enabled  # the schema's own default: the world, no people
+    paper = load_profile("paper")
+    assert paper.shards.families["pose"].sources == ["unsplash"] and "pose" in paper.train.stages[2].families
+    # every model annotator can have its own Ray actor pool
+    from onegen.families import MODEL_ANNOTATORS
+
+    d = _default()
+    d["build"]["annotator_pools"] = {name: {"concurrency": 1, "num_gpus": 0.5} for name in MODEL_ANNOTATORS}
+    assert set(parse_params(d).build.annotator_pools) == set(MODEL_ANNOTATORS)
+    assert "pose" in paper.build.annotator_pools
+
+
 def test_committed_params_are_the_default_profile():
     assert load_params(REPO / "params.yaml") == load_profile("default")
 
@@ -45,6 +64,8 @@ def test_profiles_load_and_differ_where_the_paper_does():
         (lambda d: d["train"]["stages"][0].__setitem__("resolution", 72), r"train\.stages\.0\.resolution: .*multiple of 16"),
         (lambda d: d["train"]["stages"][0].__setitem__("family_resolution", {"depth": 64}),
          r"train\.stages\.0: family_resolution names \['depth'\], not among this stage's families \['text2image'\]"),
+        (lambda d: d["shards"]["families"]["pose"].__setitem__("sources", ["world", "sample_photos"]),
+         r"shards\.families\.pose\.sources: the procedural world has no people to pose"),
     ],
 )
 def test_bad_params_name_the_dotted_key(edit, message):

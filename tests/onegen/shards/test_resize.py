@@ -83,3 +83,28 @@ def test_a_view_smaller_than_the_side_is_never_upscaled():
     with pytest.raises(ValueError, match=r"world/000001: view 0 \(image\): 48x32 px, smaller than the stage's side 48"):
         resize_sample(small, 48)
     assert resize_sample(small, 32).views[0].data.shape == (32, 32, 3)  # the crop itself: no resampling needed
+
+
+def test_a_pose_skeleton_is_redrawn_from_its_keypoints_moved_with_the_crop():
+    from onegen.annotators.pose import OPENPOSE_COLORS, PoseResult, render_skeleton
+    from onegen.families import pose_view
+
+    rng = np.random.default_rng(3)
+    h, w = 64, 96  # landscape: columns 16..80 are kept, then halved
+    kp = np.concatenate([rng.uniform([20, 4], [76, 60], (2, 17, 2)), np.full((2, 17, 1), 0.9)], -1).astype(np.float32)
+    boxes = np.array([[18, 2, 78, 62, 0.8], [30, 10, 50, 40, 0.7]], np.float32)
+    stored = pose_view(PoseResult(kp, boxes, render_skeleton(kp, h, w, 0.5), threshold=0.5))
+    image = View("image", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    out = resize_sample(sample([image, stored]), 32).views[1]
+
+    moved = kp.copy()
+    moved[..., 0] = (kp[..., 0] - 16) / 2
+    moved[..., 1] = kp[..., 1] / 2
+    np.testing.assert_allclose(np.array(out.meta["keypoints"]), moved, atol=0.01)
+    np.testing.assert_allclose(np.array(out.meta["boxes"]), [[1, 1, 31, 31, 0.8], [7, 5, 17, 20, 0.7]], atol=0.01)
+    assert out.meta["threshold"] == 0.5 and out.data.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out.data, render_skeleton(np.array(out.meta["keypoints"], np.float32), 32, 32, 0.5))
+    # drawn, not resampled: every lit pixel is a joint's colour or a limb's at 60%, nothing blended in between
+    palette = {tuple(c) for c in OPENPOSE_COLORS} | {tuple(round(v * 0.6) for v in c) for c in OPENPOSE_COLORS}
+    lit = out.data[out.data.any(-1)]
+    assert len(lit) and {tuple(int(v) for v in p) for p in lit} <= palette

@@ -82,6 +82,26 @@ def _load_transformer(weights: Path, size: str, device) -> NextDiT:
     return load_released(weights, device=device, key="model predictor")
 
 
+# Latent tokens one sampler call holds: a GenEval prompt's 4 images at 1024² (the call as it was, one prompt at a
+# time), or many prompts' small images at once (at 128², 32 images), where one call at a time leaves the GPU idle
+# between the host's kernel launches.
+SAMPLE_TOKENS = 16384
+
+
+def token_runs(tokens: list[int], budget: int = SAMPLE_TOKENS) -> list[list[int]]:
+    """Consecutive runs of item indices whose tokens add up to ``budget`` at most; an item over it runs alone."""
+    runs: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(tokens):
+        if runs and total + n <= budget:
+            runs[-1].append(i)
+            total += n
+        else:
+            runs.append([i])
+            total = n
+    return runs
+
+
 # Condition kinds of the condition benchmarks -> the prompt guide's task tokens.
 CONDITION_TOKENS = {"canny": tasks.CANNY2IMAGE, "softedge": tasks.HED2IMAGE, "depth": tasks.DEPTH2IMAGE,
                     "pose": tasks.POSE2IMAGE}
@@ -176,39 +196,57 @@ class ModelPredictor:
             raise ValueError(f"model predictor: {self.checkpoint} learned ray maps in camera 0's OpenCV frame "
                              f"(ray_frame {self.ray_frame}); they are now drawn in its PyTorch3D frame, as the release "
                              "draws them: retrain it for novel views")
-        results = []
-        for it in items:  # one object at a time: objects differ in their view sets
-            cond = list(it["condition_views"])
-            order = cond + list(it["target_views"])
+        results: list[dict[int, np.ndarray] | None] = [None] * len(items)
+        layouts: dict[tuple, list[int]] = {}
+        for n, it in enumerate(items):  # objects with the same view set and image size share a call
+            key = (tuple(it["condition_views"]), tuple(it["target_views"]), it.get("poses_known", True),
+                   it["images"][0].shape[:2])
+            layouts.setdefault(key, []).append(n)
+        for (cond, targets, poses_known, (h, w)), idx in layouts.items():
+            order = [*cond, *targets]
             # Unknown poses (paper Table 2): only the first condition view's camera is given; the others' rays are
             # generated with the target images, and the given cameras alone set the rays' frame and scale.
-            posed = [i for i in order if it.get("poses_known", True) or i not in cond[1:]]
-            h, w = it["images"][0].shape[:2]
-            given = dict(zip(posed, torch.from_numpy(rays_for_cameras(
-                [Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed], normalize=self.normalize_rays))))
-            rays = torch.stack([given[i] if i in given else torch.zeros_like(given[order[0]]) for i in order]).float()
-            images = [it["images"][i] if i in cond else np.zeros_like(it["images"][0]) for i in order]
-            z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
-            seq = torch.stack([x for pair in zip(z, rays) for x in pair])[None]
+            posed = [i for i in order if poses_known or i not in cond[1:]]
             start = [v for i in order for v in ((0.0 if i in cond else 1.0), (0.0 if i in posed else 1.0))]
-            out = self._sample(seq, start, [f"{tasks.MULTIVIEW} a photo"], [it["id"]])
-            decoded = self.codec.decode(out[0, 0::2])
-            pix = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-            results.append({i: pix[k] for k, i in enumerate(order) if i in it["target_views"]})
+            for run in token_runs([2 * len(order) * self._tokens(h, w)] * len(idx)):
+                seqs = [self._view_sequence(items[idx[j]], order, cond, posed) for j in run]
+                out = self._sample(torch.stack(seqs), start, [f"{tasks.MULTIVIEW} a photo"] * len(run),
+                                   [items[idx[j]]["id"] for j in run])
+                for j, views in zip(run, out[:, 0::2]):
+                    pix = self._pixels(views)
+                    results[idx[j]] = {i: pix[k] for k, i in enumerate(order) if i in targets}
         return results
+
+    def _view_sequence(self, it: dict, order: list[int], cond: tuple, posed: list[int]) -> torch.Tensor:
+        """One object's [img, rays] interleaved sequence: condition images encoded, the rest zero; rays of the
+        posed views, zero for those whose cameras are generated."""
+        h, w = it["images"][0].shape[:2]
+        given = dict(zip(posed, torch.from_numpy(rays_for_cameras(
+            [Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed], normalize=self.normalize_rays))))
+        rays = torch.stack([given[i] if i in given else torch.zeros_like(given[order[0]]) for i in order]).float()
+        images = [it["images"][i] if i in cond else np.zeros_like(it["images"][0]) for i in order]
+        z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
+        return torch.stack([x for pair in zip(z, rays) for x in pair])
 
     def _pixels(self, latents: torch.Tensor) -> list[np.ndarray]:
         decoded = self.codec.decode(latents)
         return list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
 
     def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
-        out = []
-        for it in items:  # one subject at a time: reference counts differ
-            h, w = it["size"]
-            z = self.codec.encode(_to_unit([_fit(r, h, w) for r in it["reference"]]).to(self.device))
-            views = torch.cat([torch.zeros_like(z[:1]), z])[None]
-            prompt = tasks.faceid_prompt([it["prompt"], *it["reference_captions"]])
-            out += self._pixels(self._sample(views, [1.0] + [0.0] * len(z), [prompt], [it["id"]])[:, 0])
+        out: list[np.ndarray | None] = [None] * len(items)
+        layouts: dict[tuple, list[int]] = {}
+        for n, it in enumerate(items):  # subjects with as many references, at one size, share a call
+            layouts.setdefault((len(it["reference"]), tuple(it["size"])), []).append(n)
+        for (refs, (h, w)), idx in layouts.items():
+            for run in token_runs([(1 + refs) * self._tokens(h, w)] * len(idx)):
+                chosen = [items[idx[j]] for j in run]
+                z = self.codec.encode(_to_unit([_fit(r, h, w) for it in chosen for r in it["reference"]]).to(self.device))
+                z = z.unflatten(0, (len(run), refs))
+                views = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
+                prompts = [tasks.faceid_prompt([it["prompt"], *it["reference_captions"]]) for it in chosen]
+                made = self._sample(views, [1.0] + [0.0] * refs, prompts, [it["id"] for it in chosen])
+                for j, pix in zip(run, self._pixels(made[:, 0])):
+                    out[idx[j]] = pix
         return out
 
     def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
@@ -228,13 +266,24 @@ class ModelPredictor:
                 out[i] = pix
         return out
 
+    def _tokens(self, h: int, w: int) -> int:
+        """Latent tokens of one h x w view."""
+        _, ph, pw = self.model.config.patch_size
+        return (h // DOWNSAMPLE // ph) * (w // DOWNSAMPLE // pw)
+
     def generate_images(self, items: list[dict]) -> list[list[np.ndarray]]:
-        out = []
-        for it in items:  # one prompt at a time: its images are one batch
-            (h, w), n = it["size"], it["n_images"]
-            views = torch.zeros(n, 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
-            prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, it["prompt"])] * n
-            out.append(self._pixels(self._sample(views, [1.0], prompts, [f"{it['id']}/{k}" for k in range(n)])[:, 0]))
+        out: list[list[np.ndarray]] = [[] for _ in items]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, it in enumerate(items):
+            by_size.setdefault(tuple(it["size"]), []).append(i)
+        for (h, w), idx in by_size.items():  # prompts of one size share a call, up to SAMPLE_TOKENS
+            for run in token_runs([items[i]["n_images"] * self._tokens(h, w) for i in idx]):
+                owner = [idx[j] for j in run for _ in range(items[idx[j]]["n_images"])]
+                prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, items[i]["prompt"]) for i in owner]
+                ids = [f"{items[idx[j]]['id']}/{k}" for j in run for k in range(items[idx[j]]["n_images"])]
+                views = torch.zeros(len(owner), 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
+                for i, pix in zip(owner, self._pixels(self._sample(views, [1.0], prompts, ids)[:, 0])):
+                    out[i].append(pix)
         return out
 
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:

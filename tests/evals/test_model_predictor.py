@@ -97,6 +97,41 @@ def test_an_items_prediction_does_not_depend_on_its_batch(setup):
     assert other_seed.describe()["hash"] != predictor.describe()["hash"]  # cached scores follow the seed
 
 
+def test_batched_calls_answer_as_one_item_at_a_time(setup):
+    """Text-to-image prompts, novel-view objects and ID subjects of one layout share sampler calls (up to
+    SAMPLE_TOKENS latent tokens a call); each item's answer is the one it gets alone (its noise is its own)."""
+    from evals import registry
+    from evals.model_predictor import ModelPredictor, token_runs
+
+    assert token_runs([3, 3, 3, 5, 9, 1], budget=6) == [[0, 1], [2], [3], [4], [5]]  # never split, never merged past
+    params = load_params(setup / "params.yaml")
+    pred = ModelPredictor(params, setup / "ck", steps=2, cfg_scale=2.0)
+    calls = []
+    sample = pred._sample
+    pred._sample = lambda views, *a: calls.append(len(views)) or sample(views, *a)
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:  # a batched GEMM may round differently: a grey level at most
+        return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+    prompts = [{"id": f"p{i}", "prompt": f"A photo of {i + 1} red cubes.", "n_images": 2, "size": (32, 32)}
+               for i in range(3)] + [{"id": "wide", "prompt": "A blue sphere.", "n_images": 1, "size": (32, 48)}]
+    together = pred.generate_images(prompts)
+    assert calls == [6, 1]  # the square prompts in one call, the wide one in its own
+    assert all(close(a, b) for it, imgs in zip(prompts, together) for a, b in zip(imgs, pred.generate_images([it])[0]))
+
+    calls.clear()
+    objects = list(registry.get("world_nvs")(params).items())
+    views = pred.predict_views(objects)
+    assert calls == [2]
+    assert all(close(views[n][i], pred.predict_views([it])[0][i]) for n, it in enumerate(objects) for i in views[n])
+
+    calls.clear()
+    subjects = list(registry.get("world_id")(params).items())
+    made = pred.generate_with_reference(subjects)
+    assert len(calls) == len({(len(it["reference"]), tuple(it["size"])) for it in subjects}) < len(subjects)
+    assert all(close(made[n], pred.generate_with_reference([it])[0]) for n, it in enumerate(subjects))
+
+
 def test_a_checkpoint_of_another_size_is_refused_in_one_line(setup, tmp_path):
     import shutil
 

@@ -123,9 +123,16 @@ def _to_unit(images: list[np.ndarray]) -> torch.Tensor:
     return x / 127.5 - 1
 
 
+def sampling_precision(precision: str, device: torch.device) -> str:
+    """The transformer's precision as the predictor runs it: bf16 autocast only on a GPU."""
+    return precision if device.type == "cuda" else "fp32"
+
+
 class ModelPredictor:
     def __init__(self, params: Params, checkpoint: Path, steps: int = 100, cfg_scale: float = 5.0, seed: int = 0):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # the VAE and the text encoder stay float32: only the transformer, run 2 x steps times an image, is worth it
+        self.precision = sampling_precision(params.evals.precision, self.device)
         checkpoint = Path(resolve_model_path(checkpoint, "model predictor"))
         if not checkpoint.exists():
             raise FileNotFoundError(f"model predictor: checkpoint {checkpoint} not found")
@@ -156,17 +163,18 @@ class ModelPredictor:
             weights_sha256(weights), LatentCodec.identity_of(params.model.vae, params.seed, vae_shift),
             TextEncoder.identity_of(params.model.text_encoder, params.seed, self.model.config.caption_channels),
             self.normalize_rays, self.given_label, repr(self.shift), self.depth_version,
-            self.ray_frame]).encode()).hexdigest()[:16]
+            self.ray_frame, self.precision]).encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
-                "random_parts": random, "shift": repr(self.shift),
+                "random_parts": random, "shift": repr(self.shift), "precision": self.precision,
                 "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}-seed{self.seed}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):
-        with torch.no_grad():
-            return self.model(x, timesteps, cond.embeds, cond.mask)
+        # the sampler integrates in float32 whatever the velocity's precision
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(x, timesteps, cond.embeds, cond.mask).float()
 
     def _cond(self, prompts: list[str]) -> Conditioning:
         e, m = self.text(prompts)

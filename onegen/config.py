@@ -422,6 +422,9 @@ class EvalsConfig(_Strict):
     sampling_steps: int = Field(100, ge=1, description="Euler steps of the model predictor (paper: 100)")
     cfg_scale: float = Field(5.0, ge=1.0, description="classifier-free guidance of the model predictor (paper: 5)")
     batch_size: int = Field(8, ge=1)
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="the model predictor's transformer on a GPU: bf16 autocast, as the released pipeline "
+                            "runs it, or fp32 (exact, several times slower at 1024²); on a CPU always fp32")
     lpips_weights: ModelPath | None = Field(None, description="local LPIPS(alex) state dict; unset = no LPIPS")
     world: WorldEvalConfig = WorldEvalConfig()
     nyuv2: NYUv2Config = NYUv2Config()

@@ -48,6 +48,7 @@ def test_model_predictor_answers_every_benchmark(setup, name, keys):
     res = json.loads(printed_result(r.output).read_text())
     assert printed_result(r.output).parent.parent.name == "entries"  # beside the configured predictor's result
     assert res["model"]["kind"] == "model" and res["model"]["weights"] == "random"
+    assert res["model"]["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")
     assert set(res["metrics"]) == keys and all(v == v for v in res["metrics"].values())  # no NaN
 
 
@@ -130,6 +131,16 @@ def test_batched_calls_answer_as_one_item_at_a_time(setup):
     made = pred.generate_with_reference(subjects)
     assert len(calls) == len({(len(it["reference"]), tuple(it["size"])) for it in subjects}) < len(subjects)
     assert all(close(made[n], pred.generate_with_reference([it])[0]) for n, it in enumerate(subjects))
+
+
+def test_the_transformer_samples_in_bf16_on_a_gpu_only_and_the_cache_knows():
+    from evals.model_predictor import sampling_precision
+    from onegen.config import Params
+
+    assert Params().evals.precision == "bf16"  # as the released pipeline runs it
+    assert sampling_precision("bf16", torch.device("cuda")) == "bf16"
+    assert sampling_precision("fp32", torch.device("cuda")) == "fp32"
+    assert sampling_precision("bf16", torch.device("cpu")) == "fp32"  # CPU autocast would only be slower
 
 
 def test_a_checkpoint_of_another_size_is_refused_in_one_line(setup, tmp_path):

@@ -248,8 +248,8 @@ class ModelPredictor:
         for (refs, (h, w)), idx in layouts.items():
             for run in token_runs([(1 + refs) * self._tokens(h, w)] * len(idx)):
                 chosen = [items[idx[j]] for j in run]
-                z = self.codec.encode(_to_unit([_fit(r, h, w) for it in chosen for r in it["reference"]]).to(self.device))
-                z = z.unflatten(0, (len(run), refs))
+                refs_px = [_fit(r, h, w) for it in chosen for r in it["reference"]]
+                z = self.codec.encode(_to_unit(refs_px).to(self.device)).unflatten(0, (len(run), refs))
                 views = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
                 prompts = [tasks.faceid_prompt([it["prompt"], *it["reference_captions"]]) for it in chosen]
                 made = self._sample(views, [1.0] + [0.0] * refs, prompts, [it["id"] for it in chosen])
@@ -295,12 +295,19 @@ class ModelPredictor:
         return out
 
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for it in items:
-            h, w = it["images"][0].shape[:2]
-            z = self.codec.encode(_to_unit(it["images"]).to(self.device))[None]
-            cams = estimate_cameras(self._denoise, z, it["K"], h, w, self._cond([f"{tasks.MULTIVIEW} a photo"]),
-                                    steps=self.steps, cfg_scale=self.cfg_scale, shift=self.shift,
-                                    generator=self._generators([it["id"]]), given_label=self.given_label)[0]
-            out.append((np.stack([c.rotation for c in cams]), np.stack([c.centre for c in cams])))
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(items)
+        layouts: dict[tuple, list[int]] = {}
+        for n, it in enumerate(items):  # rigs of as many views, at one size, with the same intrinsics share a call
+            K = np.asarray(it["K"], dtype=np.float64)
+            layouts.setdefault((len(it["images"]), it["images"][0].shape[:2], K.shape, K.tobytes()), []).append(n)
+        for (views, (h, w), k_shape, k_bytes), idx in layouts.items():
+            K = np.frombuffer(k_bytes, dtype=np.float64).reshape(k_shape)
+            for run in token_runs([2 * views * self._tokens(h, w)] * len(idx)):
+                z = torch.stack([self.codec.encode(_to_unit(items[idx[j]]["images"]).to(self.device)) for j in run])
+                cond = self._cond([f"{tasks.MULTIVIEW} a photo"] * len(run))
+                cams = estimate_cameras(self._denoise, z, K, h, w, cond, steps=self.steps, cfg_scale=self.cfg_scale,
+                                        shift=self.shift, given_label=self.given_label,
+                                        generator=self._generators([items[idx[j]]["id"] for j in run]))
+                for j, rig in zip(run, cams):
+                    out[idx[j]] = (np.stack([c.rotation for c in rig]), np.stack([c.centre for c in rig]))
         return out

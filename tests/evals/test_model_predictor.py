@@ -98,9 +98,9 @@ def test_an_items_prediction_does_not_depend_on_its_batch(setup):
     assert other_seed.describe()["hash"] != predictor.describe()["hash"]  # cached scores follow the seed
 
 
-def test_batched_calls_answer_as_one_item_at_a_time(setup):
-    """Text-to-image prompts, novel-view objects and ID subjects of one layout share sampler calls (up to
-    SAMPLE_TOKENS latent tokens a call); each item's answer is the one it gets alone (its noise is its own)."""
+def test_batched_calls_answer_as_one_item_at_a_time(setup, monkeypatch):
+    """Text-to-image prompts, novel-view objects, camera rigs and ID subjects of one layout share sampler calls
+    (up to SAMPLE_TOKENS latent tokens a call); each item's answer is the one it gets alone (its noise is its own)."""
     from evals import registry
     from evals.model_predictor import ModelPredictor, token_runs
 
@@ -125,6 +125,19 @@ def test_batched_calls_answer_as_one_item_at_a_time(setup):
     views = pred.predict_views(objects)
     assert calls == [2]
     assert all(close(views[n][i], pred.predict_views([it])[0][i]) for n, it in enumerate(objects) for i in views[n])
+
+    import evals.model_predictor as mp
+
+    rig_calls = []
+    estimate = mp.estimate_cameras
+    monkeypatch.setattr(mp, "estimate_cameras",
+                        lambda d, z, *a, **k: rig_calls.append(len(z)) or estimate(d, z, *a, **k))
+    rigs = list(registry.get("world_pose")(params).items())
+    cams = pred.predict_cameras(rigs)
+    assert rig_calls == [len(rigs)] and len(rigs) > 1  # the world's rigs share their intrinsics
+    for (rot, centre), it in zip(cams, rigs):
+        rot_alone, centre_alone = pred.predict_cameras([it])[0]
+        assert np.abs(rot - rot_alone).max() < 1e-3 and np.abs(centre - centre_alone).max() < 1e-3
 
     calls.clear()
     subjects = list(registry.get("world_id")(params).items())

@@ -199,23 +199,29 @@ def config_hash(cfg: TrainConfig, params: Params) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def data_root(params: Params, cfg: TrainConfig) -> Path:
+    """Where the trainer reads its families: ``onegen latents``' output with ``train.latents``, else the shards."""
+    return params.paths.data / ("latents" if cfg.latents else "shards")
+
+
 def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]]:
     """Each stage's shard directories, each with the side its samples are resized to as they are read (None:
     as stored), checked up front (one clear line per missing family). A stage at another side than the
     shards' reads images resized (``resize.resize_sample``), or with ``train.latents`` the latents that
     ``onegen latents`` encoded at that side, in ``data/latents/<family>/side<S>``."""
     out = []
-    kind, command = ("latents", "latents") if cfg.latents else ("shards", "shards")
+    root = data_root(params, cfg)
+    kind = root.name  # also the command that makes them: onegen shards / onegen latents
     for i, stage in enumerate(cfg.stages):
         dirs: dict[Path, int | None] = {}
         for fam in stage.families:
             side = stage.side_of(fam)
-            d = params.paths.data / kind / fam
+            d = root / fam
             if cfg.latents and side is not None:
                 d, side = resized_dir(d, side), None
             if stage.steps and not (d / "stats.json").is_file():
                 raise FileNotFoundError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no finished {kind} "
-                                        f"at {d} (run `onegen {command} {fam}`)")
+                                        f"at {d} (run `onegen {kind} {fam}`)")
             if stage.steps and not json.loads((d / "stats.json").read_text())["samples"]:
                 raise ValueError(f"train.stages[{i}] ({stage.name}): family {fam!r} has no samples at {d} (its "
                                  f"shards log says what was left out, e.g. for want of an annotator); build it or "
@@ -704,7 +710,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)
     dist.barrier()
-    data_id = data_identity(cfg, dirs, params.paths.data / ("latents" if cfg.latents else "shards"))
+    data_id = data_identity(cfg, dirs, data_root(params, cfg))
     ckpt = find_checkpoint(out_dir)
     meta = json.loads((ckpt / "meta.json").read_text()) if ckpt else {}
     changed = sorted(f"{f} shards" for f, h in meta.get("data_identity", {}).items() if data_id.get(f, h) != h)

@@ -6,8 +6,9 @@ The paper changes resolution between stages (text-to-image at 256² then 512², 
 (``scenes.square_crop``, the crop and intrinsics maths of the scene readers): pictures with an antialiased
 filter; maps whose values are labels, geometry or thin lines (depth, class colours, drawn boxes, binary edges)
 by nearest neighbour, so no pixel takes a value that no object has. Cameras follow the crop and the scale, and
-ray maps are recomputed from them at the new latent grid rather than interpolated. Never upwards: a sample
-smaller than the side would be a blurred copy, so it is an error naming the item.
+ray maps are recomputed from them at the new latent grid rather than interpolated; likewise Canny edges are found
+again on the resized picture with their recorded thresholds, and pose skeletons drawn again from their keypoints.
+Never upwards: a sample smaller than the side would be a blurred copy, so it is an error naming the item.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from onegen.plucker import rays_for_cameras
 from onegen.sources.scenes import square_crop, square_crop_intrinsics
 
 # bump when resizing the same sample gives other pixels: resized latents record it
-VERSION = 2  # 2: pose skeletons redrawn from their keypoints
+VERSION = 2  # 2: pose skeletons redrawn from their keypoints, Canny edges found again on the resized picture
 # values that must stay among those the map already holds (Canny's edges: binary, one pixel wide)
 NEAREST_MODALITIES = frozenset({"depth", "semantic", "bbox", "instance", "canny"})
 # views that are not pictures: the prompt's cached features pass as they are, ray maps are recomputed
@@ -94,6 +95,17 @@ def resize_view(view: View, side: int, where: str) -> View:
     return replace(view, data=np.asarray(image, dtype=a.dtype), camera=camera)
 
 
+def _redetect_canny(sample: Sample, views: list[View]) -> None:
+    """Canny edges of the resized picture with the thresholds the stored map was drawn with, in place of its
+    nearest-neighbour shrink (which breaks its one-pixel lines): the condition as it would be made at this side."""
+    from onegen.annotators.degrade import canny
+
+    picture = next((v for v in views if v.modality == "image"), None)
+    for i, v in enumerate(sample.views):
+        if v.modality == "canny" and picture is not None and {"low", "high"} <= v.meta.keys():
+            views[i] = replace(views[i], data=canny(picture.data, int(v.meta["low"]), int(v.meta["high"]))[0])
+
+
 def resize_sample(sample: Sample, side: int) -> Sample:
     """``sample`` with every view at ``side`` x ``side``; a view that cannot be resized (a VAE latent, one smaller
     than ``side``, an unknown kind of array) is a ``ValueError`` naming the sample and the view. Views' pixel-unit
@@ -113,5 +125,6 @@ def resize_sample(sample: Sample, side: int) -> Sample:
         rays = rays_for_cameras(cameras, normalize=normalized.pop()).astype(rig[0].data.dtype)
         for i, c, r in zip(ray_at, cameras, rays):
             views[i] = replace(views[i], data=r, camera=c)
+    _redetect_canny(sample, views)
     sizes = sorted({tuple(v.data.shape[:2]) for v in sample.views if v.modality not in UNSIZED})
     return replace(sample, views=views, meta={**sample.meta, "resized_from": [list(s) for s in sizes]})

@@ -108,3 +108,23 @@ def test_a_pose_skeleton_is_redrawn_from_its_keypoints_moved_with_the_crop():
     palette = {tuple(c) for c in OPENPOSE_COLORS} | {tuple(round(v * 0.6) for v in c) for c in OPENPOSE_COLORS}
     lit = out.data[out.data.any(-1)]
     assert len(lit) and {tuple(int(v) for v in p) for p in lit} <= palette
+
+
+def test_canny_edges_are_found_again_on_the_resized_picture_with_their_thresholds():
+    import cv2
+
+    from onegen.annotators.edges import Canny
+
+    yy, xx = np.mgrid[:96, :96]
+    picture = np.zeros((96, 96, 3), np.uint8)
+    picture[(xx - 48) ** 2 + (yy - 40) ** 2 < 30**2] = (250, 200, 40)  # a disc: one closed edge
+    picture[60:90, 10:40] = (30, 60, 220)
+    edges = Canny()([picture], seeds=[7])[0]
+    out = resize_sample(sample([View("image", picture), edges]), 48)
+    low, high = edges.meta["low"], edges.meta["high"]
+    redrawn = cv2.Canny(cv2.cvtColor(out.views[0].data, cv2.COLOR_RGB2GRAY), low, high)
+    np.testing.assert_array_equal(out.views[1].data, redrawn)
+    assert out.views[1].meta == edges.meta and set(np.unique(out.views[1].data)) == {0, 255}
+    # against picking every other pixel of the stored map, whose one-pixel lines fall apart
+    picked = edges.data[::2, ::2]
+    assert (out.views[1].data > 0).sum() > 1.3 * (picked > 0).sum()

@@ -102,7 +102,7 @@ def make_params(args) -> Params:
     base["model"].update(size=args.size, vae=str(out / "vae"))
     base["latents"]["batch_size"] = 64  # 128² views: bigger VAE batches than the default's, fewer launches and syncs
     base["reader"].update(batch_size=args.batch, num_workers=args.workers)
-    # 16 items a call: 64 world GenEval images or 16 objects of 16 views at 128², within SAMPLE_TOKENS
+    # 16 items a call: 64 world GenEval images, or 16 objects of 8 views and their rays at 128²: SAMPLE_TOKENS
     base["evals"].update(sampling_steps=args.sampling_steps, cfg_scale=args.cfg, batch_size=16)
     base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views,
                                   conditions=["depth_edges"])  # canny->image is no task of this run

@@ -79,12 +79,14 @@ def _load_transformer(weights: Path, size: str, device) -> NextDiT:
         model = NextDiT(CONFIGS[size])
         model.load_state_dict(load_file(weights), strict=True)
         return model.to(device)
-    return load_released(weights, device=device, key="model predictor")
+    # float32 whatever the release stores: evals.precision then decides what runs (bf16 autocast or float32)
+    return load_released(weights, device=device, dtype=torch.float32, key="model predictor")
 
 
 # Latent tokens one sampler call holds: a GenEval prompt's 4 images at 1024² (the call as it was, one prompt at a
-# time), or many prompts' small images at once (at 128², 32 images), where one call at a time leaves the GPU idle
-# between the host's kernel launches.
+# time), or many items' small images at once (up to 256 at 128²), where one call an item left the GPU idle between
+# the host's kernel launches. Each item's noise is its own, so its answer does not depend on its batch's other
+# items; on a GPU a call of another size may round its matrix products differently in the last bits.
 SAMPLE_TOKENS = 16384
 
 
@@ -182,8 +184,9 @@ class ModelPredictor:
         return Conditioning(e, m, ne, nm)
 
     def _generators(self, ids: list[str]) -> list[torch.Generator]:
-        """One generator per item, seeded by (seed, item id): an item's noise, and so its score, never
-        depends on its batch's other items or its place among them (a resumed run scores as a whole one)."""
+        """One generator per item, seeded by (seed, item id): an item's noise never depends on its batch's other
+        items or its place among them, so a resumed run scores as a whole one (up to a GPU's rounding, see
+        SAMPLE_TOKENS)."""
         return [torch.Generator().manual_seed(item_seed(self.seed, f"model-predictor/{i}", 0)) for i in ids]
 
     def _sample(self, views: torch.Tensor, start: list[float], prompts: list[str], ids: list[str]) -> torch.Tensor:
@@ -192,12 +195,16 @@ class ModelPredictor:
                       given_label=self.given_label)
 
     def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
-        z = self.codec.encode(_to_unit([it["rgb"] for it in items]).to(self.device))
-        views = torch.stack([z, torch.zeros_like(z)], dim=1)
-        out = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(items), [it["id"] for it in items])
-        # the model's depth image in [-1, 1]: +1 is an affine-invariant disparity (or depth, version 1) in [0, 2]
-        depth = self.codec.decode(out[:, 1]).mean(dim=1)
-        return [d.cpu().numpy() + 1.0 for d in depth]
+        out = []
+        for run in token_runs([2 * self._tokens(*it["rgb"].shape[:2]) for it in items]):
+            chosen = [items[j] for j in run]
+            z = self.codec.encode(_to_unit([it["rgb"] for it in chosen]).to(self.device))
+            views = torch.stack([z, torch.zeros_like(z)], dim=1)
+            prompts, ids = [f"{tasks.DEPTH2IMAGE} a photo"] * len(run), [it["id"] for it in chosen]
+            made = self._sample(views, [0.0, 1.0], prompts, ids)
+            # the model's depth image in [-1, 1]: +1 is an affine-invariant disparity (or depth, version 1) in [0, 2]
+            out += [d.cpu().numpy() + 1.0 for d in self.codec.decode(made[:, 1]).mean(dim=1)]
+        return out
 
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
         if self.ray_frame != RAY_FRAME:
@@ -265,13 +272,15 @@ class ModelPredictor:
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):  # a batch shares its task token and size
             groups.setdefault((it["condition_kind"], it["condition"].shape), []).append(i)
-        for (kind, _), idx in groups.items():
-            z = self.codec.encode(_to_unit([items[i]["condition"] for i in idx]).to(self.device))
-            views = torch.stack([torch.zeros_like(z), z], dim=1)
-            prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in idx]
-            ids = [items[i]["id"] for i in idx]
-            for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts, ids)[:, 0])):
-                out[i] = pix
+        for (kind, shape), group in groups.items():
+            for run in token_runs([2 * self._tokens(*shape[:2])] * len(group)):
+                idx = [group[j] for j in run]
+                z = self.codec.encode(_to_unit([items[i]["condition"] for i in idx]).to(self.device))
+                views = torch.stack([torch.zeros_like(z), z], dim=1)
+                prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in idx]
+                ids = [items[i]["id"] for i in idx]
+                for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts, ids)[:, 0])):
+                    out[i] = pix
         return out
 
     def _tokens(self, h: int, w: int) -> int:
@@ -298,10 +307,11 @@ class ModelPredictor:
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(items)
         layouts: dict[tuple, list[int]] = {}
         for n, it in enumerate(items):  # rigs of as many views, at one size, with the same intrinsics share a call
-            K = np.asarray(it["K"], dtype=np.float64)
-            layouts.setdefault((len(it["images"]), it["images"][0].shape[:2], K.shape, K.tobytes()), []).append(n)
-        for (views, (h, w), k_shape, k_bytes), idx in layouts.items():
-            K = np.frombuffer(k_bytes, dtype=np.float64).reshape(k_shape)
+            K = None if it["K"] is None else np.asarray(it["K"], dtype=np.float64)  # None: intrinsics estimated too
+            k_key = None if K is None else (K.shape, K.tobytes())
+            layouts.setdefault((len(it["images"]), it["images"][0].shape[:2], k_key), []).append(n)
+        for (views, (h, w), k_key), idx in layouts.items():
+            K = None if k_key is None else np.frombuffer(k_key[1], dtype=np.float64).reshape(k_key[0])
             for run in token_runs([2 * views * self._tokens(h, w)] * len(idx)):
                 z = torch.stack([self.codec.encode(_to_unit(items[idx[j]]["images"]).to(self.device)) for j in run])
                 cond = self._cond([f"{tasks.MULTIVIEW} a photo"] * len(run))

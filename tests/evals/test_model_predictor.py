@@ -121,9 +121,11 @@ def test_batched_calls_answer_as_one_item_at_a_time(setup, monkeypatch):
     assert all(close(a, b) for it, imgs in zip(prompts, together) for a, b in zip(imgs, pred.generate_images([it])[0]))
 
     calls.clear()
-    objects = list(registry.get("world_nvs")(params).items())
+    first, second = registry.get("world_nvs")(params).items()  # 3 views each
+    unposed = {"condition_views": [0, 2], "target_views": [1], "poses_known": False}
+    objects = [first, second | unposed, second, first | unposed]  # two layouts, interleaved
     views = pred.predict_views(objects)
-    assert calls == [2]
+    assert calls == [2, 2] and [sorted(v) for v in views] == [[1, 2], [1], [1, 2], [1]]
     assert all(close(views[n][i], pred.predict_views([it])[0][i]) for n, it in enumerate(objects) for i in views[n])
 
     import evals.model_predictor as mp
@@ -132,17 +134,21 @@ def test_batched_calls_answer_as_one_item_at_a_time(setup, monkeypatch):
     estimate = mp.estimate_cameras
     monkeypatch.setattr(mp, "estimate_cameras",
                         lambda d, z, *a, **k: rig_calls.append(len(z)) or estimate(d, z, *a, **k))
-    rigs = list(registry.get("world_pose")(params).items())
+    world_rigs = list(registry.get("world_pose")(params).items())
+    zoomed = world_rigs[0] | {"K": np.asarray(world_rigs[0]["K"]) * [[1.2, 1, 1], [1, 1.2, 1], [1, 1, 1]]}
+    rigs = [*world_rigs, zoomed, world_rigs[1] | {"K": None}]  # None: intrinsics estimated too
     cams = pred.predict_cameras(rigs)
-    assert rig_calls == [len(rigs)] and len(rigs) > 1  # the world's rigs share their intrinsics
+    assert rig_calls == [len(world_rigs), 1, 1]  # the world's rigs share their intrinsics
     for (rot, centre), it in zip(cams, rigs):
         rot_alone, centre_alone = pred.predict_cameras([it])[0]
         assert np.abs(rot - rot_alone).max() < 1e-3 and np.abs(centre - centre_alone).max() < 1e-3
 
     calls.clear()
-    subjects = list(registry.get("world_id")(params).items())
+    one, other = registry.get("world_id")(params).items()  # one reference each
+    twice = other | {"reference": other["reference"] * 2, "reference_captions": other["reference_captions"] * 2}
+    subjects = [one, twice, other, one]
     made = pred.generate_with_reference(subjects)
-    assert len(calls) == len({(len(it["reference"]), tuple(it["size"])) for it in subjects}) < len(subjects)
+    assert calls == [3, 1]  # by reference count: [one, other, one], then the two-reference subject
     assert all(close(made[n], pred.generate_with_reference([it])[0]) for n, it in enumerate(subjects))
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,17 @@ def _load_transformer(weights: Path, size: str, device) -> NextDiT:
 # the host's kernel launches. Each item's noise is its own, so its answer does not depend on its batch's other
 # items; on a GPU a call of another size may round its matrix products differently in the last bits.
 SAMPLE_TOKENS = 16384
+
+
+def layout_runs(layouts: list, tokens: list[int], budget: int = SAMPLE_TOKENS) -> Iterator[tuple[Any, list[int]]]:
+    """Item indices grouped by layout (what one sampler call needs alike: size, view set, ...), in first-seen order,
+    each group cut into ``token_runs``: (layout, indices) per sampler call."""
+    groups: dict[Any, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        groups.setdefault(layout, []).append(i)
+    for layout, idx in groups.items():
+        for run in token_runs([tokens[i] for i in idx], budget):
+            yield layout, [idx[j] for j in run]
 
 
 def token_runs(tokens: list[int], budget: int = SAMPLE_TOKENS) -> list[list[int]]:
@@ -195,15 +208,16 @@ class ModelPredictor:
                       given_label=self.given_label)
 
     def predict_depth(self, items: list[dict]) -> list[np.ndarray]:
-        out = []
-        for run in token_runs([2 * self._tokens(*it["rgb"].shape[:2]) for it in items]):
-            chosen = [items[j] for j in run]
-            z = self.codec.encode(_to_unit([it["rgb"] for it in chosen]).to(self.device))
+        out: list[np.ndarray | None] = [None] * len(items)
+        sizes = [it["rgb"].shape[:2] for it in items]
+        for (h, w), run in layout_runs(sizes, [2 * self._tokens(*s) for s in sizes]):
+            z = self.codec.encode(_to_unit([items[i]["rgb"] for i in run]).to(self.device))
             views = torch.stack([z, torch.zeros_like(z)], dim=1)
-            prompts, ids = [f"{tasks.DEPTH2IMAGE} a photo"] * len(run), [it["id"] for it in chosen]
-            made = self._sample(views, [0.0, 1.0], prompts, ids)
+            made = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(run),
+                                [items[i]["id"] for i in run])
             # the model's depth image in [-1, 1]: +1 is an affine-invariant disparity (or depth, version 1) in [0, 2]
-            out += [d.cpu().numpy() + 1.0 for d in self.codec.decode(made[:, 1]).mean(dim=1)]
+            for i, d in zip(run, self.codec.decode(made[:, 1]).mean(dim=1)):
+                out[i] = d.cpu().numpy() + 1.0
         return out
 
     def predict_views(self, items: list[dict]) -> list[dict[int, np.ndarray]]:
@@ -212,24 +226,22 @@ class ModelPredictor:
                              f"(ray_frame {self.ray_frame}); they are now drawn in its PyTorch3D frame, as the release "
                              "draws them: retrain it for novel views")
         results: list[dict[int, np.ndarray] | None] = [None] * len(items)
-        layouts: dict[tuple, list[int]] = {}
-        for n, it in enumerate(items):  # objects with the same view set and image size share a call
-            key = (tuple(it["condition_views"]), tuple(it["target_views"]), it.get("poses_known", True),
-                   it["images"][0].shape[:2])
-            layouts.setdefault(key, []).append(n)
-        for (cond, targets, poses_known, (h, w)), idx in layouts.items():
+        # objects with the same view set, pose knowledge and image size share a call
+        layouts = [(tuple(it["condition_views"]), tuple(it["target_views"]), it.get("poses_known", True),
+                    it["images"][0].shape[:2]) for it in items]
+        tokens = [2 * (len(c) + len(t)) * self._tokens(*hw) for c, t, _, hw in layouts]
+        for (cond, targets, poses_known, _), run in layout_runs(layouts, tokens):
             order = [*cond, *targets]
             # Unknown poses (paper Table 2): only the first condition view's camera is given; the others' rays are
             # generated with the target images, and the given cameras alone set the rays' frame and scale.
             posed = [i for i in order if poses_known or i not in cond[1:]]
             start = [v for i in order for v in ((0.0 if i in cond else 1.0), (0.0 if i in posed else 1.0))]
-            for run in token_runs([2 * len(order) * self._tokens(h, w)] * len(idx)):
-                seqs = [self._view_sequence(items[idx[j]], order, cond, posed) for j in run]
-                out = self._sample(torch.stack(seqs), start, [f"{tasks.MULTIVIEW} a photo"] * len(run),
-                                   [items[idx[j]]["id"] for j in run])
-                for j, views in zip(run, out[:, 0::2]):
-                    pix = self._pixels(views)
-                    results[idx[j]] = {i: pix[k] for k, i in enumerate(order) if i in targets}
+            seqs = [self._view_sequence(items[n], order, cond, posed) for n in run]
+            out = self._sample(torch.stack(seqs), start, [f"{tasks.MULTIVIEW} a photo"] * len(run),
+                               [items[n]["id"] for n in run])
+            for n, views in zip(run, out[:, 0::2]):
+                pix = self._pixels(views)
+                results[n] = {i: pix[k] for k, i in enumerate(order) if i in targets}
         return results
 
     def _view_sequence(self, it: dict, order: list[int], cond: tuple, posed: list[int]) -> torch.Tensor:
@@ -249,19 +261,16 @@ class ModelPredictor:
 
     def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
-        layouts: dict[tuple, list[int]] = {}
-        for n, it in enumerate(items):  # subjects with as many references, at one size, share a call
-            layouts.setdefault((len(it["reference"]), tuple(it["size"])), []).append(n)
-        for (refs, (h, w)), idx in layouts.items():
-            for run in token_runs([(1 + refs) * self._tokens(h, w)] * len(idx)):
-                chosen = [items[idx[j]] for j in run]
-                refs_px = [_fit(r, h, w) for it in chosen for r in it["reference"]]
-                z = self.codec.encode(_to_unit(refs_px).to(self.device)).unflatten(0, (len(run), refs))
-                views = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
-                prompts = [tasks.faceid_prompt([it["prompt"], *it["reference_captions"]]) for it in chosen]
-                made = self._sample(views, [1.0] + [0.0] * refs, prompts, [it["id"] for it in chosen])
-                for j, pix in zip(run, self._pixels(made[:, 0])):
-                    out[idx[j]] = pix
+        layouts = [(len(it["reference"]), tuple(it["size"])) for it in items]  # as many references, one size
+        for (refs, (h, w)), run in layout_runs(layouts, [(1 + r) * self._tokens(*hw) for r, hw in layouts]):
+            chosen = [items[n] for n in run]
+            refs_px = [_fit(r, h, w) for it in chosen for r in it["reference"]]
+            z = self.codec.encode(_to_unit(refs_px).to(self.device)).unflatten(0, (len(run), refs))
+            views = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
+            prompts = [tasks.faceid_prompt([it["prompt"], *it["reference_captions"]]) for it in chosen]
+            made = self._sample(views, [1.0] + [0.0] * refs, prompts, [it["id"] for it in chosen])
+            for n, pix in zip(run, self._pixels(made[:, 0])):
+                out[n] = pix
         return out
 
     def generate_from_condition(self, items: list[dict]) -> list[np.ndarray]:
@@ -269,18 +278,14 @@ class ModelPredictor:
             raise ValueError(f"model predictor: {self.checkpoint} learned depth drawn near-dark (depth_condition 1); "
                              "depth conditions are now drawn as disparity, near bright: retrain it for depth->image")
         out: list[np.ndarray | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for i, it in enumerate(items):  # a batch shares its task token and size
-            groups.setdefault((it["condition_kind"], it["condition"].shape), []).append(i)
-        for (kind, shape), group in groups.items():
-            for run in token_runs([2 * self._tokens(*shape[:2])] * len(group)):
-                idx = [group[j] for j in run]
-                z = self.codec.encode(_to_unit([items[i]["condition"] for i in idx]).to(self.device))
-                views = torch.stack([torch.zeros_like(z), z], dim=1)
-                prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in idx]
-                ids = [items[i]["id"] for i in idx]
-                for i, pix in zip(idx, self._pixels(self._sample(views, [1.0, 0.0], prompts, ids)[:, 0])):
-                    out[i] = pix
+        layouts = [(it["condition_kind"], it["condition"].shape) for it in items]  # one task token, one size
+        for (kind, _), run in layout_runs(layouts, [2 * self._tokens(*shape[:2]) for _, shape in layouts]):
+            z = self.codec.encode(_to_unit([items[i]["condition"] for i in run]).to(self.device))
+            views = torch.stack([torch.zeros_like(z), z], dim=1)
+            prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in run]
+            ids = [items[i]["id"] for i in run]
+            for i, pix in zip(run, self._pixels(self._sample(views, [1.0, 0.0], prompts, ids)[:, 0])):
+                out[i] = pix
         return out
 
     def _tokens(self, h: int, w: int) -> int:
@@ -290,34 +295,27 @@ class ModelPredictor:
 
     def generate_images(self, items: list[dict]) -> list[list[np.ndarray]]:
         out: list[list[np.ndarray]] = [[] for _ in items]
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, it in enumerate(items):
-            by_size.setdefault(tuple(it["size"]), []).append(i)
-        for (h, w), idx in by_size.items():  # prompts of one size share a call, up to SAMPLE_TOKENS
-            for run in token_runs([items[i]["n_images"] * self._tokens(h, w) for i in idx]):
-                owner = [idx[j] for j in run for _ in range(items[idx[j]]["n_images"])]
-                prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, items[i]["prompt"]) for i in owner]
-                ids = [f"{items[idx[j]]['id']}/{k}" for j in run for k in range(items[idx[j]]["n_images"])]
-                views = torch.zeros(len(owner), 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
-                for i, pix in zip(owner, self._pixels(self._sample(views, [1.0], prompts, ids)[:, 0])):
-                    out[i].append(pix)
+        sizes = [tuple(it["size"]) for it in items]  # prompts of one size share a call
+        for (h, w), run in layout_runs(sizes, [it["n_images"] * self._tokens(*s) for it, s in zip(items, sizes)]):
+            owner = [i for i in run for _ in range(items[i]["n_images"])]
+            prompts = [tasks.task_prompt(tasks.TEXT2IMAGE, items[i]["prompt"]) for i in owner]
+            ids = [f"{items[i]['id']}/{k}" for i in run for k in range(items[i]["n_images"])]
+            views = torch.zeros(len(owner), 1, LATENT_CHANNELS, h // DOWNSAMPLE, w // DOWNSAMPLE)
+            for i, pix in zip(owner, self._pixels(self._sample(views, [1.0], prompts, ids)[:, 0])):
+                out[i].append(pix)
         return out
 
     def predict_cameras(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(items)
-        layouts: dict[tuple, list[int]] = {}
-        for n, it in enumerate(items):  # rigs of as many views, at one size, with the same intrinsics share a call
-            K = None if it["K"] is None else np.asarray(it["K"], dtype=np.float64)  # None: intrinsics estimated too
-            k_key = None if K is None else (K.shape, K.tobytes())
-            layouts.setdefault((len(it["images"]), it["images"][0].shape[:2], k_key), []).append(n)
-        for (views, (h, w), k_key), idx in layouts.items():
-            K = None if k_key is None else np.frombuffer(k_key[1], dtype=np.float64).reshape(k_key[0])
-            for run in token_runs([2 * views * self._tokens(h, w)] * len(idx)):
-                z = torch.stack([self.codec.encode(_to_unit(items[idx[j]]["images"]).to(self.device)) for j in run])
-                cond = self._cond([f"{tasks.MULTIVIEW} a photo"] * len(run))
-                cams = estimate_cameras(self._denoise, z, K, h, w, cond, steps=self.steps, cfg_scale=self.cfg_scale,
-                                        shift=self.shift, given_label=self.given_label,
-                                        generator=self._generators([items[idx[j]]["id"] for j in run]))
-                for j, rig in zip(run, cams):
-                    out[idx[j]] = (np.stack([c.rotation for c in rig]), np.stack([c.centre for c in rig]))
+        # rigs of as many views, at one size, with the same intrinsics (None: estimated too) share a call
+        layouts = [(len(it["images"]), it["images"][0].shape[:2],
+                    None if it["K"] is None else np.asarray(it["K"], dtype=np.float64).tobytes()) for it in items]
+        for (views, (h, w), _), run in layout_runs(layouts, [2 * v * self._tokens(*hw) for v, hw, _ in layouts]):
+            z = torch.stack([self.codec.encode(_to_unit(items[n]["images"]).to(self.device)) for n in run])
+            cond = self._cond([f"{tasks.MULTIVIEW} a photo"] * len(run))
+            cams = estimate_cameras(self._denoise, z, items[run[0]]["K"], h, w, cond, steps=self.steps,
+                                    cfg_scale=self.cfg_scale, shift=self.shift, given_label=self.given_label,
+                                    generator=self._generators([items[n]["id"] for n in run]))
+            for n, rig in zip(run, cams):
+                out[n] = (np.stack([c.rotation for c in rig]), np.stack([c.centre for c in rig]))
         return out

@@ -102,9 +102,10 @@ def test_batched_calls_answer_as_one_item_at_a_time(setup, monkeypatch):
     """Text-to-image prompts, novel-view objects, camera rigs and ID subjects of one layout share sampler calls
     (up to SAMPLE_TOKENS latent tokens a call); each item's answer is the one it gets alone (its noise is its own)."""
     from evals import registry
-    from evals.model_predictor import ModelPredictor, token_runs
+    from evals.model_predictor import ModelPredictor, layout_runs, token_runs
 
     assert token_runs([3, 3, 3, 5, 9, 1], budget=6) == [[0, 1], [2], [3], [4], [5]]  # never split, never merged past
+    assert list(layout_runs(["a", "b", "a", "a"], [2, 1, 2, 3], budget=4)) == [("a", [0, 2]), ("a", [3]), ("b", [1])]
     params = load_params(setup / "params.yaml")
     pred = ModelPredictor(params, setup / "ck", steps=2, cfg_scale=2.0)
     calls = []

@@ -114,8 +114,9 @@ class FamilyConfig(_Strict):
 
 
 def _default_families() -> dict[str, FamilyConfig]:
-    # pose is off unless asked for: the procedural world, every other family's default source, has no people
-    return {f: FamilyConfig(enabled=False, sources=[]) if f == "pose" else FamilyConfig() for f in FAMILIES}
+    # pose is left out, so off (``ShardsConfig._every_family_named``) unless asked for: the procedural world, every
+    # other family's default source, has no people
+    return {f: FamilyConfig() for f in FAMILIES if f != "pose"}
 
 
 class ShardsConfig(_Strict):

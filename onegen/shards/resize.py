@@ -53,9 +53,9 @@ def resized_camera(camera: Camera, side: int, where: str) -> Camera:
 
 def resized_points(xy: np.ndarray, height: int, width: int, side: int) -> np.ndarray:
     """Pixel positions [..., 2] (x, y) of an image after its centre square crop is resized to ``side``: the
-    mapping ``square_crop_intrinsics`` applies to cameras."""
-    s = min(width, height)
-    return (xy - [(width - s) // 2, (height - s) // 2]) * (side / s)
+    mapping ``square_crop_intrinsics`` applies to cameras (its crop of the identity is that affine map)."""
+    A = square_crop_intrinsics(np.eye(3), width, height, side)
+    return (xy @ A[:2, :2].T + A[:2, 2]).astype(xy.dtype)
 
 
 def _redrawn_pose(view: View, side: int, where: str) -> View:

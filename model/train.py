@@ -56,12 +56,12 @@ from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents
 from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
-from onegen.config import ConfigError, Params, TrainConfig, TrainStage, load_params
+from onegen.config import ConfigError, Params, SideRule, TrainConfig, TrainStage, load_params
 from onegen.jsonl import append_jsonl
 from onegen.plucker import RAY_FRAME
 from onegen.seeding import item_seed
 from onegen.shards.reader import TASK_GROUPS, ReadReport, bucket_batches, group_streams, mix_task_groups
-from onegen.shards.resize import resized_dir
+from onegen.shards.resize import resized_dir, rule_record
 from onegen.shards.writer import atomic_write_bytes, content_identity, write_json
 
 SIGMA_BINS = 5
@@ -145,7 +145,7 @@ def recipe_through(cfg: TrainConfig, step: int) -> list[dict]:
     for stage, (start, end) in zip(cfg.stages, stage_bounds(cfg)):
         if start >= step:
             break
-        out.append({"name": stage.name, "sides": {f: stage.side_of(f) for f in sorted(stage.families)},
+        out.append({"name": stage.name, "sides": {f: rule_record(stage.side_of(f)) for f in sorted(stage.families)},
                     "batch_size": stage.batch_size, "caption_dropout": stage.caption_dropout,
                     "steps": min(end, step) - start})
     return out
@@ -204,16 +204,16 @@ def data_root(params: Params, cfg: TrainConfig) -> Path:
     return params.paths.data / ("latents" if cfg.latents else "shards")
 
 
-def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]]:
+def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, SideRule]]:
     """Each stage's shard directories, each with the side its samples are resized to as they are read (None:
     as stored), checked up front (one clear line per missing family). A stage at another side than the
-    shards' reads images resized (``resize.resize_sample``), or with ``train.latents`` the latents that
-    ``onegen latents`` encoded at that side, in ``data/latents/<family>/side<S>``."""
+    shards' reads images resized (``resize.resize_by_rule``), or with ``train.latents`` the latents that
+    ``onegen latents`` encoded at that side (or by view count), in ``data/latents/<family>/side<S>``."""
     out = []
     root = data_root(params, cfg)
     kind = root.name  # also the command that makes them: onegen shards / onegen latents
     for i, stage in enumerate(cfg.stages):
-        dirs: dict[Path, int | None] = {}
+        dirs: dict[Path, SideRule] = {}
         for fam in stage.families:
             side = stage.side_of(fam)
             d = root / fam
@@ -233,7 +233,7 @@ def family_dirs(params: Params, cfg: TrainConfig) -> list[dict[Path, int | None]
     return out
 
 
-def data_identity(cfg: TrainConfig, dirs: list[dict[Path, int | None]], root: Path) -> dict[str, str]:
+def data_identity(cfg: TrainConfig, dirs: list[dict[Path, SideRule]], root: Path) -> dict[str, str]:
     """What the recipe trains on: each family folder's ``content_identity`` (its shards' own hashes), for the
     stages that take steps, by its path under ``root`` (``depth``, ``text2image/side512``). A checkpoint made on
     other data of a family is never resumed (``_train``)."""
@@ -297,11 +297,11 @@ def with_caption_dropout(text: torch.Tensor, mask: torch.Tensor, drop: list[bool
     return torch.where(rows[:, None, None], e, text), torch.where(rows[:, None], em, mask)
 
 
-def slot_batches(dirs: dict[Path, int | None], micro_batch: int, seed: int, shuffle: int,
+def slot_batches(dirs: dict[Path, SideRule], micro_batch: int, seed: int, shuffle: int,
                  report: ReadReport) -> Iterator[dict]:
     """Endless task-group-balanced batches of one shape signature (``reader.training_batches``),
     with shard resampling seeded by ``seed`` alone: a slot's data must not depend on which rank
-    reads it. ``dirs``: shard directory -> the side to resize its samples to, or None."""
+    reads it. ``dirs``: shard directory -> the side (or sides by view count) to resize its samples to, or None."""
     streams = group_streams(list(dirs), report, resampled=True, shuffle=shuffle, seed=seed, seed_names_reader=True,
                             sides={d: side for d, side in dirs.items() if side is not None})
     return bucket_batches(mix_task_groups(streams, seed), micro_batch)

@@ -65,8 +65,7 @@ def latents(family: str = typer.Argument(..., help=f"one of: {', '.join(FAMILIES
     from pipelines import latents as stage
 
     st = _run(stage.run, _params(params), family)
-    sides = ", ".join("as built" if side is None else f"resized to {side}px" for side in st["sides"])
-    typer.echo(f"latents {family}: {st['samples']} samples ({sides}) in {st['shards']} shards")
+    typer.echo(f"latents {family}: {st['samples']} samples ({'; '.join(st['sides'])}) in {st['shards']} shards")
 
 
 @app.command()

@@ -8,11 +8,12 @@ writes another one in its place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from onegen.hub_cache import check_model_path
 
@@ -468,6 +469,35 @@ class ModelConfig(_Strict):
 Side = Annotated[int, Field(ge=16, multiple_of=16)]
 
 
+@dataclass(frozen=True)
+class ViewSides:
+    """A family's side by how many pictures a sample holds (the paper's ID finetune: 512² for 2-3 views, 256² for
+    4-5): a sample of at most ``n`` pictures (ray maps are not pictures) goes to the side paired with the smallest
+    such ``n``, one with more pictures than every ``n`` to ``beyond`` (None: as stored)."""
+
+    by_views: tuple[tuple[int, int], ...]  # (n, side), n ascending
+    beyond: int | None = None
+
+    def side(self, pictures: int) -> int | None:
+        return next((side for n, side in self.by_views if pictures <= n), self.beyond)
+
+    @property
+    def label(self) -> str:
+        """``512to3v_256to5v`` (``_else<S>`` with a ``beyond``): the rule in a folder name and a checkpoint's recipe."""
+        return "_".join([f"{side}to{n}v" for n, side in self.by_views] + ([f"else{self.beyond}"] if self.beyond else []))
+
+    def __str__(self) -> str:
+        steps = ", ".join(f"{side}px up to {n} views" for n, side in self.by_views)
+        return f"{steps}, else {f'{self.beyond}px' if self.beyond else 'as stored'}"
+
+
+# what a stage trains a family at: a side, sides by view count, or None (as its shards were built)
+SideRule = int | ViewSides | None
+# family_resolution's values, told apart by form so that a bad one gets only its own form's error
+FamilySide = Annotated[Annotated[Side, Tag("side")] | Annotated[dict[Annotated[int, Field(ge=1)], Side], Tag("by_views")],
+                       Discriminator(lambda v: "by_views" if isinstance(v, dict) else "side")]
+
+
 class TrainStage(_Strict):
     """One block of the recipe: which shard families, at what resolution, how many optimizer steps, what batch."""
 
@@ -478,20 +508,29 @@ class TrainStage(_Strict):
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description="P(prompt -> '') for classifier-free guidance")
     resolution: Side | None = Field(None, description="square side every view of this stage is trained at: images "
                                     "centre-cropped and resized, ray maps recomputed from the cameras; null = as built")
-    family_resolution: dict[Family, Side] = Field(
+    family_resolution: dict[Family, FamilySide] = Field(
         default_factory=dict, description="sides for some families over `resolution` (paper's mixed stage: "
-                                          "text2image 512, the other tasks 256)")
+                                          "text2image 512, the other tasks 256); or sides by view count, "
+                                          "{3: 512, 5: 256}: samples of up to 3 pictures at 512, up to 5 at 256, more "
+                                          "at `resolution` (paper's ID finetune)")
 
     @model_validator(mode="after")
     def _resolution_families(self):
         extra = sorted(set(self.family_resolution) - set(self.families))
         if extra:
             raise ValueError(f"family_resolution names {extra}, not among this stage's families {self.families}")
+        empty = sorted(f for f, rule in self.family_resolution.items() if rule == {})
+        if empty:
+            raise ValueError(f"family_resolution gives {empty} sides by view count without any view count")
         return self
 
-    def side_of(self, family: str) -> int | None:
-        """The square side ``family`` is trained at in this stage (None: as its shards were built)."""
-        return self.family_resolution.get(family, self.resolution)
+    def side_of(self, family: str) -> SideRule:
+        """What ``family`` is trained at in this stage: a square side, sides by view count, or None (as its shards
+        were built)."""
+        rule = self.family_resolution.get(family, self.resolution)
+        if isinstance(rule, dict):
+            return ViewSides(tuple(sorted(rule.items())), beyond=self.resolution)
+        return rule
 
 
 def _default_stages() -> list[TrainStage]:
@@ -541,11 +580,13 @@ class TrainConfig(_Strict):
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
-    def sides_of(self, family: str) -> list[int | None]:
+    def sides_of(self, family: str) -> list[SideRule]:
         """The sides stages with steps train ``family`` at (None: as its shards are), what `onegen latents` encodes;
         a family no stage trains is encoded as its shards are."""
         sides = {s.side_of(family) for s in self.stages if s.steps and family in s.families}
-        return sorted(sides, key=lambda side: (side is not None, side or 0)) or [None]
+        order = {type(None): 0, int: 1, ViewSides: 2}
+        return sorted(sides, key=lambda side: (order[type(side)], side if isinstance(side, int) else 0,
+                                               getattr(side, "label", ""))) or [None]
 
 
 

@@ -8,8 +8,9 @@ views pass through. With ``latents.text`` each sample also carries its prompt's 
 features (a ``text`` view, float16, L x D, its valid tokens only).
 
 A training stage at another side than the shards' (``train.stages[].resolution``) gets the family's samples
-resized to that side first (``onegen.shards.resize``), encoded into ``data/latents/<family>/side<S>``; the
-shards' own side is encoded only where a stage (or none at all) trains the family at it.
+resized to that side first (``onegen.shards.resize``), encoded into ``data/latents/<family>/side<S>``; sides by
+view count (``family_resolution: {id: {3: 512, 5: 256}}``) resize each sample to its own, into
+``side512to3v_256to5v``. The shards' own side is encoded only where a stage (or none at all) trains the family at it.
 
 ``latents.json`` beside the shards names the VAE and text encoder that made them; the trainer
 refuses latents made by other weights than the ones it is configured with. Encoding runs in
@@ -31,21 +32,22 @@ from model.nextdit import CONFIGS
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
-from onegen.config import Params
+from onegen.config import Params, SideRule
 from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import shard_logger
 from onegen.shards.reader import ReadReport, iter_tar_samples, sample_to_tensors
-from onegen.shards.resize import VERSION as RESIZE_VERSION, resize_sample, resized_dir
+from onegen.shards.resize import VERSION as RESIZE_VERSION, resize_by_rule, resized_dir, rule_record, rule_text
 from onegen.shards.writer import ShardLimits, build_shards, content_identity, write_json
 from pipelines.shards import StageError, family_dir
 
 PASS_THROUGH = ("rays", "latent", "text")
 
 
-def latents_dir(params: Params, family: str, side: int | None = None) -> Path:
+def latents_dir(params: Params, family: str, side: SideRule = None) -> Path:
     """Where ``onegen latents`` writes a family: its shards as built, or (``side``) resized to a training stage's
-    square side first, in a folder of their own beside them (``model.train.family_dirs`` reads the same)."""
+    square side (or sides by view count) first, in a folder of their own beside them (``model.train.family_dirs``
+    reads the same)."""
     out = params.paths.data / "latents" / family
     return out if side is None else resized_dir(out, side)
 
@@ -119,25 +121,26 @@ def encode_chunk(samples: list[Sample], codec: LatentCodec, text: TextEncoder | 
     return out
 
 
-def encode_side(params: Params, family: str, source: _SourceSamples, side: int | None, codec: LatentCodec,
+def encode_side(params: Params, family: str, source: _SourceSamples, side: SideRule, codec: LatentCodec,
                 text: TextEncoder | None, records: list[dict], identity: dict) -> dict:
-    """The family's latents as built (``side`` None) or resized to ``side`` first, into ``latents_dir``."""
+    """The family's latents as built (``side`` None) or resized to ``side`` (each sample to its view count's side
+    for ``ViewSides``) first, into ``latents_dir``."""
     chunk = params.latents.batch_size
 
     @lru_cache(maxsize=1)
     def encoded(c: int) -> list[Sample]:
         samples = [source[i] for i in range(c * chunk, min((c + 1) * chunk, len(source)))]
-        return encode_chunk(samples if side is None else [resize_sample(s, side) for s in samples], codec, text, records)
+        return encode_chunk([resize_by_rule(s, side) for s in samples], codec, text, records)
 
     out = latents_dir(params, family, side)
     fp = fingerprint("latents", family, source.stats["fingerprint"], content_identity(source.stats), identity,
-                     params.latents.batch_size, *([] if side is None else [f"side{side}", RESIZE_VERSION]))
+                     params.latents.batch_size, *([] if side is None else [out.name, RESIZE_VERSION]))
     stats = build_shards(out, len(source), lambda i: encoded(i // chunk)[i % chunk],
                          ShardLimits(params.shards.max_samples_per_shard, params.shards.max_bytes_per_shard), fp,
-                         desc=f"latents {family}" + ("" if side is None else f" at {side}px"),
+                         desc=f"latents {family}" + ("" if side is None else f" {rule_text(side)}"),
                          on_shard=shard_logger(params.paths.reports / "logs" / f"latents_{family}.jsonl",
-                                               stage="latents", family=family, side=side))
-    write_json(out / "latents.json", {**identity, "side": side})
+                                               stage="latents", family=family, side=rule_record(side)))
+    write_json(out / "latents.json", {**identity, "side": rule_record(side)})
     return stats
 
 
@@ -155,4 +158,5 @@ def run(params: Params, family: str) -> dict:
         records.append({"name": "text_encoder", "version": type(text.model).__name__, "weights_sha256": identity["text"]})
     built = {side: encode_side(params, family, source, side, codec, text, records, identity)
              for side in params.train.sides_of(family)}
-    return {"samples": len(source), "shards": sum(st["shards"] for st in built.values()), "sides": list(built)}
+    return {"samples": len(source), "shards": sum(st["shards"] for st in built.values()),
+            "sides": [rule_text(side) for side in built]}

@@ -27,9 +27,10 @@ import torch
 import webdataset as wds
 
 from onegen import tasks
+from onegen.config import SideRule
 from onegen.annotators.depth import disparity_to_condition
 from onegen.format import FormatError, Sample, decode_sample
-from onegen.shards.resize import resize_sample
+from onegen.shards.resize import resize_by_rule
 
 log = logging.getLogger(__name__)
 TASK_GROUPS = ("text2image", "image2image", "id", "multiview")
@@ -157,14 +158,13 @@ def sample_to_tensors(sample: Sample) -> dict:
     }
 
 
-def _decode_stage(report: ReadReport, sides: Mapping[str, int]):
+def _decode_stage(report: ReadReport, sides: Mapping[str, SideRule]):
     def stage(src: Iterable[dict]) -> Iterator[dict]:
         failed = 0
         for raw in src:
             try:
                 sample = decode_sample(raw)
-                side = sides.get(str(Path(raw["__url__"]).parent))
-                yield sample_to_tensors(resize_sample(sample, side) if side else sample)
+                yield sample_to_tensors(resize_by_rule(sample, sides.get(str(Path(raw["__url__"]).parent))))
                 failed = 0
             except (FormatError, KeyError, ValueError, TypeError) as e:
                 reason = f"{type(e).__name__}: {e}"
@@ -198,9 +198,9 @@ def _seed_alone() -> int:
 
 def sample_stream(urls: list[str], report: ReadReport, resampled: bool = False, shuffle: int = 0,
                   seed: int = 0, seed_names_reader: bool = False,
-                  sides: Mapping[str, int] | None = None) -> wds.DataPipeline:
+                  sides: Mapping[str, SideRule] | None = None) -> wds.DataPipeline:
     """One source's decoded samples, split by node and by DataLoader worker; the samples of a shard whose
-    directory ``sides`` names are resized to that square side (``resize.resize_sample``).
+    directory ``sides`` names are resized to that square side, or by view count (``resize.resize_by_rule``).
 
     Resampled streams draw shards with a generator seeded by ``seed`` and, by default, the
     rank and worker; ``seed_names_reader=True`` leaves them out because the caller's ``seed``
@@ -268,9 +268,9 @@ def collate(samples: list[dict]) -> dict:
 
 def group_streams(shard_dirs: list[Path], report: ReadReport, resampled: bool, shuffle: int,
                   seed: int, seed_names_reader: bool = False,
-                  sides: Mapping[Path, int] | None = None) -> dict[str, Iterable[dict]]:
+                  sides: Mapping[Path, SideRule] | None = None) -> dict[str, Iterable[dict]]:
     """Shard directories -> one stream per task group (a family's stats.json names its tasks); a directory
-    in ``sides`` is read resized to that square side."""
+    in ``sides`` is read resized to that square side (or by view count)."""
     by_group: dict[str, list[str]] = defaultdict(list)
     for d in shard_dirs:
         groups = {task_group(t) for t in _family_tasks(Path(d))}

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from onegen.camera import Camera
+from onegen.config import SideRule, ViewSides
 from onegen.format import Sample, View
 from onegen.plucker import rays_for_cameras
 from onegen.sources.scenes import square_crop, square_crop_intrinsics
@@ -32,9 +33,19 @@ NEAREST_MODALITIES = frozenset({"depth", "semantic", "bbox", "instance", "canny"
 UNSIZED = frozenset({"text", "rays"})
 
 
-def resized_dir(family_dir: Path, side: int) -> Path:
-    """Where a family's samples resized to ``side`` are kept, inside its own folder (``onegen latents``)."""
-    return family_dir / f"side{side}"
+def resized_dir(family_dir: Path, side: int | ViewSides) -> Path:
+    """Where a family's samples resized to ``side`` (or by view count) are kept, inside its own folder
+    (``onegen latents``): ``side512``, ``side512to3v_256to5v``."""
+    return family_dir / f"side{side.label if isinstance(side, ViewSides) else side}"
+
+
+def rule_record(rule: SideRule) -> int | str | None:
+    """``rule`` as a JSON record keeps it (a checkpoint's recipe, ``latents.json``): the side or the rule's label."""
+    return rule.label if isinstance(rule, ViewSides) else rule
+
+
+def rule_text(rule: SideRule) -> str:
+    return "as built" if rule is None else f"resized to {rule if isinstance(rule, ViewSides) else f'{rule}px'}"
 
 
 def _check_side(height: int, width: int, side: int, where: str) -> None:
@@ -104,6 +115,14 @@ def _redetect_canny(sample: Sample, views: list[View]) -> None:
     for i, v in enumerate(sample.views):
         if v.modality == "canny" and picture is not None and {"low", "high"} <= v.meta.keys():
             views[i] = replace(views[i], data=canny(picture.data, int(v.meta["low"]), int(v.meta["high"]))[0])
+
+
+def resize_by_rule(sample: Sample, rule: SideRule) -> Sample:
+    """``sample`` at what a stage trains its family at: ``rule``'s side (by its picture count for ``ViewSides``),
+    or as stored where that is None."""
+    if isinstance(rule, ViewSides):
+        rule = rule.side(sum(v.modality not in UNSIZED for v in sample.views))
+    return sample if rule is None else resize_sample(sample, rule)
 
 
 def resize_sample(sample: Sample, side: int) -> Sample:

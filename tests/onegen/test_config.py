@@ -47,6 +47,9 @@ def test_profiles_load_and_differ_where_the_paper_does():
     assert p.sources["unsplash_hr"].resolution == 1024 and p.sources["unsplash"].resolution is None
     assert "world" not in p.shards.families["text2image"].sources
     assert d.train.sides_of("text2image") == d.train.sides_of("depth") == [None]  # the default: as built
+    # the ID finetune's side by view count (512² for 2-3 views, 256² for 4-5) over subjects stored at 512²
+    assert [str(side) for side in p.train.sides_of("id")] == ["256", "512px up to 3 views, 256px up to 5 views, else as stored"]
+    assert p.shards.families["id"].sources == ["faces"] and p.sources["faces"].scene_side == 512
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,10 @@ def test_profiles_load_and_differ_where_the_paper_does():
         (lambda d: d["train"]["stages"][0].__setitem__("resolution", 72), r"train\.stages\.0\.resolution: .*multiple of 16"),
         (lambda d: d["train"]["stages"][0].__setitem__("family_resolution", {"depth": 64}),
          r"train\.stages\.0: family_resolution names \['depth'\], not among this stage's families \['text2image'\]"),
+        (lambda d: d["train"]["stages"][0].__setitem__("family_resolution", {"text2image": {}}),
+         r"train\.stages\.0: family_resolution gives \['text2image'\] sides by view count without any view count"),
+        (lambda d: d["train"]["stages"][0].__setitem__("family_resolution", {"text2image": {0: 64}}),
+         r"train\.stages\.0\.family_resolution\.text2image\.by_views\.0\.\[key\]: .*greater than or equal to 1"),
         (lambda d: d["shards"]["families"]["pose"].__setitem__("sources", ["world", "sample_photos"]),
          r"shards\.families\.pose\.sources: the procedural world has no people to pose"),
     ],

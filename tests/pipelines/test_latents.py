@@ -201,3 +201,49 @@ def test_a_stage_at_another_side_reads_resized_latents_or_images(project, tmp_pa
                                                                for m in batch["modalities"][0]]
     assert seen == {"text2image", "multiview"}
     assert np.isfinite(train(on_images)["loss"])
+
+
+def test_sides_by_view_count_encode_each_sample_at_its_own_and_train(tmp_path):
+    """The paper's ID finetune (512² for 2-3 views, 256² for 4-5; here 32² stored, 16² for 3+ views): `onegen
+    latents` encodes each identity sample at its view count's side into one folder, the trainer reads it (and,
+    without latents, resizes the images by the same rule), and the checkpoint's recipe names the rule."""
+    from model.train import family_dirs, slot_batches
+
+    d = yaml.safe_load(profile_path("default").read_text())
+    d["paths"] = {"data": str(tmp_path / "data"), "reports": str(tmp_path / "reports")}
+    d["world"].update(scenes=1, id_groups=6, id_views=[2, 4], resolution=32, records_per_shard=4)
+    d["latents"] = {"text": True, "batch_size": 4}
+    d["train"]["stages"] = [{"name": "ft", "families": ["id"], "family_resolution": {"id": {2: 32, 4: 16}},
+                             "steps": 2, "batch_size": 2}]
+    d["train"].update(checkpoint_every=2, log_every=1, latents=True, out_dir=str(tmp_path / "ckpt"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    p = str(tmp_path / "params.yaml")
+    _invoke("world", "-p", p)
+    _invoke("shards", "id", "-p", p)
+    r = _invoke("latents", "id", "-p", p)
+    assert "resized to 32px up to 2 views, 16px up to 4 views, else as stored" in r.output
+    src = _read(tmp_path / "data/shards/id")
+    got = _read(tmp_path / "data/latents/id/side32to2v_16to4v")
+    assert [s.key for s in got] == [s.key for s in src]
+    counts = [len(s.views) for s in src]
+    assert min(counts) == 2 and max(counts) > 2  # both branches of the rule are exercised
+    for s, t in zip(src, got):
+        grid = 4 if len(s.views) <= 2 else 2  # 32² -> 4x4 latents, 16² -> 2x2
+        assert [v.data.shape for v in t.views if v.modality == "latent"] == [(16, grid, grid)] * len(s.views)
+
+    params = load_params(tmp_path / "params.yaml")
+    assert family_dirs(params, params.train) == [{tmp_path / "data/latents/id/side32to2v_16to4v": None}]
+    result = train(params)
+    assert np.isfinite(result["loss"]) and set(result["data_identity"]) == {"id/side32to2v_16to4v"}
+    ckpt = tmp_path / "ckpt" / (tmp_path / "ckpt/latest").read_text().strip()
+    recipe = json.loads((ckpt / "meta.json").read_text())["recipe"]
+    assert recipe[0]["sides"] == {"id": "32to2v_16to4v"}
+    # the rule read back from the checkpoint is the recipe's own: a rerun resumes, nothing is set aside
+    assert train(params)["loss"] == result["loss"] and not list((tmp_path / "ckpt").glob("superseded-*"))
+
+    on_images = params.model_copy(update={"train": params.train.model_copy(update={"latents": False})})
+    dirs = family_dirs(on_images, on_images.train)
+    stream = slot_batches(dirs[0], 2, seed=0, shuffle=0, report=ReadReport())
+    for batch in (next(stream) for _ in range(4)):
+        side = 32 if len(batch["views"]) <= 2 else 16
+        assert {tuple(v.shape[2:]) for v in batch["views"]} == {(side, side)}

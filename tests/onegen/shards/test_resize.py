@@ -1,5 +1,7 @@
 """Resizing a decoded sample for a training stage at another side than its shards'."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,34 @@ def test_canny_edges_are_found_again_on_the_resized_picture_with_their_threshold
     # against picking every other pixel of the stored map, whose one-pixel lines fall apart
     picked = edges.data[::2, ::2]
     assert (out.views[1].data > 0).sum() > 1.3 * (picked > 0).sum()
+
+
+def test_sides_by_view_count_pick_each_sample_its_own():
+    """The paper's ID finetune: 512² for 2-3 views, 256² for 4-5 (here 32 and 16); ray maps are not pictures,
+    and more pictures than the rule names keep the stage's side (or the stored one)."""
+    from onegen.config import TrainStage
+    from onegen.shards.resize import resize_by_rule, resized_dir, rule_record
+
+    stage = TrainStage(name="ft", families=["id", "multiview"], steps=1, batch_size=1,
+                       family_resolution={"id": {"5": 16, 3: 32}, "multiview": {2: 16}})
+    rule = stage.side_of("id")
+    assert [rule.side(n) for n in (1, 3, 4, 5, 6)] == [32, 32, 16, 16, None]
+    assert rule_record(rule) == "32to3v_16to5v" and resized_dir(Path("id"), rule) == Path("id/side32to3v_16to5v")
+    assert str(rule) == "32px up to 3 views, 16px up to 5 views, else as stored"
+    rng = np.random.default_rng(0)
+
+    def pictures(n: int) -> Sample:
+        return sample([View("image", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(n)])
+
+    assert [resize_by_rule(pictures(n), rule).views[0].data.shape[0] for n in (2, 3, 4, 5, 6)] == [32, 32, 16, 16, 64]
+    # two pictures with their two ray maps count as two views, not four
+    cams = [camera(y, 64, 64) for y in (0.0, 0.5)]
+    rig = [View("image", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), camera=c) for c in cams]
+    rig += [View("rays", r, role="camera", camera=c, meta={"normalized": True})
+            for r, c in zip(rays_for_cameras(cams, normalize=True), cams)]
+    assert [v.data.shape for v in resize_by_rule(sample(rig), stage.side_of("multiview")).views] == \
+        [(16, 16, 3)] * 2 + [(16, 2, 2)] * 2
+    # a stage's own resolution is what more pictures than the rule names get
+    beyond = TrainStage(name="ft", families=["id"], steps=1, batch_size=1, resolution=48,
+                        family_resolution={"id": {3: 32}}).side_of("id")
+    assert resize_by_rule(pictures(4), beyond).views[0].data.shape[0] == 48 and beyond.label == "32to3v_else48"

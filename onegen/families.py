@@ -30,6 +30,7 @@ from onegen.annotators import degrade, maps
 from onegen.format import Provenance, Sample, View
 from onegen.plucker import rays_for_cameras
 from onegen.seeding import item_seed
+from onegen.sources.scenes import TASK_TOKEN_ONLY
 
 if TYPE_CHECKING:
     from onegen.config import AnnotatorsConfig
@@ -108,11 +109,13 @@ class RecordInfo:
     kind: str  # scene, identity, photo
     images: int  # image views
     modalities: frozenset[str]
+    # False where the source trains on the task token alone (CO3D, paper §4): no VLM caption is made
+    prompted: bool = True
 
     @classmethod
     def of(cls, record: Sample) -> RecordInfo:
         return cls(record.meta.get("kind", PHOTO), len(record_views(record, "image")),
-                   frozenset(v.modality for v in record.views))
+                   frozenset(v.modality for v in record.views), not record.meta.get(TASK_TOKEN_ONLY, False))
 
 
 PHOTO_INFO = RecordInfo(PHOTO, 1, frozenset({"image"}))
@@ -161,7 +164,9 @@ def annotators_for(family: str, source: str, info: RecordInfo,
     optional: tuple[str, ...] = ()
     if external and family in ("text2image", "id") and info.kind in (PHOTO, IDENTITY):
         optional += ("filters",)
-    if external and family == "text2image":
+    # paper §4: photos, Hypersim frames, identities and one view of each DL3DV scene are captioned by the VLM
+    # (the original caption, where there is one, stays the prompt and the VLM's is kept beside it)
+    if external and info.prompted and "captioner" not in required:
         optional += ("captioner",)
     return required, optional
 
@@ -234,9 +239,9 @@ def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
         meta["filters"] = [v.to_json() for v in verdict] if isinstance(verdict, list) else verdict.to_json()
     used = [r for a in annotations.values() for r in a.records]
     if family == "multiview":
-        return _multiview(record, s, options.normalize_rays)
+        return _multiview(record, s, options.normalize_rays, annotations.get("captioner"), used)
     if family == "id":
-        return _identity(record, s, used, meta)
+        return _identity(record, s, used, meta, annotations.get("captioner"))
     image = record_views(record, "image")[ref.view]
     caption, captions = _view_captions(record, ref.view, annotations)
     if record.meta.get("kind") == PHOTO:
@@ -327,21 +332,31 @@ def _pose(record: Sample, img: View, pose: Annotation, s: int, used: list[dict],
                   provenance=_provenance(record, s, *used), **common)
 
 
-def _multiview(record: Sample, s: int, normalize: bool) -> Sample:
+def _multiview(record: Sample, s: int, normalize: bool, vlm: Annotation | None, used: list[dict]) -> Sample:
+    """A scene's views then their ray maps; the prompt is the scene's own caption, else the VLM's of its first
+    view (DL3DV, paper §4)."""
     images = record_views(record, "image")
     rays = rays_for_cameras([v.camera for v in images], normalize=normalize).astype(np.float16)
     views = [View("image", v.data, camera=v.camera) for v in images]
     views += [View("rays", r, role="camera", camera=v.camera, meta={"normalized": normalize})
               for r, v in zip(rays, images)]
-    return Sample(key=record.key, task=tasks.MULTIVIEW, caption=record.caption,
-                  views=views, provenance=_provenance(record, s), captions=dict(record.captions))
+    captions = dict(record.captions)
+    if vlm is not None:
+        captions["vlm"] = vlm.output.caption
+    return Sample(key=record.key, task=tasks.MULTIVIEW, caption=record.caption or captions.get("vlm", ""),
+                  views=views, provenance=_provenance(record, s, *used), captions=captions)
 
 
-def _identity(record: Sample, s: int, used: list[dict], meta: dict) -> Sample:
+def _identity(record: Sample, s: int, used: list[dict], meta: dict, vlm: Annotation | None) -> Sample:
+    """The subject's images; each image's caption (its own, else the VLM's: paper §4 captions them all) joins
+    the prompt after its ``[[imgK]]`` token."""
     images = record_views(record, "image")
-    captions = [record.captions.get(f"view{k}", "") for k in range(len(images))]
+    captions = dict(record.captions)
+    if vlm is not None:
+        captions.update({f"vlm_view{k}": out.caption for k, out in enumerate(vlm.output)})
+    per_image = [captions.get(f"view{k}") or captions.get(f"vlm_view{k}", "") for k in range(len(images))]
     return Sample(key=record.key, task=tasks.FACEID,
-                  caption=tasks.faceid_prompt(captions).removeprefix(tasks.FACEID).strip(),
+                  caption=tasks.faceid_prompt(per_image).removeprefix(tasks.FACEID).strip(),
                   views=[View("image", v.data, camera=v.camera) for v in images],
-                  provenance=_provenance(record, s, *used), captions=dict(record.captions),
+                  provenance=_provenance(record, s, *used), captions=captions,
                   meta={**{k: record.meta[k] for k in ("identity", "label") if k in record.meta}, **meta})

@@ -374,9 +374,13 @@ def annotate_items(ctx: BuildContext, name: str, annotator, items: list[Item]) -
                 it.fail(f"annotate:{name}", _one_line(e))
                 outs.append(None)
     for it, out in zip(todo, outs):
-        if it.failure is None and name == "captioner" and not out.ok:  # never stored as a caption
-            it.fail("annotate:captioner", out.error)
-        elif it.failure is None:
+        if it.failure is not None:
+            continue
+        # a rejected answer is never stored as a caption (an identity's item: any of its images')
+        rejected = [o for o in (out if isinstance(out, list) else [out]) if not o.ok] if name == "captioner" else []
+        if rejected:
+            it.fail("annotate:captioner", rejected[0].error)
+        else:
             it.annotations[name] = Annotation(out, records)
 
 

@@ -32,12 +32,12 @@ from onegen.portable_linalg import matmul
 from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.scenes import (
-    camera_view, check_pose, item_seed_for, load_image, pick_views, reader_record, rgb_on_white, rigid, safe_id,
-    scale_intrinsics, scene_record, unique_ids,
+    TASK_TOKEN_ONLY, camera_view, check_pose, item_seed_for, load_image, pick_views, reader_record, rgb_on_white,
+    rigid, safe_id, scale_intrinsics, scene_record, unique_ids,
 )
 
 SOURCE = "co3d"
-VERSION = "2"  # 2: camera maths through portable_linalg
+VERSION = "3"  # 2: camera maths through portable_linalg; 3: records say they train on the task token alone
 ANNOTATIONS = "frame_annotations.jgz"
 _P3D_TO_CV = np.diag([-1.0, -1.0, 1.0])  # PyTorch3D camera (+X left, +Y up) -> OpenCV (+X right, +Y down)
 
@@ -96,9 +96,9 @@ class CO3DSource:
         where = f"{self.root / category / ANNOTATIONS} sequence {sequence}"
         return seed, pick_views(self.frame_counts[index], self.views, seed, where), where
 
-    def record_info(self, index: int) -> tuple[str, int, frozenset[str]]:
-        """(kind, image views, modalities) of a record, without reading annotations or images."""
-        return "scene", len(self._choose(range(len(self))[index])[1]), frozenset({"image"})
+    def record_info(self, index: int) -> tuple[str, int, frozenset[str], bool]:
+        """(kind, image views, modalities, prompted) of a record, without reading annotations or images."""
+        return "scene", len(self._choose(range(len(self))[index])[1]), frozenset({"image"}), False
 
     def __getitem__(self, index: int) -> Sample:
         index = range(len(self))[index]
@@ -109,7 +109,7 @@ class CO3DSource:
         views = [self._view(fr, f"{where} frame {fr['frame_number']}") for fr in chosen]
         return scene_record(SOURCE, source_id, seed, reader_record(f"onegen.sources.{SOURCE}", VERSION), views, {},
                             {"category": category, "sequence": sequence, "frame_count": len(frames),
-                             "frames": [fr["frame_number"] for fr in chosen]})
+                             "frames": [fr["frame_number"] for fr in chosen], TASK_TOKEN_ONLY: True})
 
     def _view(self, frame: dict, where: str):
         try:

@@ -29,6 +29,8 @@ from onegen.sources import SourceError
 from onegen.sources.image_folder import one_line
 from onegen.sources.world_records import RECORD_TASK
 
+# a record's meta key: the source trains on the task token alone, never with a VLM caption (CO3D, paper §4)
+TASK_TOKEN_ONLY = "task_token_only"
 GL_TO_CV = np.diag([1.0, -1.0, -1.0])  # OpenGL/Blender camera axes (y up, looking down -z) <-> OpenCV
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 

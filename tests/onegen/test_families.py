@@ -1,6 +1,8 @@
 """Task families on records of any source in the world-record shape: enumeration, ground truth
 first, model annotators' outputs where a record has none."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,49 @@ def test_model_annotators_run_only_where_ground_truth_is_missing(world):
     assert families.annotators_for("text2image", "photos", PHOTO_INFO)[1] == ("filters", "captioner")
     assert families.annotators_for("text2image", "world", scene) == ((), ())
     assert families.annotators_for("edges", "world", scene, "hed")[0] == ("hed",)
+
+
+def test_the_vlm_captions_every_outside_image_but_co3d_scenes(world):
+    """Paper §4: photos, Hypersim frames, identities and a view of each DL3DV scene are captioned; CO3D trains on
+    the task token alone; the world's captions are exact."""
+    scene, ident = RecordInfo.of(world[0]), RecordInfo.of(world[-1])
+    for family in ("depth", "edges", "pose"):
+        assert families.annotators_for(family, "photos", PHOTO_INFO)[1] == ("captioner",)
+    assert families.annotators_for("depth", "hypersim", scene) == ((), ("captioner",))
+    assert families.annotators_for("id", "faces", ident)[1] == ("filters", "captioner")
+    assert families.annotators_for("multiview", "dl3dv", scene) == ((), ("captioner",))
+    co3d = RecordInfo("scene", 4, frozenset({"image"}), prompted=False)
+    assert families.annotators_for("multiview", "co3d", co3d) == ((), ())
+    for family in ("depth", "multiview", "id"):
+        assert families.annotators_for(family, "world", scene)[1] == ()
+
+
+def _outside(record: Sample, source: str, captions: dict[str, str]) -> Sample:
+    return replace(record, caption=captions.get("original", ""), captions=captions,
+                   provenance=Provenance(source, record.provenance.source_id, 0))
+
+
+def test_scene_and_identity_prompts_take_the_vlm_captions_where_the_source_has_none(world):
+    rec = annotator_record("vlm-captioner", "1", "cd" * 32)
+
+    def answer(text):
+        return CaptionResult(True, text, ("cube",), None, "", 1)
+
+    bare = _outside(world[0], "dl3dv", {})
+    s = build("multiview", Ref("dl3dv", 0), bare, 0, 0, {"captioner": Annotation(answer("a red cube on grass"), [rec])})
+    assert s.caption == "a red cube on grass" and s.captions == {"vlm": "a red cube on grass"}
+    assert rec in s.provenance.annotators
+    own = _outside(world[0], "objaverse", {"original": "a chair"})  # Cap3D's caption stays the prompt
+    s = build("multiview", Ref("objaverse", 0), own, 0, 0, {"captioner": Annotation(answer("a seat"), [rec])})
+    assert s.caption == "a chair" and s.captions == {"original": "a chair", "vlm": "a seat"}
+
+    n = RecordInfo.of(world[-1]).images
+    subject = _outside(world[-1], "faces", {"view1": "tom smiling"})  # one image has its own caption
+    outs = [answer(f"portrait {k}") for k in range(n)]
+    s = build("id", Ref("faces", 0), subject, 0, 0, {"captioner": Annotation(outs, [rec])})
+    per_image = ["portrait 0", "tom smiling", *[f"portrait {k}" for k in range(2, n)]]
+    assert s.caption == tasks.faceid_prompt(per_image).removeprefix(tasks.FACEID).strip()
+    assert s.captions["view1"] == "tom smiling" and s.captions["vlm_view1"] == "portrait 1"
 
 
 def test_world_depth_keeps_exact_metric_depth(world):
@@ -155,7 +200,7 @@ def test_pose_samples_come_from_the_pose_annotator_and_an_image_without_people_i
     from onegen.annotators.pose import PoseResult, render_skeleton
 
     info = PHOTO_INFO
-    assert families.annotators_for("pose", "photos", info) == (("pose",), ())
+    assert families.annotators_for("pose", "photos", info) == (("pose",), ("captioner",))
     refs, left_out = enumerate_items("pose", {"photos": [info, info]})
     assert refs == [] and left_out == {("photos", PHOTO, ("pose",)): 2}  # no keypoints without the model
     assert len(enumerate_items("pose", {"photos": [info, info]}, {"pose"})[0]) == 2

@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from onegen import tasks
+from onegen import families, tasks
 from onegen.annotators.captioner import Captioner, CaptionResult
 from onegen.annotators.segment import Segmenter
 from onegen.families import Annotation
@@ -286,6 +286,45 @@ def test_external_scenes_join_multiview_and_need_a_depth_model_for_depth(root, t
     capsys.readouterr()
     depth = shards.run(params, "depth")
     assert depth["samples"] == 12 and "scene views of dl3dv need annotators.depth.path" in capsys.readouterr().out
+
+
+def test_identities_and_scenes_are_captioned_per_image_and_a_rejected_answer_fails_the_item(root, tmp_path):
+    """Paper §4: identity images and a view of each DL3DV scene are captioned by the VLM; an identity whose answer
+    for any one image is rejected fails as a whole, naming the captioner."""
+    build_tiny_llava_next(tmp_path / "vlm")
+    _nerfstudio_scene(tmp_path / "dl3dv" / "s1", 6)
+    rng = np.random.default_rng(0)
+    (tmp_path / "faces" / "tom").mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "faces" / "tom" / f"{k}.png")
+    (tmp_path / "faces" / "tom" / "1.txt").write_text("tom smiling")
+    d = _config(root, "captioned")
+    d["sources"]["dl3dv"] = {"kind": "dl3dv", "path": str(tmp_path / "dl3dv"), "resolution": 32, "views": [4, 4]}
+    d["sources"]["faces"] = {"kind": "id_folder", "path": str(tmp_path / "faces"), "resolution": 32, "id_views": [4, 7]}
+    d["shards"]["families"]["multiview"]["sources"] = ["world", "dl3dv"]
+    d["shards"]["families"]["id"]["sources"] = ["world", "faces"]
+    d["annotators"] = {"device": "cpu", "captioner": {"path": str(tmp_path / "vlm"), "batch_size": 4,
+                                                      "max_new_tokens": 6, "min_words": 3, "max_words": 40}}
+    params = _params_of(root, "captioned", d)
+    captioner = Captioner.load(params.annotators.captioner, "cpu")
+    answer = CaptionResult(True, "A person in a plain room.", ("person",), None, "", 1)
+    for family, source, images in (("id", "faces", 4), ("multiview", "dl3dv", 1)):
+        plan = shards.make_plan(params, family)
+        assert "captioner (VLM captions and entity lists) on 1 " in annotator_line(family, plan.notes)
+        ctx, job = plan.ctx, plan.jobs[-1]
+        items = [it for it in shards.read_shard(ctx, job) if it.ref.source == source]
+        assert [it.wanted for it in items] == [("captioner",)]
+        shards.annotate_items(ctx, "captioner", captioner, items)  # random weights: garbage, rejected
+        assert items[0].failure.stage == "annotate:captioner" and "VLM answer rejected" in items[0].failure.reason
+        items = [it for it in shards.read_shard(ctx, job) if it.ref.source == source]
+        output = [answer] * images if family == "id" else answer
+        items[0].annotations["captioner"] = Annotation(output, [captioner.record])
+        sample = families.build(family, items[0].ref, items[0].record, 0, items[0].index, items[0].annotations)
+        if family == "id":  # the image with its own caption keeps it; the others take the VLM's
+            assert sample.caption.count(answer.caption) == 3 and "tom smiling" in sample.caption
+        else:
+            assert sample.caption == answer.caption and sample.captions == {"vlm": answer.caption}
+        assert captioner.record in sample.provenance.annotators
 
 
 def test_a_photo_source_is_stored_at_its_own_resolution_where_set():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onegen.families import RecordInfo
+
 
 def red_blob(h: int, w: int, u: float, v: float, sigma: float = 1.5) -> np.ndarray:
     """HxWx3 uint8: a red Gaussian blob centred at image point (u, v) (pixel centres at +0.5) on black."""
@@ -23,6 +25,4 @@ def red_centroid(rgb: np.ndarray) -> np.ndarray:
 def assert_record_info_matches(src) -> None:
     """``record_info(j)`` (what planning reads without decoding) agrees with record ``j`` itself."""
     for j, rec in enumerate(src):
-        kind, images, modalities = src.record_info(j)
-        assert (kind, images, modalities) == (rec.meta["kind"], sum(v.modality == "image" for v in rec.views),
-                                              frozenset(v.modality for v in rec.views))
+        assert RecordInfo(*src.record_info(j)) == RecordInfo.of(rec)

@@ -38,7 +38,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +100,9 @@ def make_params(args) -> Params:
                                   for f in base["shards"]["families"]}
     base["model"].update(size=args.size, vae=str(out / "vae"))
     base["latents"]["batch_size"] = 64  # 128² views: bigger VAE batches than the default's, fewer launches and syncs
-    base["reader"].update(batch_size=args.batch, num_workers=args.workers)
+    # shards hold each scene's 8 views side by side: the profile's buffer of 256 would fill a text2image batch of
+    # 256 from a few dozen scenes whose views' prompts name the same objects; 4096 (~0.4 GB a worker) from hundreds
+    base["reader"].update(batch_size=args.batch, num_workers=args.workers, shuffle_buffer=4096)
     # 16 items a call: 64 world GenEval images, or 16 objects of 8 views and their rays at 128²: SAMPLE_TOKENS
     base["evals"].update(sampling_steps=args.sampling_steps, cfg_scale=args.cfg, batch_size=16)
     base["evals"]["world"].update(items=args.eval_items, resolution=args.resolution, nvs_views=args.views,
@@ -148,16 +149,28 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     return summary
 
 
+def scene_of(key: str) -> str:
+    """``world/scene_0000012_v3`` -> ``world/scene_0000012``: the scene a text2image view was rendered in."""
+    return key.rsplit("_v", 1)[0]
+
+
 def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas=(0.25, 0.5, 0.75, 0.95)) -> dict:
-    """``prompt_reliance`` of the trained checkpoint on the first ``n`` text2image training latents, their
-    prompts encoded as the sampler encodes them."""
+    """``prompt_reliance`` of the trained checkpoint on ``n`` text2image training latents, one view from each of
+    the first ``n`` scenes (shards hold a scene's views side by side, and its views' prompts name the same
+    objects), their prompts encoded as the sampler encodes them."""
     pred = make_predictor(f"model:{checkpoint}", params)
     raws = (raw for url in shard_urls(latents.latents_dir(params, "text2image"))
             for raw in iter_tar_samples(url, ReadReport()))
-    found = [sample_to_tensors(decode_sample(raw)) for raw in islice(raws, n)]
+    firsts: dict[str, dict] = {}
+    for raw in raws:
+        firsts.setdefault(scene_of(raw["__key__"]), raw)
+        if len(firsts) == n:
+            break
+    found = [sample_to_tensors(decode_sample(raw)) for raw in firsts.values()]
     x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
-    return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas)
+    return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas,
+                           scenes=[scene_of(f["__key__"]) for f in found])
 
 
 def thread_share() -> int:

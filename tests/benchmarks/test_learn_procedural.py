@@ -71,7 +71,8 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
     torch.manual_seed(0)
     model = NextDiT(CONFIGS["tiny"])  # cross-attention gates at 0, as trained models start: text reaches nothing
     silent = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "silent", model), sigmas=(0.5, 0.9))
-    assert silent["samples"] > 2 and set(silent) == {"samples", "own", "other", "empty"}
+    # one view of each of the 3 scenes (two views of a scene name the same objects), and the 6 sample photos
+    assert silent["samples"] == silent["scenes"] == 9 and set(silent) == {"samples", "scenes", "own", "other", "empty"}
     assert set(silent["own"]) == {"sigma_0.5", "sigma_0.9"}
     assert all(v > 0 for v in silent["own"].values())
     # the pooled caption still reaches the time embedding, but the final layer starts at 0: all equal
@@ -82,3 +83,14 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
                 p.normal_(0, 0.5)
     heard = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
     assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]
+
+
+def test_another_s_prompt_comes_from_another_scene():
+    from benchmarks.prompt_reliance import other_scene_prompts
+
+    views = ["red cube, left", "red cube, right", "blue ball", "green cone, near", "green cone, far"]
+    scenes = ["s1", "s1", "s2", "s3", "s3"]
+    assert other_scene_prompts(views, scenes) == ["blue ball", "blue ball", "green cone, near", "red cube, left",
+                                                  "red cube, left"]
+    with pytest.raises(ValueError, match="every sample is of one scene"):
+        other_scene_prompts(views[:2], scenes[:2])

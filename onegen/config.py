@@ -471,15 +471,12 @@ Side = Annotated[int, Field(ge=16, multiple_of=16)]
 
 @dataclass(frozen=True)
 class ViewSides:
-    """A family's side by how many pictures a sample holds (the paper's ID finetune: 512² for 2-3 views, 256² for
-    4-5): a sample of at most ``n`` pictures (ray maps are not pictures) goes to the side paired with the smallest
-    such ``n``, one with more pictures than every ``n`` to ``beyond`` (None: as stored)."""
+    """A family's side by how many views a sample holds (the paper's ID finetune: 512² for 2-3 views, 256² for
+    4-5): ``(n, side)`` pairs, ``n`` ascending, and the side of samples with more views than every ``n``
+    (``beyond``, None: as stored). ``onegen.shards.resize.side_by_views`` applies it."""
 
-    by_views: tuple[tuple[int, int], ...]  # (n, side), n ascending
+    by_views: tuple[tuple[int, int], ...]
     beyond: int | None = None
-
-    def side(self, pictures: int) -> int | None:
-        return next((side for n, side in self.by_views if pictures <= n), self.beyond)
 
     @property
     def label(self) -> str:
@@ -510,9 +507,9 @@ class TrainStage(_Strict):
                                     "centre-cropped and resized, ray maps recomputed from the cameras; null = as built")
     family_resolution: dict[Family, FamilySide] = Field(
         default_factory=dict, description="sides for some families over `resolution` (paper's mixed stage: "
-                                          "text2image 512, the other tasks 256); or sides by view count, "
-                                          "{3: 512, 5: 256}: samples of up to 3 pictures at 512, up to 5 at 256, more "
-                                          "at `resolution` (paper's ID finetune)")
+                                          "text2image 512, the other tasks 256); or sides by view count (ray maps "
+                                          "not counted), {3: 512, 5: 256}: samples of up to 3 views at 512, up to 5 "
+                                          "at 256, more at `resolution` (as stored where null) (paper's ID finetune)")
 
     @model_validator(mode="after")
     def _resolution_families(self):
@@ -581,8 +578,8 @@ class TrainConfig(_Strict):
         return sum(s.steps for s in self.stages)
 
     def sides_of(self, family: str) -> list[SideRule]:
-        """The sides stages with steps train ``family`` at (None: as its shards are), what `onegen latents` encodes;
-        a family no stage trains is encoded as its shards are."""
+        """The sides (or sides by view count) stages with steps train ``family`` at (None: as its shards are), what
+        `onegen latents` encodes; a family no stage trains is encoded as its shards are."""
         sides = {s.side_of(family) for s in self.stages if s.steps and family in s.families}
         order = {type(None): 0, int: 1, ViewSides: 2}
         return sorted(sides, key=lambda side: (order[type(side)], side if isinstance(side, int) else 0,

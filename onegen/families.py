@@ -150,7 +150,7 @@ def filter_keeps(output) -> bool:
 def annotators_for(family: str, source: str, info: RecordInfo,
                    edge_op: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(required, optional) model annotators of an item: without a required one the item cannot
-    be built; an optional one adds to it when configured (filters, VLM captions of photos)."""
+    be built; an optional one adds to it when configured (filters, VLM captions of outside images)."""
     external = source != "world"
     required: tuple[str, ...] = ()
     if family == "depth" and "depth" not in info.modalities:
@@ -164,10 +164,32 @@ def annotators_for(family: str, source: str, info: RecordInfo,
     optional: tuple[str, ...] = ()
     if external and family in ("text2image", "id") and info.kind in (PHOTO, IDENTITY):
         optional += ("filters",)
-    # paper §4: photos, Hypersim frames, identities and one view of each DL3DV scene are captioned by the VLM
-    # (the original caption, where there is one, stays the prompt and the VLM's is kept beside it)
+    # paper §4: photos, Hypersim frames, identities and one view of each DL3DV scene are captioned by the VLM;
+    # which items of a read record it sees is `record_annotators`'s call
     if external and info.prompted and "captioner" not in required:
         optional += ("captioner",)
+    return required, optional
+
+
+def wants_vlm_caption(family: str, record: Sample, view: int) -> bool:
+    """Whether the VLM captions an item: text2image photos always (paper §4 keeps the original caption and the
+    VLM's), semantic and box maps for their entities, the other families only where the source gives no caption
+    (Cap3D's objects, a DL3DV csv's scenes and captioned photos keep theirs)."""
+    if family in ("text2image", "semantic", "bbox"):
+        return True
+    if family == "multiview":
+        return not record.caption
+    if family == "id":
+        return not all(record.captions.get(f"view{k}") for k in range(len(record_views(record, "image"))))
+    return not (record.captions.get(f"view{view}") or record.captions.get("original"))
+
+
+def record_annotators(family: str, source: str, record: Sample, view: int,
+                      edge_op: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``annotators_for`` an item of a read record, the VLM only where its caption would be used."""
+    required, optional = annotators_for(family, source, RecordInfo.of(record), edge_op)
+    if "captioner" in optional and not wants_vlm_caption(family, record, view):
+        optional = tuple(a for a in optional if a != "captioner")
     return required, optional
 
 
@@ -209,17 +231,34 @@ def _opencv_record() -> dict:
     return {"name": "opencv", "version": cv2.__version__, "weights_sha256": None}
 
 
-def _view_captions(record: Sample, view: int, annotations: dict[str, Annotation]) -> tuple[str, dict[str, str]]:
-    """The caption of one image of a record, and every caption kept beside it."""
+def _prompt_caption(own: str, answer, where: str = "") -> str:
+    """An image's caption in its prompt: its own, else the VLM's ``answer``. An image with neither because the
+    VLM's answer was rejected fails its item; one the VLM was not asked about (none configured) has none."""
+    if own:
+        return own
+    if answer is not None and not answer.ok:
+        raise ItemError("caption", f"{where}no caption: the source gives none and the VLM's answer was rejected "
+                                   f"({answer.error})")
+    return answer.caption if answer is not None else ""
+
+
+def _view_captions(record: Sample, view: int, vlm: Annotation | None) -> tuple[str, dict[str, str]]:
+    """The caption of one image of a record, and every caption kept beside it (a rejected VLM answer never)."""
     if record.provenance.source == "world":  # exact captions, one per camera
         caption = record.captions.get(f"view{view}", record.caption)
         return caption, {"original": caption}
     captions = {k: v for k, v in record.captions.items() if not k.startswith("view")}
     if f"view{view}" in record.captions:
         captions["original"] = record.captions[f"view{view}"]
-    if "captioner" in annotations:
-        captions["vlm"] = annotations["captioner"].output.caption
-    return captions.get("original") or captions.get("vlm") or "", captions
+    answer = vlm.output if vlm is not None else None
+    if answer is not None and answer.ok:
+        captions["vlm"] = answer.caption
+    return _prompt_caption(captions.get("original", ""), answer), captions
+
+
+def _answered(output) -> bool:
+    """Whether a captioner's output (an identity's: a list) holds an answer that was kept."""
+    return any(o.ok for o in output) if isinstance(output, list) else output.ok
 
 
 def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
@@ -237,13 +276,14 @@ def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
         if not filter_keeps(verdict):
             return None
         meta["filters"] = [v.to_json() for v in verdict] if isinstance(verdict, list) else verdict.to_json()
-    used = [r for a in annotations.values() for r in a.records]
+    vlm = annotations.get("captioner")
+    used = [r for name, a in annotations.items() if name != "captioner" or _answered(a.output) for r in a.records]
     if family == "multiview":
-        return _multiview(record, s, options.normalize_rays, annotations.get("captioner"), used)
+        return _multiview(record, s, options.normalize_rays, vlm, used)
     if family == "id":
-        return _identity(record, s, used, meta, annotations.get("captioner"))
+        return _identity(record, s, used, meta, vlm)
     image = record_views(record, "image")[ref.view]
-    caption, captions = _view_captions(record, ref.view, annotations)
+    caption, captions = _view_captions(record, ref.view, vlm)
     if record.meta.get("kind") == PHOTO:
         key = record.key
     else:
@@ -265,15 +305,16 @@ def build(family: str, ref: Ref, record: Sample, seed: int, index: int,
             cond, palette = class_map_view(annotations["segmenter"].output, family, rng)
             return Sample(task=tasks.SEMANTIC2IMAGE if family == "semantic" else tasks.BBOX2IMAGE,
                           views=[img, cond], provenance=_provenance(record, s, *used), palette=palette, **common)
-        return _class_map(family, record, ref.view, img, rng, s, common)
+        return _class_map(family, record, ref.view, img, rng, s, used, common)
     if family == "edges":
-        return _edges(record, img, rng, s, options.edge_op(index), options, annotations, common)
+        return _edges(record, img, rng, s, options.edge_op(index), options, annotations, used, common)
     if family == "pose":
         return _pose(record, img, annotations["pose"], s, used, common)
     raise ValueError(f"unknown family {family!r}")
 
 
-def _class_map(family: str, record: Sample, view: int, img: View, rng, s: int, common: dict) -> Sample:
+def _class_map(family: str, record: Sample, view: int, img: View, rng, s: int, used: list[dict],
+               common: dict) -> Sample:
     inst = record_views(record, "instance")[view]
     labels = {int(k): v for k, v in record.meta["labels"].items()}
     boxes = {int(k): b for k, b in inst.meta["boxes"].items()}
@@ -287,20 +328,21 @@ def _class_map(family: str, record: Sample, view: int, img: View, rng, s: int, c
                             *img.data.shape[:2])
         kind, task = "boundingbox", tasks.BBOX2IMAGE
     return Sample(task=task, views=[img, View(family, cond, role="condition")],
-                  provenance=_provenance(record, s), palette=maps.palette_entries(colors, kind), **common)
+                  provenance=_provenance(record, s, *used), palette=maps.palette_entries(colors, kind), **common)
 
 
 def _edges(record: Sample, img: View, rng, s: int, op: str, options: BuildOptions,
-           annotations: dict[str, Annotation], common: dict) -> Sample:
+           annotations: dict[str, Annotation], used: list[dict], common: dict) -> Sample:
+    """``used``: the item's model annotators' records (the VLM's, HED's)."""
     rgb = img.data
     if op in ("canny", "hed"):
         if op == "canny":
             from onegen.annotators.edges import Canny  # thresholds drawn from the item seed, recorded
 
             canny = Canny(options.canny_low, options.canny_high)
-            cond, used = canny([rgb], seeds=[s])[0], [canny.record]
+            cond, used = canny([rgb], seeds=[s])[0], [*used, canny.record]
         else:
-            cond, used = annotations["hed"].output, annotations["hed"].records
+            cond = annotations["hed"].output
         return Sample(task=tasks.CANNY2IMAGE if op == "canny" else tasks.HED2IMAGE, views=[img, cond],
                       provenance=_provenance(record, s, *used), **common)
     if op == "blur":
@@ -313,7 +355,7 @@ def _edges(record: Sample, img: View, rng, s: int, op: str, options: BuildOption
         cond, meta = degrade.inpaint_mask(rgb, rng)
         task = tasks.INPAINT
     return Sample(task=task, views=[img, View(op, cond, role="condition", meta=meta)],
-                  provenance=_provenance(record, s, _opencv_record()), **common)
+                  provenance=_provenance(record, s, *used, _opencv_record()), **common)
 
 
 def pose_view(result) -> View:
@@ -341,9 +383,10 @@ def _multiview(record: Sample, s: int, normalize: bool, vlm: Annotation | None, 
     views += [View("rays", r, role="camera", camera=v.camera, meta={"normalized": normalize})
               for r, v in zip(rays, images)]
     captions = dict(record.captions)
-    if vlm is not None:
-        captions["vlm"] = vlm.output.caption
-    return Sample(key=record.key, task=tasks.MULTIVIEW, caption=record.caption or captions.get("vlm", ""),
+    answer = vlm.output if vlm is not None else None
+    if answer is not None and answer.ok:
+        captions["vlm"] = answer.caption
+    return Sample(key=record.key, task=tasks.MULTIVIEW, caption=_prompt_caption(record.caption, answer),
                   views=views, provenance=_provenance(record, s, *used), captions=captions)
 
 
@@ -352,9 +395,9 @@ def _identity(record: Sample, s: int, used: list[dict], meta: dict, vlm: Annotat
     the prompt after its ``[[imgK]]`` token."""
     images = record_views(record, "image")
     captions = dict(record.captions)
-    if vlm is not None:
-        captions.update({f"vlm_view{k}": out.caption for k, out in enumerate(vlm.output)})
-    per_image = [captions.get(f"view{k}") or captions.get(f"vlm_view{k}", "") for k in range(len(images))]
+    answers = vlm.output if vlm is not None else [None] * len(images)
+    captions.update({f"vlm_view{k}": a.caption for k, a in enumerate(answers) if a is not None and a.ok})
+    per_image = [_prompt_caption(captions.get(f"view{k}", ""), a, f"image {k}: ") for k, a in enumerate(answers)]
     return Sample(key=record.key, task=tasks.FACEID,
                   caption=tasks.faceid_prompt(per_image).removeprefix(tasks.FACEID).strip(),
                   views=[View("image", v.data, camera=v.camera) for v in images],

@@ -214,6 +214,7 @@ class Item:
     ref: Ref
     record: Sample | None = None
     wanted: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # of ``wanted``, those without whose answer the item cannot be built
     annotations: dict[str, Annotation] = field(default_factory=dict)
     failure: ItemFailure | None = None
 
@@ -318,8 +319,9 @@ def read_shard(ctx: BuildContext, job: ShardJob) -> list[Item]:
         item = Item(i, ref)
         try:
             item.record = sources.record(ref)
-            required, optional = families.annotators_for(ctx.family, ref.source, RecordInfo.of(item.record),
-                                                         ctx.options.edge_op(i))
+            required, optional = families.record_annotators(ctx.family, ref.source, item.record, ref.view,
+                                                            ctx.options.edge_op(i))
+            item.required = tuple(a for a in ctx.annotators if a in required)
             item.wanted = tuple(a for a in ctx.annotators if a in required + optional)
         except Exception as e:  # noqa: BLE001 -- a bad input fails its item, never the build
             item.failure = ItemFailure(i, ref.source, sources.source_id(ref), "read", _one_line(e))
@@ -376,10 +378,10 @@ def annotate_items(ctx: BuildContext, name: str, annotator, items: list[Item]) -
     for it, out in zip(todo, outs):
         if it.failure is not None:
             continue
-        # a rejected answer is never stored as a caption (an identity's item: any of its images')
-        rejected = [o for o in (out if isinstance(out, list) else [out]) if not o.ok] if name == "captioner" else []
-        if rejected:
-            it.fail("annotate:captioner", rejected[0].error)
+        # entities for the segmenter must come from an answer; an optional caption's rejection is the item's
+        # only where it would be the prompt (families.build decides)
+        if name == "captioner" and name in it.required and not out.ok:
+            it.fail("annotate:captioner", out.error)
         else:
             it.annotations[name] = Annotation(out, records)
 

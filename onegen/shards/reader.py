@@ -27,10 +27,10 @@ import torch
 import webdataset as wds
 
 from onegen import tasks
-from onegen.config import SideRule
 from onegen.annotators.depth import disparity_to_condition
+from onegen.config import SideRule
 from onegen.format import FormatError, Sample, decode_sample
-from onegen.shards.resize import resize_by_rule
+from onegen.shards.resize import UpscaleError, resize_by_rule
 
 log = logging.getLogger(__name__)
 TASK_GROUPS = ("text2image", "image2image", "id", "multiview")
@@ -166,12 +166,15 @@ def _decode_stage(report: ReadReport, sides: Mapping[str, SideRule]):
                 sample = decode_sample(raw)
                 yield sample_to_tensors(resize_by_rule(sample, sides.get(str(Path(raw["__url__"]).parent))))
                 failed = 0
+            except UpscaleError as e:  # the recipe's fault, not the sample's: with sides by view count the
+                # samples it hits may alternate with good ones, never failing many in a row
+                raise UpscaleError(f"{raw.get('__url__', '?')}: {e}") from None
             except (FormatError, KeyError, ValueError, TypeError) as e:
                 reason = f"{type(e).__name__}: {e}"
                 report.add(raw.get("__url__", "?"), raw.get("__key__"), reason)
                 failed += 1
-                # one bad sample is skipped and reported; every sample failing (a stage's side larger than the
-                # shards', a map with no resampling rule) would otherwise spin a resampled stream forever
+                # one bad sample is skipped and reported; every sample failing (a map with no resampling rule)
+                # would otherwise spin a resampled stream forever
                 if failed == FAILURES_IN_A_ROW:
                     raise RuntimeError(f"reader: {failed} samples in a row unreadable, the last "
                                        f"{raw.get('__key__')} of {raw.get('__url__', '?')}: {reason}") from e

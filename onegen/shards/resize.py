@@ -45,14 +45,25 @@ def rule_record(rule: SideRule) -> int | str | None:
 
 
 def rule_text(rule: SideRule) -> str:
+    """``rule`` for a person: ``as built``, ``resized to 512px``, ``resized to 512px up to 3 views, ...``."""
     return "as built" if rule is None else f"resized to {rule if isinstance(rule, ViewSides) else f'{rule}px'}"
+
+
+def side_by_views(rule: ViewSides, views: int) -> int | None:
+    """The side of a sample of ``views`` views (ray maps not counted): that of the smallest ``n`` >= ``views``."""
+    return next((side for n, side in rule.by_views if views <= n), rule.beyond)
+
+
+class UpscaleError(ValueError):
+    """A stage's side is larger than a stored sample's: the recipe asks for what the shards cannot give, so the
+    reader stops at once rather than skipping the sample as a damaged one."""
 
 
 def _check_side(height: int, width: int, side: int, where: str) -> None:
     if min(height, width) < side:
-        raise ValueError(f"{where}: {width}x{height} px, smaller than the stage's side {side}: stages never "
-                         f"upscale; store the source that large (world.resolution, a source's resolution) or train "
-                         f"this family at its own side")
+        raise UpscaleError(f"{where}: {width}x{height} px, smaller than the stage's side {side}: stages never "
+                           f"upscale; store the source that large (world.resolution, a source's resolution) or train "
+                           f"this family at its own side")
 
 
 def resized_camera(camera: Camera, side: int, where: str) -> Camera:
@@ -118,10 +129,10 @@ def _redetect_canny(sample: Sample, views: list[View]) -> None:
 
 
 def resize_by_rule(sample: Sample, rule: SideRule) -> Sample:
-    """``sample`` at what a stage trains its family at: ``rule``'s side (by its picture count for ``ViewSides``),
-    or as stored where that is None."""
+    """``sample`` at what a stage trains its family at: ``rule``'s side (by its count of views other than ray maps
+    for ``ViewSides``), or as stored where that is None."""
     if isinstance(rule, ViewSides):
-        rule = rule.side(sum(v.modality not in UNSIZED for v in sample.views))
+        rule = side_by_views(rule, sum(v.modality not in UNSIZED for v in sample.views))
     return sample if rule is None else resize_sample(sample, rule)
 
 

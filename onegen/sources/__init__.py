@@ -8,8 +8,9 @@ A source has ``__len__`` and ``__getitem__`` / ``__iter__``. Two record shapes:
 * scene and identity sources (``dl3dv``, ``objaverse``, ``co3d``, ``hypersim``, ``id_folder``)
   yield ``onegen.format.Sample`` records in the shape of the world's (``world_records``), so the
   task families treat them alike (see ``onegen.sources.scenes``); their
-  ``record_info(j) -> (kind, image views, modalities)`` tells what record ``j`` holds without
-  decoding an image, for enumerating a family's items.
+  ``record_info(j) -> (kind, image views, modalities[, prompted])`` tells what record ``j`` holds without
+  decoding an image, for enumerating a family's items (``prompted`` False: the source trains on the task
+  token alone, CO3D; ``onegen.families.RecordInfo``).
 
 ``open_source`` opens any of them from its ``SourceConfig``.
 """

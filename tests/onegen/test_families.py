@@ -109,6 +109,31 @@ def test_scene_and_identity_prompts_take_the_vlm_captions_where_the_source_has_n
     assert s.captions["view1"] == "tom smiling" and s.captions["vlm_view1"] == "portrait 1"
 
 
+def test_the_vlm_sees_only_what_lacks_a_caption_but_text2image_and_its_provenance_follows(world):
+    rec = annotator_record("vlm-captioner", "1", "cd" * 32)
+    good = CaptionResult(True, "A dog asleep on a sofa.", ("dog", "sofa"), None, "", 1)
+    bad = CaptionResult(False, "", (), "VLM answer rejected: too short", "", 2)
+    # Cap3D's objects and captioned photos keep theirs; text2image keeps both (paper §4), maps need entities
+    assert families.record_annotators("multiview", "objaverse", _outside(world[0], "objaverse", {"original": "a chair"}),
+                                      0) == ((), ())
+    assert families.record_annotators("multiview", "dl3dv", _outside(world[0], "dl3dv", {}), 0) == ((), ("captioner",))
+    assert families.record_annotators("depth", "photos", photo(), 0) == (("depth",), ())
+    assert families.record_annotators("text2image", "photos", photo(), 0) == ((), ("filters", "captioner"))
+    assert families.record_annotators("edges", "photos", photo(caption=""), 0)[1] == ("captioner",)
+    # every edge op records the VLM whose caption it took
+    for index in range(4):
+        s = build("edges", Ref("photos", 0), photo(caption=""), 0, index, {"captioner": Annotation(good, [rec])})
+        assert s.caption == good.caption and rec in s.provenance.annotators
+    # a rejected answer beside an own caption is dropped, the item kept; where it was to be the prompt, it fails
+    s = build("text2image", Ref("photos", 0), photo(), 0, 0, {"captioner": Annotation(bad, [rec])})
+    assert s.caption == "a tabby cat" and "vlm" not in s.captions and rec not in s.provenance.annotators
+    with pytest.raises(ItemError, match=r"no caption: the source gives none and the VLM's answer was rejected "
+                                        r"\(VLM answer rejected: too short\)") as e:
+        build("depth", Ref("photos", 0), photo(caption=""), 0, 0,
+              {"captioner": Annotation(bad, [rec]), "depth": Annotation(View("depth", np.zeros((32, 32), np.uint16)), [DA])})
+    assert e.value.stage == "caption"
+
+
 def test_world_depth_keeps_exact_metric_depth(world):
     s = build("depth", Ref("world", 0, 1), world[0], 0, 1)
     assert s.key == "world/scene_0000000_v1" and s.task == tasks.DEPTH2IMAGE

@@ -288,40 +288,54 @@ def test_external_scenes_join_multiview_and_need_a_depth_model_for_depth(root, t
     assert depth["samples"] == 12 and "scene views of dl3dv need annotators.depth.path" in capsys.readouterr().out
 
 
-def test_identities_and_scenes_are_captioned_per_image_and_a_rejected_answer_fails_the_item(root, tmp_path):
-    """Paper §4: identity images and a view of each DL3DV scene are captioned by the VLM; an identity whose answer
-    for any one image is rejected fails as a whole, naming the captioner."""
+def test_the_vlm_captions_what_lacks_a_caption_and_a_rejected_answer_fails_only_where_it_was_the_prompt(
+        root, tmp_path):
+    """Paper §4: identity images and a view of each DL3DV scene are captioned by the VLM, where the source gives no
+    caption. A rejected answer fails an item only where it would have been the prompt, naming the image; an
+    image with its own caption keeps it."""
     build_tiny_llava_next(tmp_path / "vlm")
     _nerfstudio_scene(tmp_path / "dl3dv" / "s1", 6)
+    _nerfstudio_scene(tmp_path / "dl3dv" / "s2", 6)
+    (tmp_path / "dl3dv.csv").write_text("s2,a courtyard with a fountain\n")
     rng = np.random.default_rng(0)
-    (tmp_path / "faces" / "tom").mkdir(parents=True)
-    for k in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "faces" / "tom" / f"{k}.png")
-    (tmp_path / "faces" / "tom" / "1.txt").write_text("tom smiling")
+    for subject, own in (("tom", [1]), ("ann", [0, 1, 2, 3])):
+        (tmp_path / "faces" / subject).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "faces" / subject / f"{k}.png")
+            if k in own:
+                (tmp_path / "faces" / subject / f"{k}.txt").write_text(f"{subject} smiling {k}")
     d = _config(root, "captioned")
-    d["sources"]["dl3dv"] = {"kind": "dl3dv", "path": str(tmp_path / "dl3dv"), "resolution": 32, "views": [4, 4]}
+    d["sources"]["dl3dv"] = {"kind": "dl3dv", "path": str(tmp_path / "dl3dv"), "resolution": 32, "views": [4, 4],
+                             "captions": str(tmp_path / "dl3dv.csv")}
     d["sources"]["faces"] = {"kind": "id_folder", "path": str(tmp_path / "faces"), "resolution": 32, "id_views": [4, 7]}
-    d["shards"]["families"]["multiview"]["sources"] = ["world", "dl3dv"]
-    d["shards"]["families"]["id"]["sources"] = ["world", "faces"]
+    d["shards"]["families"]["multiview"]["sources"] = ["dl3dv"]
+    d["shards"]["families"]["id"]["sources"] = ["faces"]
     d["annotators"] = {"device": "cpu", "captioner": {"path": str(tmp_path / "vlm"), "batch_size": 4,
                                                       "max_new_tokens": 6, "min_words": 3, "max_words": 40}}
     params = _params_of(root, "captioned", d)
     captioner = Captioner.load(params.annotators.captioner, "cpu")
     answer = CaptionResult(True, "A person in a plain room.", ("person",), None, "", 1)
-    for family, source, images in (("id", "faces", 4), ("multiview", "dl3dv", 1)):
+    def name(record):
+        return record.meta.get("identity") or record.key
+
+    for family, lacking, captioned in (("id", "tom", "ann"), ("multiview", "dl3dv/s1", "dl3dv/s2")):
         plan = shards.make_plan(params, family)
-        assert "captioner (VLM captions and entity lists) on 1 " in annotator_line(family, plan.notes)
-        ctx, job = plan.ctx, plan.jobs[-1]
-        items = [it for it in shards.read_shard(ctx, job) if it.ref.source == source]
-        assert [it.wanted for it in items] == [("captioner",)]
+        ctx, (job,) = plan.ctx, plan.jobs
+        items = shards.read_shard(ctx, job)
+        by_key = {name(it.record): it for it in items}
+        assert by_key[lacking].wanted == ("captioner",) and by_key[captioned].wanted == ()  # theirs is kept
         shards.annotate_items(ctx, "captioner", captioner, items)  # random weights: garbage, rejected
-        assert items[0].failure.stage == "annotate:captioner" and "VLM answer rejected" in items[0].failure.reason
-        items = [it for it in shards.read_shard(ctx, job) if it.ref.source == source]
-        output = [answer] * images if family == "id" else answer
-        items[0].annotations["captioner"] = Annotation(output, [captioner.record])
-        sample = families.build(family, items[0].ref, items[0].record, 0, items[0].index, items[0].annotations)
+        entry = shards.write_items(ctx, job, items)
+        assert entry["count"] == 1 and entry["failed"] == 1
+        failure = by_key[lacking].failure
+        assert failure.stage == "caption" and "the VLM's answer was rejected" in failure.reason
+        assert failure.reason.startswith("image ") == (family == "id")  # the identity's image that had no caption
+        # an accepted answer is the prompt where the source gives none, with the captioner in the provenance
+        item = shards.read_shard(ctx, job)[list(by_key).index(lacking)]
+        item.annotations["captioner"] = Annotation([answer] * 4 if family == "id" else answer, [captioner.record])
+        sample = families.build(family, item.ref, item.record, 0, item.index, item.annotations)
         if family == "id":  # the image with its own caption keeps it; the others take the VLM's
-            assert sample.caption.count(answer.caption) == 3 and "tom smiling" in sample.caption
+            assert sample.caption.count(answer.caption) == 3 and "tom smiling 1" in sample.caption
         else:
             assert sample.caption == answer.caption and sample.captions == {"vlm": answer.caption}
         assert captioner.record in sample.provenance.annotators

@@ -136,12 +136,12 @@ def test_sides_by_view_count_pick_each_sample_its_own():
     """The paper's ID finetune: 512² for 2-3 views, 256² for 4-5 (here 32 and 16); ray maps are not pictures,
     and more pictures than the rule names keep the stage's side (or the stored one)."""
     from onegen.config import TrainStage
-    from onegen.shards.resize import resize_by_rule, resized_dir, rule_record
+    from onegen.shards.resize import resize_by_rule, resized_dir, rule_record, side_by_views
 
     stage = TrainStage(name="ft", families=["id", "multiview"], steps=1, batch_size=1,
                        family_resolution={"id": {"5": 16, 3: 32}, "multiview": {2: 16}})
     rule = stage.side_of("id")
-    assert [rule.side(n) for n in (1, 3, 4, 5, 6)] == [32, 32, 16, 16, None]
+    assert [side_by_views(rule, n) for n in (1, 3, 4, 5, 6)] == [32, 32, 16, 16, None]
     assert rule_record(rule) == "32to3v_16to5v" and resized_dir(Path("id"), rule) == Path("id/side32to3v_16to5v")
     assert str(rule) == "32px up to 3 views, 16px up to 5 views, else as stored"
     rng = np.random.default_rng(0)

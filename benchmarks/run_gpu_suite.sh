@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead grads probe_gpu probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_gpu_trainer
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|grads|probe_gpu|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead grads probe_gpu probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_gpu_trainer|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_gpu_trainer scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -90,6 +90,7 @@ for job in $JOBS; do
     attn_short) step attn_short python3 benchmarks/bench_attention.py --shape learn_t2i --json "$OUT/attn_short.json" ;;
     # the learning run's host-bound text2image step: default, flex AUTO, C++ wrapper, CUDA graphs
     step_overhead) step step_overhead python3 benchmarks/bench_step_overhead.py --json "$OUT/step_overhead.json" ;;
+    train_cudagraphs) step train_cudagraphs python3 benchmarks/bench_train_cudagraphs.py --json "$OUT/train_cudagraphs.json" ;;
     # does the GPU training path (bf16, compiled blocks, flex and cuDNN attention) get the text pathway's
     # gradients right? (the learning run barely reads its prompt where the CPU probes do)
     grads) step grads python3 benchmarks/check_train_grads.py --json "$OUT/grads.json" ;;

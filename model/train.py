@@ -362,8 +362,12 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
         # every view count, resolution and caption length is a shape (dims turn dynamic after their
         # first change), and checkpointing adds a no-grad variant: allow more than 8 variants
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        if cfg.compile_mode == "reduce-overhead" and dist.distributed:
+            raise ValueError("train.compile_mode reduce-overhead runs in one process only (CUDA graphs under DDP / "
+                             "FSDP2 hooks are untested here)")
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         for block in raw.layers:
-            block.forward = torch.compile(block.forward)
+            block.forward = torch.compile(block.forward, mode=mode)
     bf16 = cfg.precision == "bf16" and dist.device.type == "cuda"
     if cfg.parallel == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
@@ -820,6 +824,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             elif cfg.parallel == "fsdp2":
                 model.set_requires_gradient_sync(last)
             batch = next(streams[m])
+            if cfg.compile_mode == "reduce-overhead":  # a new iteration: the graphs may reuse the last one's buffers
+                torch.compiler.cudagraph_mark_step_begin()
             g, g_noise = step_generators(cfg, slot, step, device)
             drop = (torch.rand(len(batch["prompt"]), generator=g) < stage.caption_dropout).tolist()
             prompts = ["" if d else p for p, d in zip(batch["prompt"], drop)]

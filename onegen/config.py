@@ -558,6 +558,11 @@ class TrainConfig(_Strict):
     parallel: Literal["none", "ddp", "fsdp2"] = Field("ddp", description="how several ranks share the model")
     activation_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile each transformer block")
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode of the blocks; reduce-overhead replays each block's kernels as CUDA "
+                               "graphs, for host-bound steps (small models, few tokens: 2.44x steps/s on the learning "
+                               "run's text2image step, benchmarks/bench_step_overhead.py); one process, no "
+                               "activation checkpointing")
     latents: bool = Field(False, description="read data/latents/<family> (precomputed by `onegen latents`) "
                                              "instead of encoding images every step")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints; also the data-stream segment")
@@ -565,6 +570,13 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     seed: int = 0
     out_dir: Path = Path("checkpoints")
+
+    @model_validator(mode="after")
+    def _cuda_graphs(self):
+        if self.compile_mode == "reduce-overhead" and not (self.compile and not self.activation_checkpointing):
+            # checkpointing re-runs a block's forward inside backward, which a replayed graph's buffers cannot serve
+            raise ValueError("compile_mode reduce-overhead needs compile: true and activation_checkpointing: false")
+        return self
 
     @model_validator(mode="after")
     def _unique_stage_names(self):

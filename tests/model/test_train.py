@@ -420,3 +420,11 @@ def test_samples_skipped_inside_loader_workers_reach_the_summary(project, tmp_pa
         params = base.model_copy(update={"reader": base.reader.model_copy(update={"num_workers": workers})})
         summary = train(params, cfg.model_copy(update={"out_dir": tmp_path / f"ck{workers}"}))
         assert summary["step"] == 3 and summary["read_problems"] > 0, workers
+
+
+def test_cuda_graphs_refuse_several_processes():
+    from model.nextdit import CONFIGS, NextDiT
+
+    cfg = TrainConfig(compile=True, compile_mode="reduce-overhead")
+    with pytest.raises(ValueError, match="reduce-overhead runs in one process only"):
+        train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), cfg, train_mod.Dist(rank=0, world=2))

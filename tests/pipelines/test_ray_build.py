@@ -203,4 +203,5 @@ def test_a_configured_depth_model_runs_as_an_actor_pool_on_photos_only(root, ray
         assert np.abs(a.views[1].data.astype(int) - b.views[1].data.astype(int)).max() <= 1
     note = next(json.loads(line) for line in (ray.paths.reports / "logs/shards_depth.jsonl").read_text().splitlines()
                 if '"annotators"' in line)
-    assert note["notes"][0]["effect"] == "used" and note["notes"][0]["items"] == 8
+    depth_note = next(n for n in note["notes"] if n["annotator"] == "depth")
+    assert depth_note["effect"] == "used" and depth_note["items"] == 8

@@ -110,7 +110,7 @@ def make_params(args) -> Params:
     base["train"].update(
         stages=stages(args.steps, args.t2i_first, args.batch, args.t2i_batch),
         lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25,
-        out_dir=str(out / "checkpoints"), compile=args.compile, ema_decay=0.999,
+        out_dir=str(out / "checkpoints"), compile=args.compile, compile_mode=args.compile_mode, ema_decay=0.999,
         sigma_shift=args.sigma_shift, condition_prob=args.condition_prob)
     return Params.model_validate(base)
 
@@ -229,6 +229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the fitted VAE's latents standardised per channel, or by one shift and scale for all "
                          "channels as SD3's (sessions 5-10 ran global)")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default="default",
+                    help="with --compile: reduce-overhead replays the blocks as CUDA graphs (train.compile_mode; the "
+                         "text2image step 2.44x on an H200, bench_step_overhead.py)")
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-items", type=int, default=24)
@@ -239,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.t2i_batch is not None and not args.t2i_first:
         ap.error("--t2i-batch is the batch of the --t2i-first stage: pass --t2i-first too")
+    if args.compile_mode != "default" and not args.compile:
+        ap.error("--compile-mode is how --compile compiles: pass --compile too")
     return args
 
 

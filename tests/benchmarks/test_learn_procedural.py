@@ -62,6 +62,10 @@ def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_
     assert [(s.name, s.steps, s.batch_size) for s in params.train.stages] == [("t2i", 30, 256), ("mixed", 70, 64)]
     with pytest.raises(SystemExit):  # a batch for a stage the run does not have
         learn.parse_args(["--out", str(tmp_path), "--t2i-batch", "256"])
+    graphs = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--compile", "--compile-mode", "reduce-overhead"]))
+    assert graphs.train.compile and graphs.train.compile_mode == "reduce-overhead"
+    with pytest.raises(SystemExit):  # a compile mode without compiling
+        learn.parse_args(["--out", str(tmp_path), "--compile-mode", "reduce-overhead"])
     default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))
     assert (default.world.min_objects, default.world.max_objects) == (2, 5) and len(default.train.stages) == 1
 

@@ -72,19 +72,20 @@ class ModelAnnotator:
         return getattr(importlib.import_module(module), cls).load(getattr(annotators, self.block), annotators.device)
 
 
-# In the order they run on an item: filters drop images before any other model sees them,
-# and the segmenter asks the detector for the captioner's entities.
+# In the order they run on an item: filters drop images, and the pose model those without people, before any
+# later model sees them (the VLM's captions are the build's largest cost); the segmenter asks the detector for the
+# captioner's entities.
 MODEL_ANNOTATORS = {a.name: a for a in (
     ModelAnnotator("filters", "filters", ("clip_path",), "CLIP NSFW/quality filter",
                    "onegen.annotators.filters:ClipFilter"),
+    ModelAnnotator("pose", "pose", ("detector_path", "path"), "YOLO person boxes + ViTPose keypoints",
+                   "onegen.annotators.pose:PoseAnnotator"),
     ModelAnnotator("captioner", "captioner", ("path",), "VLM captions and entity lists",
                    "onegen.annotators.captioner:Captioner"),
     ModelAnnotator("segmenter", "segmenter", ("detector_path", "sam_path"), "open-vocabulary boxes + SAM masks",
                    "onegen.annotators.segment:Segmenter"),
     ModelAnnotator("depth", "depth", ("path",), "Depth-Anything-V2", "onegen.annotators.depth:DepthAnnotator"),
     ModelAnnotator("hed", "edges", ("hed_path",), "HED soft edges", "onegen.annotators.edges:HED"),
-    ModelAnnotator("pose", "pose", ("detector_path", "path"), "YOLO person boxes + ViTPose keypoints",
-                   "onegen.annotators.pose:PoseAnnotator"),
 )}
 
 
@@ -145,6 +146,14 @@ def record_views(record: Sample, modality: str) -> list[View]:
 def filter_keeps(output) -> bool:
     """A filter's verdict on an item: one image's, or (identities) every image's."""
     return all(v.keep for v in output) if isinstance(output, list) else bool(output.keep)
+
+
+def dropped(annotations: dict[str, Annotation]) -> bool:
+    """Whether an item is left out on purpose by what its annotators said so far (``build`` then gives None):
+    a filter said no, or the pose model found nobody."""
+    if "filters" in annotations and not filter_keeps(annotations["filters"].output):
+        return True
+    return "pose" in annotations and not len(annotations["pose"].output.keypoints)
 
 
 def annotators_for(family: str, source: str, info: RecordInfo,

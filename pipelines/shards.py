@@ -223,8 +223,7 @@ class Item:
 
     @property
     def dropped(self) -> bool:
-        f = self.annotations.get("filters")
-        return f is not None and not families.filter_keeps(f.output)
+        return families.dropped(self.annotations)
 
 
 def _one_line(error: BaseException) -> str:

@@ -245,3 +245,7 @@ def test_pose_samples_come_from_the_pose_annotator_and_an_image_without_people_i
 
     nobody = PoseResult(np.zeros((0, 17, 3), np.float32), np.zeros((0, 5), np.float32), np.zeros((32, 32, 3), np.uint8))
     assert build("pose", Ref("photos", 0), photo(), 0, 0, {"pose": Annotation(nobody, [rec])}) is None
+    # ... and left out before the VLM would caption it: the pose model runs first
+    order = list(families.MODEL_ANNOTATORS)
+    assert order.index("pose") < order.index("captioner")
+    assert families.dropped({"pose": Annotation(nobody, [rec])}) and not families.dropped({"pose": Annotation(found, [rec])})

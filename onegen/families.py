@@ -180,11 +180,15 @@ def annotators_for(family: str, source: str, info: RecordInfo,
     return required, optional
 
 
+# families whose items the VLM sees whether or not the source captions them: text2image keeps both captions
+# (paper §4), semantic and box maps need its entities
+VLM_ON_EVERY_ITEM = ("text2image", "semantic", "bbox")
+
+
 def wants_vlm_caption(family: str, record: Sample, view: int) -> bool:
-    """Whether the VLM captions an item: text2image photos always (paper §4 keeps the original caption and the
-    VLM's), semantic and box maps for their entities, the other families only where the source gives no caption
-    (Cap3D's objects, a DL3DV csv's scenes and captioned photos keep theirs)."""
-    if family in ("text2image", "semantic", "bbox"):
+    """Whether the VLM captions an item: always in ``VLM_ON_EVERY_ITEM``, in the other families only where the
+    source gives no caption (Cap3D's objects, a DL3DV csv's scenes and captioned photos keep theirs)."""
+    if family in VLM_ON_EVERY_ITEM:
         return True
     if family == "multiview":
         return not record.caption

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from onegen import families
 from onegen.config import FamilyConfig, Params
-from onegen.families import (MODEL_ANNOTATORS, PHOTO, PHOTO_INFO, Annotation, BuildOptions, ItemError, RecordInfo,
-                              Ref)
+from onegen.families import (MODEL_ANNOTATORS, PHOTO, PHOTO_INFO, VLM_ON_EVERY_ITEM, Annotation, BuildOptions,
+                              ItemError, RecordInfo, Ref)
 from onegen.fingerprint import fingerprint
 from onegen.format import Provenance, Sample, View, decode_sample
 from onegen.jsonl import append_jsonl, shard_logger
@@ -304,8 +304,9 @@ def annotator_line(family: str, notes: list[dict]) -> str | None:
             parts.append(f"{on} need {n['key']} ({n['what']}); skipped")
         elif effect == "not applied":
             parts.append(f"{n['key']} not set ({n['what']}): not applied to {on}")
-        else:
-            parts.append(f"{n['annotator']} ({n['what']}) on {on}")
+        else:  # elsewhere the VLM runs only where the source gives no caption (known once a record is read)
+            some = "the uncaptioned of " if n["annotator"] == "captioner" and family not in VLM_ON_EVERY_ITEM else ""
+            parts.append(f"{n['annotator']} ({n['what']}) on {some}{on}")
     return f"{family} family: " + "; ".join(parts) if parts else None
 
 

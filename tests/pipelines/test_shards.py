@@ -321,6 +321,8 @@ def test_the_vlm_captions_what_lacks_a_caption_and_a_rejected_answer_fails_only_
     for family, lacking, captioned in (("id", "tom", "ann"), ("multiview", "dl3dv/s1", "dl3dv/s2")):
         plan = shards.make_plan(params, family)
         ctx, (job,) = plan.ctx, plan.jobs
+        # the plan knows the sources, not yet which records caption themselves
+        assert "captioner (VLM captions and entity lists) on the uncaptioned of 2 " in annotator_line(family, plan.notes)
         items = shards.read_shard(ctx, job)
         by_key = {name(it.record): it for it in items}
         assert by_key[lacking].wanted == ("captioner",) and by_key[captioned].wanted == ()  # theirs is kept

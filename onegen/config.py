@@ -562,7 +562,7 @@ class TrainConfig(_Strict):
         "default", description="torch.compile mode of the blocks; reduce-overhead replays each block's kernels as CUDA "
                                "graphs, for host-bound steps (small models, few tokens: 2.44x steps/s on the learning "
                                "run's text2image step, benchmarks/bench_step_overhead.py); one process, no "
-                               "activation checkpointing")
+                               "activation checkpointing, no gradient accumulation")
     latents: bool = Field(False, description="read data/latents/<family> (precomputed by `onegen latents`) "
                                              "instead of encoding images every step")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints; also the data-stream segment")
@@ -573,9 +573,16 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _cuda_graphs(self):
-        if self.compile_mode == "reduce-overhead" and not (self.compile and not self.activation_checkpointing):
+        if self.compile_mode != "reduce-overhead":
+            return self
+        if not self.compile or self.activation_checkpointing:
             # checkpointing re-runs a block's forward inside backward, which a replayed graph's buffers cannot serve
             raise ValueError("compile_mode reduce-overhead needs compile: true and activation_checkpointing: false")
+        if self.grad_accum > 1:
+            # a micro-step's gradients may live in the graphs' memory that the next micro-step replays over;
+            # measured with one micro-step a step only (benchmarks/bench_step_overhead.py)
+            raise ValueError("compile_mode reduce-overhead runs one micro-step a step (grad_accum: 1) until "
+                             "accumulation under CUDA graphs is checked")
         return self
 
     @model_validator(mode="after")

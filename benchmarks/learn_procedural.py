@@ -169,8 +169,7 @@ def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas
     found = [sample_to_tensors(decode_sample(raw)) for raw in firsts.values()]
     x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
-    return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas,
-                           scenes=[scene_of(f["__key__"]) for f in found])
+    return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas, scenes=list(firsts))
 
 
 def thread_share() -> int:

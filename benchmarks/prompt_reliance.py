@@ -39,11 +39,12 @@ def prompt_reliance(model, x: torch.Tensor, noise: torch.Tensor, prompts: list[s
     n = len(prompts)
     if x.shape[0] != n or noise.shape != x.shape:
         raise ValueError(f"prompt_reliance: {n} prompts for latents {tuple(x.shape)} and noise {tuple(noise.shape)}")
-    if scenes is not None and len(scenes) != n:
+    scenes = scenes if scenes is not None else [str(i) for i in range(n)]
+    if len(scenes) != n:
         raise ValueError(f"prompt_reliance: {len(scenes)} scene names for {n} prompts")
     chunks = range(0, n, chunk)
-    out: dict = {"samples": n, "scenes": len(set(scenes if scenes is not None else range(n)))}
-    other = other_scene_prompts(prompts, scenes if scenes is not None else [str(i) for i in range(n)])
+    out: dict = {"samples": n, "scenes": len(set(scenes))}
+    other = other_scene_prompts(prompts, scenes)
     for name, texts in (("own", prompts), ("other", other), ("empty", [""] * n)):
         encoded = [encode(texts[i:i + chunk]) for i in chunks]
         per_sigma = {}

@@ -36,7 +36,7 @@ UNSIZED = frozenset({"text", "rays"})
 def resized_dir(family_dir: Path, side: int | ViewSides) -> Path:
     """Where a family's samples resized to ``side`` (or by view count) are kept, inside its own folder
     (``onegen latents``): ``side512``, ``side512to3v_256to5v``."""
-    return family_dir / f"side{side.label if isinstance(side, ViewSides) else side}"
+    return family_dir / f"side{rule_record(side)}"
 
 
 def rule_record(rule: SideRule) -> int | str | None:

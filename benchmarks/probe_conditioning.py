@@ -104,6 +104,15 @@ def compile_like_trainer(model: NextDiT, device: torch.device) -> NextDiT:
     return trainer.wrap_model(model, TrainConfig(parallel="none", compile=True), trainer.Dist(device=device))
 
 
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The probe model's shape; its defaults are a CPU-sized model, ``--width 576 --depth 12 --heads 8
+    --kv-heads 4`` is ``small``'s (the learning run's)."""
+    ap.add_argument("--width", type=int, default=96)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+
+
 def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor],
                 evaluate_model: Callable[[NextDiT], dict], record: dict, caption_channels: int = 32,
                 device: torch.device | str = "cpu", compile_blocks: bool = False) -> None:
@@ -112,7 +121,8 @@ def train_probe(args, loss_of: Callable[[NextDiT, torch.Generator], torch.Tensor
     ``loss_of(model, generator)`` a step; every ``args.eval_every`` steps and at the end a row of
     ``evaluate_model(model)`` printed and added to ``record``, which ``--json`` gets at the end."""
     torch.manual_seed(args.seed)
-    model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=4, num_kv_heads=2,
+    model = NextDiT(NextDiTConfig(hidden_size=args.width, depth=args.depth, num_heads=args.heads,
+                                  num_kv_heads=args.kv_heads,
                                   caption_channels=caption_channels, multiple_of=32)).to(device)
     if compile_blocks:
         model = compile_like_trainer(model, torch.device(device))
@@ -144,8 +154,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sigma-shift", type=float, default=1.0)
     ap.add_argument("--condition-prob", type=float, default=0.5)
-    ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--depth", type=int, default=2)
+    add_model_arguments(ap)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the evaluations here")

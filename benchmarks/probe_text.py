@@ -80,7 +80,7 @@ from onegen.sources import procedural as world  # noqa: E402
 from pipelines.latents import encoder_identity, latents_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_conditioning import RES, to_latents, to_pixels, train_probe  # noqa: E402
+from probe_conditioning import RES, add_model_arguments, to_latents, to_pixels, train_probe  # noqa: E402
 
 HELD_OUT_SEED = 10**6
 COLORS, SHAPES = list(world.COLORS), list(world.SHAPES)
@@ -320,8 +320,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sigma-shift", type=float, default=1.0)
-    ap.add_argument("--width", type=int, default=96)
-    ap.add_argument("--depth", type=int, default=2)
+    add_model_arguments(ap)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--judge-steps", type=int, default=800)
     ap.add_argument("--eval-every", type=int, default=1000)
@@ -371,9 +370,10 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.loop == "trainer":
         tiny = CONFIGS["tiny"]
-        if (args.width, args.depth, args.text_dim) != (tiny.hidden_size, tiny.depth, tiny.caption_channels):
-            ap.error(f"--loop trainer trains `tiny`: --width {tiny.hidden_size} --depth {tiny.depth} "
-                     f"--text-dim {tiny.caption_channels}")
+        if (args.width, args.depth, args.heads, args.kv_heads, args.text_dim) != (
+                tiny.hidden_size, tiny.depth, tiny.num_heads, tiny.num_kv_heads, tiny.caption_channels):
+            ap.error(f"--loop trainer trains `tiny`: --width {tiny.hidden_size} --depth {tiny.depth} --heads "
+                     f"{tiny.num_heads} --kv-heads {tiny.num_kv_heads} --text-dim {tiny.caption_channels}")
         if args.bf16 and torch.device(args.device).type != "cuda":
             ap.error("--bf16 with --loop trainer needs --device cuda: the trainer autocasts on a GPU only")
         if args.prompt_prefix != tasks.TEXT2IMAGE:

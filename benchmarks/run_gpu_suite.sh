@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_gpu_trainer
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_gpu_trainer|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_gpu_trainer scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -99,6 +99,13 @@ for job in $JOBS; do
     # 0.785 after 1000 / 2000 steps), and the trainer's loop on 2-5 objects (CPU: 0.370 / 0.481 / 0.525)
     probe_gpu) step probe_gpu python3 benchmarks/probe_text.py --steps 2000 --objects 1 4 --text-dim 768 \
                  --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_gpu.json" ;;
+    # the same probe at `small`'s shape and the learning run's text2image batch and object size: does the learning
+    # run's model, not its data, read the prompt slower (lr 1e-3 as learn_long, then 3e-4)?
+    probe_small) for lr in 1e-3 3e-4; do
+                   step probe_small_$lr python3 benchmarks/probe_text.py --steps 2000 --eval-every 500 --objects 1 4 \
+                     --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 --batch 256 --lr $lr \
+                     --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_$lr.json"
+                 done ;;
     probe_gpu_trainer) step probe_gpu_trainer python3 benchmarks/probe_text.py --steps 3000 --objects 2 5 \
                          --prompt-prefix "[[text2image]]" --loop trainer --device cuda --bf16 --compile \
                          --json "$OUT/probe_gpu_trainer.json" ;;

@@ -4,9 +4,10 @@
     python benchmarks/bench_train_cudagraphs.py --size tiny --steps 20 --batch 4 --device-check off   # CPU smoke
 
 ``bench_step_overhead.py`` times one step of the trainer's shape; this runs the real loop on the committed default
-profile's text2image latents (``dvc repro`` makes them; carry ``data/latents/text2image`` to a GPU host): data
-loading, caption dropout, the loss, clipping, AdamW, EMA, logging, ``train.compile_mode`` default and then
-reduce-overhead, each in a fresh process from the same seed. Prints each run's samples/s after its first logged
+profile's text2image shards (``dvc repro`` makes them; carry ``data/shards/text2image`` to a GPU host), encoded once
+by ``onegen latents`` with ``--size``'s text width into a folder of its own (the profile's cached features are
+`tiny`'s): data loading, caption dropout, the loss, clipping, AdamW, EMA, logging, ``train.compile_mode`` default
+and then reduce-overhead, each in a fresh process from the same seed. Prints each run's samples/s after its first logged
 window (compiles left out), the ratio, and the largest difference of the logged losses: a CUDA-graphs run that
 computes something else shows there. Random-weight encoders: a timing, not a result.
 """
@@ -26,12 +27,13 @@ sys.path.insert(0, str(ROOT))
 MODES = ("default", "reduce-overhead")
 
 
-def run_one(args: argparse.Namespace, mode: str, work: Path) -> list[dict]:
-    """``onegen train`` in a process of its own (fresh Dynamo state) with ``mode``; its logged records."""
+def write_params(args: argparse.Namespace, work: Path, mode: str) -> Path:
+    """The committed params with ``work/data`` as the data folder (its shards those of this checkout), ``--size``, and
+    one text2image stage compiled in ``mode``."""
     import yaml
 
     d = yaml.safe_load((ROOT / "params.yaml").read_text())
-    d["paths"] = {"data": str(ROOT / "data"), "reports": str(work / mode / "reports")}
+    d["paths"] = {"data": str(work / "data"), "reports": str(work / mode / "reports")}
     d["model"]["size"] = args.size
     d["reader"].update(num_workers=args.workers, batch_size=args.batch)
     d["train"].update(stages=[{"name": "t2i", "families": ["text2image"], "steps": args.steps,
@@ -39,7 +41,16 @@ def run_one(args: argparse.Namespace, mode: str, work: Path) -> list[dict]:
                       log_every=args.log_every, checkpoint_every=args.steps, out_dir=str(work / mode / "ckpt"))
     params = work / f"{mode}.yaml"
     params.write_text(yaml.safe_dump(d))
-    subprocess.run([sys.executable, "-m", "onegen", "train", "-p", str(params)], cwd=ROOT, check=True)
+    return params
+
+
+def onegen(*argv: str | Path) -> None:
+    subprocess.run([sys.executable, "-m", "onegen", *map(str, argv)], cwd=ROOT, check=True)
+
+
+def run_one(args: argparse.Namespace, mode: str, work: Path) -> list[dict]:
+    """``onegen train`` in a process of its own (fresh Dynamo state) with ``mode``; its logged records."""
+    onegen("train", "-p", write_params(args, work, mode))
     lines = (work / mode / "reports" / "train" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -58,8 +69,15 @@ def main() -> None:
 
     if args.device_check == "on" and not torch.cuda.is_available():
         sys.exit("bench_train_cudagraphs: no GPU (CUDA graphs are a GPU matter; --device-check off for a smoke run)")
+    shards = ROOT / "data" / "shards" / "text2image"
+    if not shards.is_dir():
+        sys.exit(f"bench_train_cudagraphs: no {shards.relative_to(ROOT)} (run `dvc repro`, or carry it to this host)")
     with tempfile.TemporaryDirectory() as tmp:
-        logs = {mode: run_one(args, mode, Path(tmp)) for mode in MODES}
+        work = Path(tmp)
+        (work / "data" / "shards").mkdir(parents=True)
+        (work / "data" / "shards" / "text2image").symlink_to(shards)
+        onegen("latents", "text2image", "-p", write_params(args, work, MODES[0]))  # once, for both modes
+        logs = {mode: run_one(args, mode, work) for mode in MODES}
     out: dict = {"size": args.size, "batch": args.batch, "steps": args.steps}
     for mode, records in logs.items():
         steady = records[1:] or records  # the first window holds the compiles

@@ -109,7 +109,9 @@ def make_params(args) -> Params:
                                   conditions=["depth_edges"])  # canny->image is no task of this run
     base["train"].update(
         stages=stages(args.steps, args.t2i_first, args.batch, args.t2i_batch),
-        lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25,
+        # keep 4: the text2image stage's last checkpoint (scored on its own) may be older than the mid-run one, an odd
+        # run's last but one and the final one
+        lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25, keep_checkpoints=4,
         out_dir=str(out / "checkpoints"), compile=args.compile, compile_mode=args.compile_mode, ema_decay=0.999,
         sigma_shift=args.sigma_shift, condition_prob=args.condition_prob)
     return Params.model_validate(base)
@@ -170,6 +172,18 @@ def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas
     x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
     return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas, scenes=list(firsts))
+
+
+def score_text2image_stage(params: Params, out: Path, geneval: bool) -> dict:
+    """Prompt reliance and (``geneval``: its detector is there) world GenEval of the checkpoint that ends the
+    text2image stage (its EMA weights, as the final checkpoint's are scored), its reports in a folder of their own."""
+    end = params.train.stages[0].steps
+    ckpt = params.train.out_dir / trainer.step_dir_name(end)
+    scores = {"step": end, "prompt_reliance": model_prompt_reliance(params, ckpt)}
+    if geneval:
+        p = params.model_copy(update={"paths": params.paths.model_copy(update={"reports": out / "reports_t2i"})})
+        scores["world_geneval"] = evaluate.run(p, "world_geneval", f"model:{ckpt}")["metrics"]
+    return scores
 
 
 def thread_share() -> int:
@@ -403,6 +417,10 @@ def main() -> None:
                                           "paths": params.paths.model_copy(update={"reports": out / "reports_cfg1"})})
             evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
             print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
+            save()
+        if len(params.train.stages) > 1:  # did the task mix keep what text2image alone had learned?
+            summary["after_t2i"] = score_text2image_stage(params, out, "world_geneval_error" not in summary)
+            print("after the text2image stage", summary["after_t2i"])
             save()
     print(json.dumps(summary, indent=1))
     if "world_geneval_error" in summary:

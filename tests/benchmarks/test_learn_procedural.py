@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.nextdit import CONFIGS, NextDiT
+from onegen.config import TrainStage
 from tests.benchmarks.scripts import load_script, tiny_text2image_latents
 
 
@@ -98,3 +99,28 @@ def test_another_s_prompt_comes_from_another_scene():
                                                   "red cube, left"]
     with pytest.raises(ValueError, match="every sample is of one scene"):
         other_scene_prompts(views[:2], scenes[:2])
+
+
+def test_the_text2image_stage_s_last_checkpoint_is_kept_and_scored_on_its_own(text2image_latents, tmp_path):
+    learn = load_script("learn_procedural")
+    args = learn.parse_args(["--out", str(tmp_path), "--steps", "101", "--t2i-first", "0.3"])
+    # checkpoints at the stage's end (30), every 50 steps (50, 100) and at the end (101): the oldest is the stage's
+    assert learn.make_params(args).train.keep_checkpoints >= 4
+
+    def with_stages(t2i_steps: int):
+        stages = [TrainStage.model_validate(s) for s in learn.stages(10, t2i_steps / 10, 4)]
+        return text2image_latents.model_copy(update={"train": text2image_latents.train.model_copy(
+            update={"stages": stages, "out_dir": tmp_path / "ckpt"})})
+
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gate" in name or "final_layer" in name:
+                p.normal_(0, 0.5)
+    _checkpoint(tmp_path / "ckpt" / "step_0000005", model)
+    scores = learn.score_text2image_stage(with_stages(5), tmp_path, geneval=False)
+    assert scores["step"] == 5 and set(scores) == {"step", "prompt_reliance"}
+    assert scores["prompt_reliance"]["own"] != scores["prompt_reliance"]["other"]
+    with pytest.raises(FileNotFoundError):  # the stage ended at another step: no checkpoint stands in for it
+        learn.score_text2image_stage(with_stages(4), tmp_path, geneval=False)

@@ -188,18 +188,20 @@ def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
 
 
 def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int, downsample: int = 2,
-              scale_equivariance: float = 0.0) -> tuple[Callable, Callable, dict]:
+              scale_equivariance: float = 0.0, device: torch.device = torch.device("cpu")
+              ) -> tuple[Callable, Callable, dict]:
     """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /``downsample``)
-    fitted on ``images`` for ``steps``, its latents normalised on the first 512 of them
+    fitted on ``images`` for ``steps`` on ``device`` (on a GPU under bf16 autocast, as ``learn_procedural.py``
+    fits its own: minutes become seconds), its latents normalised on the first 512 of them
     (``world_vae.normalise_latents``), and the fit's summary, whose reconstruction PSNR is of ``held``. The encoding
-    is the posterior's mode, as the ``latents`` stage's."""
+    is the posterior's mode, as the ``latents`` stage's; both run on the host."""
     torch.manual_seed(seed)
     blocks = {2: [16, 32], 4: [16, 32, 32]}[downsample]
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * len(blocks),
                         up_block_types=["UpDecoderBlock2D"] * len(blocks), block_out_channels=blocks,
                         layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False)  # /2: ~0.2 s a step on 2 CPU cores
-    summary = fit_autoencoder(vae, images, torch.device("cpu"), seed, steps=steps,
-                              scale_equivariance=scale_equivariance)
+    summary = fit_autoencoder(vae, images, device, seed, steps=steps, scale_equivariance=scale_equivariance)
+    vae.to("cpu")
     summary.update(normalise_latents(vae, images[:512], latent_norm))
     summary["recon_psnr_db"] = reconstruction_psnr(vae, held)
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
@@ -394,7 +396,7 @@ def main() -> None:
     if args.vae:
         encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps,
                                                                 args.seed, args.vae_downsample,
-                                                                args.vae_scale_equivariance)
+                                                                args.vae_scale_equivariance, device)
         print(json.dumps({"vae": record["vae"]}), flush=True)
         # what a perfect model of these latents would make: the renders' round trips, which the judge then learns
         # to read (fitted on the renders, it named only ~64% of the round trips' colours at 27.5 dB)

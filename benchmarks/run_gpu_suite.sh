@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -106,6 +106,14 @@ for job in $JOBS; do
                      --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 --batch 256 --lr $lr \
                      --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_$lr.json"
                  done ;;
+    # and on the latents of a VAE fitted on the renders (/2: the learning run's 64 tokens, an object ~3 of them; /4:
+    # 16 tokens): does latent space alone hold colour back? (session 21: pixels 0.92, the learning run one hue)
+    probe_small_vae) for down in 2 4; do
+                       step probe_small_vae$down python3 benchmarks/probe_text.py --steps 2000 --eval-every 500 \
+                         --objects 1 4 --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 \
+                         --batch 256 --vae channel --vae-downsample $down --vae-steps 4000 \
+                         --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_vae$down.json"
+                     done ;;
     probe_gpu_trainer) step probe_gpu_trainer python3 benchmarks/probe_text.py --steps 3000 --objects 2 5 \
                          --prompt-prefix "[[text2image]]" --loop trainer --device cuda --bf16 --compile \
                          --json "$OUT/probe_gpu_trainer.json" ;;

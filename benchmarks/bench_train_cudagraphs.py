@@ -44,13 +44,13 @@ def write_params(args: argparse.Namespace, work: Path, mode: str) -> Path:
     return params
 
 
-def onegen(*argv: str | Path) -> None:
+def run_onegen(*argv: str | Path) -> None:
     subprocess.run([sys.executable, "-m", "onegen", *map(str, argv)], cwd=ROOT, check=True)
 
 
 def run_one(args: argparse.Namespace, mode: str, work: Path) -> list[dict]:
     """``onegen train`` in a process of its own (fresh Dynamo state) with ``mode``; its logged records."""
-    onegen("train", "-p", write_params(args, work, mode))
+    run_onegen("train", "-p", write_params(args, work, mode))
     lines = (work / mode / "reports" / "train" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -76,7 +76,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "data" / "shards").mkdir(parents=True)
         (work / "data" / "shards" / "text2image").symlink_to(shards)
-        onegen("latents", "text2image", "-p", write_params(args, work, MODES[0]))  # once, for both modes
+        run_onegen("latents", "text2image", "-p", write_params(args, work, MODES[0]))  # once, for both modes
         logs = {mode: run_one(args, mode, work) for mode in MODES}
     out: dict = {"size": args.size, "batch": args.batch, "steps": args.steps}
     for mode, records in logs.items():

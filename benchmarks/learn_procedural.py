@@ -174,6 +174,12 @@ def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas
     return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas, scenes=list(firsts))
 
 
+def reports_in(params: Params, folder: Path) -> Params:
+    """``params`` writing its evaluations' reports under ``folder``: in the shared folder a second scoring's
+    result.json would replace the first's."""
+    return params.model_copy(update={"paths": params.paths.model_copy(update={"reports": folder})})
+
+
 def score_text2image_stage(params: Params, out: Path, geneval: bool) -> dict:
     """Prompt reliance and (``geneval``: its detector is there) world GenEval of the checkpoint that ends the
     text2image stage (its EMA weights, as the final checkpoint's are scored), its reports in a folder of their own."""
@@ -181,8 +187,8 @@ def score_text2image_stage(params: Params, out: Path, geneval: bool) -> dict:
     ckpt = params.train.out_dir / trainer.step_dir_name(end)
     scores = {"step": end, "prompt_reliance": model_prompt_reliance(params, ckpt)}
     if geneval:
-        p = params.model_copy(update={"paths": params.paths.model_copy(update={"reports": out / "reports_t2i"})})
-        scores["world_geneval"] = evaluate.run(p, "world_geneval", f"model:{ckpt}")["metrics"]
+        scores["world_geneval"] = evaluate.run(reports_in(params, out / "reports_t2i"), "world_geneval",
+                                               f"model:{ckpt}")["metrics"]
     return scores
 
 
@@ -412,9 +418,8 @@ def main() -> None:
         score("world_depth", ["baseline"])
         score("world_nvs", ["baseline"])
         if args.cfg != 1.0:  # NVS prompts are generic ("a photo"): report unguided sampling beside guided
-            # its own reports folder: in the shared one its result.json would replace the guided run's
-            p = params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0}),
-                                          "paths": params.paths.model_copy(update={"reports": out / "reports_cfg1"})})
+            p = reports_in(params.model_copy(update={"evals": params.evals.model_copy(update={"cfg_scale": 1.0})}),
+                           out / "reports_cfg1")
             evals["world_nvs/model@cfg1"] = evaluate.run(p, "world_nvs", f"model:{ckpt}")["metrics"]
             print("world_nvs model cfg 1", evals["world_nvs/model@cfg1"])
             save()

@@ -34,6 +34,15 @@ def _checkpoint(folder, model):
     return folder
 
 
+def _open_text_path(model: NextDiT) -> NextDiT:
+    """Cross-attention gates and the final layer drawn away from their zero start, so the prompt reaches the output."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gate" in name or "final_layer" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
 def test_stages_mix_the_families_from_the_start_or_after_text2image_alone():
     learn = load_script("learn_procedural")
     (mixed,) = learn.stages(1000, 0.0, 64)
@@ -82,10 +91,7 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
     assert all(v > 0 for v in silent["own"].values())
     # the pooled caption still reaches the time embedding, but the final layer starts at 0: all equal
     assert silent["own"] == silent["other"] == silent["empty"]
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "gate" in name or "final_layer" in name:
-                p.normal_(0, 0.5)
+    _open_text_path(model)
     heard = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
     assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]
 
@@ -113,11 +119,7 @@ def test_the_text2image_stage_s_last_checkpoint_is_kept_and_scored_on_its_own(te
             update={"stages": stages, "out_dir": tmp_path / "ckpt"})})
 
     torch.manual_seed(0)
-    model = NextDiT(CONFIGS["tiny"])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "gate" in name or "final_layer" in name:
-                p.normal_(0, 0.5)
+    model = _open_text_path(NextDiT(CONFIGS["tiny"]))
     _checkpoint(tmp_path / "ckpt" / "step_0000005", model)
     scores = learn.score_text2image_stage(with_stages(5), tmp_path, geneval=False)
     assert scores["step"] == 5 and set(scores) == {"step", "prompt_reliance"}

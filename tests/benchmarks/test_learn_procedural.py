@@ -3,6 +3,7 @@ stages, and its check that a trained model reads its prompt."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -126,3 +127,25 @@ def test_the_text2image_stage_s_last_checkpoint_is_kept_and_scored_on_its_own(te
     assert scores["prompt_reliance"]["own"] != scores["prompt_reliance"]["other"]
     with pytest.raises(FileNotFoundError):  # the stage ended at another step: no checkpoint stands in for it
         learn.score_text2image_stage(with_stages(4), tmp_path, geneval=False)
+
+
+def test_the_oracle_through_the_vae_is_its_renders_round_tripped_in_geneval_s_folder_layout(tmp_path):
+    from evals.geneval.world_prompts import make_prompts
+    from evals.predictors import FolderPredictions, make_predictor
+    from model.vae import LatentCodec
+
+    learn = load_script("learn_procedural")
+    items = [{"id": f"w{i}", "metadata": m, "prompt": m["prompt"], "n_images": 2, "size": (32, 32)}
+             for i, m in enumerate(make_prompts(3, seed=0))]
+    codec = LatentCodec.load(None, seed=0)
+    (tmp_path / "trips" / "stale" / "samples").mkdir(parents=True)
+    folder = learn.write_oracle_round_trips(codec, items, tmp_path / "trips")
+    assert sorted(p.name for p in folder.iterdir()) == ["w0", "w1", "w2"]
+    written = FolderPredictions(folder).generate_images(items)
+    renders = make_predictor("baseline:oracle").generate_images(items)
+    for got, truth in zip(written, renders):
+        x = torch.from_numpy(np.stack(truth)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        want = ((codec.decode(codec.encode(x)) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+        assert np.stack(got).shape == (2, 32, 32, 3)
+        assert np.abs(np.stack(got) - want).max() <= 1  # PNG keeps the round trip to the 8-bit step
+        assert np.abs(np.stack(got).astype(int) - np.stack(truth)).mean() > 5  # a random VAE is no identity

@@ -13,4 +13,11 @@ cp "$src/reports/train/metrics.jsonl" "$out/${name}_metrics.jsonl" 2>/dev/null
 for grid in "$src"/reports/evals/*/entries/model*/samples.png; do
   [ -f "$grid" ] && cp "$grid" "$out/${name}_$(basename "$(dirname "$(dirname "$(dirname "$grid")")")")_model.png"
 done
+# world GenEval's grids of the text2image stage's checkpoint and of the oracle round-tripped through the VAE
+for grid in "$src"/reports_t2i/evals/world_geneval/entries/model*/samples.png; do
+  [ -f "$grid" ] && cp "$grid" "$out/${name}_world_geneval_after_t2i.png"
+done
+for grid in "$src"/reports/evals/world_geneval/entries/folder*oracle-through-vae*/samples.png; do
+  [ -f "$grid" ] && cp "$grid" "$out/${name}_world_geneval_oracle_through_vae.png"
+done
 exit 0

@@ -4,7 +4,8 @@
 
 1. render a training world (its own seed) and build the text2image, depth and multiview shards;
 2. fit a small SD3-style ``AutoencoderKL`` (16 latent channels, /8) on the world's images and
-   depth maps, because there is no offline pretrained VAE and a random one cannot be learned through;
+   depth maps, because there is no offline pretrained VAE and a random one cannot be learned through,
+   its objects' pixels weighted up (``--vae-object-weight``: a plain fit loses their colours);
    then standardise its latent channels on held-out images (``--latent-norm``);
 3. encode the shards into latent shards with it (and the prompts' text features), as the
    ``latents`` stage does;
@@ -56,13 +57,14 @@ from onegen.format import decode_sample  # noqa: E402
 from onegen.shards.reader import (ReadReport, depth_to_condition, iter_tar_samples, sample_to_tensors,  # noqa: E402
                                   shard_urls)
 from onegen.shards.writer import atomic_write_bytes  # noqa: E402
+from onegen.sources.procedural import COLORS as WORLD_COLOURS  # noqa: E402
 from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
 from evals.predictors import make_predictor  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
-from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents  # noqa: E402
+from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents, object_colours_kept  # noqa: E402
 from model.vae import LatentCodec  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
@@ -121,27 +123,41 @@ def make_params(args) -> Params:
     return Params.model_validate(base)
 
 
-def world_images(params: Params, limit: int) -> torch.Tensor:
-    """Images and depth-condition maps of the training world, [N, 3, H, W] in [-1, 1]."""
-    out = []
+def world_views(params: Params, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images and depth-condition maps of the training world, [N, 3, H, W] in [-1, 1]; the instance map of each
+    one's view, [N, H, W] (0 the background); and which of them are images, [N]."""
+    out, instances, is_image = [], [], []
     for url in shard_urls(world.world_dir(params)):
         for raw in iter_tar_samples(url, ReadReport()):
-            rec = decode_sample(raw)
-            for v in rec.views:
+            pending = []  # a view's image and depth come before its instance map
+            for v in decode_sample(raw).views:
                 if v.modality == "image":
-                    out.append(torch.tensor(v.data).permute(2, 0, 1).float() / 127.5 - 1)
+                    pending.append(torch.tensor(v.data).permute(2, 0, 1).float() / 127.5 - 1)
+                    is_image.append(True)
                 elif v.modality == "depth":
-                    out.append(depth_to_condition(v.data.astype(np.float32) * v.meta["depth_scale"]))
+                    pending.append(depth_to_condition(v.data.astype(np.float32) * v.meta["depth_scale"]))
+                    is_image.append(False)
+                elif v.modality == "instance":
+                    out += pending
+                    instances += [torch.from_numpy(v.data.astype(np.uint8))] * len(pending)
+                    pending = []
+            if pending:
+                raise ValueError(f"{raw.get('__key__', url)}: a view without its instance map")
             if len(out) >= limit:
-                return torch.stack(out)
-    return torch.stack(out)
+                break
+        if len(out) >= limit:
+            break
+    n = min(limit, len(out))
+    return torch.stack(out[:n]), torch.stack(instances[:n]), torch.tensor(is_image[:n])
 
 
-def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, latent_norm: str = "channel") -> dict:
+def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, latent_norm: str = "channel",
+            object_weight: float = 0.0) -> dict:
     """A small SD3-style AutoencoderKL (16 latent channels, /8) fitted on the world's images and depth maps for
-    ``seconds``, its latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to
-    ``model.vae``."""
-    data = world_images(params, 40000)
+    ``seconds`` (its objects' pixels weighted ``object_weight`` times more: ``world_vae.fit_autoencoder``), its
+    latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to ``model.vae``; the summary
+    says how many of the held-out images' objects keep their colour through it (``object_colours_kept``)."""
+    data, instances, is_image = world_views(params, 40000)
     if len(data) < 1024:
         raise ValueError(f"the world has {len(data)} images and depth maps: 512 are held out to normalise the "
                          "latents and at least as many are needed to fit on; raise --scenes or --views")
@@ -149,8 +165,11 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                         block_out_channels=[64, 128, 128, 256], layers_per_block=1, norm_num_groups=32)
-    summary = fit_autoencoder(vae, data[:-512], device, seed, seconds=seconds)
+    summary = fit_autoencoder(vae, data[:-512], device, seed, seconds=seconds,
+                              objects=(instances[:-512] > 0)[:, None], object_weight=object_weight)
     summary.update(normalise_latents(vae, data[-512:], latent_norm))
+    held = is_image[-512:]
+    summary["held_out_objects"] = object_colours_kept(vae, data[-512:][held], instances[-512:][held], WORLD_COLOURS)
     vae.save_pretrained(params.model.vae)
     return summary
 
@@ -266,6 +285,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
+    ap.add_argument("--vae-object-weight", type=float, default=20.0,
+                    help="the VAE fit counts the objects' pixels this many times more than the background's "
+                         "(world_vae.fit_autoencoder); 0: a plain fit, as until session 22, which turned most "
+                         "objects brown (a /4 CPU fit at 32²: 15%% of objects kept their colour plain, 85%% at 20)")
     ap.add_argument("--latent-norm", choices=LATENT_NORMS, default="channel",
                     help="the fitted VAE's latents standardised per channel, or by one shift and scale for all "
                          "channels as SD3's (sessions 5-10 ran global)")
@@ -374,7 +397,8 @@ def main() -> None:
 
             ray.shutdown()  # its workers and object store are not needed again, and forking beside them is unsafe
     if args.stage in ("all", "vae"):
-        summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed, args.latent_norm)
+        summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed, args.latent_norm,
+                                 args.vae_object_weight)
         print("vae", summary["vae"])
         save()
     if args.stage in ("all", "latents"):  # the trainer reads latents made by the fitted VAE

@@ -149,3 +149,15 @@ def test_the_oracle_through_the_vae_is_its_renders_round_tripped_in_geneval_s_fo
         assert np.stack(got).shape == (2, 32, 32, 3)
         assert np.abs(np.stack(got) - want).max() <= 1  # PNG keeps the round trip to the 8-bit step
         assert np.abs(np.stack(got).astype(int) - np.stack(truth)).mean() > 5  # a random VAE is no identity
+
+
+def test_the_vae_fits_on_each_view_s_image_and_depth_with_that_view_s_instance_map(text2image_latents):
+    learn = load_script("learn_procedural")
+    data, instances, is_image = learn.world_views(text2image_latents, 1000)
+    views = text2image_latents.world.views_per_scene
+    assert data.shape == (3 * views * 2, 3, 32, 32) and instances.shape == (3 * views * 2, 32, 32)
+    assert is_image.tolist() == [True, False] * 3 * views
+    assert torch.equal(instances[0::2], instances[1::2]) and (instances > 0).any()
+    assert not torch.equal(instances[0], instances[2])  # each view its own map
+    first = learn.world_views(text2image_latents, 5)
+    assert len(first[0]) == 5 and torch.equal(first[1], instances[:5])

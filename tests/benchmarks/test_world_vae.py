@@ -5,7 +5,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from benchmarks.world_vae import fit_autoencoder, normalise_latents, standardise_latent_channels
+from benchmarks.world_vae import fit_autoencoder, normalise_latents, object_colours_kept, standardise_latent_channels
+from onegen.sources.procedural import COLORS
 
 
 def _tiny_vae() -> AutoencoderKL:
@@ -83,3 +84,48 @@ def test_standardised_vae_encodes_unit_channels_and_decodes_as_before():
     with torch.no_grad():
         assert torch.allclose(vae.decode(after.mode()).sample, decoded, atol=1e-4)
         assert not torch.allclose(vae.decode(z).sample, decoded, atol=1e-2)  # the old latents are no longer its
+
+
+def _objects_on_grey(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """16² grey images with one 5x5 square of a palette colour each, and their instance maps (1 on the square)."""
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 127.5 - 1
+    images, instances = torch.zeros(n, 3, 16, 16), torch.zeros(n, 16, 16, dtype=torch.long)
+    for k in range(n):
+        y, x = torch.randint(0, 11, (2,), generator=g).tolist()
+        images[k, :, y:y + 5, x:x + 5] = palette[torch.randint(len(palette), (1,), generator=g)].view(3, 1, 1)
+        instances[k, y:y + 5, x:x + 5] = 1
+    return images, instances
+
+
+def test_weighting_the_objects_fits_their_colours_first():
+    images, instances = _objects_on_grey(64, 0)
+    on_object = (instances > 0)[:, None].expand(-1, 3, -1, -1)
+    error = {}
+    for weight in (0.0, 20.0):
+        vae = _tiny_vae()
+        summary = fit_autoencoder(vae, images, torch.device("cpu"), seed=0, steps=80, batch=16,
+                                  objects=(instances > 0)[:, None], object_weight=weight)
+        assert summary["object_weight"] == weight
+        with torch.no_grad():
+            trip = vae.decode(vae.encode(images).latent_dist.mode()).sample
+        error[weight] = (trip - images).abs()[on_object].mean()
+    assert error[20.0] < 0.8 * error[0.0]
+    with pytest.raises(ValueError, match=r"objects shaped \[64, 1, 16, 16\]"):
+        fit_autoencoder(_tiny_vae(), images, torch.device("cpu"), seed=0, steps=1, object_weight=1.0)
+
+
+def test_object_colours_kept_counts_the_objects_a_round_trip_names_alike():
+    images, instances = _objects_on_grey(24, 1)
+    instances[:4] = 0  # no object: nothing to count
+    for k in range(4, 8):  # 3 rows of the square left: 15 pixels, under the 16 an object needs to be counted
+        instances[k, instances[k].any(1).nonzero().flatten()[3:]] = 0
+    counted = 16
+    untrained = object_colours_kept(_tiny_vae().eval(), images, instances, COLORS)
+    assert untrained["objects"] == counted
+    vae = _tiny_vae()
+    fit_autoencoder(vae, images, torch.device("cpu"), seed=0, steps=150, batch=8,
+                    objects=(instances > 0)[:, None], object_weight=20.0)
+    fitted = object_colours_kept(vae.eval(), images, instances, COLORS)
+    assert fitted["objects"] == counted
+    assert fitted["colour_kept"] > untrained["colour_kept"] + 0.3

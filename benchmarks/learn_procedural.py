@@ -64,7 +64,8 @@ from evals.predictors import make_predictor  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
-from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents, object_colours_kept  # noqa: E402
+from benchmarks.world_vae import (LATENT_NORMS, fit_autoencoder, normalise_latents,  # noqa: E402
+                                  object_colours_kept, round_trips)
 from model.vae import LatentCodec  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
@@ -169,7 +170,9 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
                               objects=(instances[:-512] > 0)[:, None], object_weight=object_weight)
     summary.update(normalise_latents(vae, data[-512:], latent_norm))
     held = is_image[-512:]
-    summary["held_out_objects"] = object_colours_kept(vae, data[-512:][held], instances[-512:][held], WORLD_COLOURS)
+    images = data[-512:][held]
+    summary["held_out_objects"] = object_colours_kept(images, round_trips(vae, images).cpu(), instances[-512:][held],
+                                                      WORLD_COLOURS)
     vae.save_pretrained(params.model.vae)
     return summary
 

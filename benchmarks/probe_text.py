@@ -70,7 +70,8 @@ from model.nextdit import CONFIGS, NextDiT  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
-from benchmarks.world_vae import LATENT_NORMS, fit_autoencoder, normalise_latents, reconstruction_psnr  # noqa: E402
+from benchmarks.world_vae import (LATENT_NORMS, fit_autoencoder, normalise_latents, object_colours_kept,  # noqa: E402
+                                  reconstruction_psnr)
 from onegen import tasks  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.fingerprint import fingerprint  # noqa: E402
@@ -88,12 +89,13 @@ MIN_PIXELS = 15
 
 
 def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5), objects: tuple[int, int] = (1, 1)
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], float]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], float, torch.Tensor]:
     """-> images [n, 3, RES, RES] in [-1, 1], labels [n, colours + shapes] (1 where a visible object has that
-    colour / shape), captions, and the mean share of the image the objects cover. Scenes of ``objects``
+    colour / shape), captions, the mean share of the image the objects cover, and the instance maps [n, RES, RES]
+    (0 the background). Scenes of ``objects``
     (lo, hi) objects, the camera ``radius`` metres (uniform in the range) from the target; a scene where a
     visible object, so one its caption names, covers fewer than ``MIN_PIXELS`` is skipped."""
-    images, labels, captions, seed, covered = [], [], [], first_seed, 0
+    images, labels, captions, instances, seed, covered = [], [], [], [], first_seed, 0
     while len(images) < n:
         rng = np.random.default_rng(seed)
         scene = world.sample_scene(seed, *objects)
@@ -112,7 +114,8 @@ def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6
         images.append(torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1)
         labels.append(label)
         captions.append(world.caption(scene, camera, r))
-    return torch.stack(images), torch.stack(labels), captions, covered / (n * RES * RES)
+        instances.append(torch.from_numpy(r.instance.astype(np.uint8)))
+    return torch.stack(images), torch.stack(labels), captions, covered / (n * RES * RES), torch.stack(instances)
 
 
 class Judge(nn.Module):
@@ -188,10 +191,10 @@ def pixel_codec(chroma_scale: float | None) -> tuple[Callable, Callable]:
 
 
 def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps: int, seed: int, downsample: int = 2,
-              scale_equivariance: float = 0.0, device: torch.device = torch.device("cpu")
-              ) -> tuple[Callable, Callable, dict]:
+              scale_equivariance: float = 0.0, device: torch.device = torch.device("cpu"),
+              objects: torch.Tensor | None = None, object_weight: float = 0.0) -> tuple[Callable, Callable, dict]:
     """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /``downsample``)
-    fitted on ``images`` for ``steps`` on ``device`` (on a GPU under bf16 autocast, as ``learn_procedural.py``
+    fitted on ``images`` for ``steps`` (their ``objects``' pixels weighted ``object_weight`` times) on ``device`` (on a GPU under bf16 autocast, as ``learn_procedural.py``
     fits its own: minutes become seconds), its latents normalised on the first 512 of them
     (``world_vae.normalise_latents``), and the fit's summary, whose reconstruction PSNR is of ``held``. The encoding
     is the posterior's mode, as the ``latents`` stage's; both run on the host."""
@@ -200,7 +203,8 @@ def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps:
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * len(blocks),
                         up_block_types=["UpDecoderBlock2D"] * len(blocks), block_out_channels=blocks,
                         layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False)  # /2: ~0.2 s a step on 2 CPU cores
-    summary = fit_autoencoder(vae, images, device, seed, steps=steps, scale_equivariance=scale_equivariance)
+    summary = fit_autoencoder(vae, images, device, seed, steps=steps, scale_equivariance=scale_equivariance,
+                              objects=objects, object_weight=object_weight)
     vae.to("cpu")
     summary.update(normalise_latents(vae, images[:512], latent_norm))
     summary["recon_psnr_db"] = reconstruction_psnr(vae, held)
@@ -360,6 +364,9 @@ def main() -> None:
                     help="with --vae: 2 gives 16x16x16 latents (more numbers than the 32x32x3 pixels), 4 gives 8x8x16")
     ap.add_argument("--vae-scale-equivariance", type=float, default=0.0,
                     help="with --vae: weight of its fit's coarse-scale reconstruction (world_vae.fit_autoencoder)")
+    ap.add_argument("--vae-object-weight", type=float, default=0.0,
+                    help="with --vae: its fit counts the objects' pixels this many times more than the background's "
+                         "(world_vae.fit_autoencoder; learn_procedural.py fits at 20)")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
     if args.vae and args.chroma_scale is not None:
@@ -383,9 +390,10 @@ def main() -> None:
                      f"'{tasks.TEXT2IMAGE}' so the held-out prompts carry it too")
 
     t0 = time.time()
-    images, labels, captions, covered = render_scenes(args.scenes, 0, tuple(args.radius), tuple(args.objects))
-    held_images, held_labels, held_captions, _ = render_scenes(128, HELD_OUT_SEED, tuple(args.radius),
-                                                               tuple(args.objects))
+    images, labels, captions, covered, instances = render_scenes(args.scenes, 0, tuple(args.radius),
+                                                                 tuple(args.objects))
+    held_images, held_labels, held_captions, _, held_instances = render_scenes(128, HELD_OUT_SEED, tuple(args.radius),
+                                                                               tuple(args.objects))
     print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s; the object covers "
           f"{covered:.1%} of an image", flush=True)
     raw_captions = captions
@@ -396,11 +404,13 @@ def main() -> None:
     if args.vae:
         encode_images, decode_latents, record["vae"] = vae_codec(images, held_images, args.vae, args.vae_steps,
                                                                 args.seed, args.vae_downsample,
-                                                                args.vae_scale_equivariance, device)
-        print(json.dumps({"vae": record["vae"]}), flush=True)
+                                                                args.vae_scale_equivariance, device,
+                                                                (instances > 0)[:, None], args.vae_object_weight)
         # what a perfect model of these latents would make: the renders' round trips, which the judge then learns
         # to read (fitted on the renders, it named only ~64% of the round trips' colours at 27.5 dB)
         judged, held_judged = (decode_latents(encode_images(x)).clamp(-1, 1) for x in (images, held_images))
+        record["vae"]["held_out_objects"] = object_colours_kept(held_images, held_judged, held_instances, world.COLORS)
+        print(json.dumps({"vae": record["vae"]}), flush=True)
     else:
         encode_images, decode_latents = pixel_codec(args.chroma_scale)
         judged, held_judged = images, held_images

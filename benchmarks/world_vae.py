@@ -103,19 +103,16 @@ def _modes(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.encode(images[i:i + 64]).latent_dist.mode() for i in range(0, len(images), 64)])
 
 
-@torch.no_grad()
-def object_colours_kept(vae: AutoencoderKL, images: torch.Tensor, instances: torch.Tensor,
+def object_colours_kept(images: torch.Tensor, round_trips: torch.Tensor, instances: torch.Tensor,
                         palette: dict[str, tuple[int, int, int]], min_pixels: int = 16) -> dict:
-    """How many objects keep their colour through ``vae``'s round trip of ``images`` ([-1, 1]): each instance of
-    ``instances`` ([N, H, W], 0 the background) covering ``min_pixels`` or more is named a colour on the image and
-    on its round trip as world GenEval names it (``WorldColorClassifier``: the palette colour nearest the median
-    pixel under its mask). The share named alike bounds the colours a model generating in these latents can draw,
+    """How many objects keep their colour through a VAE's ``round_trips`` of ``images`` (both [N, 3, H, W] in
+    [-1, 1]): each instance of ``instances`` ([N, H, W], 0 the background) covering ``min_pixels`` or more is named
+    a colour on both as world GenEval names it (``WorldColorClassifier``: the palette colour nearest the median
+    pixel under its mask). The share named alike bounds the colours a model generating in those latents can draw,
     with no detector in the way."""
     name = WorldColorClassifier(palette)
-    z = _modes(vae, images)
-    trips = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
     kept = total = 0
-    for k, (image, trip, instance) in enumerate(zip(images, trips, instances.numpy())):
+    for k, (image, trip, instance) in enumerate(zip(images, round_trips, instances.numpy())):
         ids, counts = np.unique(instance[instance > 0], return_counts=True)
         masks = [(None, instance == i) for i in ids[counts >= min_pixels]]
         if masks:
@@ -130,11 +127,17 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def round_trips(vae: AutoencoderKL, images: torch.Tensor, modes: torch.Tensor | None = None) -> torch.Tensor:
+    """``images`` ([-1, 1]) encoded to their posterior's mode (``modes`` where already encoded) and decoded."""
+    z = _modes(vae, images) if modes is None else modes
+    return torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
+
+
+@torch.no_grad()
 def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor, modes: torch.Tensor | None = None) -> float:
     """PSNR (dB, images in [0, 1]) of ``images`` ([-1, 1]) encoded to their posterior's mode (``modes`` where
     already encoded) and decoded."""
-    z = _modes(vae, images) if modes is None else modes
-    rec = torch.cat([vae.decode(z[i:i + 64]).sample for i in range(0, len(z), 64)]).clamp(-1, 1)
+    rec = round_trips(vae, images, modes)
     mse = F.mse_loss((rec + 1) / 2, (images.to(rec.device) + 1) / 2).item()
     return round(10 * math.log10(1 / mse), 2)
 

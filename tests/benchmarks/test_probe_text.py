@@ -19,22 +19,23 @@ def _named(label, names, offset=0):
 
 def test_scenes_show_one_object_of_their_captions_colour_and_shape():
     probe = load_script("probe_text")
-    images, labels, captions, share = probe.render_scenes(12, 0)
+    images, labels, captions, share, instances = probe.render_scenes(12, 0)
     assert images.shape == (12, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
     assert labels.shape == (12, len(probe.COLORS) + len(probe.SHAPES))
+    assert instances.shape == (12, 32, 32) and share == pytest.approx((instances > 0).float().mean().item())
     for label, caption in zip(labels.tolist(), captions):
         words = caption.lower().rstrip(".").split()
         colours, shapes = _named(label, probe.COLORS), _named(label, probe.SHAPES, len(probe.COLORS))
         assert len(colours) == len(shapes) == 1 and colours <= set(words) and shapes <= set(words), caption
-    _, _, again, _ = probe.render_scenes(12, 0)
+    _, _, again, _, _ = probe.render_scenes(12, 0)
     assert again == captions and len(set(captions)) > 6
-    *_, far_share = probe.render_scenes(12, 0, radius=(8.5, 11.5))
+    far_share = probe.render_scenes(12, 0, radius=(8.5, 11.5))[3]
     assert probe.MIN_PIXELS / 32**2 < far_share < share < 0.5  # farther cameras: smaller objects, never empty
 
 
 def test_scenes_of_several_objects_label_every_colour_and_shape_their_caption_names():
     probe = load_script("probe_text")
-    images, labels, captions, share = probe.render_scenes(16, 0, objects=(2, 5))
+    images, labels, captions, share, _ = probe.render_scenes(16, 0, objects=(2, 5))
     counts = []
     for label, caption in zip(labels.tolist(), captions):
         words = {w.rstrip(".,").removesuffix("s") for w in caption.lower().split()}
@@ -125,11 +126,12 @@ def test_a_vae_run_reports_the_fit_and_the_judge_of_its_round_trips(tmp_path):
     out = tmp_path / "probe.json"
     common = [sys.executable, str(SCRIPT), "--scenes", "32", "--steps", "2", "--eval-every", "2", "--batch", "4",
               "--judge-steps", "3", "--vae-steps", "2"]
-    r = subprocess.run([*common, "--vae", "global", "--vae-downsample", "4", "--json", str(out)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([*common, "--vae", "global", "--vae-downsample", "4", "--vae-object-weight", "20", "--json",
+                        str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["vae"]["latent_norm"] == "global" and len(record["vae"]["channel_std"]) == 16
+    assert record["vae"]["object_weight"] == 20 and record["vae"]["held_out_objects"]["objects"] > 100
     assert set(record["judge"]) == {"held_out", "other_prompts"}
     assert [row["step"] for row in record["evals"]] == [2]
     r = subprocess.run([*common, "--vae", "channel", "--chroma-scale", "0.5"], capture_output=True, text=True, timeout=60)

@@ -1,11 +1,12 @@
-"""world_vae: the fit stops where told, and both latent normalisations give what the model is meant to see while
-the VAE decodes as before."""
+"""world_vae: the fit stops where told and can weight the objects up, the colours a round trip keeps are counted
+per object, and both latent normalisations give what the model is meant to see while the VAE decodes as before."""
 
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from benchmarks.world_vae import fit_autoencoder, normalise_latents, object_colours_kept, standardise_latent_channels
+from benchmarks.world_vae import (fit_autoencoder, normalise_latents, object_colours_kept, round_trips,
+                                  standardise_latent_channels)
 from onegen.sources.procedural import COLORS
 
 
@@ -121,11 +122,11 @@ def test_object_colours_kept_counts_the_objects_a_round_trip_names_alike():
     for k in range(4, 8):  # 3 rows of the square left: 15 pixels, under the 16 an object needs to be counted
         instances[k, instances[k].any(1).nonzero().flatten()[3:]] = 0
     counted = 16
-    untrained = object_colours_kept(_tiny_vae().eval(), images, instances, COLORS)
+    untrained = object_colours_kept(images, round_trips(_tiny_vae().eval(), images), instances, COLORS)
     assert untrained["objects"] == counted
     vae = _tiny_vae()
     fit_autoencoder(vae, images, torch.device("cpu"), seed=0, steps=150, batch=8,
                     objects=(instances > 0)[:, None], object_weight=20.0)
-    fitted = object_colours_kept(vae.eval(), images, instances, COLORS)
+    fitted = object_colours_kept(images, round_trips(vae.eval(), images), instances, COLORS)
     assert fitted["objects"] == counted
     assert fitted["colour_kept"] > untrained["colour_kept"] + 0.3

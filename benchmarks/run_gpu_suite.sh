@@ -106,13 +106,14 @@ for job in $JOBS; do
                      --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 --batch 256 --lr $lr \
                      --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_$lr.json"
                  done ;;
-    # and on the latents of a VAE fitted on the renders (/2: the learning run's 64 tokens, an object ~3 of them; /4:
-    # 16 tokens): does latent space alone hold colour back? (session 21: pixels 0.92, the learning run one hue)
-    probe_small_vae) for down in 2 4; do
-                       step probe_small_vae$down python3 benchmarks/probe_text.py --steps 2000 --eval-every 500 \
+    # and on the latents of a VAE fitted on the renders (/4: an object over ~2 latent cells, as the learning run's /8
+    # at 128²), plainly and with its objects' pixels weighted 20x: session 22 found the learning run's plain VAE
+    # turned most objects brown; how fast does `small` learn colour once the latents keep it?
+    probe_small_vae) for w in 20 0; do
+                       step probe_small_vae_w$w python3 benchmarks/probe_text.py --steps 2000 --eval-every 500 \
                          --objects 1 4 --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 \
-                         --batch 256 --vae channel --vae-downsample $down --vae-steps 4000 \
-                         --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_vae$down.json"
+                         --batch 256 --vae channel --vae-downsample 4 --vae-steps 4000 --vae-object-weight $w \
+                         --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_vae_w$w.json"
                      done ;;
     probe_gpu_trainer) step probe_gpu_trainer python3 benchmarks/probe_text.py --steps 3000 --objects 2 5 \
                          --prompt-prefix "[[text2image]]" --loop trainer --device cuda --bf16 --compile \

@@ -460,10 +460,10 @@ def main() -> None:
             # its own baseline is the oracle (the evaluation's ceiling); random-scene is its floor
             score("world_geneval", ["baseline", "baseline:random-scene"])
             # a sample can be no better than the VAE's round trip of a perfect one: is colour lost there?
-            round_trips = write_oracle_round_trips(LatentCodec.load(params.model.vae, device),
-                                                   WorldGenEval(params).items(), out / "oracle-through-vae")
+            trips = write_oracle_round_trips(LatentCodec.load(params.model.vae, device), WorldGenEval(params).items(),
+                                             out / "oracle-through-vae")
             evals["world_geneval/oracle-through-vae"] = evaluate.run(params, "world_geneval",
-                                                                     f"folder:{round_trips}")["metrics"]
+                                                                     f"folder:{trips}")["metrics"]
             print("world_geneval oracle through the vae", evals["world_geneval/oracle-through-vae"])
             save()
         except Exception as e:  # noqa: BLE001 -- any failure of this one benchmark, named in the summary

@@ -194,10 +194,11 @@ def vae_codec(images: torch.Tensor, held: torch.Tensor, latent_norm: str, steps:
               scale_equivariance: float = 0.0, device: torch.device = torch.device("cpu"),
               objects: torch.Tensor | None = None, object_weight: float = 0.0) -> tuple[Callable, Callable, dict]:
     """(encode, decode) as ``pixel_codec``'s through a tiny AutoencoderKL (16 latent channels, /``downsample``)
-    fitted on ``images`` for ``steps`` (their ``objects``' pixels weighted ``object_weight`` times) on ``device`` (on a GPU under bf16 autocast, as ``learn_procedural.py``
-    fits its own: minutes become seconds), its latents normalised on the first 512 of them
-    (``world_vae.normalise_latents``), and the fit's summary, whose reconstruction PSNR is of ``held``. The encoding
-    is the posterior's mode, as the ``latents`` stage's; both run on the host."""
+    fitted on ``images`` for ``steps`` (their ``objects``' pixels weighted ``object_weight`` times) on ``device``
+    (on a GPU under bf16 autocast, as ``learn_procedural.py`` fits its own: minutes become seconds), its latents
+    normalised on the first 512 of them (``world_vae.normalise_latents``), and the fit's summary, whose
+    reconstruction PSNR is of ``held``. The encoding is the posterior's mode, as the ``latents`` stage's; both run
+    on the host."""
     torch.manual_seed(seed)
     blocks = {2: [16, 32], 4: [16, 32, 32]}[downsample]
     vae = AutoencoderKL(latent_channels=16, down_block_types=["DownEncoderBlock2D"] * len(blocks),

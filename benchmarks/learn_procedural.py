@@ -65,7 +65,7 @@ from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from benchmarks.world_vae import (LATENT_NORMS, fit_autoencoder, normalise_latents,  # noqa: E402
-                                  object_colours_kept, round_trips)
+                                  object_colours_kept, round_trips, to_uint8_image)
 from model.vae import LatentCodec  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
@@ -227,12 +227,10 @@ def write_oracle_round_trips(codec: LatentCodec, items: list[dict], folder: Path
     for it in tqdm(items, desc="oracle through the vae", unit="prompt"):
         renders = np.stack(oracle.generate_images([it])[0])
         x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = codec.decode(codec.encode(x))
-        images = ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         (folder / it["id"] / "samples").mkdir(parents=True)
         (folder / it["id"] / "metadata.jsonl").write_text(json.dumps({"prompt": it["prompt"]}) + "\n")
-        for k, image in enumerate(images):
-            Image.fromarray(image).save(folder / it["id"] / "samples" / f"{k}.png")
+        for k, image in enumerate(codec.decode(codec.encode(x))):
+            Image.fromarray(to_uint8_image(image)).save(folder / it["id"] / "samples" / f"{k}.png")
     return folder
 
 

@@ -286,10 +286,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
-    ap.add_argument("--vae-object-weight", type=float, default=20.0,
+    ap.add_argument("--vae-object-weight", type=float, default=50.0,
                     help="the VAE fit counts the objects' pixels this many times more than the background's "
                          "(world_vae.fit_autoencoder); 0: a plain fit, as until session 22, which turned most "
-                         "objects brown (a /4 CPU fit at 32²: 15%% of objects kept their colour plain, 85%% at 20)")
+                         "objects brown. probe_text.py's /4 VAE at 32² kept 20%% of the objects' colours plain, 86%% "
+                         "at 20 and 89%% at 50, where a model learned colour on its latents as fast as on pixels")
     ap.add_argument("--latent-norm", choices=LATENT_NORMS, default="channel",
                     help="the fitted VAE's latents standardised per channel, or by one shift and scale for all "
                          "channels as SD3's (sessions 5-10 ran global)")

@@ -367,7 +367,7 @@ def main() -> None:
                     help="with --vae: weight of its fit's coarse-scale reconstruction (world_vae.fit_autoencoder)")
     ap.add_argument("--vae-object-weight", type=float, default=0.0,
                     help="with --vae: its fit counts the objects' pixels this many times more than the background's "
-                         "(world_vae.fit_autoencoder; learn_procedural.py fits at 20)")
+                         "(world_vae.fit_autoencoder; learn_procedural.py fits at 50)")
     ap.add_argument("--json", type=Path, help="also write the evaluations here")
     args = ap.parse_args()
     if args.vae and args.chroma_scale is not None:

@@ -107,9 +107,9 @@ for job in $JOBS; do
                      --prompt-prefix "[[text2image]]" --device cuda --bf16 --compile --json "$OUT/probe_small_$lr.json"
                  done ;;
     # and on the latents of a VAE fitted on the renders (/4: an object over ~2 latent cells, as the learning run's /8
-    # at 128²), plainly and with its objects' pixels weighted 20x: session 22 found the learning run's plain VAE
-    # turned most objects brown; how fast does `small` learn colour once the latents keep it?
-    probe_small_vae) for w in 20 0; do
+    # at 128²), plainly and with its objects' pixels weighted 50x (learn_procedural's default): session 22 found the
+    # learning run's plain VAE turned most objects brown; how fast does `small` learn colour once the latents keep it?
+    probe_small_vae) for w in 50 0; do
                        step probe_small_vae_w$w python3 benchmarks/probe_text.py --steps 2000 --eval-every 500 \
                          --objects 1 4 --radius 9 11 --text-dim 768 --width 576 --depth 12 --heads 8 --kv-heads 4 \
                          --batch 256 --vae channel --vae-downsample 4 --vae-steps 4000 --vae-object-weight $w \

@@ -128,24 +128,21 @@ def world_views(params: Params, limit: int) -> tuple[torch.Tensor, torch.Tensor,
     """Images and depth-condition maps of the training world, [N, 3, H, W] in [-1, 1]; the instance map of each
     one's view, [N, H, W] (0 the background); and which of them are images, [N]."""
     out, instances, is_image = [], [], []
-    for url in shard_urls(world.world_dir(params)):
-        for raw in iter_tar_samples(url, ReadReport()):
-            pending = []  # a view's image and depth come before its instance map
-            for v in decode_sample(raw).views:
-                if v.modality == "image":
-                    pending.append(torch.tensor(v.data).permute(2, 0, 1).float() / 127.5 - 1)
-                    is_image.append(True)
-                elif v.modality == "depth":
-                    pending.append(depth_to_condition(v.data.astype(np.float32) * v.meta["depth_scale"]))
-                    is_image.append(False)
-                elif v.modality == "instance":
-                    out += pending
-                    instances += [torch.from_numpy(v.data.astype(np.uint8))] * len(pending)
-                    pending = []
-            if pending:
-                raise ValueError(f"{raw.get('__key__', url)}: a view without its instance map")
-            if len(out) >= limit:
-                break
+    for raw in (raw for url in shard_urls(world.world_dir(params)) for raw in iter_tar_samples(url, ReadReport())):
+        pending = []  # a view's image and depth come before its instance map
+        for v in decode_sample(raw).views:
+            if v.modality == "image":
+                pending.append(torch.tensor(v.data).permute(2, 0, 1).float() / 127.5 - 1)
+                is_image.append(True)
+            elif v.modality == "depth":
+                pending.append(depth_to_condition(v.data.astype(np.float32) * v.meta["depth_scale"]))
+                is_image.append(False)
+            elif v.modality == "instance":
+                out += pending
+                instances += [torch.from_numpy(v.data.astype(np.uint8))] * len(pending)
+                pending = []
+        if pending:
+            raise ValueError(f"{raw['__key__']}: a view without its instance map")
         if len(out) >= limit:
             break
     n = min(limit, len(out))

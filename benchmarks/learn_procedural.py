@@ -57,6 +57,7 @@ from onegen.format import decode_sample  # noqa: E402
 from onegen.shards.reader import (ReadReport, depth_to_condition, iter_tar_samples, sample_to_tensors,  # noqa: E402
                                   shard_urls)
 from onegen.shards.writer import atomic_write_bytes  # noqa: E402
+from onegen.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
 from onegen.sources.procedural import COLORS as WORLD_COLOURS  # noqa: E402
 from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
@@ -65,7 +66,7 @@ from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from benchmarks.world_vae import (LATENT_NORMS, fit_autoencoder, normalise_latents,  # noqa: E402
-                                  object_colours_kept, round_trips, to_uint8_image)
+                                  object_colours_kept, round_trips)
 from model.vae import LatentCodec  # noqa: E402
 
 FAMILIES = ["text2image", "depth", "multiview"]
@@ -132,7 +133,7 @@ def world_views(params: Params, limit: int) -> tuple[torch.Tensor, torch.Tensor,
         pending = []  # a view's image and depth come before its instance map
         for v in decode_sample(raw).views:
             if v.modality == "image":
-                pending.append(torch.tensor(v.data).permute(2, 0, 1).float() / 127.5 - 1)
+                pending.append(pixels_to_tensor(v.data))
                 is_image.append(True)
             elif v.modality == "depth":
                 pending.append(depth_to_condition(v.data.astype(np.float32) * v.meta["depth_scale"]))
@@ -223,11 +224,11 @@ def write_oracle_round_trips(codec: LatentCodec, items: list[dict], folder: Path
     oracle = make_predictor("baseline:oracle")
     for it in tqdm(items, desc="oracle through the vae", unit="prompt"):
         renders = np.stack(oracle.generate_images([it])[0])
-        x = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = pixels_to_tensor(renders)
         (folder / it["id"] / "samples").mkdir(parents=True)
         (folder / it["id"] / "metadata.jsonl").write_text(json.dumps({"prompt": it["prompt"]}) + "\n")
         for k, image in enumerate(codec.decode(codec.encode(x))):
-            Image.fromarray(to_uint8_image(image)).save(folder / it["id"] / "samples" / f"{k}.png")
+            Image.fromarray(tensor_to_pixels(image)).save(folder / it["id"] / "samples" / f"{k}.png")
     return folder
 
 

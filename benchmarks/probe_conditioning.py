@@ -40,6 +40,7 @@ from evals.model_predictor import given_label_for  # noqa: E402
 from model.loss import flow_matching_loss, given_views, sample_sigmas  # noqa: E402
 from model.nextdit import NextDiT, NextDiTConfig  # noqa: E402
 from model.sampler import Conditioning, sample  # noqa: E402
+from onegen.pixels import pixels_to_tensor  # noqa: E402
 from onegen.shards.reader import depth_to_condition  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
 
@@ -53,7 +54,7 @@ def render_pairs(n: int, first_seed: int) -> torch.Tensor:
     out = []
     for s in range(first_seed, first_seed + n):
         r = world.render(world.sample_scene(s, 2, 5), world.random_camera(s, RES, RES))
-        image = torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1
+        image = pixels_to_tensor(r.rgb)
         out.append(torch.stack([image, depth_to_condition(r.depth)]))
     return torch.stack(out)
 

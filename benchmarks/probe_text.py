@@ -8,7 +8,8 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
 
 * data: ``--scenes`` world scenes of ``--objects`` objects (default one) rendered at 32² from a close
   orbit camera (scenes with a visible object of fewer than 15 pixels skipped), captioned by the world
-  (``A photo of a large red metal cube.``), and 128 held-out ones (another seed range); latents are
+  (``A photo of a large red metal cube.``; ``--caption-colours``: the chance that a caption names colours, else
+  ``A photo of a large metal cube.``), and 128 held-out ones (another seed range); latents are
   pixels unshuffled by 2, as in ``probe_conditioning.py`` (``--chroma-scale``: in an opponent colour basis
   first), or with ``--vae`` those of a tiny AutoencoderKL (16 channels, /2) fitted on the training renders
   for ``--vae-steps`` and normalised per channel or by one scale, as ``learn_procedural.py``'s;
@@ -21,7 +22,8 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
   prompts (the floor: a right answer by chance, GenEval's "random scene"). Its accuracy is, per image, the share
   of the k colours (shapes) the prompt names among the judge's k likeliest: top-1 accuracy for one object;
 * every ``--eval-every`` steps: 20-step Euler samples of the held-out prompts at CFG 1 and
-  ``--cfg``; the judge's colour and shape accuracy on them against their prompts; and
+  ``--cfg``; the judge's colour and shape accuracy on them against their prompts; its shape accuracy on samples
+  of the same prompts with no colour named (``shapes_only``: GenEval's single-object and counting prompts); and
   ``prompt_reliance`` on 256 training scenes (velocity loss with the own, another's and the empty
   prompt), the figure ``learn_procedural.py`` reports for its GPU run;
 * ``--loop trainer``: the same data written as latent shards and trained by ``model/train.py`` (the
@@ -76,6 +78,7 @@ from onegen import tasks  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.fingerprint import fingerprint  # noqa: E402
 from onegen.format import Provenance, Sample, View  # noqa: E402
+from onegen.pixels import pixels_to_tensor  # noqa: E402
 from onegen.shards.writer import ShardLimits, build_shards, write_json  # noqa: E402
 from onegen.sources import procedural as world  # noqa: E402
 from pipelines.latents import encoder_identity, latents_dir  # noqa: E402
@@ -88,13 +91,14 @@ COLORS, SHAPES = list(world.COLORS), list(world.SHAPES)
 MIN_PIXELS = 15
 
 
-def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5), objects: tuple[int, int] = (1, 1)
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], float, torch.Tensor]:
+def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6.5), objects: tuple[int, int] = (1, 1),
+                  colours: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, list[str], float, torch.Tensor]:
     """-> images [n, 3, RES, RES] in [-1, 1], labels [n, colours + shapes] (1 where a visible object has that
     colour / shape), captions, the mean share of the image the objects cover, and the instance maps [n, RES, RES]
     (0 the background). Scenes of ``objects``
     (lo, hi) objects, the camera ``radius`` metres (uniform in the range) from the target; a scene where a
-    visible object, so one its caption names, covers fewer than ``MIN_PIXELS`` is skipped."""
+    visible object, so one its caption names, covers fewer than ``MIN_PIXELS`` is skipped. ``colours``: the chance
+    that a caption names colours (the world's ``caption``)."""
     images, labels, captions, instances, seed, covered = [], [], [], [], first_seed, 0
     while len(images) < n:
         rng = np.random.default_rng(seed)
@@ -111,9 +115,9 @@ def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6
         label = torch.zeros(len(COLORS) + len(SHAPES))
         for o in visible:
             label[COLORS.index(o.color)] = label[len(COLORS) + SHAPES.index(o.shape)] = 1
-        images.append(torch.from_numpy(r.rgb.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+        images.append(pixels_to_tensor(r.rgb))
         labels.append(label)
-        captions.append(world.caption(scene, camera, r))
+        captions.append(world.caption(scene, camera, r, colours=colours))
         instances.append(torch.from_numpy(r.instance.astype(np.uint8)))
     return torch.stack(images), torch.stack(labels), captions, covered / (n * RES * RES), torch.stack(instances)
 
@@ -338,6 +342,9 @@ def main() -> None:
                     help="the stand-in T5's width (the model's caption width): learn_procedural's `small` uses 768")
     ap.add_argument("--objects", type=int, nargs=2, default=(1, 1), metavar=("LO", "HI"),
                     help="objects per scene; above 1 the captions name several colours and shapes, as the world's do")
+    ap.add_argument("--caption-colours", type=float, default=1.0,
+                    help="the chance that a training caption names colours (the world's world.caption_colours); "
+                         "held-out prompts are scored both with colours named and with shapes alone")
     ap.add_argument("--prompt-prefix", default="",
                     help="put before every caption (not the empty CFG prompt, as in training), e.g. '[[text2image]]'")
     ap.add_argument("--bf16", action="store_true",
@@ -392,14 +399,17 @@ def main() -> None:
 
     t0 = time.time()
     images, labels, captions, covered, instances = render_scenes(args.scenes, 0, tuple(args.radius),
-                                                                 tuple(args.objects))
+                                                                 tuple(args.objects), args.caption_colours)
     held_images, held_labels, held_captions, _, held_instances = render_scenes(128, HELD_OUT_SEED, tuple(args.radius),
                                                                                tuple(args.objects))
+    # the same held-out scenes named by shape alone ("A photo of two cubes."): their samples are scored on shape
+    shapes_captions = render_scenes(128, HELD_OUT_SEED, tuple(args.radius), tuple(args.objects), colours=0.0)[2]
     print(f"rendered {args.scenes} + 128 scenes in {time.time() - t0:.1f} s; the object covers "
           f"{covered:.1%} of an image", flush=True)
     raw_captions = captions
     if args.prompt_prefix:
-        captions, held_captions = ([f"{args.prompt_prefix} {c}" for c in cs] for cs in (captions, held_captions))
+        captions, held_captions, shapes_captions = ([f"{args.prompt_prefix} {c}" for c in cs]
+                                                    for cs in (captions, held_captions, shapes_captions))
     record = {"command": " ".join([sys.executable, *sys.argv]), "object_share": round(covered, 4), "evals": [],
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     if args.vae:
@@ -422,6 +432,7 @@ def main() -> None:
 
     encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
     text, held_text, null = encode(encoder, captions), encode(encoder, held_captions), encoder([""])
+    shapes_text = encode(encoder, shapes_captions)
     null_embeds, null_mask = trainer.pad_text(*null, text[0].shape[1])
     latents = encode_images(images)
 
@@ -446,7 +457,9 @@ def main() -> None:
     def evaluate_model(model: NextDiT) -> dict:
         reliance = prompt_reliance(model, latents[some].to(device), fixed_noise.to(device), captions[some],
                                    encode_on_device, sigmas=(0.5, 0.75, 0.95))
-        return {**evaluate(model, judge, held_text, null, held_labels, args.cfg, decode_latents, latents.shape[-1]),
+        named, shapes = (evaluate(model, judge, t, null, held_labels, args.cfg, decode_latents, latents.shape[-1])
+                         for t in (held_text, shapes_text))
+        return {**named, "shapes_only": {scale: acc["shape"] for scale, acc in shapes.items()},
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

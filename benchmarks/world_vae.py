@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from evals.geneval.colors import WorldColorClassifier
+from onegen.pixels import tensor_to_pixels
 
 LATENT_NORMS = ("channel", "global")
 
@@ -116,15 +117,10 @@ def object_colours_kept(images: torch.Tensor, round_trips: torch.Tensor, instanc
         ids, counts = np.unique(instance[instance > 0], return_counts=True)
         masks = [(None, instance == i) for i in ids[counts >= min_pixels]]
         if masks:
-            before, after = (name(to_uint8_image(x), masks, f"image {k}") for x in (image, trip))
+            before, after = (name(tensor_to_pixels(x), masks, f"image {k}") for x in (image, trip))
             kept += sum(a == b for a, b in zip(before, after))
             total += len(masks)
     return {"objects": total, "colour_kept": round(kept / max(total, 1), 4)}
-
-
-def to_uint8_image(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> [H, W, 3] uint8."""
-    return ((image.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from onegen.annotators.depth import CONDITION_VERSION as DEPTH_CONDITION_VERSION
 from onegen import tasks
 from onegen.config import Params
 from onegen.hub_cache import resolve_model_path
+from onegen.pixels import pixels_to_tensor, tensor_to_pixels
 from onegen.plucker import RAY_FRAME, rays_for_cameras
 from onegen.seeding import item_seed
 from onegen.camera import Camera
@@ -133,11 +134,6 @@ def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image[y : y + ch, x : x + cw]).resize((width, height), Image.BICUBIC))
 
 
-def _to_unit(images: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack([np.ascontiguousarray(i.transpose(2, 0, 1)) for i in images])).float()
-    return x / 127.5 - 1
-
-
 def sampling_precision(precision: str, device: torch.device) -> str:
     """The transformer's precision as the predictor runs it: bf16 autocast only on a GPU."""
     return precision if device.type == "cuda" else "fp32"
@@ -211,7 +207,7 @@ class ModelPredictor:
         out: list[np.ndarray | None] = [None] * len(items)
         sizes = [it["rgb"].shape[:2] for it in items]
         for (h, w), run in layout_runs(sizes, [2 * self._tokens(*s) for s in sizes]):
-            z = self.codec.encode(_to_unit([items[i]["rgb"] for i in run]).to(self.device))
+            z = self.codec.encode(pixels_to_tensor(np.stack([items[i]["rgb"] for i in run])).to(self.device))
             views = torch.stack([z, torch.zeros_like(z)], dim=1)
             made = self._sample(views, [0.0, 1.0], [f"{tasks.DEPTH2IMAGE} a photo"] * len(run),
                                 [items[i]["id"] for i in run])
@@ -252,12 +248,12 @@ class ModelPredictor:
             [Camera(it["K"], it["world_to_camera"][i], h, w) for i in posed], normalize=self.normalize_rays))))
         rays = torch.stack([given[i] if i in given else torch.zeros_like(given[order[0]]) for i in order]).float()
         images = [it["images"][i] if i in cond else np.zeros_like(it["images"][0]) for i in order]
-        z = self.codec.encode(_to_unit(images).to(self.device)).cpu()
+        z = self.codec.encode(pixels_to_tensor(np.stack(images)).to(self.device)).cpu()
         return torch.stack([x for pair in zip(z, rays) for x in pair])
 
     def _pixels(self, latents: torch.Tensor) -> list[np.ndarray]:
         decoded = self.codec.decode(latents)
-        return list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+        return list(tensor_to_pixels(decoded))
 
     def generate_with_reference(self, items: list[dict]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
@@ -265,7 +261,7 @@ class ModelPredictor:
         for (refs, (h, w)), run in layout_runs(layouts, [(1 + r) * self._tokens(*hw) for r, hw in layouts]):
             chosen = [items[n] for n in run]
             refs_px = [_fit(r, h, w) for it in chosen for r in it["reference"]]
-            z = self.codec.encode(_to_unit(refs_px).to(self.device)).unflatten(0, (len(run), refs))
+            z = self.codec.encode(pixels_to_tensor(np.stack(refs_px)).to(self.device)).unflatten(0, (len(run), refs))
             views = torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
             prompts = [tasks.faceid_prompt([it["prompt"], *it["reference_captions"]]) for it in chosen]
             made = self._sample(views, [1.0] + [0.0] * refs, prompts, [it["id"] for it in chosen])
@@ -280,7 +276,7 @@ class ModelPredictor:
         out: list[np.ndarray | None] = [None] * len(items)
         layouts = [(it["condition_kind"], it["condition"].shape) for it in items]  # one task token, one size
         for (kind, _), run in layout_runs(layouts, [2 * self._tokens(*shape[:2]) for _, shape in layouts]):
-            z = self.codec.encode(_to_unit([items[i]["condition"] for i in run]).to(self.device))
+            z = self.codec.encode(pixels_to_tensor(np.stack([items[i]["condition"] for i in run])).to(self.device))
             views = torch.stack([torch.zeros_like(z), z], dim=1)
             prompts = [f"{CONDITION_TOKENS[kind]} {items[i]['prompt']}" for i in run]
             ids = [items[i]["id"] for i in run]
@@ -311,7 +307,8 @@ class ModelPredictor:
         layouts = [(len(it["images"]), it["images"][0].shape[:2],
                     None if it["K"] is None else np.asarray(it["K"], dtype=np.float64).tobytes()) for it in items]
         for (views, (h, w), _), run in layout_runs(layouts, [2 * v * self._tokens(*hw) for v, hw, _ in layouts]):
-            z = torch.stack([self.codec.encode(_to_unit(items[n]["images"]).to(self.device)) for n in run])
+            z = torch.stack([self.codec.encode(pixels_to_tensor(np.stack(items[n]["images"])).to(self.device))
+                             for n in run])
             cond = self._cond([f"{tasks.MULTIVIEW} a photo"] * len(run))
             cams = estimate_cameras(self._denoise, z, items[run[0]]["K"], h, w, cond, steps=self.steps,
                                     cfg_scale=self.cfg_scale, shift=self.shift, given_label=self.given_label,

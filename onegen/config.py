@@ -52,6 +52,9 @@ class WorldConfig(_Strict):
     min_objects: int = Field(2, ge=1)
     max_objects: int = Field(5, ge=1)
     fov_deg: float = Field(50.0, gt=0, lt=180)
+    caption_colours: float = Field(
+        0.7, ge=0, le=1, description="the chance that a view's caption names colours; otherwise shapes alone "
+        "('two spheres'), as GenEval's single-object, two-object, counting and position prompts read")
     records_per_shard: int = Field(32, ge=1)
 
     @model_validator(mode="after")

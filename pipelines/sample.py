@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from evals.model_predictor import ModelPredictor
 from onegen import tasks
 from onegen.config import Params
+from onegen.pixels import tensor_to_pixels
 from onegen.seeding import item_seed
 from onegen.shards.reader import depth_to_condition
 from onegen.shards.writer import write_json
@@ -21,10 +22,6 @@ from onegen.sources import procedural as world
 
 N_SCENES = 4
 TILE = 96
-
-
-def _image(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def run(params: Params) -> dict:
@@ -47,9 +44,9 @@ def run(params: Params) -> dict:
         d2i = pred._sample(torch.stack([blank, z_depth], 1), [1.0, 0.0], [tasks.task_prompt(tasks.DEPTH2IMAGE, caption)],
                            [f"sample/{i}/d2i"])
         i2d = pred.predict_depth([{"rgb": r.rgb, "id": f"sample/{i}"}])[0]
-        tiles = [r.rgb, _image(depth_img[0]), _image(pred.codec.decode(t2i[:, 0])[0]),
-                 _image(pred.codec.decode(d2i[:, 0])[0]),
-                 _image(torch.from_numpy(np.clip(i2d - 1, -1, 1))[None].expand(3, -1, -1))]  # back to [-1, 1]
+        tiles = [r.rgb, tensor_to_pixels(depth_img[0]), tensor_to_pixels(pred.codec.decode(t2i[:, 0])[0]),
+                 tensor_to_pixels(pred.codec.decode(d2i[:, 0])[0]),
+                 tensor_to_pixels(torch.from_numpy(i2d - 1)[None].expand(3, -1, -1))]  # back to [-1, 1]
         rows.append(np.concatenate([np.asarray(Image.fromarray(t).resize((TILE, TILE))) for t in tiles], 1))
     grid = Image.fromarray(np.concatenate(rows, 0))
     info = pred.describe()

@@ -36,6 +36,7 @@ from evals.condition import fid as fid_lib
 from evals.predictors import PredictionError
 from evals.registry import register
 from onegen.config import Params
+from onegen.pixels import tensor_to_pixels
 from onegen.seeding import item_seed
 from onegen.shards.reader import depth_to_condition
 from onegen.sources import procedural as world
@@ -163,5 +164,4 @@ class WorldConditions(_ConditionBenchmark):
 
 
 def _depth_picture(depth_m: np.ndarray) -> np.ndarray:
-    x = depth_to_condition(depth_m)  # 3xHxW in [-1, 1], near = +1
-    return ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return tensor_to_pixels(depth_to_condition(depth_m))  # near = white

@@ -32,6 +32,7 @@ from onegen.annotators import batching
 from onegen.annotators.base import (AnnotatorError, annotator_record, open_weights, require_path, resolve_device,
                                     weights_sha256)
 from onegen.format import View
+from onegen.pixels import tensor_to_pixels
 
 if TYPE_CHECKING:
     from onegen.config import DepthAnnotatorConfig
@@ -78,8 +79,7 @@ def disparity_to_condition(disparity: np.ndarray, valid: np.ndarray | None = Non
 
 def condition_image(disparity: np.ndarray) -> np.ndarray:
     """The same conditioning as an 8-bit HxWx3 picture (for grids and inspection)."""
-    x = disparity_to_condition(disparity)
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return tensor_to_pixels(disparity_to_condition(disparity))
 
 
 class DepthAnnotator:

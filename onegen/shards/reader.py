@@ -30,6 +30,7 @@ from onegen import tasks
 from onegen.annotators.depth import disparity_to_condition
 from onegen.config import SideRule
 from onegen.format import FormatError, Sample, decode_sample
+from onegen.pixels import pixels_to_tensor
 from onegen.shards.resize import UpscaleError, resize_by_rule
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,6 @@ def iter_tar_samples(url: str, report: ReadReport) -> Iterator[dict]:
         yield current
 
 
-def _image_to_tensor(a: np.ndarray) -> torch.Tensor:
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    # channel-first while still uint8: strided float ops on a permuted view are several times slower
-    chw = np.ascontiguousarray(a[..., :3].transpose(2, 0, 1))
-    return torch.from_numpy(chw).float().div_(127.5).sub_(1.0)
-
-
 def depth_to_condition(depth_m: np.ndarray) -> torch.Tensor:
     """Metric depth -> the 3-channel image the model sees: its disparity drawn as a monocular estimate's
     (``disparity_to_condition``: affine-invariant, 2-98 % range to [-1, 1], near = +1), the released model's
@@ -143,7 +136,7 @@ def sample_to_tensors(sample: Sample) -> dict:
             views.append(depth_to_condition(depth_m))
             extras[f"depth_m_{i}"] = torch.from_numpy(depth_m)
         elif v.ext == "png":
-            views.append(_image_to_tensor(v.data))
+            views.append(pixels_to_tensor(v.data))
         else:
             views.append(torch.from_numpy(v.data.astype(np.float32)))
     return {

@@ -25,8 +25,9 @@ from onegen.portable_linalg import inv3, matmul, norm
 # bump whenever a scene's pixels or captions change. 3: scalar trigonometry through ``math`` (libm), not numpy,
 # whose kernels differ in the last bit between CPUs (AVX-512 machines take SVML's): the same seed gave another
 # world, captions included, on another machine. 4: camera and projection matrices through ``portable_linalg``,
-# not OpenBLAS, whose kernels are picked per CPU: AVX-512 (SkylakeX) and AVX2 (Haswell) kernels made two worlds
-RENDERER_VERSION = "4"
+# not OpenBLAS, whose kernels are picked per CPU: AVX-512 (SkylakeX) and AVX2 (Haswell) kernels made two worlds.
+# 5: a caption names colours only at the chance ``caption(colours=)`` gives, and then draws one more number
+RENDERER_VERSION = "5"
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")
 COLORS = {  # the ten GenEval colours
@@ -538,13 +539,15 @@ def _visible(scene: Scene, camera: Camera, render: Render | None) -> list[tuple[
     return out
 
 
-def _phrase(objs: list[SceneObject], rng: np.random.Generator) -> str:
-    """"two small red spheres", "a blue metal cube": size and material only when all agree, at random."""
+def _phrase(objs: list[SceneObject], rng: np.random.Generator, colour: bool) -> str:
+    """"two small red spheres", "a blue metal cube": size and material only when all agree, at random; the
+    colour where ``colour`` (the group is then of one colour)."""
     words = [_NUMBERS.get(len(objs), str(len(objs)))]
     sizes, materials = {o.size for o in objs}, {o.material for o in objs}
     if len(sizes) == 1 and rng.random() < 0.3:
         words.append(objs[0].size)
-    words.append(objs[0].color)
+    if colour:
+        words.append(objs[0].color)
     if len(materials) == 1 and rng.random() < 0.5:
         words.append(objs[0].material)
     words.append(objs[0].shape + ("s" if len(objs) > 1 else ""))
@@ -553,9 +556,14 @@ def _phrase(objs: list[SceneObject], rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def caption(scene: Scene, camera: Camera, render: Render | None = None) -> str:
+def caption(scene: Scene, camera: Camera, render: Render | None = None, colours: float = 1.0) -> str:
     """Describe what ``camera`` sees: counts per category, colours, sometimes sizes and materials,
     and one or two image-space relations (left/right, above/below) between categories.
+
+    ``colours``: the chance that the caption names colours. A caption without them counts and relates
+    the objects by shape alone ("two spheres", "The cube is left of the spheres"), as GenEval's
+    single-object, two-object, counting and position prompts read; a model that only ever saw colours
+    named has no sample for such a prompt.
 
     Visibility: with ``render``, objects with at least one visible pixel; otherwise objects whose
     centre projects into the image. Relations compare projected centres and are stated only when
@@ -566,13 +574,15 @@ def caption(scene: Scene, camera: Camera, render: Render | None = None) -> str:
     rng = np.random.default_rng([scene.seed, zlib.crc32(np.ascontiguousarray(pose).tobytes())])
     visible = _visible(scene, camera, render)
     opener = _OPENERS[int(rng.integers(len(_OPENERS)))]
+    # drawn at any setting: a caption that names colours reads the same at any higher one
+    named = bool(rng.random() < colours)
     if not visible:
         return f"{opener} {_EMPTY}."
     groups: dict[str, list[tuple[SceneObject, float, float]]] = {}
     for item in visible:
-        groups.setdefault(item[0].label, []).append(item)
+        groups.setdefault(item[0].label if named else item[0].shape, []).append(item)
     cats = [list(groups)[i] for i in rng.permutation(len(groups))]
-    phrases = [_phrase([o for o, _, _ in groups[c]], rng) for c in cats]
+    phrases = [_phrase([o for o, _, _ in groups[c]], rng, named) for c in cats]
     text = f"{opener} {phrases[0] if len(phrases) == 1 else ', '.join(phrases[:-1]) + ' and ' + phrases[-1]}."
 
     margin_u, margin_v = 0.05 * camera.width, 0.05 * camera.height

@@ -63,7 +63,7 @@ def _scene_record(cfg: WorldConfig, seed: int, index: int) -> Sample:
     for k, cam in enumerate(cams):
         r = world.render(scene, cam)
         views += _views(r)
-        captions[f"view{k}"] = world.caption(scene, cam, render=r)
+        captions[f"view{k}"] = world.caption(scene, cam, render=r, colours=cfg.caption_colours)
     return Sample(
         key=f"{SOURCE}/scene_{index:07d}", task=RECORD_TASK, caption=captions["view0"], views=views,
         provenance=Provenance(SOURCE, f"scene_{index:07d}", s, [_renderer()]), captions=captions,
@@ -84,7 +84,7 @@ def _identity_record(cfg: WorldConfig, seed: int, index: int) -> Sample:
         cam = world.random_camera(int(rng.integers(2**31)), cfg.resolution, cfg.resolution)
         r = world.render(scene, cam)
         views += [v for v in _views(r) if v.modality != "depth"]
-        captions[f"view{k}"] = world.caption(scene, cam, render=r)
+        captions[f"view{k}"] = world.caption(scene, cam, render=r, colours=cfg.caption_colours)
         scenes.append(scene.to_json())
         instances.append(next(o.instance_id for o in scene.objects if o.identity == identity))
     label = " ".join([identity[3], identity[1], identity[2], identity[0]])

@@ -29,6 +29,11 @@ def test_scenes_show_one_object_of_their_captions_colour_and_shape():
         assert len(colours) == len(shapes) == 1 and colours <= set(words) and shapes <= set(words), caption
     _, _, again, _, _ = probe.render_scenes(12, 0)
     assert again == captions and len(set(captions)) > 6
+    _, same_labels, shapes_only, _, _ = probe.render_scenes(12, 0, colours=0.0)  # the held-out colourless prompts
+    assert torch.equal(same_labels, labels)
+    for label, caption in zip(labels.tolist(), shapes_only):
+        words = set(caption.lower().rstrip(".").split())
+        assert not words & set(probe.COLORS) and _named(label, probe.SHAPES, len(probe.COLORS)) <= words, caption
     far_share = probe.render_scenes(12, 0, radius=(8.5, 11.5))[3]
     assert probe.MIN_PIXELS / 32**2 < far_share < share < 0.5  # farther cameras: smaller objects, never empty
 
@@ -72,7 +77,7 @@ def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):  # in
     out = tmp_path / "probe.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--scenes", "64", "--steps", "4", "--eval-every", "2",
                         "--batch", "4", "--judge-steps", "5", "--prompt-prefix", "[[text2image]]", "--objects", "1", "3",
-                        "--bf16", "--chroma-scale", "0.5", "--json", str(out)],
+                        "--bf16", "--chroma-scale", "0.5", "--caption-colours", "0.5", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
@@ -81,6 +86,8 @@ def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):  # in
     for scale in ("cfg1", "cfg3"):
         assert set(record["evals"][-1][scale]) == {"color", "shape"}
         assert all(0 <= v <= 1 for v in record["evals"][-1][scale].values())
+    assert set(record["evals"][-1]["shapes_only"]) == {"cfg1", "cfg3"}  # shape accuracy of colourless prompts
+    assert all(0 <= v <= 1 for v in record["evals"][-1]["shapes_only"].values())
     reliance = record["evals"][-1]["reliance"]
     assert set(reliance) == {"own", "other", "empty"} and set(reliance["own"]) == {"sigma_0.5", "sigma_0.75", "sigma_0.95"}
     assert all(v > 0 for losses in reliance.values() for v in losses.values())
@@ -94,7 +101,7 @@ def test_the_trainer_loop_trains_from_latent_shards_and_scores_its_ema(tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
     assert [row["step"] for row in record["evals"]] == [2, 4] and record["ema"]["step"] == 4
-    assert set(record["ema"]) == {"step", "cfg1", "cfg3", "reliance"}
+    assert set(record["ema"]) == {"step", "cfg1", "cfg3", "shapes_only", "reliance"}
     assert len(list((tmp_path / "work" / "data" / "latents" / "text2image").glob("shard-*.tar"))) == 1
     metrics = (tmp_path / "work" / "reports" / "train" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["step"] == 4

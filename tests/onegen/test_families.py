@@ -15,6 +15,7 @@ from onegen.config import WorldConfig
 from onegen.families import (PHOTO, PHOTO_INFO, Annotation, BuildOptions, ItemError, RecordInfo, Ref, build,
                              enumerate_items)
 from onegen.format import Provenance, Sample, View, decode_sample, encode_sample
+from onegen.sources.procedural import COLORS
 from onegen.sources.world_records import RECORD_TASK, make_record
 
 CFG = WorldConfig(scenes=2, views_per_scene=3, id_groups=1, resolution=32)
@@ -132,6 +133,15 @@ def test_the_vlm_sees_only_what_lacks_a_caption_but_text2image_and_its_provenanc
         build("depth", Ref("photos", 0), photo(caption=""), 0, 0,
               {"captioner": Annotation(bad, [rec]), "depth": Annotation(View("depth", np.zeros((32, 32), np.uint16)), [DA])})
     assert e.value.stage == "caption"
+
+
+def test_world_captions_name_colours_at_the_configured_chance():
+    def colour_share(chance: float) -> float:
+        cfg = WorldConfig(scenes=8, views_per_scene=4, id_groups=0, resolution=32, caption_colours=chance)
+        captions = [c for i in range(cfg.scenes) for c in make_record(cfg, 0, i).captions.values()]
+        return sum(any(f" {c} " in t for c in COLORS) for t in captions) / len(captions)
+
+    assert colour_share(0.0) == 0 and colour_share(1.0) > 0.9  # a view that sees nothing names no colour
 
 
 def test_world_depth_keeps_exact_metric_depth(world):

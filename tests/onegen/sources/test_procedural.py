@@ -201,6 +201,36 @@ def test_caption_counts_colours_and_left_right():
     assert any(s in text for s in right) and not any(s in text for s in wrong), text
 
 
+def test_caption_without_colours_counts_and_relates_by_shape():
+    scene = scene_of(obj("sphere", "red", xy=(0, 1.6), iid=1), obj("sphere", "blue", xy=(0, 3.0), iid=2),
+                     obj("cube", "blue", "metal", xy=(0, -2.0), iid=3))
+    cam = camera([-10.0, 0.0, 3.0], [0.0, 0.0, 0.5], 96, 128, fov=50)
+    text = P.caption(scene, cam, colours=0.0)
+    assert not any(c in text for c in P.COLORS), text
+    # a red and a blue sphere are two spheres once colour is not named
+    assert re.search(r"\btwo (small |large )?(rubber |metal )?spheres\b", text), text
+    assert re.search(r"\ba (large )?(metal )?cube\b", text), text
+    u, _, _ = P.project(cam, np.array([o.centre for o in scene.objects]))
+    spheres_left = max(u[:2]) < u[2]
+    right = "The spheres are to the left of the cube" if spheres_left else "The spheres are to the right of the cube"
+    converse = "The cube is to the right of the spheres" if spheres_left else "The cube is to the left of the spheres"
+    assert right in text or converse in text, text
+
+
+def test_caption_names_colours_at_the_chance_given_and_reads_the_same_at_a_higher_one():
+    named = 0
+    for seed in range(200):
+        scene, cam = P.sample_scene(seed, 1, 4), P.random_camera(seed, 48, 64)
+        r = P.render(scene, cam)
+        text = P.caption(scene, cam, r, colours=0.7)
+        if any(re.search(rf"\b{c}\b", text) for c in P.COLORS):
+            named += 1
+            assert text == P.caption(scene, cam, r, colours=1.0)
+        else:
+            assert text == P.caption(scene, cam, r, colours=0.0)
+    assert 0.6 < named / 200 < 0.8  # empty views name nothing either way
+
+
 def test_caption_words_cover_every_caption():
     captions = [P.caption(P.sample_scene(0, 3, 3), camera([0.0, 0.0, 5.0], [30.0, 0.0, 40.0], 48, 64, fov=50))]
     for seed in range(200):

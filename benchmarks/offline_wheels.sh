@@ -1,10 +1,13 @@
 #!/bin/bash
 # Wheels for a GPU host with no package index whose image already has torch, numpy, pillow, ray-free basics:
-#     bash benchmarks/offline_wheels.sh [base] [ann] [fa4]   (PYTHON_VERSION=3.12 by default: the host's Python)
+#     bash benchmarks/offline_wheels.sh [base] [judge | ann] [fa4]   (PYTHON_VERSION=3.12 by default: the host's Python)
 #   base -> .whl/    what the benchmarks import beyond such an image (transformers, diffusers, pydantic, webdataset
 #                    and their needs), at constraints.txt's versions
 #   ann  -> .whl_ann/  ultralytics and polars (its trainer imports polars when it saves): the learning run's world
 #                    GenEval trains its YOLO judge with them; 56 MB, so it travels in a call of its own
+#   judge -> .whl/   (after base) ultralytics alone, 1.5 MB: enough where the judge comes trained (`dvc repro`'s
+#                    data/world_detector carried), since only ultralytics' trainer imports polars; one call then
+#                    installs and starts the learning run (session 23)
 #   fa4  -> .fa4_a/ .fa4_b/   flash-attn-4 and its CuTe DSL (bench_attention's FLASH rows); the 92 MB libs wheel is
 #                    split in halves so that each folder travels in one 64 MiB transfer
 # Folders are git-ignored; benchmarks/detached_suite.sh installs whichever are present on the host.
@@ -26,6 +29,9 @@ for set in ${*:-base}; do
     ann)  wanted=$(pinned ultralytics ultralytics-thop polars polars-runtime-32)
           rm -rf .whl_ann && get .whl_ann $wanted
           du -sh .whl_ann ;;
+    judge) [ -d .whl ] || { echo "judge adds to .whl: name base first" >&2; exit 2; }
+           get .whl $(pinned ultralytics ultralytics-thop)
+           du -sh .whl ;;
     fa4)  tmp=$(mktemp -d)
           get "$tmp" flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
             nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 "apache-tvm-ffi<0.2,>=0.1.11" \
@@ -39,6 +45,6 @@ for set in ${*:-base}; do
              "$tmp"/einops-* "$tmp"/quack* "$tmp"/torch_c_dlpack* .fa4_a/
           mv "$tmp"/* .fa4_b/ && rmdir "$tmp"
           du -sh .fa4_a .fa4_b ;;
-    *) echo "unknown set $set (base, ann, fa4)" >&2; exit 2 ;;
+    *) echo "unknown set $set (base, judge, ann, fa4)" >&2; exit 2 ;;
   esac
 done

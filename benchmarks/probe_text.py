@@ -20,10 +20,13 @@ asks, in minutes on a CPU, whether the model learns a prompt's colour and shape 
 * judge: a small CNN fitted on the training renders (with ``--vae``, on their round trips through it) to name
   the objects' colours (10) and shapes (4), scored on the held-out ones (the ceiling) and on those of other
   prompts (the floor: a right answer by chance, GenEval's "random scene"). Its accuracy is, per image, the share
-  of the k colours (shapes) the prompt names among the judge's k likeliest: top-1 accuracy for one object;
+  of the k colours (shapes) the prompt names among the judge's k likeliest: top-1 accuracy for one object. It
+  also learns from empty floors (the same cameras, no object) whether an image shows any object (``object``: the
+  share of images it sees one in; ``empty_floors_seen_as_objects`` its false positives);
 * every ``--eval-every`` steps: 20-step Euler samples of the held-out prompts at CFG 1 and
-  ``--cfg``; the judge's colour and shape accuracy on them against their prompts; its shape accuracy on samples
-  of the same prompts with no colour named (``shapes_only``: GenEval's single-object and counting prompts); and
+  ``--cfg``; the judge's colour and shape accuracy on them against their prompts and the share with an object; the
+  same shape accuracy and share on samples of those prompts with no colour named (``shapes_only``, as GenEval's
+  single-object and counting prompts read: a model that only saw colours named drew empty floors for them); and
   ``prompt_reliance`` on 256 training scenes (velocity loss with the own, another's and the empty
   prompt), the figure ``learn_procedural.py`` reports for its GPU run;
 * ``--loop trainer``: the same data written as latent shards and trained by ``model/train.py`` (the
@@ -53,6 +56,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -75,6 +79,7 @@ from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
 from benchmarks.world_vae import (LATENT_NORMS, fit_autoencoder, normalise_latents, object_colours_kept,  # noqa: E402
                                   reconstruction_psnr)
 from onegen import tasks  # noqa: E402
+from onegen.camera import Camera  # noqa: E402
 from onegen.config import Params, load_profile  # noqa: E402
 from onegen.fingerprint import fingerprint  # noqa: E402
 from onegen.format import Provenance, Sample, View  # noqa: E402
@@ -101,10 +106,7 @@ def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6
     that a caption names colours (the world's ``caption``)."""
     images, labels, captions, instances, seed, covered = [], [], [], [], first_seed, 0
     while len(images) < n:
-        rng = np.random.default_rng(seed)
-        scene = world.sample_scene(seed, *objects)
-        camera = world.orbit_cameras(1, RES, RES, radius=rng.uniform(*radius), elevation_deg=rng.uniform(20, 45),
-                                     start_azimuth_deg=rng.uniform(0, 360))[0]
+        scene, camera = world.sample_scene(seed, *objects), _camera(seed, radius)
         r = world.render(scene, camera)
         seed += 1
         pixels = np.bincount(r.instance.ravel(), minlength=len(scene.objects) + 1)
@@ -122,33 +124,51 @@ def render_scenes(n: int, first_seed: int, radius: tuple[float, float] = (5.0, 6
     return torch.stack(images), torch.stack(labels), captions, covered / (n * RES * RES), torch.stack(instances)
 
 
+def _camera(seed: int, radius: tuple[float, float]) -> Camera:
+    rng = np.random.default_rng(seed)
+    return world.orbit_cameras(1, RES, RES, radius=rng.uniform(*radius), elevation_deg=rng.uniform(20, 45),
+                               start_azimuth_deg=rng.uniform(0, 360))[0]
+
+
+def empty_floors(n: int, first_seed: int, radius: tuple[float, float]) -> torch.Tensor:
+    """The floor and sky of ``render_scenes``' cameras with no object on it, [n, 3, RES, RES]: what the judge
+    learns "no object" from."""
+    return torch.stack([pixels_to_tensor(world.render(replace(world.sample_scene(seed, 1, 1), objects=()),
+                                                      _camera(seed, radius)).rgb)
+                        for seed in range(first_seed, first_seed + n)])
+
+
 class Judge(nn.Module):
-    """Names the colours and shapes of the objects in a 32² image."""
+    """Names the colours and shapes of the objects in a 32² image, and whether there is one at all."""
 
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 32, 3, 2, 1), nn.GELU(),
                                   nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.color, self.shape = nn.Linear(64, len(COLORS)), nn.Linear(64, len(SHAPES))
+        self.present = nn.Linear(64, 1)
 
     def forward(self, x):
         h = self.body(x)
-        return self.color(h), self.shape(h)
+        return self.color(h), self.shape(h), self.present(h)[:, 0]
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the label spread evenly over an image's colours (shapes): with one object,
-        plain classification."""
-        color, shape = self(images)
-        c, s = labels[:, :len(COLORS)], labels[:, len(COLORS):]
-        return F.cross_entropy(color, c / c.sum(1, keepdim=True)) + F.cross_entropy(shape, s / s.sum(1, keepdim=True))
+        plain classification; an image labelled nothing (an empty floor) teaches only "no object"."""
+        color, shape, present = self(images)
+        has = labels.sum(1) > 0
+        c, s = labels[has, :len(COLORS)], labels[has, len(COLORS):]
+        return (F.cross_entropy(color[has], c / c.sum(1, keepdim=True))
+                + F.cross_entropy(shape[has], s / s.sum(1, keepdim=True))
+                + F.binary_cross_entropy_with_logits(present, has.float()))
 
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """Per image, the share of its k colours (shapes) among the judge's k likeliest, averaged: with one
-        object, top-1 accuracy."""
-        color, shape = self(images)
+        """Per image, the share of its k colours (shapes) among the judge's k likeliest, averaged (with one
+        object, top-1 accuracy); and the share of the images it sees an object in."""
+        color, shape, present = self(images)
         return {"color": _recall_at_k(color, labels[:, :len(COLORS)]),
-                "shape": _recall_at_k(shape, labels[:, len(COLORS):])}
+                "shape": _recall_at_k(shape, labels[:, len(COLORS):]), "object": (present > 0).float().mean().item()}
 
 
 def _recall_at_k(logits: torch.Tensor, truth: torch.Tensor) -> float:
@@ -425,9 +445,15 @@ def main() -> None:
     else:
         encode_images, decode_latents = pixel_codec(args.chroma_scale)
         judged, held_judged = images, held_images
-    judge = fit_judge(judged, labels, args.judge_steps, args.seed)
+    # a quarter as many empty floors as scenes, through the same codec: the judge tells an empty sample from one
+    # with an object in it
+    empties, held_empties = (decode_latents(encode_images(x)).clamp(-1, 1) for x in (
+        empty_floors(len(images) // 4, 0, tuple(args.radius)), empty_floors(128, HELD_OUT_SEED, tuple(args.radius))))
+    judge = fit_judge(torch.cat([judged, empties]), torch.cat([labels, labels.new_zeros(len(empties), labels.shape[1])]),
+                      args.judge_steps, args.seed)
     record["judge"] = {"held_out": judge.accuracy(held_judged, held_labels),
-                       "other_prompts": judge.accuracy(held_judged.roll(1, 0), held_labels)}
+                       "other_prompts": judge.accuracy(held_judged.roll(1, 0), held_labels),
+                       "empty_floors_seen_as_objects": judge.accuracy(held_empties, held_labels)["object"]}
     print(json.dumps({"judge": record["judge"]}), flush=True)
 
     encoder = TextEncoder.load(None, dim=args.text_dim, seed=args.seed)
@@ -459,7 +485,8 @@ def main() -> None:
                                    encode_on_device, sigmas=(0.5, 0.75, 0.95))
         named, shapes = (evaluate(model, judge, t, null, held_labels, args.cfg, decode_latents, latents.shape[-1])
                          for t in (held_text, shapes_text))
-        return {**named, "shapes_only": {scale: acc["shape"] for scale, acc in shapes.items()},
+        return {**named, "shapes_only": {scale: {k: acc[k] for k in ("shape", "object")}
+                                         for scale, acc in shapes.items()},
                 "reliance": {k: reliance[k] for k in ("own", "other", "empty")}}
 
     if args.loop == "trainer":

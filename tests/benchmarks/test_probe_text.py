@@ -59,6 +59,18 @@ def test_the_judges_accuracy_is_the_share_of_named_colours_among_its_likeliest()
     assert probe._recall_at_k(logits, truth) == 0.75
 
 
+def test_the_judge_learns_from_empty_floors_to_tell_an_empty_sample():
+    probe = load_script("probe_text")
+    images, labels = probe.render_scenes(96, 0)[:2]
+    empties = probe.empty_floors(96, 0, (5.0, 6.5))
+    assert empties.shape == images.shape and not torch.equal(empties[0], empties[1])  # each its own camera
+    judge = probe.fit_judge(torch.cat([images, empties]), torch.cat([labels, torch.zeros_like(labels)]), 150, 0)
+    held = probe.render_scenes(32, probe.HELD_OUT_SEED)
+    seen = judge.accuracy(held[0], held[1])["object"]
+    seen_on_empties = judge.accuracy(probe.empty_floors(32, probe.HELD_OUT_SEED, (5.0, 6.5)), held[1])["object"]
+    assert seen > 0.9 and seen_on_empties < 0.1, (seen, seen_on_empties)
+
+
 def test_opponent_colours_rotate_at_scale_one_and_weaken_only_the_chroma():
     probe = load_script("probe_text")
     images = probe.render_scenes(8, 0)[0]
@@ -81,13 +93,15 @@ def test_a_short_run_reports_the_judge_and_both_guidance_scales(tmp_path):  # in
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert set(record["judge"]) == {"held_out", "other_prompts"} and 0 < record["object_share"] < 0.5
+    assert set(record["judge"]) == {"held_out", "other_prompts", "empty_floors_seen_as_objects"}
+    assert 0 < record["object_share"] < 0.5
     assert [row["step"] for row in record["evals"]] == [2, 4]
     for scale in ("cfg1", "cfg3"):
-        assert set(record["evals"][-1][scale]) == {"color", "shape"}
+        assert set(record["evals"][-1][scale]) == {"color", "shape", "object"}
         assert all(0 <= v <= 1 for v in record["evals"][-1][scale].values())
-    assert set(record["evals"][-1]["shapes_only"]) == {"cfg1", "cfg3"}  # shape accuracy of colourless prompts
-    assert all(0 <= v <= 1 for v in record["evals"][-1]["shapes_only"].values())
+        # the colourless prompts' samples: their shapes, and how many show an object at all
+        assert set(record["evals"][-1]["shapes_only"][scale]) == {"shape", "object"}
+        assert all(0 <= v <= 1 for v in record["evals"][-1]["shapes_only"][scale].values())
     reliance = record["evals"][-1]["reliance"]
     assert set(reliance) == {"own", "other", "empty"} and set(reliance["own"]) == {"sigma_0.5", "sigma_0.75", "sigma_0.95"}
     assert all(v > 0 for losses in reliance.values() for v in losses.values())
@@ -139,7 +153,7 @@ def test_a_vae_run_reports_the_fit_and_the_judge_of_its_round_trips(tmp_path):
     record = json.loads(out.read_text())
     assert record["vae"]["latent_norm"] == "global" and len(record["vae"]["channel_std"]) == 16
     assert record["vae"]["object_weight"] == 20 and record["vae"]["held_out_objects"]["objects"] > 100
-    assert set(record["judge"]) == {"held_out", "other_prompts"}
+    assert set(record["judge"]) == {"held_out", "other_prompts", "empty_floors_seen_as_objects"}
     assert [row["step"] for row in record["evals"]] == [2]
     r = subprocess.run([*common, "--vae", "channel", "--chroma-scale", "0.5"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--chroma-scale recolours the pixels that --vae replaces" in r.stderr

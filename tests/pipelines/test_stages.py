@@ -160,7 +160,7 @@ def test_shards_of_another_world_are_rebuilt_not_kept(tmp_path, monkeypatch):
 
     before = build()
     shutil.rmtree(tmp_path / "data/world")
-    monkeypatch.setattr(procedural, "caption", lambda scene, camera, render=None: "A changed world.")
+    monkeypatch.setattr(procedural, "caption", lambda scene, camera, render=None, colours=1.0: "A changed world.")
     after = build()
     assert len(after) == len(before) == 8 and "A changed world." not in before
     assert all(c.endswith("A changed world.") for c in after)

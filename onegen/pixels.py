@@ -18,5 +18,6 @@ def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_pixels(x: torch.Tensor) -> np.ndarray:
-    """float [..., 3, H, W] in [-1, 1] (any device or dtype; values beyond the range clipped) -> uint8 [..., H, W, 3]."""
+    """float [..., 3, H, W] in [-1, 1], on any device and of any dtype -> uint8 [..., H, W, 3], values beyond the
+    range clipped."""
     return ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()

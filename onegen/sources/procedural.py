@@ -561,7 +561,7 @@ def caption(scene: Scene, camera: Camera, render: Render | None = None, colours:
     and one or two image-space relations (left/right, above/below) between categories.
 
     ``colours``: the chance that the caption names colours. A caption without them counts and relates
-    the objects by shape alone ("two spheres", "The cube is left of the spheres"), as GenEval's
+    the objects by shape alone ("two spheres", "The cube is to the left of the spheres"), as GenEval's
     single-object, two-object, counting and position prompts read; a model that only ever saw colours
     named has no sample for such a prompt.
 

@@ -70,7 +70,8 @@ for job in $JOBS; do
     # (~5 min on an H200) left depth->image blobs in sessions 5 and 7, and session 7's CPU probe
     # (probe_conditioning.py) learned ~1.7x slower at 3e-4 and followed depth clearly only after ~2.5x more steps;
     # its own folder, so nothing of `learn` resumes. Session 8 ran it at LEARN_MINUTES=6: the probe then timed compiles
-    # as steps and sized it to 210 steps (fixed since); carry .whl_ann in a call of its own for its world GenEval
+    # as steps and sized it to 210 steps (fixed since); carry .whl_ann in a call of its own for its world GenEval,
+    # or, with data/world_detector carried, nothing more than `offline_wheels.sh base judge`'s .whl
     learn_long) ray_cpus=0; python3 -c "import ray" 2>/dev/null && ray_cpus=12
            # a detector carried from `dvc repro` (data/world_detector) saves the ~3 minutes of training one here;
            # LEARN_T2I_FIRST=0.3: text2image alone for that share of the steps, then the mix (the paper's order);

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from evals.benchmark import Benchmark
 from evals.geneval.colors import ColorClassifier, WorldColorClassifier
 from evals.geneval.detector import Detections, YoloDetector
-from evals.geneval.rules import TAGS, judge, keep_detections
+from evals.geneval.rules import COUNTING_THRESHOLD, TAGS, judge, keep_detections
 from evals.geneval.world_detector import detector_dir, settings_mismatch
 from evals.geneval.world_prompts import make_prompts
 from evals.registry import register
@@ -49,11 +49,12 @@ def load_metadata(path: Path = METADATA) -> list[dict]:
     return out
 
 
-def classify_colors(image: np.ndarray, detections: Detections, metadata: dict, classifier) -> Detections:
+def classify_colors(image: np.ndarray, detections: Detections, metadata: dict, classifier,
+                    counting_threshold: float = COUNTING_THRESHOLD) -> Detections:
     """A copy of ``detections`` with ``color`` set where GenEval looks at it: the ``count`` most
     confident kept objects of each colour clause that found enough of them."""
     dets = {name: [dict(d, color=d.get("color")) for d in ds] for name, ds in detections.items()}
-    kept = keep_detections(dets, metadata["tag"])  # the same dicts: colours set here reach `dets`
+    kept = keep_detections(dets, metadata["tag"], counting_threshold)  # the same dicts: colours set here reach `dets`
     for req in metadata.get("include", []):
         objs = kept.get(req["class"], [])[: req["count"]]
         if "color" in req and len(objs) == req["count"]:
@@ -62,11 +63,13 @@ def classify_colors(image: np.ndarray, detections: Detections, metadata: dict, c
     return dets
 
 
-def judge_images(images: list[np.ndarray], metadata: dict, detector, classifier) -> list[tuple[bool, str]]:
+def judge_images(images: list[np.ndarray], metadata: dict, detector, classifier,
+                 counting_threshold: float = COUNTING_THRESHOLD) -> list[tuple[bool, str]]:
     """GenEval's verdict on each image of one prompt."""
     out = []
     for image, dets in zip(images, detector(images), strict=True):
-        out.append(judge(metadata, classify_colors(image, dets, metadata, classifier), *image.shape[:2]))
+        colored = classify_colors(image, dets, metadata, classifier, counting_threshold)
+        out.append(judge(metadata, colored, *image.shape[:2], counting_threshold))
     return out
 
 
@@ -91,9 +94,10 @@ class _GenEvalBenchmark(Benchmark):
     # as the original: 2 float32 thresholds and relations, numpy-1.23 tie order; 3 CLIP colours under fp16 autocast on CUDA
     protocol_version = "3"
 
-    def __init__(self, prompts: list[dict], n_images: int, image_size: int, id_prefix: str, evaluator: list):
+    def __init__(self, prompts: list[dict], n_images: int, image_size: int, id_prefix: str, evaluator: list,
+                 counting_threshold: float = COUNTING_THRESHOLD):
         self.prompts, self.n_images, self.image_size = prompts, n_images, image_size
-        self.id_prefix, self.evaluator = id_prefix, evaluator
+        self.id_prefix, self.evaluator, self.counting_threshold = id_prefix, evaluator, counting_threshold
         self._models = None
 
     def _load(self) -> tuple:
@@ -121,7 +125,7 @@ class _GenEvalBenchmark(Benchmark):
     def score(self, item, prediction):
         if self._models is None:
             self._models = self._load()
-        verdicts = judge_images(prediction["images"], item["metadata"], *self._models)
+        verdicts = judge_images(prediction["images"], item["metadata"], *self._models, self.counting_threshold)
         prediction["verdicts"] = verdicts  # for the sample grid
         tag = item["metadata"]["tag"]
         return {f"{tag}_images": float(len(verdicts)), f"{tag}_correct": float(sum(ok for ok, _ in verdicts))}
@@ -171,6 +175,7 @@ class WorldGenEval(_GenEvalBenchmark):
 
     data_name = "procedural-world-geneval"
     baseline = "oracle"
+    protocol_version = "4"  # GenEval's 3, counting at the threshold fitted to the detector
 
     def __init__(self, params: Params):
         cfg = params.evals.geneval
@@ -180,14 +185,18 @@ class WorldGenEval(_GenEvalBenchmark):
             raise FileNotFoundError(f"world_geneval: no trained detector in {folder} (weights.pt, metrics.json): "
                                     f"run `onegen world-detector` (DVC stage world_detector)")
         self.detector_metrics = json.loads(metrics.read_text())
-        if "negative_fp_rate" not in self.detector_metrics:
-            raise FileNotFoundError(f"world_geneval: {metrics} predates negatives in training; run "
-                                    f"`onegen world-detector` again (DVC stage world_detector)")
+        for key, what in (("negative_fp_rate", "negatives in training"),
+                          ("counting_threshold", "the counting threshold fitted to it")):
+            if key not in self.detector_metrics:
+                raise FileNotFoundError(f"world_geneval: {metrics} predates {what}; run "
+                                        f"`onegen world-detector` again (DVC stage world_detector)")
         if mismatch := settings_mismatch(self.detector_metrics, cfg.world, params.world.resolution):
             raise ValueError(f"world_geneval: the detector in {folder} was trained otherwise than the params ask: "
                              f"{mismatch}; run `onegen world-detector` again (DVC stage world_detector)")
+        counting = float(self.detector_metrics["counting_threshold"])
         super().__init__(make_prompts(cfg.world.prompts, cfg.world.seed), cfg.images_per_prompt,
-                         params.world.resolution, "world_geneval_", [weights_sha256(self.detector_path)])
+                         params.world.resolution, "world_geneval_", [weights_sha256(self.detector_path), counting],
+                         counting_threshold=counting)
 
     def _load(self):
         cal = self.detector_metrics["score_calibration"]

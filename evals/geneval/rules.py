@@ -5,7 +5,8 @@ An image is judged from its detections, per class a list of ``{"box": [x1, y1, x
 
 1. **Keep** (the original does this in its detection step; here ``judge`` does it, so callers pass
    raw detections): per class, scores strictly above 0.3 -- 0.9 when the prompt's tag is
-   ``counting`` --, most confident first, at most 16. Nothing else is suppressed (the original's
+   ``counting`` (its option ``counting_threshold``, which a judge with another detector sets to
+   suit that detector's scores) --, most confident first, at most 16. Nothing else is suppressed (the original's
    extra NMS is off: ``max_overlap`` 1.0). Scores are compared as float32, the dtype of mmdet's
    result arrays (a score of exactly float32(0.3) is not above 0.3). Equal scores come in the order
    of the original's ``argsort(...)[::-1]`` under its pinned numpy 1.23.1, which newer numpy (SIMD
@@ -40,18 +41,19 @@ RELATIONS = ("left of", "right of", "above", "below")
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-def threshold(tag: str) -> float:
-    return COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
+def threshold(tag: str, counting_threshold: float = COUNTING_THRESHOLD) -> float:
+    return counting_threshold if tag == "counting" else THRESHOLD
 
 
-def keep_detections(detections: dict[str, list[dict]], tag: str) -> dict[str, list[dict]]:
+def keep_detections(detections: dict[str, list[dict]], tag: str,
+                    counting_threshold: float = COUNTING_THRESHOLD) -> dict[str, list[dict]]:
     """Per class, the detections GenEval keeps for a prompt of ``tag`` (the same dicts, not copies),
     most confident first; classes with none kept are left out."""
     kept = {}
     for name, dets in detections.items():
         scores = np.array([_score(name, d) for d in dets], dtype=np.float32)
         order = np.array(quicksort_order(scores.tolist()), dtype=np.intp)[::-1]
-        order = order[scores[order] > np.float32(threshold(tag))][:MAX_OBJECTS]
+        order = order[scores[order] > np.float32(threshold(tag, counting_threshold))][:MAX_OBJECTS]
         if order.size:
             kept[name] = [dets[i] for i in order]
     return kept
@@ -154,12 +156,14 @@ def relations(box_a, box_b) -> set[str]:
     return found
 
 
-def judge(metadata: dict, detections: dict, height: int, width: int) -> tuple[bool, str]:
+def judge(metadata: dict, detections: dict, height: int, width: int,
+          counting_threshold: float = COUNTING_THRESHOLD) -> tuple[bool, str]:
     """GenEval's verdict on one image and the reasons it failed ("" when correct).
 
     ``metadata`` is one line of ``evaluation_metadata.jsonl``; ``detections`` maps a class name to
     the detector's raw ``{"box", "score", "color"}`` list (``color`` needed only where a colour
-    clause looks at it); ``height``, ``width`` are the image's size, in whose pixels boxes are.
+    clause looks at it); ``height``, ``width`` are the image's size, in whose pixels boxes are;
+    ``counting_threshold`` the score a counting prompt's detections must pass (GenEval's 0.9).
     """
     tag = metadata.get("tag")
     if not isinstance(tag, str):
@@ -167,7 +171,7 @@ def judge(metadata: dict, detections: dict, height: int, width: int) -> tuple[bo
     for name, dets in detections.items():
         for d in dets:
             _check_box(name, d, height, width)
-    objects = keep_detections(detections, tag)
+    objects = keep_detections(detections, tag, counting_threshold)
     correct = True
     reasons: list[str] = []
     matched: list[list[dict] | None] = []

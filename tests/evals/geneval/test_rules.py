@@ -196,6 +196,19 @@ def test_keep_detections_sorts_thresholds_caps_and_returns_the_same_dicts():
     assert scores == sorted(scores, reverse=True) and scores[0] == 0.95 and min(scores) > 0.3
     assert kept["cat"][0] is dets["cat"][2]
     assert [x["score"] for x in keep_detections(dets, "counting")["cat"]] == [0.95]
+    # a judge with another detector counts at its own threshold; the other tags keep GenEval's 0.3
+    assert len(keep_detections(dets, "counting", 0.55)["cat"]) == 16
+    assert [x["score"] for x in keep_detections(dets, "counting", 0.6)["cat"]] == [0.95]
+    assert keep_detections(dets, "two_object", 0.99) == kept
+
+
+def test_counting_threshold_decides_an_exact_count():
+    three = {"tag": "counting", "include": [{"class": "cat", "count": 3}], "exclude": [{"class": "cat", "count": 4}],
+             "prompt": "a photo of three cats"}
+    cats = {"cat": [d((10 * k, 10, 10 * k + 8, 18), s) for k, s in enumerate((0.95, 0.8, 0.6, 0.35))]}
+    assert judge(three, cats, H, W)[1] == "expected cat>=3, found 1"  # GenEval's 0.9
+    assert judge(three, cats, H, W, counting_threshold=0.5) == (True, "")
+    assert not judge(three, cats, H, W, counting_threshold=0.3)[0]  # four kept: the exclude clause fails
 
 
 @pytest.mark.parametrize("detections, message", [

@@ -12,9 +12,10 @@ import pytest
 from evals import benchmark
 from evals.geneval.benchmark import WorldGenEval
 from evals.geneval.detector import YoloDetector
-from evals.geneval.world_detector import (CLASSES, export_split, fit_platt, instance_polygon, label_lines,
-                                          match_detections, negative_image, settings_mismatch, train)
-from evals.geneval.world_prompts import WorldOracle
+from evals.geneval.world_detector import (CLASSES, COUNTING_THRESHOLDS, counting_oracle_renders, counting_pass_rates,
+                                          export_split, fit_counting_threshold, fit_platt, instance_polygon,
+                                          label_lines, match_detections, negative_image, settings_mismatch, train)
+from evals.geneval.world_prompts import WorldOracle, ground_truth
 from onegen.config import Params, WorldGenEvalConfig
 from onegen.sources import procedural as world
 
@@ -87,6 +88,38 @@ def test_platt_scaling_recovers_a_known_calibration():
     assert np.isfinite([a, b]).all() and a > 0
 
 
+def test_counting_pass_rates_follow_the_threshold():
+    def counting(shape, n):
+        return {"tag": "counting", "include": [{"class": shape, "count": n}],
+                "exclude": [{"class": shape, "count": n + 1}], "prompt": f"A photo of {n} {shape}s."}
+
+    def found(*scores):
+        return [{"box": [10.0 * k, 5.0, 10.0 * k + 8, 13.0], "score": s} for k, s in enumerate(scores)]
+
+    prompts = [counting("cube", 3), counting("sphere", 2)]
+    detections = [{"cube": found(0.95, 0.8, 0.6, 0.35)},  # three above 0.35 and below 0.6: exact
+                  {"sphere": found(0.99, 0.97)}]  # right at every candidate
+    rates = counting_pass_rates(prompts, detections, 64)
+    assert list(rates) == list(COUNTING_THRESHOLDS) and COUNTING_THRESHOLDS[0] == 0.3 and COUNTING_THRESHOLDS[-1] == 0.9
+    assert rates[0.3] == 0.5 and rates[0.35] == rates[0.55] == 1.0 and rates[0.6] == rates[0.9] == 0.5
+
+
+def test_counting_threshold_is_fitted_on_oracle_renders():
+    held_out = counting_oracle_renders(seed=3, size=64, scenes=6)
+    truth = {r.rgb.tobytes(): ground_truth(scene, r) for _, scene, r in held_out}
+    assert all(m["tag"] == "counting" for m, _, _ in held_out) and len(truth) == 6
+
+    def sure_at(score):  # a detector that finds exactly the rendered objects, each at `score`
+        return lambda images: [{k: [dict(d, score=score) for d in ds] for k, ds in truth[im.tobytes()].items()}
+                               for im in images]
+
+    fitted = fit_counting_threshold(sure_at(0.6), seed=3, size=64, scenes=6)
+    assert fitted["counting_threshold"] == 0.55 and fitted["counting_scenes"] == 6  # the highest that keeps them
+    assert [fitted["counting_oracle_pass"][f"{t:.2f}"] for t in COUNTING_THRESHOLDS] == [1.0] * 6 + [0.0] * 7
+    nothing = fit_counting_threshold(lambda images: [{} for _ in images], seed=3, size=64, scenes=6)
+    assert nothing["counting_threshold"] == 0.9  # no signal: GenEval's own
+
+
 TINY = dict(train_images=8, val_images=4, epochs=1, imgsz=64, batch=4, seed=5)
 
 
@@ -130,6 +163,7 @@ def test_training_smoke_run_writes_loadable_weights_and_metrics(trained):
     assert 0.0 <= metrics["map50_box"] <= 1.0 and metrics["epochs"] == 1 and metrics["train_images"] == 8
     assert metrics["score_calibration"]["a"] > 0 and metrics["score_calibration"]["detections"] >= 0
     assert 0 <= metrics["negative_fp_rate"] <= 1 and metrics["val_negatives"] == 1
+    assert metrics["counting_threshold"] in COUNTING_THRESHOLDS and len(metrics["counting_oracle_pass"]) == 13
     det = YoloDetector.load(out / "weights.pt", "test")
     assert det.names == list(CLASSES)
     det.CONF = 0.0  # an untrained model's scores are tiny: look at everything it returns
@@ -169,6 +203,8 @@ def test_world_geneval_end_to_end_with_the_oracle(trained, tmp_path):
                       "correct_prompts", "detector_map50", "detector_noise_fp"}
     assert all(0.0 <= v <= 1.0 for v in m.values()) and m["detector_map50"] == metrics["map50_box"]
     assert m["detector_noise_fp"] == metrics["negative_fp_rate"]
+    assert bench.counting_threshold == metrics["counting_threshold"]
+    assert metrics["counting_threshold"] in bench.items()[0]["hash_fields"][-1]  # another threshold, other scores
     assert (tmp_path / "run" / "samples.png").is_file()
     again = benchmark.run(bench, WorldOracle(), tmp_path / "run", batch_size=2, limit=4)  # resumes from the cache
     assert again["metrics"] == m
@@ -178,6 +214,16 @@ def test_world_geneval_without_a_detector_says_which_stage_to_run(tmp_path):
     params = Params.model_validate({"paths": {"data": str(tmp_path)}})
     with pytest.raises(FileNotFoundError, match="onegen world-detector"):
         WorldGenEval(params)
+
+
+def test_world_geneval_refuses_a_detector_without_its_counting_threshold(trained, tmp_path):
+    out, metrics = trained
+    old = tmp_path / "data" / "world_detector"
+    old.mkdir(parents=True)
+    (old / "weights.pt").write_bytes((out / "weights.pt").read_bytes())
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "counting_threshold"}))
+    with pytest.raises(FileNotFoundError, match="predates the counting threshold.*onegen world-detector"):
+        WorldGenEval(world_params(old, tmp_path))
 
 
 def test_world_geneval_refuses_a_detector_trained_for_other_settings(trained, tmp_path):

@@ -10,7 +10,8 @@
 3. encode the shards into latent shards with it (and the prompts' text features), as the
    ``latents`` stage does;
 4. train the ``small`` Next-DiT (≈62 M parameters) with the project's trainer for a fixed number
-   of steps sized to fit ``--train-minutes`` (measured on a probe run), at ``--sigma-shift`` and
+   of steps sized to fit ``--train-minutes`` (measured on a probe run) or given (``--steps``, and
+   ``--vae-steps`` for step 2: runs on different devices then train alike), at ``--sigma-shift`` and
    ``--condition-prob`` (defaults 1 and 0.5, not the paper-scale profile's 3 and 0: see their help),
    the three families mixed from the start or, with ``--t2i-first``, text2image alone first as the paper;
 5. evaluate on the held-out world editions (``evals.world``: a different seed stream) with the
@@ -99,6 +100,8 @@ def make_params(args) -> Params:
     base["paths"] = {"data": str(out / "data"), "reports": str(out / "reports")}
     base["world"].update(scenes=args.scenes, views_per_scene=args.views, id_groups=0, resolution=args.resolution,
                          records_per_shard=256, min_objects=args.objects[0], max_objects=args.objects[1])
+    if args.caption_colours is not None:
+        base["world"]["caption_colours"] = args.caption_colours
     base["shards"]["max_samples_per_shard"] = 1024
     if args.ray_cpus:  # shards in parallel: the same bytes as one process, in a fraction of the time
         base["build"].update(executor="ray", num_cpus=args.ray_cpus, cpu_workers=args.ray_cpus)
@@ -151,11 +154,12 @@ def world_views(params: Params, limit: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, latent_norm: str = "channel",
-            object_weight: float = 0.0) -> dict:
+            object_weight: float = 0.0, steps: int | None = None) -> dict:
     """A small SD3-style AutoencoderKL (16 latent channels, /8) fitted on the world's images and depth maps for
-    ``seconds`` (its objects' pixels weighted ``object_weight`` times more: ``world_vae.fit_autoencoder``), its
-    latents normalised on 512 held-out ones (``world_vae.normalise_latents``), saved to ``model.vae``; the summary
-    says how many of the held-out images' objects keep their colour through it (``object_colours_kept``)."""
+    ``seconds`` or ``steps``, whichever ends first (its objects' pixels weighted ``object_weight`` times more:
+    ``world_vae.fit_autoencoder``), its latents normalised on 512 held-out ones (``world_vae.normalise_latents``),
+    saved to ``model.vae``; the summary says how many of the held-out images' objects keep their colour through it
+    (``object_colours_kept``)."""
     data, instances, is_image = world_views(params, 40000)
     if len(data) < 1024:
         raise ValueError(f"the world has {len(data)} images and depth maps: 512 are held out to normalise the "
@@ -164,7 +168,7 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                         block_out_channels=[64, 128, 128, 256], layers_per_block=1, norm_num_groups=32)
-    summary = fit_autoencoder(vae, data[:-512], device, seed, seconds=seconds,
+    summary = fit_autoencoder(vae, data[:-512], device, seed, seconds=seconds, steps=steps,
                               objects=(instances[:-512] > 0)[:, None], object_weight=object_weight)
     summary.update(normalise_latents(vae, data[-512:], latent_norm))
     held = is_image[-512:]
@@ -284,6 +288,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=0, help="0: size the run to --train-minutes with a probe")
     ap.add_argument("--train-minutes", type=float, default=8.0)
     ap.add_argument("--vae-seconds", type=float, default=120.0)
+    ap.add_argument("--vae-steps", type=int, default=0,
+                    help="fit the VAE for this many steps instead of --vae-seconds: with --steps, a run that trains "
+                         "alike on any device (a run sized by time trains more on a faster one)")
+    ap.add_argument("--caption-colours", type=float, default=None,
+                    help="the chance that a training caption names colours (world.caption_colours; default the "
+                         "profile's)")
     ap.add_argument("--vae-object-weight", type=float, default=50.0,
                     help="the VAE fit counts the objects' pixels this many times more than the background's "
                          "(world_vae.fit_autoencoder); 0: a plain fit, as until session 22, which turned most "
@@ -397,8 +407,8 @@ def main() -> None:
 
             ray.shutdown()  # its workers and object store are not needed again, and forking beside them is unsafe
     if args.stage in ("all", "vae"):
-        summary["vae"] = fit_vae(params, args.vae_seconds, device, params.seed, args.latent_norm,
-                                 args.vae_object_weight)
+        summary["vae"] = fit_vae(params, float("inf") if args.vae_steps else args.vae_seconds, device, params.seed,
+                                 args.latent_norm, args.vae_object_weight, steps=args.vae_steps or None)
         print("vae", summary["vae"])
         save()
     if args.stage in ("all", "latents"):  # the trainer reads latents made by the fitted VAE

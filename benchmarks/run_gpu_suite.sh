@@ -77,11 +77,16 @@ for job in $JOBS; do
            # LEARN_T2I_FIRST=0.3: text2image alone for that share of the steps, then the mix (the paper's order);
            # LEARN_T2I_BATCH=512: that stage's batch (a text2image sample has 1/16 of a multiview sample's tokens);
            # LEARN_OBJECTS="1 4": objects per training scene (world GenEval's prompts name 1-4);
-           # LEARN_COMPILE_MODE=reduce-overhead: the blocks as CUDA graphs (train.compile_mode)
+           # LEARN_COMPILE_MODE=reduce-overhead: the blocks as CUDA graphs (train.compile_mode);
+           # LEARN_STEPS, LEARN_VAE_STEPS: train and fit the VAE that many steps, not for minutes and seconds (a run
+           # sized by time trains more on a faster device: to compare two runs, give the first one's step counts);
+           # LEARN_CAPTION_COLOURS: the chance a training caption names colours (world.caption_colours)
            detector=(); [ -f data/world_detector/weights.pt ] && detector=(--world-detector data/world_detector)
            step learn_long python3 benchmarks/learn_procedural.py --out "${LEARN_DIR:-/tmp/learn}_long" --scenes 1500 \
-             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps 0 --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 \
+             --views 8 --batch 64 --workers 6 --ray-cpus $ray_cpus --steps ${LEARN_STEPS:-0} \
+             --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 --vae-steps ${LEARN_VAE_STEPS:-0} \
              --lr 1e-3 --compile --t2i-first ${LEARN_T2I_FIRST:-0} ${LEARN_T2I_BATCH:+--t2i-batch $LEARN_T2I_BATCH} \
+             ${LEARN_CAPTION_COLOURS:+--caption-colours $LEARN_CAPTION_COLOURS} \
              --objects ${LEARN_OBJECTS:-2 5} ${LEARN_COMPILE_MODE:+--compile-mode $LEARN_COMPILE_MODE} "${detector[@]}"
            bash benchmarks/collect_learn.sh "${LEARN_DIR:-/tmp/learn}_long" "$OUT" learn_long ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;

@@ -79,6 +79,11 @@ def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_
         learn.parse_args(["--out", str(tmp_path), "--compile-mode", "reduce-overhead"])
     default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))
     assert (default.world.min_objects, default.world.max_objects) == (2, 5) and len(default.train.stages) == 1
+    assert default.world.caption_colours == learn.load_profile("default").world.caption_colours
+    always = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--caption-colours", "1"]))
+    assert always.world.caption_colours == 1.0
+    with pytest.raises(ValueError, match="caption_colours"):  # the schema's bounds hold
+        learn.make_params(learn.parse_args(["--out", str(tmp_path), "--caption-colours", "1.5"]))
 
 
 def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):

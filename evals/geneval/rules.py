@@ -6,12 +6,12 @@ An image is judged from its detections, per class a list of ``{"box": [x1, y1, x
 1. **Keep** (the original does this in its detection step; here ``judge`` does it, so callers pass
    raw detections): per class, scores strictly above 0.3 -- 0.9 when the prompt's tag is
    ``counting`` (its option ``counting_threshold``, which a judge with another detector sets to
-   suit that detector's scores) --, most confident first, at most 16. Nothing else is suppressed (the original's
-   extra NMS is off: ``max_overlap`` 1.0). Scores are compared as float32, the dtype of mmdet's
-   result arrays (a score of exactly float32(0.3) is not above 0.3). Equal scores come in the order
-   of the original's ``argsort(...)[::-1]`` under its pinned numpy 1.23.1, which newer numpy (SIMD
-   sorts) does not keep: the later detection first while the class has at most 16 detections in
-   all (kept or not), an introsort's order beyond (``quicksort_order``).
+   suit that detector's scores) --, most confident first, at most 16. Nothing else is suppressed
+   (the original's extra NMS is off: ``max_overlap`` 1.0). Scores are compared as float32, the
+   dtype of mmdet's result arrays (a score of exactly float32(0.3) is not above 0.3). Equal scores
+   come in the order of the original's ``argsort(...)[::-1]`` under its pinned numpy 1.23.1, which
+   newer numpy (SIMD sorts) does not keep: the later detection first while the class has at most
+   16 detections in all (kept or not), an introsort's order beyond (``quicksort_order``).
 2. **include** clauses, ANDed: a clause holds if at least ``count`` objects of its class are kept;
    then, if it names a ``color``, its ``count`` most confident objects must all have that colour;
    then, if it names a ``position`` ``[relation, k]``, every one of those objects must stand in

@@ -55,12 +55,12 @@ CLASSES = world.SHAPES
 # Objects per scene: crowded training scenes give more instances per image of compute; the
 # held-out scenes spread like the world's own (and the prompts': 1-4 objects).
 OBJECTS = {"train": (2, 8), "val": (1, 6)}
-# Fitted to 128-pixel renders on 2 CPU cores: one optimizer step per batch (nbs = batch), no
-# mosaic (it halves already small objects), mild scale jitter, colour jitter kept small because
-# colour is judged separately.
 # Counting thresholds tried: GenEval's general one to its counting one, on held-out oracle renders.
 COUNTING_THRESHOLDS = tuple(np.round(np.arange(THRESHOLD, COUNTING_THRESHOLD + 0.01, 0.05), 2).tolist())
 COUNTING_SCENES = 128
+# Fitted to 128-pixel renders on 2 CPU cores: one optimizer step per batch (nbs = batch), no
+# mosaic (it halves already small objects), mild scale jitter, colour jitter kept small because
+# colour is judged separately.
 TRAIN_ARGS = dict(optimizer="AdamW", lr0=0.006, warmup_epochs=1, mosaic=0.0, scale=0.25, hsv_s=0.2, hsv_v=0.2,
                   workers=0, amp=False, deterministic=True, plots=False, val=False, verbose=False)
 
@@ -266,7 +266,7 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
         scores, correct = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
         a, b = fit_platt(scores, correct)
         calibrated = YoloDetector.load(tmp_weights, "world detector", calibration=(a, b))
-        fp_images = sum(any(d["score"] > 0.3 for found in dets.values() for d in found)
+        fp_images = sum(any(d["score"] > THRESHOLD for found in dets.values() for d in found)
                         for dets in calibrated(negatives))
         counting = fit_counting_threshold(calibrated, cfg.seed, size)
         atomic_write_bytes(out_dir / "weights.pt", tmp_weights.read_bytes())

@@ -179,6 +179,18 @@ def fit_vae(params: Params, seconds: float, device: torch.device, seed: int, lat
     return summary
 
 
+def use_world_detector(params: Params, folder: Path) -> None:
+    """Copy a world_geneval detector trained elsewhere to where the benchmark looks, if it was trained for this
+    run's world and is current (raises ValueError or FileNotFoundError saying what is wrong)."""
+    given = json.loads((folder / "metrics.json").read_text())
+    if mismatch := world_detector.settings_mismatch(given, params.evals.geneval.world, params.world.resolution):
+        raise ValueError(f"trained otherwise than this run's world: {mismatch}")
+    world_detector.detector_dir(params).mkdir(parents=True, exist_ok=True)
+    for name in ("weights.pt", "metrics.json"):
+        shutil.copyfile(folder / name, world_detector.detector_dir(params) / name)
+    WorldGenEval(params)  # what its metrics must hold (a detector from before the counting threshold does not)
+
+
 def scene_of(key: str) -> str:
     """``world/scene_0000012_v3`` -> ``world/scene_0000012``: the scene a text2image view was rendered in."""
     return key.rsplit("_v", 1)[0]
@@ -383,13 +395,11 @@ def main() -> None:
         return steps_for_minutes(args.train_minutes, seconds, args.t2i_first)
 
     params = make_params(args)
-    if args.world_detector:  # checked before any minute is spent, copied where world_geneval looks
-        given = json.loads((args.world_detector / "metrics.json").read_text())
-        if mismatch := world_detector.settings_mismatch(given, params.evals.geneval.world, params.world.resolution):
-            sys.exit(f"--world-detector {args.world_detector}: trained otherwise than this run's world: {mismatch}")
-        world_detector.detector_dir(params).mkdir(parents=True, exist_ok=True)
-        for name in ("weights.pt", "metrics.json"):
-            shutil.copyfile(args.world_detector / name, world_detector.detector_dir(params) / name)
+    if args.world_detector:  # checked before any minute is spent
+        try:
+            use_world_detector(params, args.world_detector)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"--world-detector {args.world_detector}: {e}")
     if args.stage in ("all", "data"):
         t0 = time.time()
         world.run(params)

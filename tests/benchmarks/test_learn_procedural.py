@@ -86,6 +86,25 @@ def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_
         learn.make_params(learn.parse_args(["--out", str(tmp_path), "--caption-colours", "1.5"]))
 
 
+def test_a_detector_from_elsewhere_must_suit_the_run_and_be_current(tmp_path):
+    learn = load_script("learn_procedural")
+    params = learn.make_params(learn.parse_args(["--out", str(tmp_path / "run"), "--steps", "10"]))
+    given = tmp_path / "detector"
+    given.mkdir()
+    (given / "weights.pt").write_bytes(b"weights")
+    metrics = {**learn.world_detector.settings(params.evals.geneval.world, params.world.resolution),
+               "negative_fp_rate": 0.0}
+    (given / "metrics.json").write_text(json.dumps({**metrics, "epochs": 1}))
+    with pytest.raises(ValueError, match="trained otherwise than this run's world: epochs 1"):
+        learn.use_world_detector(params, given)
+    (given / "metrics.json").write_text(json.dumps(metrics))  # the right world, from before the counting threshold
+    with pytest.raises(FileNotFoundError, match="predates the counting threshold"):
+        learn.use_world_detector(params, given)
+    (given / "metrics.json").write_text(json.dumps({**metrics, "counting_threshold": 0.3}))
+    learn.use_world_detector(params, given)
+    assert (learn.world_detector.detector_dir(params) / "weights.pt").read_bytes() == b"weights"
+
+
 def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):
     learn = load_script("learn_procedural")
     torch.manual_seed(0)

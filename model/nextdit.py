@@ -305,7 +305,9 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
         # autocast path fails (torch 2.11); run it on one explicit dtype with autocast off.
         # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
-        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). BACKEND "TRITON": under 128
+        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). Its Triton kernels multiply at
+        # the head dim rounded up to a power of two (QK_HEAD_DIM_ROUNDED in torch 2.14's flex templates): 96 as
+        # 128, a third more tensor-core work than SDPA's kernels, which take 96 as it is. BACKEND "TRITON": under 128
         # queries with static shapes, Inductor otherwise picks its flex-decoding kernel, made for a few queries
         # against a long cache; at the learning run's 64-token text2image batches that forward took 1.18 ms
         # a layer, 6.5x its own backward (H100 profile, 2026-12-05).

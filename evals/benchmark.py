@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from onegen.jsonl import append_jsonl
-from onegen.shards.writer import write_json
+from onegen.shards.writer import atomic_write_bytes, write_json
 
 
 class Benchmark(ABC):
@@ -83,6 +83,15 @@ def _load_cache(path: Path, key: dict) -> dict[tuple[str, str], dict]:
     return done
 
 
+def _prune_cache(path: Path, current: set[tuple[str, str]]) -> None:
+    """Drop the rows of items the benchmark no longer has (an id gone, or its data changed since): no run reads
+    them again, and a report folder should not depend on what was evaluated in it before."""
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    kept = [line for line, row in zip(lines, map(json.loads, lines)) if (row["id"], row["item"]) in current]
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
 def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: int | None = None) -> dict:
     """Evaluate ``predictor`` on ``bench``, streaming items in batches; resumes from ``items.jsonl``.
 
@@ -97,6 +106,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
         print(f"{bench.name}: resuming, {len(done)} items already scored", file=sys.stderr)
     data_hash = hashlib.sha256()
     seen: set[str] = set()
+    current: set[tuple[str, str]] = set()
     scores: dict[str, dict] = {}
     grid_items, grid_preds = [], []
     items = islice(bench.items(), limit) if limit is not None else bench.items()
@@ -109,6 +119,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
                 seen.add(it["id"])
                 fp = _item_fingerprint(it)
                 data_hash.update(fp.encode())
+                current.add((it["id"], fp))
                 if (it["id"], fp) in done:  # same model, protocol and item data: reuse
                     scores[it["id"]] = done[(it["id"], fp)]
                 else:
@@ -125,6 +136,8 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
             bar.update(len(batch))
     if not scores:
         raise ValueError(f"{bench.name}: no items to evaluate")
+    if limit is None:  # every item was seen
+        _prune_cache(cache_path, current)
     per_item = scores
     samples = out_dir / "samples.png"
     has_grid = bench.sample_grid(grid_items, grid_preds, samples) if grid_items else samples.is_file()

@@ -242,13 +242,16 @@ def data_identity(cfg: TrainConfig, dirs: list[dict[Path, SideRule]], root: Path
 
 
 def set_aside(out_dir: Path, tag: str) -> Path:
-    """Move ``out_dir``'s checkpoints (``step_*``, ``latest``) into ``out_dir/superseded-<tag>[-k]``."""
-    aside = out_dir / f"superseded-{tag}"
+    """Move ``out_dir``'s checkpoints (``step_*``, ``latest``) into ``<out_dir>-superseded/<tag>[-k]`` beside it:
+    kept for the user, and out of the folder that holds the run (DVC's output of the train stage, which the
+    evaluations hash), so that it holds the same files on every machine whatever trained there before."""
+    root = out_dir.with_name(f"{out_dir.name}-superseded")
+    aside = root / tag
     k = 1
     while aside.exists():
         k += 1
-        aside = out_dir / f"superseded-{tag}-{k}"
-    aside.mkdir()
+        aside = root / f"{tag}-{k}"
+    aside.mkdir(parents=True)
     for p in [*out_dir.glob("step_*"), out_dir / "latest"]:
         if p.exists():
             p.rename(aside / p.name)

@@ -34,12 +34,14 @@ negatives on which any detection clears GenEval's 0.3.
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from evals.geneval.detector import YoloDetector
 from evals.geneval.rules import COUNTING_THRESHOLD, THRESHOLD, judge
@@ -238,6 +240,20 @@ def fit_counting_threshold(detector, seed: int, size: int, scenes: int = COUNTIN
             "counting_oracle_pass": {f"{t:.2f}": r for t, r in rates.items()}}
 
 
+def write_weights(trained: Path, out: Path) -> None:
+    """``trained``, an ultralytics checkpoint, at ``out`` with only what loading it needs: the model, its
+    training arguments and the ultralytics version. Left out is what says when and where it was trained (the
+    date, the git state, per-epoch timings, the temporary dataset and run folders, also inside the model's
+    own arguments), so that the same training writes the same bytes, and DVC sees the same detector, on every
+    run and checkout."""
+    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+    args = {k: v for k, v in ckpt["train_args"].items() if k not in ("data", "project", "save_dir")}
+    ckpt["model"].args = dict(args)
+    buffer = io.BytesIO()
+    torch.save({"version": ckpt["version"], "model": ckpt["model"], "train_args": args}, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
+
+
 def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
     """Export, train, evaluate on the held-out renders; writes ``weights.pt`` and ``metrics.json``."""
     ultralytics = import_ultralytics()
@@ -269,7 +285,7 @@ def train(cfg: WorldGenEvalConfig, size: int, out_dir: Path) -> dict:
         fp_images = sum(any(d["score"] > THRESHOLD for found in dets.values() for d in found)
                         for dets in calibrated(negatives))
         counting = fit_counting_threshold(calibrated, cfg.seed, size)
-        atomic_write_bytes(out_dir / "weights.pt", tmp_weights.read_bytes())
+        write_weights(tmp_weights, out_dir / "weights.pt")
     m = val.results_dict
     metrics = {
         "map50_box": float(m["metrics/mAP50(B)"]), "map50_95_box": float(m["metrics/mAP50-95(B)"]),

@@ -74,6 +74,24 @@ def test_cache_is_not_reused_for_another_model(tmp_path):
     assert len(b.seen) == 10 and r["metrics"]["accuracy"] == 1.0
 
 
+def test_a_full_run_drops_cached_rows_of_items_the_benchmark_no_longer_has(tmp_path):
+    class Shifted(Squares):  # items 0-5 gone, 6-9 kept, their data changed for 8 and 9, 10-11 new
+        def items(self):
+            return [{"id": f"item{i}", "x": i, "hash_fields": i + 100 * (i >= 8)} for i in range(6, 12)]
+
+    run(Squares(), Oracle("a"), tmp_path)
+    run(Squares(), Oracle("b"), tmp_path)
+    run(Shifted(), Oracle("a"), tmp_path, limit=3)  # items 6-8; a partial run drops nothing: it saw only some
+    assert len((tmp_path / "items.jsonl").read_text().splitlines()) == 10 + 10 + 1
+    again = Oracle("a")
+    run(Shifted(), again, tmp_path)
+    assert again.seen == ["item9", "item10", "item11"]  # 6 and 7 unchanged, 8 from the partial run
+    rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
+    # model a: 6 and 7 of the first run, 8 of the partial one, 9-11; model b: 6 and 7 (still its valid cache)
+    assert sorted((r["key"]["model"], r["id"]) for r in rows) == sorted(
+        [("a", f"item{i}") for i in range(6, 12)] + [("b", "item6"), ("b", "item7")])
+
+
 def test_duplicate_ids_are_refused(tmp_path):
     class Dup(Squares):
         def items(self):

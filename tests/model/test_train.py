@@ -149,12 +149,12 @@ def test_checkpoints_of_other_data_are_set_aside_not_resumed(project, tmp_path):
     old = json.loads((cfg.out_dir / "step_0000014" / "meta.json").read_text())["data_identity"]
     assert old.keys() == summary["data_identity"].keys() == set(FAMILIES)
     assert all(summary["data_identity"][f] != old[f] for f in FAMILIES)
-    aside = out / "superseded-step_0000014"
+    aside = out.with_name(f"{out.name}-superseded") / "step_0000014"
     assert sorted(p.name for p in aside.iterdir()) == sorted(p.name for p in cfg.out_dir.iterdir())
     assert load_file(aside / "step_0000014" / "model.safetensors").keys()  # kept whole, not rewritten
     again = train(params, cfg.model_copy(update={"out_dir": out}))
     assert again["resumed_from"] == 14 and again["data_identity"] == summary["data_identity"]
-    assert [p.name for p in out.glob("superseded-*")] == [aside.name]
+    assert [p.name for p in aside.parent.iterdir()] == [aside.name]
 
 
 def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resumes(project, tmp_path):
@@ -175,7 +175,8 @@ def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resu
     shutil.copytree(cfg.out_dir, lower.out_dir)
     summary = train(run_params(project, "lower"), lower)
     assert summary["resumed_from"] == 0 and summary["step"] == 14
-    assert (lower.out_dir / "superseded-step_0000014" / "step_0000014").is_dir()
+    assert (lower.out_dir.with_name(f"{lower.out_dir.name}-superseded") / "step_0000014" / "step_0000014").is_dir()
+    assert not list(lower.out_dir.glob("superseded*"))  # the run's folder holds the run alone
 
     # a finished run is the model of its hyperparameters (set aside for another lr), not of how it computed
     for name, change, resumed in (("lr", {"lr": 2e-3}, 0), ("ckpting", {"activation_checkpointing": True}, 14)):
@@ -203,7 +204,7 @@ def test_checkpoints_of_other_latents_are_set_aside_not_resumed(project, tmp_pat
     meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"vae_shift": False}))
     summary = train(run_params(project, "ref"), cfg.model_copy(update={"out_dir": out}))
     assert summary["resumed_from"] == 0 and summary["step"] == 14
-    assert (out / "superseded-step_0000014" / "step_0000014" / "meta.json").is_file()
+    assert (out.with_name(f"{out.name}-superseded") / "step_0000014" / "step_0000014" / "meta.json").is_file()
 
 
 def test_resuming_another_model_size_is_one_clear_error(project):

@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from evals import benchmark
 from evals.geneval.benchmark import WorldGenEval
@@ -190,6 +191,16 @@ def test_detector_load_errors_name_the_key(tmp_path):
         YoloDetector.load_coco(None)
     with pytest.raises(AnnotatorError, match="my.key: .* not found"):
         YoloDetector.load(tmp_path / "missing.pt", "my.key")
+
+
+def test_training_again_writes_the_same_bytes(trained, tmp_path):
+    out, metrics = trained
+    again = train(WorldGenEvalConfig(**TINY), 64, tmp_path / "world_detector")
+    assert (tmp_path / "world_detector" / "weights.pt").read_bytes() == (out / "weights.pt").read_bytes()
+    assert again["map50_box"] == metrics["map50_box"]
+    ckpt = torch.load(out / "weights.pt", map_location="cpu", weights_only=False)
+    assert set(ckpt) == {"version", "model", "train_args"} and ckpt["train_args"]["imgsz"] == 64
+    assert "data" not in ckpt["model"].args and "save_dir" not in ckpt["model"].args
 
 
 def test_world_geneval_end_to_end_with_the_oracle(trained, tmp_path):

@@ -8,9 +8,12 @@ The train step's profile (H200, eager) spent 6.6 ms per image in flex attention 
 soft-cap, the backward 3x the forward. Inductor picks flex's tile sizes from a table keyed by head
 dim, which has no row for our 96, so this times the candidates side by side in one process:
 SDPA without the cap (cuDNN / flash: the speed the cap costs us against), flex without the cap,
-flex with it under Inductor's defaults, under explicit ``kernel_options``, and under max-autotune.
-Prints ms per call, TFLOP/s (FlashAttention's count: forward 4·B·H·N²·d, backward 2.5x that) and each
-output's largest difference from the float32 reference (``softcapped_attention(..., "math")``).
+flex with it under Inductor's defaults, under explicit ``kernel_options``, and under max-autotune, and
+cuDNN's fused kernel with the cap as its score modifier (``model/cudnn_attention.py``, the model's backend
+"cudnn"; needs ``nvidia-cudnn-frontend``). Prints ms per call, TFLOP/s (FlashAttention's count: forward
+4·B·H·N²·d, backward 2.5x that), each output's largest difference from the float32 reference
+(``softcapped_attention(..., "math")``) and, for the capped kernels, the largest difference of dq, dk, dv
+from the reference's, relative to the largest reference gradient.
 
 Measured (H200, torch 2.11, 2026-12-04, each variant compiled just before its timing): SDPA 0.419 ms,
 flex without the cap 0.721, with the cap as tanh 1.095, as 2σ(2x)−1 (the model's) 0.805; explicit
@@ -87,24 +90,46 @@ def time_call(fn, q, k, v, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def time_variant(name: str, make, q, k, v, iters: int, exact: torch.Tensor, flops: float) -> dict | None:
-    """Build one variant, time it and check its output against ``exact``; None, with a line saying why, where it
-    fails (a tile that does not fit shared memory, a backend this build or device lacks): the others still count."""
+def reference_grads(attend, q, k, v) -> tuple[torch.Tensor, ...]:
+    """dq, dk, dv of ``attend`` (the float32 reference) for the fixed output gradient ``grad_probe`` gives."""
+    leaves = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
+    attend(*leaves).backward(grad_probe(q))
+    return tuple(t.grad for t in leaves)
+
+
+def grad_probe(q: torch.Tensor) -> torch.Tensor:
+    return torch.randn(q.shape, device=q.device, dtype=q.dtype, generator=torch.Generator(q.device).manual_seed(7))
+
+
+def time_variant(name: str, make, q, k, v, iters: int, exact: torch.Tensor, flops: float,
+                 exact_grads: tuple | None = None) -> dict | None:
+    """Build one variant, time it and check its output (and, given ``exact_grads``, its dq, dk, dv) against the
+    float32 reference; None, with a line saying why, where it fails (a tile that does not fit shared memory, a
+    backend this build or device lacks): the others still count."""
     try:
         fn = make()
         sec = time_call(fn, q, k, v, iters)
         with torch.no_grad():
             err = (fn(q, k, v).float() - exact).abs().max().item()
+        grad_err = None
+        if exact_grads is not None and q.requires_grad:
+            for t in (q, k, v):
+                t.grad = None
+            fn(q, k, v).backward(grad_probe(q))
+            grad_err = max(((t.grad.float() - g).abs().max() / g.abs().max()).item()
+                           for t, g in zip((q, k, v), exact_grads))
     except Exception as e:
         print(f"{name:42s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
         return None
-    return {"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "max_abs_err": err}
+    return {"name": name, "ms": sec * 1e3, "tflops": flops / sec / 1e12, "max_abs_err": err,
+            "max_rel_grad_err": grad_err}
 
 
 def print_row(row: dict) -> None:
     vs = f"speed vs SDPA {row['vs_sdpa']:.2f}" if row.get("vs_sdpa") else ""
-    print(f"{row['name']:42s} {row['ms']:8.3f} ms {row['tflops']:7.1f} TFLOP/s  {vs}  max|err| {row['max_abs_err']:.1e}",
-          flush=True)
+    grads = f"  grads max|err|/max {row['max_rel_grad_err']:.1e}" if row.get("max_rel_grad_err") is not None else ""
+    print(f"{row['name']:42s} {row['ms']:8.3f} ms {row['tflops']:7.1f} TFLOP/s  {vs}  max|err| {row['max_abs_err']:.1e}"
+          f"{grads}", flush=True)
 
 
 def cross_attention_rows(b: int, h: int, hkv: int, n: int, d: int, text_len: int, iters: int, device, dtype) -> list:
@@ -164,6 +189,8 @@ def main() -> None:
                     help="train: the Lumina2 2.6B train step's; learn_t2i: `small` on 64-token text2image batches")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--softcap", type=float, default=30.0)
+    ap.add_argument("--only", help="comma list: time only the self-attention variants whose names contain one of "
+                                   "these (SDPA, the reference, always runs), and no cross-attention rows")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import flex_attention
@@ -210,14 +237,29 @@ def main() -> None:
             flex, options={"BACKEND": "FLASH"}, pad_to=128)
     if device.type == "cuda":
         variants["flex, cap, max-autotune"] = functools.partial(flex, mode="max-autotune-no-cudagraphs")
+        # cuDNN's fused kernel, the cap as its score modifier in both passes (nvidia-cudnn-frontend), as the model
+        # calls it eagerly and compiled (one opaque custom op either way)
+        variants["cudnn, cap (score modifier)"] = lambda: functools.partial(softcapped_attention, softcap=args.softcap,
+                                                                            backend="cudnn")
+        variants["cudnn, cap, compiled"] = lambda: torch.compile(functools.partial(
+            softcapped_attention, softcap=args.softcap, backend="cudnn"))
+    if args.only:
+        wanted = args.only.split(",")
+        variants = {name: make for name, make in variants.items()
+                    if make is sdpa or any(w in name for w in wanted)}
     print(f"attention {'fwd+bwd' if grad else 'fwd'}: batch {b}, {n} tokens, {h} heads / {hkv} KV heads, d {d}, {dtype}, {device}")
     rows, ref = [], None
     # A fast kernel that computes something else is no candidate: each output against the float32 reference
     with torch.no_grad():
         exact = {cap: softcapped_attention(q, k, v, args.softcap, "math").float(),
                  None: softcapped_attention(q, k, v, None, "math").float()}
+    # the gradients too, for the capped kernels: cuDNN's backward takes the cap's derivative as written here
+    exact_grads = reference_grads(functools.partial(softcapped_attention, softcap=args.softcap, backend="math"),
+                                  q, k, v) if grad else None
     for name, make in variants.items():
-        row = time_variant(name, make, q, k, v, args.iters, exact[None if "no cap" in name else cap], flops)
+        capped = "no cap" not in name
+        row = time_variant(name, make, q, k, v, args.iters, exact[cap if capped else None], flops,
+                           exact_grads if capped else None)
         if row is None:
             continue
         if make is sdpa:
@@ -226,7 +268,8 @@ def main() -> None:
         print_row(row)
         rows.append(row)
     try:
-        rows += cross_attention_rows(b, h, hkv, n, d, 16 if args.quick else 256, args.iters, device, dtype)
+        if not args.only:
+            rows += cross_attention_rows(b, h, hkv, n, d, 16 if args.quick else 256, args.iters, device, dtype)
     except Exception as e:  # the self-attention rows above still get written
         print(f"cross-attention rows failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
     if args.json:

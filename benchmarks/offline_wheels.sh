@@ -1,6 +1,6 @@
 #!/bin/bash
 # Wheels for a GPU host with no package index whose image already has torch, numpy, pillow, ray-free basics:
-#     bash benchmarks/offline_wheels.sh [base] [judge | ann] [fa4]   (PYTHON_VERSION=3.12 by default: the host's Python)
+#     bash benchmarks/offline_wheels.sh [base] [judge | ann] [cudnn] [fa4]   (PYTHON_VERSION=3.12 by default: the host's Python)
 #   base -> .whl/    what the benchmarks import beyond such an image (transformers, diffusers, pydantic, webdataset
 #                    and their needs), at constraints.txt's versions
 #   ann  -> .whl_ann/  ultralytics and polars (its trainer imports polars when it saves): the learning run's world
@@ -8,6 +8,8 @@
 #   judge -> .whl/   (after base) ultralytics alone, 1.5 MB: enough where the judge comes trained (`dvc repro`'s
 #                    data/world_detector carried), since only ultralytics' trainer imports polars; one call then
 #                    installs and starts the learning run (session 23)
+#   cudnn -> .whl/   (after base) nvidia-cudnn-frontend alone, 12 MB: the attention backend "cudnn" (its Python
+#                    graph API over the cuDNN library that torch brings)
 #   fa4  -> .fa4_a/ .fa4_b/   flash-attn-4 and its CuTe DSL (bench_attention's FLASH rows); the 92 MB libs wheel is
 #                    split in halves so that each folder travels in one 64 MiB transfer
 # Folders are git-ignored; benchmarks/detached_suite.sh installs whichever are present on the host.
@@ -32,6 +34,9 @@ for set in ${*:-base}; do
     judge) [ -d .whl ] || { echo "judge adds to .whl: name base first" >&2; exit 2; }
            get .whl $(pinned ultralytics ultralytics-thop)
            du -sh .whl ;;
+    cudnn) [ -d .whl ] || { echo "cudnn adds to .whl: name base first" >&2; exit 2; }
+           get .whl nvidia-cudnn-frontend==1.32.0
+           du -sh .whl ;;
     fa4)  tmp=$(mktemp -d)
           get "$tmp" flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
             nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 "apache-tvm-ffi<0.2,>=0.1.11" \
@@ -45,6 +50,6 @@ for set in ${*:-base}; do
              "$tmp"/einops-* "$tmp"/quack* "$tmp"/torch_c_dlpack* .fa4_a/
           mv "$tmp"/* .fa4_b/ && rmdir "$tmp"
           du -sh .fa4_a .fa4_b ;;
-    *) echo "unknown set $set (base, judge, ann, fa4)" >&2; exit 2 ;;
+    *) echo "unknown set $set (base, judge, ann, cudnn, fa4)" >&2; exit 2 ;;
   esac
 done

@@ -289,7 +289,8 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     """Full (unmasked) self-attention with soft-capped logits, GQA by interleaved heads.
 
     q: [B, H, N, d]; k, v: [B, Hkv, N, d]; query head h reads K/V head h // (H / Hkv).
-    backend: "flex" (compiled ``flex_attention``; CUDA), "flex_eager" (uncompiled flex, any
+    backend: "flex" (compiled ``flex_attention``; CUDA), "cudnn" (cuDNN's fused kernel with the cap as a score
+    modifier; CUDA, needs ``nvidia-cudnn-frontend``), "flex_eager" (uncompiled flex, any
     device; slow, for checks), "math" (exact float32 reference) or "auto" (flex on CUDA,
     math elsewhere).  Without a cap, SDPA is used for every backend but the reference "math" (which
     ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
@@ -301,26 +302,30 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         backend = "flex" if q.is_cuda else "math"
     if backend == "math":
         return _math_attention(q, k, v, softcap)
-    if backend == "flex":
+    if backend in ("flex", "cudnn"):
         # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
-        # autocast path fails (torch 2.11); run it on one explicit dtype with autocast off.
-        # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
-        # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). Its Triton kernels multiply at
-        # the head dim rounded up to a power of two (QK_HEAD_DIM_ROUNDED in torch 2.14's flex templates): 96 as
-        # 128, a third more tensor-core work than SDPA's kernels, which take 96 as it is. BACKEND "TRITON": under 128
-        # queries with static shapes, Inductor otherwise picks its flex-decoding kernel, made for a few queries
-        # against a long cache; at the learning run's 64-token text2image batches that forward took 1.18 ms
-        # a layer, 6.5x its own backward (H100 profile, 2026-12-05).
+        # autocast path fails (torch 2.11); both kernels run on one explicit dtype with autocast off.
         dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         with torch.autocast(q.device.type, enabled=False):
-            return _compiled_flex_attention()(q.to(dtype), k.to(dtype), v.to(dtype),
-                                              score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
+            if backend == "cudnn":
+                from model.cudnn_attention import softcapped_attention_cudnn
+
+                return softcapped_attention_cudnn(q, k, v, float(softcap))
+            # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
+            # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). Its Triton kernels multiply at
+            # the head dim rounded up to a power of two (QK_HEAD_DIM_ROUNDED in torch 2.14's flex templates): 96 as
+            # 128, a third more tensor-core work than SDPA's kernels, which take 96 as it is. BACKEND "TRITON": under
+            # 128 queries with static shapes, Inductor otherwise picks its flex-decoding kernel, made for a few
+            # queries against a long cache; at the learning run's 64-token text2image batches that forward took
+            # 1.18 ms a layer, 6.5x its own backward (H100 profile, 2026-12-05).
+            return _compiled_flex_attention()(q, k, v, score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa,
                                               kernel_options=FLEX_KERNEL_OPTIONS)
     if backend == "flex_eager":
         from torch.nn.attention.flex_attention import flex_attention
 
         return flex_attention(q, k, v, score_mod=_softcap_score_mod(float(softcap)), enable_gqa=gqa)
-    raise ValueError(f"unknown attention backend {backend!r} (auto|flex|flex_eager|math)")
+    raise ValueError(f"unknown attention backend {backend!r} (auto|flex|cudnn|flex_eager|math)")
 
 
 def modulate(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -456,7 +461,7 @@ class NextDiT(nn.Module):
     Attributes a caller may switch:
       ``gradient_checkpointing`` (bool): recompute each block in backward while training
         (re-entrant ``torch.utils.checkpoint``: use ``loss.backward()``, not ``autograd.grad``).
-      ``attn_backend`` (str): "auto" | "flex" | "flex_eager" | "math" (``softcapped_attention``).
+      ``attn_backend`` (str): "auto" | "flex" | "cudnn" | "flex_eager" | "math" (``softcapped_attention``).
     """
 
     TIMESTEP_SCALE = 1000.0  # forward takes sigma * TIMESTEP_SCALE

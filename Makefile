@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# facenet-pytorch (MTCNN for the ID benchmark; its weights ship in the wheel) pins torch<2.3 and
 	# numpy<2 in its metadata although its code runs on ours: install it without its pins
 	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	# nvidia-cudnn-frontend (the attention backend "cudnn") also requires the CUTLASS DSL, ~200 MB of wheels for
+	# kernels we never call: its graph API needs only the cuDNN library torch brings
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt nvidia-cudnn-frontend
 	touch $@
 
 setup: $(VENV)/.installed

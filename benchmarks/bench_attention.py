@@ -47,7 +47,8 @@ from model.nextdit import FLEX_KERNEL_OPTIONS, _softcap_score_mod, softcapped_at
 # Forward tiles (BLOCK_M, BLOCK_N, warps, stages) as Inductor's H100 table has them for d 64/128, the
 # backward's (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) of its sm90 rule, to try on d 96; and another kernel.
 SHAPES = {"train": (4, 24, 8, 1024, 96),  # batch, heads, KV heads, tokens, head dim
-          "learn_t2i": (256, 8, 4, 64, 72)}
+          "learn_t2i": (256, 8, 4, 64, 72),
+          "learn_mixed": (64, 8, 4, 512, 72)}  # `small` on the learning run's 8-view 128² batches
 CANDIDATES = {
     "fwd 128x64 w8 s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
     "fwd 128x128 w8 s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
@@ -186,7 +187,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="toy sizes, for a CPU smoke run")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="train",
-                    help="train: the Lumina2 2.6B train step's; learn_t2i: `small` on 64-token text2image batches")
+                    help="train: the Lumina2 2.6B train step's; learn_t2i: `small` on 64-token text2image batches; "
+                         "learn_mixed: `small` on the learning run's 8-view batches (512 tokens)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--softcap", type=float, default=30.0)
     ap.add_argument("--only", help="comma list: time only the self-attention variants whose names contain one of "
@@ -243,6 +245,9 @@ def main() -> None:
                                                                             backend="cudnn")
         variants["cudnn, cap, compiled"] = lambda: torch.compile(functools.partial(
             softcapped_attention, softcap=args.softcap, backend="cudnn"))
+        # the trainer's compile_mode reduce-overhead: the op captured inside CUDA graphs
+        variants["cudnn, cap, CUDA graphs"] = lambda: torch.compile(functools.partial(
+            softcapped_attention, softcap=args.softcap, backend="cudnn"), mode="reduce-overhead")
     if args.only:
         wanted = args.only.split(",")
         variants = {name: make for name, make in variants.items()

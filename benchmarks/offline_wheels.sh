@@ -35,7 +35,7 @@ for set in ${*:-base}; do
            get .whl $(pinned ultralytics ultralytics-thop)
            du -sh .whl ;;
     cudnn) [ -d .whl ] || { echo "cudnn adds to .whl: name base first" >&2; exit 2; }
-           get .whl nvidia-cudnn-frontend==1.32.0
+           get .whl $(pinned nvidia-cudnn-frontend)
            du -sh .whl ;;
     fa4)  tmp=$(mktemp -d)
           get "$tmp" flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \

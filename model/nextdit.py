@@ -54,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from model import cudnn_attention
 from onegen.hub_cache import resolve_model_path
 
 __all__ = [
@@ -289,17 +290,20 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     """Full (unmasked) self-attention with soft-capped logits, GQA by interleaved heads.
 
     q: [B, H, N, d]; k, v: [B, Hkv, N, d]; query head h reads K/V head h // (H / Hkv).
-    backend: "flex" (compiled ``flex_attention``; CUDA), "cudnn" (cuDNN's fused kernel with the cap as a score
-    modifier; CUDA, needs ``nvidia-cudnn-frontend``), "flex_eager" (uncompiled flex, any
-    device; slow, for checks), "math" (exact float32 reference) or "auto" (flex on CUDA,
-    math elsewhere).  Without a cap, SDPA is used for every backend but the reference "math" (which
-    ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
+    backend: "cudnn" (cuDNN's fused kernel with the cap as a score modifier, ``model/cudnn_attention.py``; CUDA,
+    needs ``nvidia-cudnn-frontend``), "flex" (compiled ``flex_attention``; CUDA), "flex_eager" (uncompiled flex,
+    any device; slow, for checks), "math" (exact float32 reference) or "auto" (on CUDA cudnn where installed and
+    the head dim fits it, else flex; math elsewhere).  Without a cap, SDPA is used for every backend but the
+    reference "math" (which ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
     """
     gqa = q.shape[1] != k.shape[1]
     if softcap is None and backend != "math":
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if backend == "auto":
-        backend = "flex" if q.is_cuda else "math"
+        if not q.is_cuda:
+            backend = "math"
+        else:
+            backend = "cudnn" if cudnn_attention.AVAILABLE and cudnn_attention.fits(q.shape[-1]) else "flex"
     if backend == "math":
         return _math_attention(q, k, v, softcap)
     if backend in ("flex", "cudnn"):
@@ -309,9 +313,7 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         with torch.autocast(q.device.type, enabled=False):
             if backend == "cudnn":
-                from model.cudnn_attention import softcapped_attention_cudnn
-
-                return softcapped_attention_cudnn(q, k, v, float(softcap))
+                return cudnn_attention.softcapped_attention_cudnn(q, k, v, float(softcap))
             # Inductor's own tiles: on an H200 at d 96 no explicit tile, max-autotune or the FLASH backend
             # (flash-attn-4) beat them (benchmarks/bench_attention.py, 2026-12-04). Its Triton kernels multiply at
             # the head dim rounded up to a power of two (QK_HEAD_DIM_ROUNDED in torch 2.14's flex templates): 96 as

@@ -152,7 +152,7 @@ def recipe_through(cfg: TrainConfig, step: int) -> list[dict]:
 
 
 # what shapes the weights besides the stages: a finished run under other values of these is another model (compile,
-# checkpointing, parallelism or reading latents are how a run computes, not what it learns)
+# checkpointing, parallelism, the attention kernel or reading latents are how a run computes, not what it learns)
 WEIGHT_SHAPING = {"lr", "betas", "eps", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "grad_accum",
                   "sigma_shift", "condition_prob", "precision", "seed"}
 
@@ -359,6 +359,7 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     those of the plain model and FSDP2's hooks stay outside the compiled code.
     """
     raw.gradient_checkpointing = cfg.activation_checkpointing
+    raw.attn_backend = cfg.attention
     if cfg.compile:
         from torch._dynamo import config as dynamo_config
 

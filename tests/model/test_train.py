@@ -423,6 +423,15 @@ def test_samples_skipped_inside_loader_workers_reach_the_summary(project, tmp_pa
         assert summary["step"] == 3 and summary["read_problems"] > 0, workers
 
 
+@pytest.mark.parametrize("attention", ["auto", "cudnn", "flex"])
+def test_the_attention_kernel_is_the_models(attention):
+    from model.nextdit import CONFIGS, NextDiT
+
+    model = NextDiT(CONFIGS["tiny"])
+    train_mod.wrap_model(model, TrainConfig(attention=attention), train_mod.Dist(rank=0, world=1))
+    assert model.attn_backend == attention
+
+
 def test_cuda_graphs_refuse_several_processes():
     from model.nextdit import CONFIGS, NextDiT
 

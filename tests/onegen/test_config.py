@@ -77,6 +77,7 @@ def test_profiles_load_and_differ_where_the_paper_does():
          r"train: compile_mode reduce-overhead needs compile: true and activation_checkpointing: false"),
         (lambda d: d["train"].update(compile=True, compile_mode="reduce-overhead", grad_accum=2),
          r"train: compile_mode reduce-overhead runs one micro-step a step \(grad_accum: 1\)"),
+        (lambda d: d["train"].__setitem__("attention", "flash"), r"train\.attention: Input should be 'auto', 'cudnn' or 'flex'"),
         (lambda d: d["shards"]["families"]["pose"].__setitem__("sources", ["world", "sample_photos"]),
          r"shards\.families\.pose\.sources: the procedural world has no people to pose"),
     ],

@@ -755,7 +755,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         raise ValueError(f"train: {ckpt} is at step {start}, past the recipe's {total} steps (train.stages): "
                          f"lengthen the recipe, or give train.out_dir a fresh folder")
     if ckpt and dist.main:
-        if meta.get("config_hash") != chash:
+        if meta.get("config_hash") != chash and not finished:  # a finished run trains no step: nothing continues
             tqdm.write(f"train: resuming {ckpt} written under another config (hash {meta.get('config_hash')} "
                        f"!= {chash}); the run is no longer an exact continuation")
         if meta.get("slots", slots) != slots:

@@ -157,7 +157,7 @@ def test_checkpoints_of_other_data_are_set_aside_not_resumed(project, tmp_path):
     assert [p.name for p in aside.parent.iterdir()] == [aside.name]
 
 
-def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resumes(project, tmp_path):
+def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resumes(project, tmp_path, capsys):
     """`dvc repro` after an edit of train.stages: a stage the checkpoint already trained through, run at another
     side, would not have made it (set aside, trained anew); a stage added after it continues it."""
     cfg = finished_reference_run(project)
@@ -178,12 +178,16 @@ def test_a_changed_stage_sets_the_checkpoints_aside_and_a_lengthened_recipe_resu
     assert (lower.out_dir.with_name(f"{lower.out_dir.name}-superseded") / "step_0000014" / "step_0000014").is_dir()
     assert not list(lower.out_dir.glob("superseded*"))  # the run's folder holds the run alone
 
-    # a finished run is the model of its hyperparameters (set aside for another lr), not of how it computed
-    for name, change, resumed in (("lr", {"lr": 2e-3}, 0), ("ckpting", {"activation_checkpointing": True}, 14)):
+    # a finished run is the model of its hyperparameters (set aside for another lr), not of how it computed; taken
+    # up again under another config, it trains no step, so no continuation is announced as inexact
+    for name, change, resumed in (("lr", {"lr": 2e-3}, 0), ("ckpting", {"activation_checkpointing": True}, 14),
+                                  ("kernel", {"attention": "flex"}, 14)):
         out = tmp_path / name
         shutil.copytree(cfg.out_dir, out)
+        capsys.readouterr()
         summary = train(run_params(project, name), cfg.model_copy(update={"out_dir": out, **change}))
         assert summary["resumed_from"] == resumed, name
+        assert "no longer an exact continuation" not in capsys.readouterr().out, name
     # a finished checkpoint from before checkpoints kept their recipe: any other params retrain it
     old = tmp_path / "old"
     shutil.copytree(cfg.out_dir, old)

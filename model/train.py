@@ -902,7 +902,9 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                "random_weights": {"vae": codec.random_weights, "text_encoder": text_enc.random_weights}}
     if dist.main:
         log_dir.mkdir(parents=True, exist_ok=True)  # a finished run resumed into fresh reports logged nothing
-        write_json(log_dir / "summary.json", summary)
+        # the file describes the model, not how this process got to it: a fresh `dvc repro` and a rerun that finds
+        # the run finished write the same file
+        write_json(log_dir / "summary.json", {k: v for k, v in summary.items() if k != "resumed_from"})
     return summary
 
 

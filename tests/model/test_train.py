@@ -115,6 +115,9 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert find_checkpoint(cfg.out_dir).name == "step_0000008" and max(losses(params)) == 10
     summary = train(params, cfg)
     assert summary["resumed_from"] == 8 and summary["step"] == 14
+    # the committed summary is the model's: the same whether this process resumed or trained it whole
+    written = json.loads((params.paths.reports / "train/summary.json").read_text())
+    assert written == {k: v for k, v in summary.items() if k != "resumed_from"}
     assert losses(params) == losses(ref)  # bit-exact, steps 9-10 logged once
     for f in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(cfg.out_dir / "step_0000014" / f), load_file(project / "ref/ck/step_0000014" / f)

@@ -94,9 +94,10 @@ for job in $JOBS; do
     train_rest) step train_rest python3 benchmarks/bench_train_step.py --modes compile --rows 8view,2.8b ;;
     attn) step attn python3 benchmarks/bench_attention.py --json "$OUT/attn.json" ;;
     # the cap on cuDNN's fused kernel (needs `offline_wheels.sh cudnn`): its output and gradients against the
-    # float32 reference beside SDPA and the model's flex kernel, then the train step against diffusers' Lumina2
+    # float32 reference beside SDPA and the model's flex kernel, then the train step (the model's auto: cuDNN)
+    # against diffusers' Lumina2 and against itself on flex
     attn_cudnn) step attn_cudnn python3 benchmarks/bench_attention.py --only "cudnn,ours" --json "$OUT/attn_cudnn.json" ;;
-    train_cudnn) step train_cudnn python3 benchmarks/bench_train_step.py --modes compile --rows lumina,cudnn --profile ;;
+    train_cudnn) step train_cudnn python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours,flex --profile ;;
     # `small` on the learning run's 64-token text2image batches, where Inductor's AUTO flex kernel was flex-decoding
     attn_short) step attn_short python3 benchmarks/bench_attention.py --shape learn_t2i --json "$OUT/attn_short.json" ;;
     # the learning run's host-bound text2image step: default, flex AUTO, C++ wrapper, CUDA graphs

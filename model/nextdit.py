@@ -286,6 +286,16 @@ def _math_attention(q, k, v, softcap, query_chunk: int = 1024):
     return torch.cat(outs, dim=2).to(q.dtype)
 
 
+def attention_kernel(backend: str, cuda: bool, head_dim: int) -> str:
+    """What ``backend`` runs: "auto" is cudnn on CUDA where installed and the head dim fits it, else flex; math
+    off CUDA."""
+    if backend != "auto":
+        return backend
+    if not cuda:
+        return "math"
+    return "cudnn" if cudnn_attention.AVAILABLE and cudnn_attention.fits(head_dim) else "flex"
+
+
 def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") -> torch.Tensor:
     """Full (unmasked) self-attention with soft-capped logits, GQA by interleaved heads.
 
@@ -299,11 +309,7 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     gqa = q.shape[1] != k.shape[1]
     if softcap is None and backend != "math":
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    if backend == "auto":
-        if not q.is_cuda:
-            backend = "math"
-        else:
-            backend = "cudnn" if cudnn_attention.AVAILABLE and cudnn_attention.fits(q.shape[-1]) else "flex"
+    backend = attention_kernel(backend, q.is_cuda, q.shape[-1])
     if backend == "math":
         return _math_attention(q, k, v, softcap)
     if backend in ("flex", "cudnn"):

@@ -17,7 +17,8 @@ from model.cudnn_attention import (
     new_graph,
     softcapped_attention_cudnn,
 )
-from model.nextdit import softcapped_attention
+from model import cudnn_attention
+from model.nextdit import attention_kernel, softcapped_attention
 
 
 def heads_view(b, n, heads, d, device="meta", dtype=torch.bfloat16):
@@ -101,3 +102,12 @@ def test_the_score_modifier_is_the_soft_cap_and_its_derivative(describe):
     if grad is not None:
         expected, = torch.autograd.grad(cap * torch.tanh(s / cap), s, s.detach())
         torch.testing.assert_close(values[grad.get_name()], expected)
+
+
+def test_auto_is_cudnn_on_cuda_where_installed_and_the_head_dim_fits(monkeypatch):
+    assert cudnn_attention.AVAILABLE  # the Makefile installs the frontend; this machine's torch brings cuDNN 9.24
+    assert attention_kernel("auto", True, 96) == "cudnn" and attention_kernel("auto", True, 120) == "cudnn"
+    assert attention_kernel("auto", True, 100) == "flex" and attention_kernel("auto", True, 256) == "flex"
+    assert attention_kernel("auto", False, 96) == "math" and attention_kernel("flex", True, 96) == "flex"
+    monkeypatch.setattr(cudnn_attention, "AVAILABLE", False)
+    assert attention_kernel("auto", True, 96) == "flex"

@@ -168,7 +168,8 @@ def main() -> None:
         free()
         return out
 
-    print(f"our soft-capped attention (auto) runs on {attention_kernel('auto', device.type == 'cuda', cfg.head_dim)}")
+    kernel = attention_kernel("auto", device.type == "cuda", cfg.head_dim, torch.bfloat16)
+    print(f"our soft-capped attention (auto) runs on {kernel}")
     modes = [m == "compile" for m in args.modes.split(",")]
     results = {}
     for compile_ in modes:

@@ -10,53 +10,56 @@ against 1.102 at the learning run's 8-view batches, and under CUDA graphs 0.411 
 text2image batches; the compiled train step at the Lumina2 shape (bench_train_step.py) 25.10 img/s against
 diffusers' 20.33 in the same job, 1.23x, where flex made it 1.18x.
 
-Graphs are described here, planned once per (shapes, strides, dtype, cap, device) and cached. Both passes
-are ``torch.library`` custom ops, so ``torch.compile`` and CUDA graphs see one opaque call each. The output
-is laid out [B, N, H, d] in memory (a [B, H, N, d] view), so the block's ``transpose(1, 2).reshape`` back to
-tokens costs no copy.
+Graphs are described here, planned once per (shapes, strides, dtype, device) and cached; the cap is passed at
+launch. Both passes are ``torch.library`` custom ops, so ``torch.compile`` and CUDA graphs see one opaque call
+each. The output is laid out [B, N, H, d] in memory, so the block's ``transpose(1, 2).reshape`` back to tokens
+costs no copy. One cuDNN handle per device serves every stream (each launch sets the caller's): launch from one
+thread per device.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
-# The frontend is installed without its dependencies (Makefile): its graph API needs only the cuDNN library torch
-# brings, which takes score modifiers in SDPA graphs from 9.6 on (the frontend's own tests skip below it).
-AVAILABLE = importlib.util.find_spec("cudnn") is not None and (torch.backends.cudnn.version() or 0) >= 90600
+try:  # installed without its dependencies (Makefile): the graph API needs only the cuDNN library torch brings
+    import cudnn
+except Exception:  # absent, or its library would not load: the model's "auto" falls back to flex
+    cudnn = None
+# score modifiers in SDPA graphs need cuDNN 9.6 (the frontend's own tests skip below it)
+AVAILABLE = cudnn is not None and cudnn.backend_version() >= 90600
+DTYPES = (torch.bfloat16, torch.float16)
 
 _PLANNED: dict[tuple, tuple] = {}
 
 
-@functools.lru_cache(maxsize=1)
 def _cudnn():
-    try:
-        import cudnn
-    except ImportError as e:
+    if cudnn is None:
         raise RuntimeError("attention backend 'cudnn' needs the nvidia-cudnn-frontend package "
-                           "(pip install --no-deps nvidia-cudnn-frontend)") from e
+                           "(pip install --no-deps nvidia-cudnn-frontend)")
     return cudnn
 
 
 @functools.lru_cache(maxsize=None)
 def _handle(device_index: int):
-    return _cudnn().create_handle()
+    with torch.cuda.device(device_index):  # a handle belongs to the device current at its creation
+        return _cudnn().create_handle()
+
+
+def _data_type(dtype: torch.dtype):
+    types = _cudnn().data_type
+    return {torch.bfloat16: types.BFLOAT16, torch.float16: types.HALF}.get(dtype, types.FLOAT)
 
 
 def new_graph(dtype: torch.dtype, handle=None):
-    cudnn = _cudnn()
-    io = {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}[dtype]
-    return cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
-                         compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+    float32 = _cudnn().data_type.FLOAT
+    return _cudnn().pygraph(io_data_type=_data_type(dtype), intermediate_data_type=float32,
+                            compute_data_type=float32, handle=handle)
 
 
 def _inputs(graph, **tensors: torch.Tensor) -> dict:
-    cudnn = _cudnn()
-    io = {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}
-    return {name: graph.tensor(name=name, dim=list(t.shape), stride=list(t.stride()),
-                               data_type=io.get(t.dtype, cudnn.data_type.FLOAT))
+    return {name: graph.tensor(name=name, dim=list(t.shape), stride=list(t.stride()), data_type=_data_type(t.dtype))
             for name, t in tensors.items()}
 
 
@@ -81,8 +84,8 @@ def describe_forward(graph, q, k, v, out) -> dict:
     return t
 
 
-def describe_backward(graph, q, k, v, out, grad_out, stats) -> dict:
-    """The backward graph: dq, dk, dv laid out as q, k, v. Name -> graph tensor."""
+def describe_backward(graph, q, k, v, out, grad_out, stats, dq, dk, dv) -> dict:
+    """The backward graph, writing ``dq``, ``dk``, ``dv``'s layouts. Name -> graph tensor."""
     t = _inputs(graph, q=q, k=k, v=v, out=out, grad_out=grad_out, stats=stats) | _caps(graph)
     scaled = {}
 
@@ -96,15 +99,16 @@ def describe_backward(graph, q, k, v, out, grad_out, stats) -> dict:
     t["dq"], t["dk"], t["dv"] = graph.sdpa_backward(
         name="softcapped_sdpa_backward", q=t["q"], k=t["k"], v=t["v"], o=t["out"], dO=t["grad_out"],
         stats=t["stats"], attn_scale=q.shape[-1] ** -0.5, score_mod=score_mod, score_mod_bprop=score_mod_bprop)
-    for name, like in (("dq", q), ("dk", k), ("dv", v)):
+    for name, like in (("dq", dq), ("dk", dk), ("dv", dv)):
         t[name].set_output(True).set_dim(list(like.shape)).set_stride(list(like.stride()))
     return t
 
 
-def _planned(describe, softcap: float, **tensors: torch.Tensor) -> tuple:
-    """(graph, workspace bytes, name -> graph tensor), built on first use of this layout."""
+def _planned(describe, **tensors: torch.Tensor) -> tuple:
+    """(graph, workspace bytes, name -> graph tensor), built on first use of these layouts (the cap comes at
+    launch: one plan serves any)."""
     first = next(iter(tensors.values()))
-    key = (describe.__name__, softcap, first.dtype, first.device.index,
+    key = (describe.__name__, first.dtype, first.device.index,
            *((name, tuple(t.shape), tuple(t.stride())) for name, t in tensors.items()))
     if key not in _PLANNED:
         cudnn = _cudnn()
@@ -130,25 +134,29 @@ def _run(planned: tuple, softcap: float, device: torch.device, **tensors: torch.
     handle = _handle(device.index)
     _cudnn().set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
     pack = {names[name]: t for name, t in tensors.items()}
-    pack[names["cap"]] = torch.full((1, 1, 1, 1), softcap)
-    pack[names["inv_cap"]] = torch.full((1, 1, 1, 1), 1.0 / softcap)
+    pack[names["cap"]] = torch.full((1, 1, 1, 1), softcap, dtype=torch.float32)
+    pack[names["inv_cap"]] = torch.full((1, 1, 1, 1), 1.0 / softcap, dtype=torch.float32)
     graph.execute(pack, torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=device), handle=handle)
 
 
 def _empty_out(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The output as the op returns it: [B, N, H, d], the block's token-major layout."""
     b, h, n, _ = q.shape
-    return q.new_empty(b, n, h, v.shape[-1]).transpose(1, 2)
+    return q.new_empty(b, n, h, v.shape[-1])
 
 
 def _empty_stats(q: torch.Tensor) -> torch.Tensor:
     return q.new_empty(*q.shape[:3], 1, dtype=torch.float32)
 
 
+# The ops take and give [B, H, N, d] views for q, k, v, and [B, N, H, d] for the output: an output that is itself a
+# view would be one autograd forbids editing in place.
 @torch.library.custom_op("onegen::softcapped_attention_cudnn", mutates_args=())
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
     out, stats = _empty_out(q, v), _empty_stats(q)
-    planned = _planned(describe_forward, softcap, q=q, k=k, v=v, out=out)
-    _run(planned, softcap, q.device, q=q, k=k, v=v, out=out, stats=stats)
+    heads_view = out.transpose(1, 2)
+    planned = _planned(describe_forward, q=q, k=k, v=v, out=heads_view)
+    _run(planned, softcap, q.device, q=q, k=k, v=v, out=heads_view, stats=stats)
     return out, stats
 
 
@@ -161,11 +169,13 @@ def _(q, k, v, softcap):
 def _attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         out: torch.Tensor, stats: torch.Tensor,
                         softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if grad_out.stride() != out.stride():  # one layout per planned graph: dO as the output is laid out
-        grad_out = torch.empty_like(out).copy_(grad_out)
+    grad_out = grad_out.contiguous()  # one layout per plan: dO as the output is laid out
+    # empty_like keeps a densely packed input's strides, and lays out any other (a slice of a fused projection)
+    # contiguously: the graph writes the layouts it is given
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    planned = _planned(describe_backward, softcap, q=q, k=k, v=v, out=out, grad_out=grad_out, stats=stats)
-    _run(planned, softcap, q.device, q=q, k=k, v=v, out=out, grad_out=grad_out, stats=stats, dq=dq, dk=dk, dv=dv)
+    heads = {"out": out.transpose(1, 2), "grad_out": grad_out.transpose(1, 2)}
+    planned = _planned(describe_backward, q=q, k=k, v=v, **heads, stats=stats, dq=dq, dk=dk, dv=dv)
+    _run(planned, softcap, q.device, q=q, k=k, v=v, **heads, stats=stats, dq=dq, dk=dk, dv=dv)
     return dq, dk, dv
 
 
@@ -178,6 +188,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, softcap = inputs
     out, stats = output
     ctx.save_for_backward(q, k, v, out, stats)
+    ctx.mark_non_differentiable(stats)
     ctx.softcap = softcap
 
 
@@ -196,8 +207,8 @@ def fits(head_dim: int) -> bool:
 
 def softcapped_attention_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float) -> torch.Tensor:
     """``cap·tanh``-capped softmax attention, no mask. q: [B, H, N, d]; k, v: [B, Hkv, N, d] (CUDA, bf16 or fp16,
-    d a multiple of 8 up to 128); any strides with the head dim innermost. Returns [B, H, N, d]."""
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16):
+    d a multiple of 8 up to 128). Returns [B, H, N, d], a view of a [B, N, H, d] tensor."""
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
         raise ValueError(f"cuDNN attention: q, k, v must share a dtype, bfloat16 or float16, got {q.dtype}, "
                          f"{k.dtype}, {v.dtype}")
     if not fits(q.shape[-1]):
@@ -206,5 +217,6 @@ def softcapped_attention_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f"cuDNN attention: {q.shape[1]} query heads are no multiple of {k.shape[1]} KV heads")
     if not q.is_cuda:
         raise ValueError("cuDNN attention runs on CUDA tensors only")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _attention(q, k, v, float(softcap))[0]
+    # the kernels read the head dim contiguous, and each row of their own (no broadcast strides)
+    q, k, v = (t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous() for t in (q, k, v))
+    return _attention(q, k, v, float(softcap))[0].transpose(1, 2)

@@ -286,14 +286,15 @@ def _math_attention(q, k, v, softcap, query_chunk: int = 1024):
     return torch.cat(outs, dim=2).to(q.dtype)
 
 
-def attention_kernel(backend: str, cuda: bool, head_dim: int) -> str:
-    """What ``backend`` runs: "auto" is cudnn on CUDA where installed and the head dim fits it, else flex; math
-    off CUDA."""
+def attention_kernel(backend: str, cuda: bool, head_dim: int, dtype: torch.dtype) -> str:
+    """What ``backend`` runs on q of this ``head_dim`` and (autocast) ``dtype``: "auto" is cudnn on CUDA in bf16 or
+    fp16 where installed and the head dim fits it, else flex; math off CUDA."""
     if backend != "auto":
         return backend
     if not cuda:
         return "math"
-    return "cudnn" if cudnn_attention.AVAILABLE and cudnn_attention.fits(head_dim) else "flex"
+    usable = cudnn_attention.AVAILABLE and cudnn_attention.fits(head_dim) and dtype in cudnn_attention.DTYPES
+    return "cudnn" if usable else "flex"
 
 
 def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") -> torch.Tensor:
@@ -302,20 +303,20 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     q: [B, H, N, d]; k, v: [B, Hkv, N, d]; query head h reads K/V head h // (H / Hkv).
     backend: "cudnn" (cuDNN's fused kernel with the cap as a score modifier, ``model/cudnn_attention.py``; CUDA,
     needs ``nvidia-cudnn-frontend``), "flex" (compiled ``flex_attention``; CUDA), "flex_eager" (uncompiled flex,
-    any device; slow, for checks), "math" (exact float32 reference) or "auto" (on CUDA cudnn where installed and
-    the head dim fits it, else flex; math elsewhere).  Without a cap, SDPA is used for every backend but the
+    any device; slow, for checks), "math" (exact float32 reference) or "auto" (``attention_kernel``: on CUDA
+    cudnn in bf16 / fp16 where installed and the head dim fits it, else flex; math elsewhere).  Without a cap, SDPA is used for every backend but the
     reference "math" (which ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
     """
     gqa = q.shape[1] != k.shape[1]
     if softcap is None and backend != "math":
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    backend = attention_kernel(backend, q.is_cuda, q.shape[-1])
+    # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own autocast path fails (torch
+    # 2.11): the CUDA kernels run on autocast's dtype, explicitly, with autocast off.
+    dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+    backend = attention_kernel(backend, q.is_cuda, q.shape[-1], dtype)
     if backend == "math":
         return _math_attention(q, k, v, softcap)
     if backend in ("flex", "cudnn"):
-        # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own
-        # autocast path fails (torch 2.11); both kernels run on one explicit dtype with autocast off.
-        dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         with torch.autocast(q.device.type, enabled=False):
             if backend == "cudnn":

@@ -359,7 +359,8 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     those of the plain model and FSDP2's hooks stay outside the compiled code.
     """
     raw.gradient_checkpointing = cfg.activation_checkpointing
-    raw.attn_backend = cfg.attention
+    if dist.device.type == "cuda":  # a kernel choice among CUDA ones; elsewhere "auto" is the exact math path
+        raw.attn_backend = cfg.attention
     if cfg.compile:
         from torch._dynamo import config as dynamo_config
 

@@ -15,7 +15,6 @@ from model.nextdit import (
     config_from_released_json,
     count_parameters,
     expected_state_dict_shapes,
-    _softcap_score_mod,
     load_released,
     softcapped_attention,
 )

@@ -312,7 +312,7 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     # Under autocast, q/k come out of the fp32 QK-norm while v is bf16, and flex's own autocast path fails (torch
     # 2.11): the CUDA kernels run on autocast's dtype, explicitly, with autocast off.
-    dtype = torch.get_autocast_dtype(q.device.type) if torch.is_autocast_enabled(q.device.type) else q.dtype
+    dtype = torch.get_autocast_dtype("cuda") if q.is_cuda and torch.is_autocast_enabled("cuda") else q.dtype
     backend = attention_kernel(backend, q.is_cuda, q.shape[-1], dtype)
     if backend == "math":
         return _math_attention(q, k, v, softcap)

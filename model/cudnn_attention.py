@@ -25,10 +25,11 @@ import torch
 
 try:  # installed without its dependencies (Makefile): the graph API needs only the cuDNN library torch brings
     import cudnn
+
+    # score modifiers in SDPA graphs need cuDNN 9.6 (the frontend's own tests skip below it)
+    AVAILABLE = cudnn.backend_version() >= 90600
 except Exception:  # absent, or its library would not load: the model's "auto" falls back to flex
-    cudnn = None
-# score modifiers in SDPA graphs need cuDNN 9.6 (the frontend's own tests skip below it)
-AVAILABLE = cudnn is not None and cudnn.backend_version() >= 90600
+    cudnn, AVAILABLE = None, False
 DTYPES = (torch.bfloat16, torch.float16)
 
 _PLANNED: dict[tuple, tuple] = {}

@@ -304,8 +304,9 @@ def softcapped_attention(q, k, v, softcap: float | None, backend: str = "auto") 
     backend: "cudnn" (cuDNN's fused kernel with the cap as a score modifier, ``model/cudnn_attention.py``; CUDA,
     needs ``nvidia-cudnn-frontend``), "flex" (compiled ``flex_attention``; CUDA), "flex_eager" (uncompiled flex,
     any device; slow, for checks), "math" (exact float32 reference) or "auto" (``attention_kernel``: on CUDA
-    cudnn in bf16 / fp16 where installed and the head dim fits it, else flex; math elsewhere).  Without a cap, SDPA is used for every backend but the
-    reference "math" (which ``torch.utils.flop_counter`` can count: it rejects SDPA's GQA shapes).
+    cudnn in bf16 / fp16 where installed and the head dim fits it, else flex; math elsewhere).  Without a cap,
+    SDPA is used for every backend but the reference "math" (which ``torch.utils.flop_counter`` can count: it
+    rejects SDPA's GQA shapes).
     """
     gqa = q.shape[1] != k.shape[1]
     if softcap is None and backend != "math":

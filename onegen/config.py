@@ -570,7 +570,7 @@ class TrainConfig(_Strict):
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "
                             "(compiled flex_attention; its Triton kernels round the head dim up to a power of two), "
-                            "auto (cudnn where installed and the head dim fits it, else flex)")
+                            "auto (cudnn in bf16 where installed and the head dim fits it, else flex)")
     latents: bool = Field(False, description="read data/latents/<family> (precomputed by `onegen latents`) "
                                              "instead of encoding images every step")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints; also the data-stream segment")

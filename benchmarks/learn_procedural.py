@@ -263,8 +263,35 @@ def steady_step_seconds(durations, outlier: float = 3.0) -> tuple[float, int]:
     percentile, not the median: a batch is of one family, and a third of them (8-view multiview:
     16x a text2image batch's tokens) may cost many times the median step, yet are training."""
     d = np.asarray(durations, dtype=np.float64)
-    kept = d[d <= outlier * np.percentile(d, 75)]
+    kept = d[steady(d, outlier)]
     return float(kept.mean()), len(kept)
+
+
+def steady(durations: np.ndarray, outlier: float = 3.0) -> np.ndarray:
+    """Which steps ``steady_step_seconds`` keeps: those no slower than ``outlier`` x the 75th percentile."""
+    return durations <= outlier * np.percentile(durations, 75)
+
+
+def stage_timing(metrics: Path, batches: dict[str, int]) -> dict:
+    """Per stage, from the trainer's metrics log: its logged steps, the seconds their windows took, the steady ms
+    a step, and the seconds of the windows ``steady`` leaves out (compiles and CUDA-graph captures at a stage's
+    new shapes): where a run's train seconds went (session 25's 7915 steps took 651 s where session 24's took 415)."""
+    windows: dict[str, list[tuple[int, float]]] = {}  # stage -> (steps, seconds a step) of each logged window
+    last = 0
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("samples_per_s"):
+            seconds_a_step = batches[row["stage"]] / row["samples_per_s"]
+            windows.setdefault(row["stage"], []).append((row["step"] - last, seconds_a_step))
+        last = row["step"]
+    timing = {}
+    for name, rows in windows.items():
+        steps, per_step = np.array([n for n, _ in rows]), np.array([t for _, t in rows])
+        kept = steady(per_step)
+        timing[name] = {"steps": int(steps.sum()), "seconds": round(float(steps @ per_step), 1),
+                        "steady_ms_a_step": round(1000 * float(steps[kept] @ per_step[kept] / steps[kept].sum()), 2),
+                        "left_out_seconds": round(float(steps[~kept] @ per_step[~kept]), 1)}
+    return timing
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -442,7 +469,9 @@ def main() -> None:
         result = trainer.train(params)
         summary["train"] = {"steps": args.steps, "seconds": round(time.time() - t0, 1),
                             "stages": [{"name": s.name, "steps": s.steps, "batch": s.batch_size}
-                                       for s in params.train.stages], "result": result}
+                                       for s in params.train.stages], "result": result,
+                            "timing": stage_timing(params.paths.reports / "train" / "metrics.jsonl",
+                                                   {s.name: s.batch_size for s in params.train.stages})}
         save()
     if args.stage in ("all", "eval"):
         ckpt = params.train.out_dir

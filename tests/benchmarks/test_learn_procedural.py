@@ -22,6 +22,20 @@ def test_steady_step_seconds_leaves_compiles_out_and_keeps_the_family_mix():
     assert learn.steady_step_seconds([0.2] * 5) == (pytest.approx(0.2), 5)
 
 
+def test_stage_timing_says_where_the_train_seconds_went(tmp_path):
+    learn = load_script("learn_procedural")
+    # text2image at batch 256, 10 steps a logged window at 40 ms a step, one window slowed by a compile to 2 s a step;
+    # then the mix at batch 64, 70 ms a step
+    rates = [("t2i", 256 / 0.04)] * 5 + [("t2i", 256 / 2.0)] + [("t2i", 256 / 0.04)] * 4 + [("mixed", 64 / 0.07)] * 6
+    rows = [{"step": 10 * (i + 1), "stage": stage, "samples_per_s": rate} for i, (stage, rate) in enumerate(rates)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    timing = learn.stage_timing(tmp_path / "metrics.jsonl", {"t2i": 256, "mixed": 64})
+    assert timing["t2i"] == {"steps": 100, "seconds": pytest.approx(23.6), "steady_ms_a_step": pytest.approx(40.0),
+                             "left_out_seconds": pytest.approx(20.0)}
+    assert timing["mixed"] == {"steps": 60, "seconds": pytest.approx(4.2), "steady_ms_a_step": pytest.approx(70.0),
+                               "left_out_seconds": 0.0}
+
+
 @pytest.fixture(scope="module")
 def text2image_latents(tmp_path_factory):
     """A tiny world's text2image shards encoded to latents with their prompts' features, as the run makes them."""

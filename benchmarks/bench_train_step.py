@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,16 @@ def lumina_step_fn(model, latent: int, batch: int, text_len: int, device):
     return lambda m: F.mse_loss(m(x, t, text, mask, return_dict=False)[0].float(), target)
 
 
+def reference_model_class(path: str) -> type:
+    """``NextDiT`` from another version of model/nextdit.py (``git show REV:model/nextdit.py > FILE``), to time a
+    change against the code before it in the same process; it shares this checkout's other modules."""
+    spec = importlib.util.spec_from_file_location("reference_nextdit", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.NextDiT
+
+
 def count_flops(model, loss_fn, autocast) -> int:
     """FLOPs of one forward+backward, counted on the eager model. Our flex-attention kernel is a
     higher-order op the counter cannot see, so the count uses the exact math attention path,
@@ -84,6 +95,8 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
+        if compile_ == "reduce-overhead":  # a new step: the CUDA graphs may reuse the last step's buffers
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             loss = loss_fn(run_model)
         loss.backward()
@@ -129,20 +142,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="toy sizes, for a CPU smoke run")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--modes", default="eager,compile",
-                    help="comma list of eager, compile (torch.compile's default mode) and max-autotune (its "
-                         "max-autotune-no-cudagraphs: tuned GEMM and fusion choices, minutes more to compile), "
-                         "each for both models")
+                    help="comma list of eager, compile (torch.compile's default mode), cudagraphs (its "
+                         "reduce-overhead: forward and backward replayed as CUDA graphs, the optimizer eager) and "
+                         "max-autotune (its max-autotune-no-cudagraphs: tuned GEMM and fusion choices, minutes more "
+                         "to compile), each for both models")
     ap.add_argument("--rows", default="lumina,ours",
                     help=f"comma list of lumina, ours (the issue's job) and {', '.join(EXTRA_ROWS)}: ours without the "
                          "soft-cap, with the cap on flex attention, on 2 views 256², on 8 views 256² (batch 1), "
                          "the onediffusion-2.8b config")
     ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
+    ap.add_argument("--reference", metavar="FILE",
+                    help="also time, after ours, the NextDiT of FILE (another version of model/nextdit.py) at the "
+                         "issue's job, and print ours over it")
     args = ap.parse_args()
     rows_wanted = set(args.rows.split(",")) | (set(EXTRA_ROWS) if args.extra else set())
     if unknown := rows_wanted - {"lumina", "ours", *EXTRA_ROWS}:
         ap.error(f"unknown rows {sorted(unknown)}")
-    compile_modes = {"eager": None, "compile": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+    compile_modes = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead",
+                     "max-autotune": "max-autotune-no-cudagraphs"}
     if unknown := set(args.modes.split(",")) - set(compile_modes):
         ap.error(f"unknown modes {sorted(unknown)}")
     modes = [compile_modes[m] for m in args.modes.split(",")]
@@ -163,10 +181,10 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
-    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto"):
+    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT):
         """Rows of one model built once: (name, views, latent side, batch) each."""
         torch.manual_seed(0)
-        model = NextDiT(model_cfg).to(device)
+        model = model_class(model_cfg).to(device)
         model.attn_backend = attn_backend
         out = {name: measure(name, model, ours_step_fn(model, views, lat, b, text_len, device), b, compile_,
                              args.steps, warmup, device, args.profile and name.endswith("(1 view)"))
@@ -197,6 +215,10 @@ def main() -> None:
             measured = ours_rows(cfg, rows, compile_)
             if "ours, Lumina2 shape (1 view)" in measured:
                 results["ours", compile_] = measured["ours, Lumina2 shape (1 view)"]
+        if args.reference:
+            name = f"ours, reference {Path(args.reference).name} (1 view)"
+            results["reference", compile_] = ours_rows(cfg, [(name, 1, latent, batch)], compile_,
+                                                       model_class=reference_model_class(args.reference))[name]
         if "uncapped" in rows_wanted:  # what the logit soft-cap costs: without it attention is SDPA (flash), not flex
             ours_rows(dataclasses.replace(cfg, attn_softcap=None),
                       [("ours, no soft-cap (SDPA attention)", 1, latent, batch)], compile_)
@@ -208,8 +230,10 @@ def main() -> None:
         ours_rows(CONFIGS["onediffusion-2.8b"],
                   [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
     for c in modes:
-        if ("ours", c) in results and ("lumina", c) in results:
-            print(f"ratio ours/diffusers img/s (compile={c}): {results['ours', c]['img_s'] / results['lumina', c]['img_s']:.2f}")
+        for other, label in (("lumina", "diffusers"), ("reference", "reference")):
+            if ("ours", c) in results and (other, c) in results:
+                print(f"ratio ours/{label} img/s (compile={c}): "
+                      f"{results['ours', c]['img_s'] / results[other, c]['img_s']:.3f}")
 
 
 if __name__ == "__main__":

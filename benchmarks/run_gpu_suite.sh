@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_graphs train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_ref|train_graphs|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_ref train_graphs train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -98,6 +98,15 @@ for job in $JOBS; do
     # against diffusers' Lumina2 and against itself on flex
     attn_cudnn) step attn_cudnn python3 benchmarks/bench_attention.py --only "cudnn,ours" --json "$OUT/attn_cudnn.json" ;;
     train_cudnn) step train_cudnn python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours,flex --profile ;;
+    # a change to the model timed against the code before it (REF_MODEL: that version of model/nextdit.py, e.g.
+    # `git show REV:model/nextdit.py > .bench_ref/nextdit_REV.py`, carried), beside diffusers, profiled; then the
+    # three under CUDA graphs (compile mode reduce-overhead, as the trainer's compile_mode offers)
+    train_ref) if [ -f "${REF_MODEL:-}" ]; then
+                 step train_ref python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours \
+                   --reference "$REF_MODEL" --profile
+               else echo "$(date +%T) skipped train_ref: REF_MODEL names no file" >>"$OUT/status"; fi ;;
+    train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours \
+                    ${REF_MODEL:+--reference "$REF_MODEL"} ;;
     # both models under Inductor's max-autotune (tuned GEMMs and fusions), compiles of several minutes each
     train_autotune) step train_autotune python3 benchmarks/bench_train_step.py --modes max-autotune --rows lumina,ours ;;
     # `small` on the learning run's 64-token text2image batches, where Inductor's AUTO flex kernel was flex-decoding

@@ -350,6 +350,17 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (x.unflatten(1, (groups, -1)) * torch.tanh(gate).unsqueeze(2)).flatten(1, 2)
 
 
+def fused_projections(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several bias-free projections of one input as one matrix product, split back.
+
+    The parameters stay separate (the released checkpoint's names); only the product is fused.
+    Alone, the K and V projections are too narrow to fill an H100 (a 4096x768 output is 84
+    tiles for 132 SMs) and each re-reads x; their weight gradients likewise.
+    """
+    weight = torch.cat([layer.weight for layer in layers])
+    return F.linear(x, weight).split([layer.out_features for layer in layers], dim=-1)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Transformer block
 # --------------------------------------------------------------------------------------------
@@ -385,17 +396,19 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         heads, kv_heads, hd = self.n_heads, self.n_kv_heads, self.head_dim
 
-        q = self.q_norm(self.wq(x)).view(b, n, heads, hd)
-        k = self.k_norm(self.wk(x)).view(b, n, kv_heads, hd)
-        v = self.wv(x).view(b, n, kv_heads, hd)
+        q, k, v = fused_projections(x, self.wq, self.wk, self.wv)
+        q = self.q_norm(q).view(b, n, heads, hd)
+        k = self.k_norm(k).view(b, n, kv_heads, hd)
+        v = v.view(b, n, kv_heads, hd)
         q = apply_rope(q, rope_cos, rope_sin).transpose(1, 2)  # [B, H, N, d]
         k = apply_rope(k, rope_cos, rope_sin).transpose(1, 2)
         out = softcapped_attention(q, k, v.transpose(1, 2), self.softcap, backend)
 
         # cross-attention: the same (rotated) queries against the caption, heads tiled
         length = text.shape[1]
-        tk = self.ky_norm(self.wk_y(text)).view(b, length, kv_heads, hd).transpose(1, 2)
-        tv = self.wv_y(text).view(b, length, kv_heads, hd).transpose(1, 2)
+        tk, tv = fused_projections(text, self.wk_y, self.wv_y)
+        tk = self.ky_norm(tk).view(b, length, kv_heads, hd).transpose(1, 2)
+        tv = tv.view(b, length, kv_heads, hd).transpose(1, 2)
         tk = tk.repeat(1, heads // kv_heads, 1, 1)
         tv = tv.repeat(1, heads // kv_heads, 1, 1)
         has_text = text_mask.any(dim=-1)
@@ -418,7 +431,8 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = fused_projections(x, self.w1, self.w3)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):

@@ -129,7 +129,7 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
             step()
             return 2 * images_per_step
 
-        row["profile"] = op_profile(two_steps, device, top=16)
+        row["profile"] = op_profile(two_steps, device, top=30)
         print_profile(f"{name}, compile={compile_}", row["profile"])
     return row
 

@@ -7,6 +7,7 @@ than expected; the top kernels say what it did.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -25,7 +26,28 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
     ops = kernel_times(prof.key_averages())
     busy_ms = sum(ms for _, ms, _ in ops)
     return {"images": images, "wall_ms_per_image": 1e3 * wall / images, "op_ms_per_image": busy_ms / images,
+            "classes": {c: ms / images for c, ms in kernel_classes(ops).items()},
             "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
+
+
+# first match wins: attention kernels are built from CUTLASS too; a kernel that only casts is Inductor's
+# `triton_<kind>_fused__to_copy[_t]_<n>` (autocast's weight casts), fused elementwise work names its other ops
+KERNEL_CLASSES = (
+    ("optimizer", re.compile(r"multi_tensor_apply|adam", re.I)),
+    ("attention", re.compile(r"sdpa|fmha|flash|attention|flex", re.I)),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|sm90_", re.I)),
+    ("cast", re.compile(r"^triton_\w+?_fused__to_copy(_t)?_\d+$")),
+    ("elementwise", re.compile(r"triton|elementwise|reduce|vectorized|unrolled|norm|softmax", re.I)),
+    ("copy", re.compile(r"memcpy|memset", re.I)),
+)
+
+
+def kernel_classes(ops: list[tuple[str, float, int]]) -> dict[str, float]:
+    """ms per class (``KERNEL_CLASSES``, else "other") of ``kernel_times`` rows, every class present."""
+    totals = dict.fromkeys([name for name, _ in KERNEL_CLASSES] + ["other"], 0.0)
+    for key, ms, _ in ops:
+        totals[next((name for name, pattern in KERNEL_CLASSES if pattern.search(key)), "other")] += ms
+    return totals
 
 
 def kernel_times(events) -> list[tuple[str, float, int]]:
@@ -93,6 +115,7 @@ class StepProfile:
 def print_profile(label: str, prof: dict) -> None:
     print(f"profile {label}: {prof['op_ms_per_image']:.2f} ms of GPU time per image in "
           f"{prof['wall_ms_per_image']:.2f} ms wall")
+    print("    by class, ms/image: " + ", ".join(f"{c} {ms:.2f}" for c, ms in prof["classes"].items()))
     for op in prof["top_ops"]:
         print(f"    {op['ms_per_image']:8.3f} ms/image {op['calls']:>6} calls  {op['op']}")
 

@@ -58,3 +58,20 @@ def test_a_window_never_started_is_never_stopped():
     for step in range(5, 9):  # resumed past ``first``
         profile.at(step)
     assert profile.result is None
+
+
+def test_kernel_classes_sort_the_train_steps_kernels():
+    from benchmarks.gpu_profile import kernel_classes
+
+    ops = [("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(a", 6.0, 2),
+           ("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN", 5.0, 9),
+           ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128_1x", 3.0, 4),
+           ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", 0.5, 4),
+           ("triton_poi_fused__to_copy_11", 1.0, 6), ("triton_poi_fused__to_copy_t_30", 0.5, 6),
+           ("triton_poi_fused__to_copy__unsafe_view_mul_silu_silu_backward_view_12", 0.75, 2),
+           ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<a", 0.25, 2),
+           ("Memcpy HtoD (Pageable -> Device)", 0.125, 1), ("some_unknown_kernel", 0.0625, 1)]
+    classes = kernel_classes(ops)
+    assert classes == {"optimizer": 6.0, "attention": 3.5, "gemm": 5.0, "cast": 1.5, "elementwise": 1.0,
+                       "copy": 0.125, "other": 0.0625}
+    assert sum(classes.values()) == sum(ms for _, ms, _ in ops)

@@ -99,14 +99,13 @@ for job in $JOBS; do
     attn_cudnn) step attn_cudnn python3 benchmarks/bench_attention.py --only "cudnn,ours" --json "$OUT/attn_cudnn.json" ;;
     train_cudnn) step train_cudnn python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours,flex --profile ;;
     # a change to the model timed against the code before it (REF_MODEL: that version of model/nextdit.py, e.g.
-    # `git show REV:model/nextdit.py > .bench_ref/nextdit_REV.py`, carried), beside diffusers, profiled; then the
-    # three under CUDA graphs (compile mode reduce-overhead, as the trainer's compile_mode offers)
+    # `git show REV:model/nextdit.py > .bench_ref/nextdit_REV.py`, carried), beside diffusers, profiled; and both
+    # models under CUDA graphs (compile mode reduce-overhead, as the trainer's compile_mode offers)
     train_ref) if [ -f "${REF_MODEL:-}" ]; then
                  step train_ref python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours \
                    --reference "$REF_MODEL" --profile
                else echo "$(date +%T) skipped train_ref: REF_MODEL names no file" >>"$OUT/status"; fi ;;
-    train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours \
-                    ${REF_MODEL:+--reference "$REF_MODEL"} ;;
+    train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours ;;
     # both models under Inductor's max-autotune (tuned GEMMs and fusions), compiles of several minutes each
     train_autotune) step train_autotune python3 benchmarks/bench_train_step.py --modes max-autotune --rows lumina,ours ;;
     # `small` on the learning run's 64-token text2image batches, where Inductor's AUTO flex kernel was flex-decoding

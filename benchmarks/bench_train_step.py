@@ -152,6 +152,9 @@ def main() -> None:
                          "the onediffusion-2.8b config")
     ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
+    ap.add_argument("--coordinate-descent", action="store_true",
+                    help="compiled rows (both models) with Inductor's coordinate_descent_tuning: each elementwise and "
+                         "reduction kernel's block sizes searched on the GPU (longer compiles)")
     ap.add_argument("--reference", metavar="FILE",
                     help="also time, after ours, the NextDiT of FILE (another version of model/nextdit.py) at the "
                          "issue's job, and print ours over it")
@@ -168,6 +171,11 @@ def main() -> None:
         ap.error("--profile measures GPU kernel time: it needs CUDA")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.coordinate_descent:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        print("Inductor coordinate_descent_tuning on")
     if args.quick:
         cfg, latent, batch, text_len, warmup = CONFIGS["tiny"], 8, 2, 16, 1
         lumina_kw = dict(hidden_size=96, num_layers=2, num_refiner_layers=2, num_attention_heads=4, num_kv_heads=2,

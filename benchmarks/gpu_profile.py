@@ -34,7 +34,7 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
 # `triton_<kind>_fused__to_copy[_t]_<n>` (autocast's weight casts), fused elementwise work names its other ops
 KERNEL_CLASSES = (
     ("optimizer", re.compile(r"multi_tensor_apply|adam", re.I)),
-    ("attention", re.compile(r"sdpa|fmha|flash|attention|flex", re.I)),
+    ("attention", re.compile(r"sdpa|fmha|flash|attention|flex|cudnn::fusion", re.I)),
     ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|sm90_", re.I)),
     ("cast", re.compile(r"^triton_\w+?_fused__to_copy(_t)?_\d+$")),
     ("elementwise", re.compile(r"triton|elementwise|reduce|vectorized|unrolled|norm|softmax", re.I)),

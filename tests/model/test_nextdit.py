@@ -15,6 +15,7 @@ from model.nextdit import (
     config_from_released_json,
     count_parameters,
     expected_state_dict_shapes,
+    fused_projections,
     load_released,
     softcapped_attention,
 )
@@ -200,6 +201,38 @@ def test_gradient_checkpointing_same_output_and_grads():
         torch.testing.assert_close(results[0][1][name], results[1][1][name], msg=name)
 
 
+@pytest.mark.parametrize("autocast", [True, False])
+def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weights(autocast):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(32, n, bias=False) for n in (32, 16, 16)]
+    graphs = []
+
+    def record(gm, example_inputs):  # the graph dynamo traced, then run as traced (with autograd)
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    def loss(x):
+        return sum((i + 1) * out.float().square().sum() for i, out in enumerate(fused_projections(x, *layers)))
+
+    def grads(fn):
+        x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            fn(x).backward()
+        out = [x.grad, *(layer.weight.grad for layer in layers)]
+        for layer in layers:
+            layer.weight.grad = None
+        return out
+
+    eager, compiled = grads(loss), grads(torch.compile(loss, backend=record, fullgraph=True))
+    calls = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    products = [t for t in calls if t in (F.linear, torch._C._nn.linear)]
+    # under autocast the fp32 weights are cast in the graph anyway, so their concatenation rides along;
+    # without, it would be a copy of the weights: one product each
+    assert (len(products), torch.cat in calls) == ((1, True) if autocast else (3, False))
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max())
+
+
 # ---------------------------------------------------------------------------------------------
 # The released model's computation, restated functionally from its source (per-token adaLN,
 # complex-number RoPE table, per-token timestep embedding), to check our module against it.
@@ -290,9 +323,8 @@ def test_matches_released_computation():
 
 
 def test_gradients_match_released_computation():
-    """Every parameter's gradient equals the one through the released computation, where each projection is
-    its own matrix product (ours fuses q/k/v, caption k/v and w1/w3 into one); float64, but the reference's
-    RoPE and timestep tables are float32 (relative differences ~2e-5; a swapped projection is O(1))."""
+    """Every parameter's gradient equals the one through the released computation; float64, but the
+    reference's RoPE and timestep tables are float32 (relative differences ~2e-5; a swapped projection is O(1))."""
     model = tiny_model().double()
     model.attn_backend = "math"
     latents, t, text, mask = (x.double() if x.is_floating_point() else x for x in inputs(f=2, h=4, w=4, length=6))

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.util
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,9 @@ def main() -> None:
                          "the onediffusion-2.8b config")
     ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure diffusers, ours and the reference this many times (the reference first every other "
+                         "round) and print the median ratio with each round's; the extra rows run in the first")
     ap.add_argument("--coordinate-descent", action="store_true",
                     help="compiled rows (both models) with Inductor's coordinate_descent_tuning: each elementwise and "
                          "reduction kernel's block sizes searched on the GPU (longer compiles)")
@@ -192,13 +196,13 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
-    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT):
+    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT, profile: bool = True):
         """Rows of one model built once: (name, views, latent side, batch) each."""
         torch.manual_seed(0)
         model = model_class(model_cfg).to(device)
         model.attn_backend = attn_backend
         out = {name: measure(name, model, ours_step_fn(model, views, lat, b, text_len, device), b, compile_,
-                             args.steps, warmup, device, args.profile and name.endswith("(1 view)"))
+                             args.steps, warmup, device, args.profile and profile and name.endswith("(1 view)"))
                for name, views, lat, b in rows}
         del model
         free()
@@ -206,30 +210,42 @@ def main() -> None:
 
     kernel = attention_kernel("auto", device.type == "cuda", cfg.head_dim, torch.bfloat16)
     print(f"our soft-capped attention (auto) runs on {kernel}")
-    results = {}
-    for compile_ in modes:
+    results: dict[tuple[str, str | None], list[dict]] = {}
+    for compile_, round_ in ((c, r) for c in modes for r in range(args.rounds)):
         if "lumina" in rows_wanted:
             torch.manual_seed(0)
             lumina = Lumina2Transformer2DModel(**lumina_kw).to(device)
-            results["lumina", compile_] = measure("diffusers Lumina2 (1 view)", lumina,
-                                                  lumina_step_fn(lumina, latent, batch, text_len, device), batch,
-                                                  compile_, args.steps, warmup, device, args.profile)
+            results.setdefault(("lumina", compile_), []).append(
+                measure("diffusers Lumina2 (1 view)", lumina, lumina_step_fn(lumina, latent, batch, text_len, device),
+                        batch, compile_, args.steps, warmup, device, args.profile and not round_))
             del lumina
             free()
         # 8 views at batch 4 (32k tokens a step) ran an H200 out of memory in eager mode: batch 1 is 8k tokens
         rows = [("ours, Lumina2 shape (1 view)", 1, latent, batch)] if "ours" in rows_wanted else []
         side = latent // 2 * 8  # pixels
-        rows += [(f"ours, Lumina2 shape (2 views {side}²)", 2, latent // 2, batch)] if "2view" in rows_wanted else []
+        rows += ([(f"ours, Lumina2 shape (2 views {side}²)", 2, latent // 2, batch)]
+                 if "2view" in rows_wanted and not round_ else [])
         rows += ([(f"ours, Lumina2 shape (8 views {side}²)", 8, latent // 2, max(1, batch // 4))]
-                 if "8view" in rows_wanted else [])
-        if rows:
-            measured = ours_rows(cfg, rows, compile_)
-            if "ours, Lumina2 shape (1 view)" in measured:
-                results["ours", compile_] = measured["ours, Lumina2 shape (1 view)"]
-        if args.reference:
-            name = f"ours, reference {Path(args.reference).name} (1 view)"
-            results["reference", compile_] = ours_rows(cfg, [(name, 1, latent, batch)], compile_,
-                                                       model_class=reference_model_class(args.reference))[name]
+                 if "8view" in rows_wanted and not round_ else [])
+
+        def ours_main():
+            if rows:
+                measured = ours_rows(cfg, rows, compile_, profile=not round_)
+                if "ours, Lumina2 shape (1 view)" in measured:
+                    results.setdefault(("ours", compile_), []).append(measured["ours, Lumina2 shape (1 view)"])
+
+        def reference():
+            if args.reference:
+                name = f"ours, reference {Path(args.reference).name} (1 view)"
+                results.setdefault(("reference", compile_), []).append(
+                    ours_rows(cfg, [(name, 1, latent, batch)], compile_, profile=not round_,
+                              model_class=reference_model_class(args.reference))[name])
+
+        # every other round the reference goes first: a drift along the job (clocks, allocator) then cancels
+        for run in ((ours_main, reference) if round_ % 2 == 0 else (reference, ours_main)):
+            run()
+        if round_:
+            continue
         if "uncapped" in rows_wanted:  # what the logit soft-cap costs: without it attention is SDPA (flash), not flex
             ours_rows(dataclasses.replace(cfg, attn_softcap=None),
                       [("ours, no soft-cap (SDPA attention)", 1, latent, batch)], compile_)
@@ -243,9 +259,9 @@ def main() -> None:
     for c in modes:
         for other, label in (("lumina", "diffusers"), ("reference", "reference")):
             if ("ours", c) in results and (other, c) in results:
-                print(f"ratio ours/{label} img/s (compile={c}): "
-                      f"{results['ours', c]['img_s'] / results[other, c]['img_s']:.3f}")
-
+                per_round = [a["img_s"] / b["img_s"] for a, b in zip(results["ours", c], results[other, c])]
+                spread = f" (rounds: {', '.join(f'{r:.3f}' for r in per_round)})" if len(per_round) > 1 else ""
+                print(f"ratio ours/{label} img/s (compile={c}): {statistics.median(per_round):.3f}{spread}")
 
 if __name__ == "__main__":
     main()

@@ -30,13 +30,15 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
             "top_ops": [{"op": k[:80], "ms_per_image": ms / images, "calls": n} for k, ms, n in ops[:top]]}
 
 
-# first match wins: attention kernels are built from CUTLASS too; a kernel that only casts is Inductor's
-# `triton_<kind>_fused__to_copy[_t]_<n>` (autocast's weight casts), fused elementwise work names its other ops
+# first match wins: attention kernels are built from CUTLASS too, and Inductor's GEMM templates (max-autotune)
+# are Triton kernels named `triton_tem_..._mm_...`; a kernel that only casts, or casts and concatenates or
+# slices, is Inductor's `triton_<kind>_fused__to_copy[_t|_cat|...]_<n>` (in a train step mostly autocast's weight
+# casts); fused elementwise work names its other ops
 KERNEL_CLASSES = (
     ("optimizer", re.compile(r"multi_tensor_apply|adam", re.I)),
     ("attention", re.compile(r"sdpa|fmha|flash|attention|flex|cudnn::fusion", re.I)),
-    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|sm90_", re.I)),
-    ("cast", re.compile(r"^triton_\w+?_fused__to_copy(_t)?_\d+$")),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|sm90_|^triton_tem_\w*mm", re.I)),
+    ("cast", re.compile(r"^triton_[a-z]+_fused__to_copy(_t|_cat|_slice|_split_with_sizes)*_\d+$")),
     ("elementwise", re.compile(r"triton|elementwise|reduce|vectorized|unrolled|norm|softmax", re.I)),
     ("copy", re.compile(r"memcpy|memset", re.I)),
 )

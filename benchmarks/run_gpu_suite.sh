@@ -99,10 +99,11 @@ for job in $JOBS; do
     attn_cudnn) step attn_cudnn python3 benchmarks/bench_attention.py --only "cudnn,ours" --json "$OUT/attn_cudnn.json" ;;
     train_cudnn) step train_cudnn python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours,flex --profile ;;
     # a change to the model timed against the code before it (REF_MODEL: that version of model/nextdit.py, e.g.
-    # `git show REV:model/nextdit.py > .bench_ref/nextdit_REV.py`, carried), beside diffusers, profiled; and both
-    # models under CUDA graphs (compile mode reduce-overhead, as the trainer's compile_mode offers)
+    # `git show REV:model/nextdit.py > .bench_ref/nextdit_REV.py`, carried), beside diffusers, in two rounds of
+    # opposite order, the first profiled; and both models under CUDA graphs (compile mode reduce-overhead, as the
+    # trainer's compile_mode offers)
     train_ref) if [ -f "${REF_MODEL:-}" ]; then
-                 step train_ref python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours \
+                 step train_ref python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours --rounds 2 \
                    --reference "$REF_MODEL" --profile
                else echo "$(date +%T) skipped train_ref: REF_MODEL names no file" >>"$OUT/status"; fi ;;
     train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours ;;

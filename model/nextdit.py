@@ -350,18 +350,24 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (x.unflatten(1, (groups, -1)) * torch.tanh(gate).unsqueeze(2)).flatten(1, 2)
 
 
+# devices where the fusion below pays for itself; a CPU test adds "cpu" to trace it there (Inductor's CPU flex
+# attention template also ignores a view's storage offset, which the fused v slice has: torch 2.14)
+FUSING_DEVICES = ("cuda",)
+
+
 def fused_projections(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """Several bias-free projections of one input: compiled under autocast, one matrix product split back.
+    """Several bias-free projections of one input: compiled under autocast on a GPU, one matrix product split back.
 
     There Inductor folds the weights' concatenation into the cast to the compute dtype that autocast makes
-    anyway, and the product fills a GPU where alone the narrow K and V projections do not (a 4096x768 output
-    is 84 tiles for 132 SMs on an H100): 1.009x the whole train step at the Lumina2 shape. Eager (the
-    predictor), or with the weights already in the compute dtype, the concatenation would copy the weights
-    every call: there one product each. The parameters stay separate either way (the released names).
+    anyway, and the product fills the GPU where alone the narrow K and V projections do not (a 4096x768 output
+    is 84 tiles for 132 SMs on an H100). Eager (the predictor), or with the weights already in the compute
+    dtype (FSDP2's bf16 parameters), the concatenation would copy the weights every call: there one product
+    each. The parameters stay separate either way (the released names).
     """
     device = x.device.type
-    if not (torch.compiler.is_compiling() and torch.is_autocast_enabled(device)
-            and layers[0].weight.dtype != torch.get_autocast_dtype(device)):
+    fusable = (device in FUSING_DEVICES and torch.compiler.is_compiling() and torch.is_autocast_enabled(device)
+               and all(type(layer) is nn.Linear and layer.bias is None for layer in layers))
+    if not fusable or layers[0].weight.dtype == torch.get_autocast_dtype(device):
         return tuple(layer(x) for layer in layers)
     product = F.linear(x, torch.cat([layer.weight for layer in layers]))
     return product.split([layer.out_features for layer in layers], dim=-1)

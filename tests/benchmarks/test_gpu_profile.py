@@ -68,11 +68,13 @@ def test_kernel_classes_sort_the_train_steps_kernels():
            ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x128_1x", 3.0, 4),
            ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", 0.25, 4),
            ("void cudnn::fusion::compute_dot_do_o<true>(void const*, void const*, void*, void", 0.25, 4),
-           ("triton_poi_fused__to_copy_11", 1.0, 6), ("triton_poi_fused__to_copy_t_30", 0.5, 6),
-           ("triton_poi_fused__to_copy__unsafe_view_mul_silu_silu_backward_view_12", 0.75, 2),
+           ("triton_poi_fused__to_copy_11", 0.5, 6), ("triton_poi_fused__to_copy_t_30", 0.5, 6),
+           ("triton_poi_fused__to_copy_cat_31", 0.5, 2), ("triton_tem_fused__to_copy_mm_t_7", 0.5, 2),
+           ("triton_poi_fused_cat_mul_silu_silu_backward_view_12", 0.25, 2),
+           ("triton_poi_fused__to_copy__unsafe_view_mul_silu_silu_backward_view_12", 0.5, 2),
            ("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<a", 0.25, 2),
            ("Memcpy HtoD (Pageable -> Device)", 0.125, 1), ("some_unknown_kernel", 0.0625, 1)]
     classes = kernel_classes(ops)
-    assert classes == {"optimizer": 6.0, "attention": 3.5, "gemm": 5.0, "cast": 1.5, "elementwise": 1.0,
+    assert classes == {"optimizer": 6.0, "attention": 3.5, "gemm": 5.5, "cast": 1.5, "elementwise": 1.0,
                        "copy": 0.125, "other": 0.0625}
     assert sum(classes.values()) == sum(ms for _, ms, _ in ops)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model import nextdit
 from model.nextdit import (
     CONFIGS,
     NextDiT,
@@ -202,7 +203,8 @@ def test_gradient_checkpointing_same_output_and_grads():
 
 
 @pytest.mark.parametrize("autocast", [True, False])
-def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weights(autocast):
+def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weights(autocast, monkeypatch):
+    monkeypatch.setattr(nextdit, "FUSING_DEVICES", ("cpu",))  # a GPU's rule, traced on the CPU
     torch.manual_seed(0)
     layers = [torch.nn.Linear(32, n, bias=False) for n in (32, 16, 16)]
     graphs = []
@@ -231,6 +233,27 @@ def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weigh
     assert (len(products), torch.cat in calls) == ((1, True) if autocast else (3, False))
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max())
+
+
+def test_projections_stay_apart_off_the_fusing_devices_and_for_biased_layers(monkeypatch):
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def products(layers, devices):
+        monkeypatch.setattr(nextdit, "FUSING_DEVICES", devices)
+        with torch.autocast("cpu", torch.bfloat16):
+            torch.compile(lambda x: fused_projections(x, *layers), backend=record, fullgraph=True)(torch.randn(3, 8))
+        calls = [node.target for node in graphs.pop().graph.nodes if node.op == "call_function"]
+        torch.compiler.reset()
+        return sum(t in (F.linear, torch._C._nn.linear) for t in calls)
+
+    plain = [torch.nn.Linear(8, 4, bias=False) for _ in range(2)]
+    assert products(plain, ("cpu",)) == 1
+    assert products(plain, ("cuda",)) == 2  # the CPU is not a fusing device
+    assert products([torch.nn.Linear(8, 4), torch.nn.Linear(8, 4, bias=False)], ("cpu",)) == 2  # a bias stays
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def main() -> None:
                     help="compiled rows (both models) with Inductor's coordinate_descent_tuning: each elementwise and "
                          "reduction kernel's block sizes searched on the GPU (longer compiles)")
     ap.add_argument("--reference", metavar="FILE",
-                    help="also time, after ours, the NextDiT of FILE (another version of model/nextdit.py) at the "
+                    help="also time the NextDiT of FILE (another version of model/nextdit.py) beside ours at the "
                          "issue's job, and print ours over it")
     args = ap.parse_args()
     rows_wanted = set(args.rows.split(",")) | (set(EXTRA_ROWS) if args.extra else set())
@@ -262,6 +262,7 @@ def main() -> None:
                 per_round = [a["img_s"] / b["img_s"] for a, b in zip(results["ours", c], results[other, c])]
                 spread = f" (rounds: {', '.join(f'{r:.3f}' for r in per_round)})" if len(per_round) > 1 else ""
                 print(f"ratio ours/{label} img/s (compile={c}): {statistics.median(per_round):.3f}{spread}")
+
 
 if __name__ == "__main__":
     main()

@@ -350,8 +350,8 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (x.unflatten(1, (groups, -1)) * torch.tanh(gate).unsqueeze(2)).flatten(1, 2)
 
 
-# devices where the fusion below pays for itself; a CPU test adds "cpu" to trace it there (Inductor's CPU flex
-# attention template also ignores a view's storage offset, which the fused v slice has: torch 2.14)
+# devices where the fusion below runs. Not the CPU: it was never timed there, and Inductor's CPU flex-attention
+# template ignores a view's storage offset, which the fused v slice has (torch 2.14). A test adds "cpu" to trace it.
 FUSING_DEVICES = ("cuda",)
 
 

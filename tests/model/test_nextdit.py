@@ -202,16 +202,25 @@ def test_gradient_checkpointing_same_output_and_grads():
         torch.testing.assert_close(results[0][1][name], results[1][1][name], msg=name)
 
 
+def compiled_recording(fn, graphs: list):
+    """``fn`` compiled whole; the ops each traced graph calls go to ``graphs``, then it runs as traced (autograd too)."""
+    def record(gm, example_inputs):
+        graphs.append([node.target for node in gm.graph.nodes if node.op == "call_function"])
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    return torch.compile(fn, backend=record, fullgraph=True)
+
+
+def products(calls: list) -> int:
+    return sum(target in (F.linear, torch._C._nn.linear) for target in calls)
+
+
 @pytest.mark.parametrize("autocast", [True, False])
 def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weights(autocast, monkeypatch):
     monkeypatch.setattr(nextdit, "FUSING_DEVICES", ("cpu",))  # a GPU's rule, traced on the CPU
     torch.manual_seed(0)
     layers = [torch.nn.Linear(32, n, bias=False) for n in (32, 16, 16)]
     graphs = []
-
-    def record(gm, example_inputs):  # the graph dynamo traced, then run as traced (with autograd)
-        graphs.append(gm)
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
 
     def loss(x):
         return sum((i + 1) * out.float().square().sum() for i, out in enumerate(fused_projections(x, *layers)))
@@ -225,35 +234,28 @@ def test_projections_are_one_product_only_where_a_compiled_graph_casts_the_weigh
             layer.weight.grad = None
         return out
 
-    eager, compiled = grads(loss), grads(torch.compile(loss, backend=record, fullgraph=True))
-    calls = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
-    products = [t for t in calls if t in (F.linear, torch._C._nn.linear)]
+    eager, compiled = grads(loss), grads(compiled_recording(loss, graphs))
+    calls, = graphs
     # under autocast the fp32 weights are cast in the graph anyway, so their concatenation rides along;
     # without, it would be a copy of the weights: one product each
-    assert (len(products), torch.cat in calls) == ((1, True) if autocast else (3, False))
+    assert (products(calls), torch.cat in calls) == ((1, True) if autocast else (3, False))
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max())
 
 
 def test_projections_stay_apart_off_the_fusing_devices_and_for_biased_layers(monkeypatch):
-    graphs = []
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    def products(layers, devices):
+    def traced_products(layers, devices):
         monkeypatch.setattr(nextdit, "FUSING_DEVICES", devices)
+        graphs = []
         with torch.autocast("cpu", torch.bfloat16):
-            torch.compile(lambda x: fused_projections(x, *layers), backend=record, fullgraph=True)(torch.randn(3, 8))
-        calls = [node.target for node in graphs.pop().graph.nodes if node.op == "call_function"]
+            compiled_recording(lambda x: fused_projections(x, *layers), graphs)(torch.randn(3, 8))
         torch.compiler.reset()
-        return sum(t in (F.linear, torch._C._nn.linear) for t in calls)
+        return products(graphs.pop())
 
     plain = [torch.nn.Linear(8, 4, bias=False) for _ in range(2)]
-    assert products(plain, ("cpu",)) == 1
-    assert products(plain, ("cuda",)) == 2  # the CPU is not a fusing device
-    assert products([torch.nn.Linear(8, 4), torch.nn.Linear(8, 4, bias=False)], ("cpu",)) == 2  # a bias stays
+    assert traced_products(plain, ("cpu",)) == 1
+    assert traced_products(plain, ("cuda",)) == 2  # the CPU is not a fusing device
+    assert traced_products([torch.nn.Linear(8, 4), torch.nn.Linear(8, 4, bias=False)], ("cpu",)) == 2  # a bias stays
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def run_variant(name: str, how: dict, size: str, batch: int, latent: int, text_l
     for block in model.layers:  # as wrap_model compiles them
         block.forward = torch.compile(block.forward, mode=how.get("mode"), options=how.get("options"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    ema = EMA(model, 0.999)
+    ema = EMA(model.named_parameters(), 0.999)
     gen = torch.Generator(device).manual_seed(1)
     shape = (batch, 1, 16, latent, latent)
     latents, noise = (torch.randn(shape, device=device, generator=gen) for _ in range(2))

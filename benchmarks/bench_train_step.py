@@ -11,8 +11,9 @@ by formula), MFU against the GPU's dense bf16 peak, peak memory, and the ratio o
 compiled diffusers. Extra rows: our model without the logit soft-cap (what flex attention costs
 against SDPA), with the cap on flex attention (the model's other kernel; the main rows run the model's "auto",
 cuDNN's fused kernel where nvidia-cudnn-frontend is installed), on a 2-view 256² batch, an 8-view multiview 256²
-batch, and the
-``onediffusion-2.8b`` config.
+batch, the ``onediffusion-2.8b`` config, and ours with bf16 linear weights and their fp32 masters in the optimizer
+(``train.master_weights``, model/master_adamw.py: autocast's arithmetic without its per-step weight and gradient
+casts).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
+from model.master_adamw import MasterWeightAdamW, linear_parameters  # noqa: E402
 from model.nextdit import CONFIGS, NextDiT, attention_kernel  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
@@ -90,8 +92,13 @@ def count_flops(model, loss_fn, autocast) -> int:
 
 
 def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | None, steps: int, warmup: int,
-            device, profile: bool = False) -> dict:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+            device, profile: bool = False, master_weights: bool = False) -> dict:
+    if master_weights:  # the linear layers turn bf16 here, their fp32 masters go to the optimizer
+        cuda = device.type == "cuda"  # the CPU runs without autocast, so in fp32
+        opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4,
+                                dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -135,7 +142,7 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     return row
 
 
-EXTRA_ROWS = ("uncapped", "flex", "2view", "8view", "2.8b")
+EXTRA_ROWS = ("uncapped", "flex", "2view", "8view", "2.8b", "master")
 
 
 def main() -> None:
@@ -150,7 +157,8 @@ def main() -> None:
     ap.add_argument("--rows", default="lumina,ours",
                     help=f"comma list of lumina, ours (the issue's job) and {', '.join(EXTRA_ROWS)}: ours without the "
                          "soft-cap, with the cap on flex attention, on 2 views 256², on 8 views 256² (batch 1), "
-                         "the onediffusion-2.8b config")
+                         "the onediffusion-2.8b config, with master weights (bf16 linear layers, fp32 masters in "
+                         "the optimizer)")
     ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
     ap.add_argument("--rounds", type=int, default=1,
@@ -171,6 +179,8 @@ def main() -> None:
     if unknown := set(args.modes.split(",")) - set(compile_modes):
         ap.error(f"unknown modes {sorted(unknown)}")
     modes = [compile_modes[m] for m in args.modes.split(",")]
+    # loaded now, not when its row comes: a device call that syncs the working tree mid-job may have dropped the file
+    reference_class = reference_model_class(args.reference) if args.reference else None
     if args.profile and not torch.cuda.is_available():
         ap.error("--profile measures GPU kernel time: it needs CUDA")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -196,13 +206,15 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
-    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT, profile: bool = True):
+    def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT, profile: bool = True,
+                  master_weights: bool = False):
         """Rows of one model built once: (name, views, latent side, batch) each."""
         torch.manual_seed(0)
         model = model_class(model_cfg).to(device)
         model.attn_backend = attn_backend
         out = {name: measure(name, model, ours_step_fn(model, views, lat, b, text_len, device), b, compile_,
-                             args.steps, warmup, device, args.profile and profile and name.endswith("(1 view)"))
+                             args.steps, warmup, device, args.profile and profile and name.endswith("(1 view)"),
+                             master_weights)
                for name, views, lat, b in rows}
         del model
         free()
@@ -234,15 +246,22 @@ def main() -> None:
                 if "ours, Lumina2 shape (1 view)" in measured:
                     results.setdefault(("ours", compile_), []).append(measured["ours, Lumina2 shape (1 view)"])
 
+        def master():
+            if "master" in rows_wanted:
+                name = "ours, master weights (1 view)"
+                results.setdefault(("master", compile_), []).append(
+                    ours_rows(cfg, [(name, 1, latent, batch)], compile_, profile=not round_,
+                              master_weights=True)[name])
+
         def reference():
             if args.reference:
                 name = f"ours, reference {Path(args.reference).name} (1 view)"
                 results.setdefault(("reference", compile_), []).append(
                     ours_rows(cfg, [(name, 1, latent, batch)], compile_, profile=not round_,
-                              model_class=reference_model_class(args.reference))[name])
+                              model_class=reference_class)[name])
 
         # every other round the reference goes first: a drift along the job (clocks, allocator) then cancels
-        for run in ((ours_main, reference) if round_ % 2 == 0 else (reference, ours_main)):
+        for run in ((ours_main, master, reference) if round_ % 2 == 0 else (reference, master, ours_main)):
             run()
         if round_:
             continue
@@ -257,11 +276,13 @@ def main() -> None:
         ours_rows(CONFIGS["onediffusion-2.8b"],
                   [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
     for c in modes:
-        for other, label in (("lumina", "diffusers"), ("reference", "reference")):
-            if ("ours", c) in results and (other, c) in results:
-                per_round = [a["img_s"] / b["img_s"] for a, b in zip(results["ours", c], results[other, c])]
+        for mine, other in (("ours", "lumina"), ("ours", "reference"), ("master", "lumina"), ("master", "ours")):
+            if (mine, c) in results and (other, c) in results:
+                per_round = [a["img_s"] / b["img_s"] for a, b in zip(results[mine, c], results[other, c])]
                 spread = f" (rounds: {', '.join(f'{r:.3f}' for r in per_round)})" if len(per_round) > 1 else ""
-                print(f"ratio ours/{label} img/s (compile={c}): {statistics.median(per_round):.3f}{spread}")
+                label = {"lumina": "diffusers", "master": "ours with master weights"}
+                print(f"ratio {label.get(mine, mine)}/{label.get(other, other)} img/s (compile={c}): "
+                      f"{statistics.median(per_round):.3f}{spread}")
 
 
 if __name__ == "__main__":

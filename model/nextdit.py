@@ -622,7 +622,9 @@ class NextDiT(nn.Module):
         if max(grid) > cfg.rope_max_positions:
             raise ValueError(f"NextDiT: token grid {grid} exceeds rope_max_positions={cfg.rope_max_positions}")
 
-        dtype = self.x_embedder.weight.dtype
+        # the dtype the model was loaded in, read off a norm: master weights (model/master_adamw.py) turn the linear
+        # layers to bf16 under autocast and leave the norms, and with them the inputs, in fp32
+        dtype = self.y_embedder[0].weight.dtype
         text_mask = text_mask.bool()
         text = text.to(dtype)
 

@@ -8,7 +8,7 @@ Read top to bottom, nanoGPT style:
 1. distributed setup from the torchrun variables (nccl on CUDA, gloo on CPU);
 2. the schedule: stages, learning rate, and the seeds every random draw comes from;
 3. data: per-"slot" streams of task-balanced, shape-bucketed batches;
-4. the model: compile, activation checkpointing, DDP or FSDP2, AdamW, EMA;
+4. the model: compile, activation checkpointing, DDP or FSDP2, AdamW (or master weights), EMA;
 5. atomic checkpoints (``out_dir/step_NNNNNNN`` + ``out_dir/latest``) and resume;
 6. metrics: loss by task group and by noise level, throughput, FLOPs and MFU;
 7. ``train()``, the loop; 8. ``main()``.
@@ -41,7 +41,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from model.loss import flow_matching_loss, given_views, sample_sigmas
+from model.master_adamw import MasterWeightAdamW, linear_parameters
 from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
@@ -395,22 +396,35 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     return raw
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool) -> torch.optim.AdamW:
-    """AdamW; weight decay (if any) on matrices only, never on norms, biases or gates."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool,
+                   dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
+    """AdamW; weight decay (if any) on matrices only, never on norms, biases or gates. With ``cfg.master_weights``
+    the linear layers' parameters turn into ``dtype`` (the compute dtype) and the optimizer keeps their masters."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    if cfg.master_weights:
+        return MasterWeightAdamW(groups, lowered=linear_parameters(model), dtype=dtype, lr=cfg.lr, betas=cfg.betas,
+                                 eps=cfg.eps, compiled=cuda)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=cuda or None)
+
+
+def clip_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """The global gradient norm, the gradients clipped to ``max_norm`` (by the next step, for master weights)."""
+    if isinstance(optimizer, MasterWeightAdamW):
+        return optimizer.clip_grad_norm_(max_norm)
+    return nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 class EMA:
     """fp32 exponential moving average of the weights, kept on every rank (sharded like the
     parameters under FSDP2). Decay warms up as min(decay, (1+n)/(10+n)) after n updates."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, named: Iterable[tuple[str, torch.Tensor]], decay: float):
+        """``named``: the weights by name (``model.named_parameters()``, or the optimizer's masters)."""
         self.decay = decay
-        self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters()])
+        self.names, self.params = zip(*named)
         self.shadow = [_local(p).detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -489,6 +503,8 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer, ema: 
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
+    if isinstance(optimizer, MasterWeightAdamW):  # the weights are the masters, not their rounded copies
+        model_sd.update({name: w.detach().cpu() for name, w in optimizer.named_masters(model)})
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
     ema_sd = ema.full_state_dict()
     final = out_dir / step_dir_name(step)
@@ -788,10 +804,15 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
 
         raw.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
     raw.to(device).train()
+    if cfg.master_weights and (dist.distributed or cfg.parallel == "fsdp2"):
+        # DDP would all-reduce the bf16 gradients in bf16, where autocast's are reduced in fp32
+        raise ValueError("train.master_weights runs in one process and not under FSDP2, which keeps its own fp32 "
+                         "parameters: set it false")
     model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
-    optimizer = make_optimizer(model, cfg, cuda)
-    ema = EMA(unwrapped, cfg.ema_decay)
+    optimizer = make_optimizer(model, cfg, cuda, torch.bfloat16 if bf16 else torch.float32)
+    ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
+              else unwrapped.named_parameters(), cfg.ema_decay)
     if ckpt is not None:
         from safetensors.torch import load_file
 
@@ -859,7 +880,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             window.add_micro(loss, per_view, sigmas, given, batch["group"],
                              tokens=b * f * h * w // patch_area,
                              flops=flops_of(tuple(latents.shape), text.shape[1], text.shape[2]))
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(model, optimizer, cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = lr_at(cfg, step)

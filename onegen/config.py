@@ -566,6 +566,11 @@ class TrainConfig(_Strict):
                                "graphs, for host-bound steps (small models, few tokens: 2.44x steps/s on the learning "
                                "run's text2image step, benchmarks/bench_step_overhead.py); one process, no "
                                "activation checkpointing, no gradient accumulation")
+    master_weights: bool = Field(
+        False, description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
+                           "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
+                           "per-step weight and gradient casts; one process only, not under FSDP2 (which keeps its "
+                           "own); checkpoints hold the masters")
     attention: Literal["auto", "cudnn", "flex"] = Field(
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "

@@ -1,4 +1,5 @@
-"""bench_train_step's reference row: another version of model/nextdit.py timed beside ours in one process."""
+"""bench_train_step's reference row (another version of model/nextdit.py timed beside ours in one process) and its
+master-weights row."""
 
 import re
 import shutil
@@ -16,13 +17,22 @@ def test_reference_rows_alternate_with_ours_and_the_ratio_is_the_rounds_median(t
     reference_class = bench.reference_model_class(str(reference))
     assert reference_class is not bench.NextDiT and reference_class.__module__ == "reference_nextdit"
 
-    monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--quick", "--modes", "eager", "--rows", "ours",
+    monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--quick", "--modes", "eager", "--rows", "ours,master",
                                       "--steps", "1", "--rounds", "2", "--reference", str(reference)])
+    measure = bench.measure
+
+    def measure_after_the_file_went(*args, **kwargs):  # a device call that syncs the tree mid-job drops it
+        reference.unlink(missing_ok=True)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", measure_after_the_file_went)
     bench.main()
     out = capsys.readouterr().out
     ours, before = "ours, Lumina2 shape (1 view)", "ours, reference nextdit_before.py (1 view)"
+    master = "ours, master weights (1 view)"
     rows = re.findall(r"^(ours, .+ \(1 view\)) +compile=None +\d+\.\d+ img/s", out, re.M)
-    assert rows == [ours, before, before, ours]  # the reference first in the second round
+    assert rows == [ours, master, before, before, master, ours]  # the reference first in the second round
+    assert re.search(r"ratio ours with master weights/ours img/s \(compile=None\): \d+\.\d+ \(rounds: ", out)
     found = re.search(r"ratio ours/reference img/s \(compile=None\): (\d+\.\d+) \(rounds: (\d+\.\d+), (\d+\.\d+)\)", out)
     median, first, second = map(float, found.groups())
     assert median == pytest.approx((first + second) / 2, abs=1e-3)

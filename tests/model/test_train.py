@@ -125,6 +125,43 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
+def test_master_weights_resume_exactly_and_train_as_plain_adamw(project):
+    """``train.master_weights`` on the CPU (fp32 working weights: the masters' bookkeeping without the bf16 of a
+    GPU, which tests/model/test_master_adamw.py checks): checkpoints hold the masters, a kill and resume repeats the
+    run bit for bit, and the run follows plain AdamW's to float rounding."""
+    def cfg_at(name):
+        return _two_stage_cfg(project / name / "ck").model_copy(update={"master_weights": True})
+
+    whole = run_params(project, "master_whole")
+    train(whole, cfg_at("master_whole"))
+    params, cfg = run_params(project, "master_resumed"), cfg_at("master_resumed")
+
+    def kill_at_10(step, model):
+        if step == 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(params, cfg, on_step=kill_at_10)
+    assert train(params, cfg)["resumed_from"] == 8
+    assert losses(params) == losses(whole)
+    plain = losses(run_params(project, "ref")) if find_checkpoint(project / "ref/ck") else None
+    if plain is None:
+        finished_reference_run(project)
+        plain = losses(run_params(project, "ref"))
+    assert losses(whole).keys() == plain.keys()
+    for step, loss in losses(whole).items():
+        assert loss == pytest.approx(plain[step], rel=1e-4), step
+    for f in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(cfg.out_dir / "step_0000014" / f), load_file(project / "master_whole/ck/step_0000014" / f)
+        assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a), f
+
+
+def test_master_weights_refuse_several_processes(project, tmp_path):
+    cfg = _two_stage_cfg(tmp_path / "ck").model_copy(update={"master_weights": True, "parallel": "fsdp2"})
+    with pytest.raises(ValueError, match="master_weights"):
+        train(run_params(project, "master_fsdp"), cfg)
+
+
 def finished_reference_run(project: Path) -> TrainConfig:
     """The two-stage run of the resume test, finished at step 14 (trained here when run alone)."""
     cfg = _two_stage_cfg(project / "ref/ck")

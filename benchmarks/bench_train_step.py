@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
-from model.master_adamw import MasterWeightAdamW, linear_parameters  # noqa: E402
-from model.nextdit import CONFIGS, NextDiT, attention_kernel  # noqa: E402
+from model.master_adamw import MasterWeightAdamW  # noqa: E402
+from model.nextdit import CONFIGS, NextDiT, attention_kernel, linear_parameters  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 
@@ -95,8 +95,8 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
             device, profile: bool = False, master_weights: bool = False) -> dict:
     if master_weights:  # the linear layers turn bf16 here, their fp32 masters go to the optimizer
         cuda = device.type == "cuda"  # the CPU runs without autocast, so in fp32
-        opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4,
-                                dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)
+        opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4, weight_decay=0.01,
+                                dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)  # AdamW's decay
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
+from model.nextdit import CONFIGS, NextDiT, is_architecture_of, linear_parameters, load_released
 from model.sampler import Conditioning, DynamicShift, estimate_cameras, sample, scheduler_shift
 from model.text import TextEncoder
 from model.vae import DOWNSAMPLE, LATENT_CHANNELS, LatentCodec
@@ -150,6 +150,10 @@ class ModelPredictor:
         self.checkpoint = checkpoint
         weights = transformer_weights(self.checkpoint)
         self.model = _load_transformer(weights, params.model.size, self.device).eval()
+        if self.precision == "bf16":
+            # what autocast would cast them to at every forward, cast once: the same products, in half the memory
+            for p in linear_parameters(self.model):
+                p.data = p.data.to(torch.bfloat16)
         meta = _checkpoint_meta(weights)
         self.given_label = given_label_for(meta)
         self.shift = schedule_shift(weights)

@@ -20,11 +20,6 @@ import torch
 from torch import nn
 
 
-def linear_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters autocast runs in its low dtype: those of ``nn.Linear`` layers (weights and biases)."""
-    return [p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
-
-
 def _adamw(params: list[torch.Tensor], masters: list[torch.Tensor], grads: list[torch.Tensor],
            exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], hyper: torch.Tensor,
            beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
@@ -57,12 +52,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                  weight_decay: float = 0.0, compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         lowered = {id(p) for p in lowered}
+        for p in (p for group in self.param_groups for p in group["params"]):  # before any is converted
+            if p.dtype != torch.float32:
+                raise TypeError(f"MasterWeightAdamW takes fp32 parameters, got {p.dtype} of shape {tuple(p.shape)}")
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p.dtype != torch.float32:
-                        raise TypeError(f"MasterWeightAdamW takes fp32 parameters, got {p.dtype} of shape "
-                                        f"{tuple(p.shape)}")
                     state = self.state[p]
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p)
@@ -76,8 +71,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self._update = torch.compile(_adamw, fullgraph=True) if compiled else _adamw
 
     def master(self, p: torch.Tensor) -> torch.Tensor:
-        """The fp32 value of parameter ``p``."""
-        return self.state[p].get("master", p)
+        """The fp32 value of parameter ``p`` (``p`` itself where it is not lowered, or not in this optimizer)."""
+        state = self.state.get(p, {})  # no self.state[p]: the defaultdict would add an empty state
+        return state.get("master", p)
 
     def named_masters(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
         """``model.named_parameters()`` with each lowered parameter's fp32 master in its place."""
@@ -88,10 +84,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         """The gradients' global L2 norm, accumulated in fp32; the next ``step`` scales them by
         min(1, max_norm / (norm + 1e-6)) as ``nn.utils.clip_grad_norm_`` would."""
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
         self._grad_scale.copy_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self._grad_scale.fill_(1.0)  # a clip whose step never came does not carry over
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,19 +100,20 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             live = [p for p in group["params"] if p.grad is not None]
             if not live:
                 continue
-            beta1, beta2 = group["betas"]
-            states = [self.state[p] for p in live]
-            for s in states:
-                s["step"] += 1
-            t = float(states[0]["step"])
-            lr = float(group["lr"])
-            # filled in place: a host-to-device copy of new values would wait for the GPU
-            for i, value in enumerate((lr, lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5)):
-                self._hyper[i].fill_(value)
-            self._hyper[3].copy_(self._grad_scale)
-            self._update(live, [self.master(p) for p in live], [p.grad for p in live],
-                         [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], self._hyper,
-                         beta1, beta2, group["eps"], group["weight_decay"])
+            beta1, beta2, lr = *group["betas"], float(group["lr"])
+            torch._foreach_add_([self.state[p]["step"] for p in live], 1)
+            by_step: dict[float, list[torch.Tensor]] = {}  # one bucket unless some parameter missed a step
+            for p in live:
+                by_step.setdefault(float(self.state[p]["step"]), []).append(p)
+            for t, bucket in by_step.items():
+                states = [self.state[p] for p in bucket]
+                # filled in place: a host-to-device copy of new values would wait for the GPU
+                for i, value in enumerate((lr, lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5)):
+                    self._hyper[i].fill_(value)
+                self._hyper[3].copy_(self._grad_scale)
+                self._update(bucket, [self.master(p) for p in bucket], [p.grad for p in bucket],
+                             [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], self._hyper,
+                             beta1, beta2, group["eps"], group["weight_decay"])
         self._grad_scale.fill_(1.0)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -134,6 +134,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                     raise ValueError(f"optimizer state of a {tuple(p.shape)} parameter: "
                                      f"{sorted(missing) or 'master weight'} missing or unexpected "
                                      f"(a checkpoint of another optimizer?)")
+                wrong = [k for k, v in loaded.items() if k != "step" and v.shape != p.shape]
+                if wrong:
+                    raise ValueError(f"optimizer state of a {tuple(p.shape)} parameter: {wrong} of another shape")
                 # into the tensors held since construction: others (the EMA) may hold the masters
                 with torch.no_grad():
                     for key, value in loaded.items():

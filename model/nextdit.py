@@ -355,6 +355,11 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 FUSING_DEVICES = ("cuda",)
 
 
+def linear_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters autocast runs in its low dtype: those of ``nn.Linear`` layers (weights and biases)."""
+    return [p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
+
+
 def fused_projections(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
     """Several bias-free projections of one input: compiled under autocast on a GPU, one matrix product split back.
 

@@ -51,8 +51,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from model.loss import flow_matching_loss, given_views, sample_sigmas
-from model.master_adamw import MasterWeightAdamW, linear_parameters
-from model.nextdit import CONFIGS, NextDiT, is_architecture_of, load_released
+from model.master_adamw import MasterWeightAdamW
+from model.nextdit import CONFIGS, NextDiT, is_architecture_of, linear_parameters, load_released
 from model.text import TextEncoder
 from model.vae import LatentCodec
 from model.views import batch_to_latents
@@ -718,6 +718,9 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     if bf16:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if cfg.master_weights and dist.distributed:
+        # DDP would all-reduce the bf16 gradients in bf16, where autocast's are reduced in fp32
+        raise ValueError(f"train.master_weights runs in one process, not on {dist.world} ranks: set it false")
     slots = dist.world * cfg.grad_accum
     for i, stage in enumerate(cfg.stages):
         if stage.batch_size % slots:
@@ -765,6 +768,11 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         dist.barrier()
         ckpt, meta = None, {}
     start = int(meta.get("step", 0))
+    # the optimizer's state is laid out otherwise with master weights (and a finished run trains no step with it)
+    optimizer_switched = ckpt is not None and meta.get("master_weights", False) != cfg.master_weights
+    if optimizer_switched and not finished:
+        raise ValueError(f"train: {ckpt} was trained with train.master_weights {meta.get('master_weights', False)}; "
+                         f"resume it so, or give train.out_dir a fresh folder")
     if ckpt and "model_config" in meta and not is_architecture_of(meta["model_config"], params.model.size):
         raise ValueError(f"train: {ckpt} holds a {meta.get('model_size')!r} model, not the architecture of "
                          f"model.size {params.model.size!r}: set it back, or give train.out_dir a fresh folder")
@@ -804,10 +812,6 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
 
         raw.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
     raw.to(device).train()
-    if cfg.master_weights and (dist.distributed or cfg.parallel == "fsdp2"):
-        # DDP would all-reduce the bf16 gradients in bf16, where autocast's are reduced in fp32
-        raise ValueError("train.master_weights runs in one process and not under FSDP2, which keeps its own fp32 "
-                         "parameters: set it false")
     model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
     optimizer = make_optimizer(model, cfg, cuda, torch.bfloat16 if bf16 else torch.float32)
@@ -816,7 +820,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     if ckpt is not None:
         from safetensors.torch import load_file
 
-        load_optimizer(ckpt / "optimizer.pt", model, optimizer, dist)
+        if not optimizer_switched:
+            load_optimizer(ckpt / "optimizer.pt", model, optimizer, dist)
         ema.load_full_state_dict(load_file(str(ckpt / "ema.safetensors")))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and cfg.parallel != "fsdp2" \
         else contextlib.nullcontext()
@@ -905,6 +910,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
                     "data_identity": data_id, "recipe": recipe_through(cfg, step),
                     "optimization": optimization_of(cfg, params), "slots": slots,
                     "world_size": dist.world, "grad_accum": cfg.grad_accum, "model_size": params.model.size,
+                    "master_weights": cfg.master_weights,  # how its optimizer state is laid out
                     "condition_prob": cfg.condition_prob,  # how its given views must be labelled when sampled
                     "vae_shift": params.model.vae_shift,  # and which latents it learned
                     "depth_condition": DEPTH_CONDITION_VERSION,  # and how its depth images are drawn

@@ -569,8 +569,8 @@ class TrainConfig(_Strict):
     master_weights: bool = Field(
         False, description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
                            "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
-                           "per-step weight and gradient casts; one process only, not under FSDP2 (which keeps its "
-                           "own); checkpoints hold the masters")
+                           "per-step weight and gradient casts; one process, grad_accum 1, not under FSDP2 (which "
+                           "keeps its own); checkpoints hold the masters")
     attention: Literal["auto", "cudnn", "flex"] = Field(
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "
@@ -596,6 +596,15 @@ class TrainConfig(_Strict):
             # measured with one micro-step a step only (benchmarks/bench_step_overhead.py)
             raise ValueError("compile_mode reduce-overhead runs one micro-step a step (grad_accum: 1) until "
                              "accumulation under CUDA graphs is checked")
+        return self
+
+    @model_validator(mode="after")
+    def _master_weights(self):
+        if self.master_weights and self.parallel == "fsdp2":
+            raise ValueError("master_weights does not run under parallel fsdp2, which keeps its own fp32 parameters")
+        if self.master_weights and self.grad_accum > 1:
+            # the micro-steps' bf16 gradients would be summed in bf16, where autocast sums them in fp32
+            raise ValueError("master_weights needs grad_accum 1: its gradients would accumulate in bf16")
         return self
 
     @model_validator(mode="after")

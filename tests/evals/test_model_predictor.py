@@ -307,3 +307,28 @@ def test_depth_benchmarks_align_in_the_predictors_space(setup):
     assert bench.space == "disparity" and all(bench.score(it, p)["abs_rel"] < 1e-6 for it, p in zip(items, preds))
     bench.space = "depth"  # the same maps read as depth: far off
     assert all(bench.score(it, p)["abs_rel"] > 0.05 for it, p in zip(items, preds))
+
+
+def test_in_bf16_the_linear_weights_are_cast_once_to_the_same_velocities(setup, monkeypatch):
+    """bf16 sampling (a GPU's; CPU autocast stands in) holds the linear layers in bf16, and the velocity is
+    bit for bit what autocast gives with the fp32 weights it would cast at every forward."""
+    from safetensors.torch import load_file
+
+    from evals import model_predictor
+    from model.nextdit import linear_parameters
+
+    monkeypatch.setattr(model_predictor, "sampling_precision", lambda precision, device: precision)
+    pred = ModelPredictor(load_params(setup / "params.yaml"), setup / "ck", steps=2, cfg_scale=2.0)
+    assert pred.precision == "bf16" and {p.dtype for p in linear_parameters(pred.model)} == {torch.bfloat16}
+    fp32 = NextDiT(CONFIGS["tiny"]).eval()
+    fp32.load_state_dict(load_file(setup / "ck" / "step_0000001" / "ema.safetensors"))
+    with torch.no_grad():
+        for name, p in fp32.named_parameters():  # the saved gates and output layer are zero: every product counts
+            p.add_(torch.randn_like(p) * 0.05)
+            pred.model.get_parameter(name).copy_(p)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 2, 16, 4, 4, generator=g), torch.tensor([[0.0, 700.0]])
+    cond = pred._cond(["a red cube"])
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        expected = fp32(x, t, cond.embeds, cond.mask).float()
+    assert torch.equal(pred._denoise(x, t, cond), expected)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from model.loss import flow_matching_loss
-from model.master_adamw import MasterWeightAdamW, _adamw, linear_parameters
-from model.nextdit import CONFIGS, NextDiT
+from model.master_adamw import MasterWeightAdamW, _adamw
+from model.nextdit import CONFIGS, NextDiT, linear_parameters
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.95), 1e-8
 
@@ -149,3 +149,28 @@ def test_the_compiled_update_is_the_eager_one():
         for a, b in zip(eager, compiled):
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     assert not torch.equal(runs[0][1][0], state[0][0])  # it did update
+
+
+def test_a_parameter_that_missed_a_step_keeps_its_own_bias_correction():
+    torch.manual_seed(3)
+    ref = [nn.Parameter(torch.randn(8, 4)) for _ in range(2)]
+    ours = [nn.Parameter(p.detach().clone()) for p in ref]
+    ref_opt = torch.optim.AdamW(ref, lr=0.1, betas=BETAS, weight_decay=0.0, foreach=False)
+    opt = MasterWeightAdamW(ours, lowered=ours[:1], dtype=torch.float32, lr=0.1, betas=BETAS)
+    for step in range(3):
+        for i, (r, o) in enumerate(zip(ref, ours)):
+            grad = torch.randn_like(r) if step or i else None  # the first has no gradient in step 0
+            r.grad, o.grad = grad, None if grad is None else grad.clone()
+        ref_opt.step()
+        opt.step()
+    assert [float(opt.state[p]["step"]) for p in ours] == [2.0, 3.0]
+    for r, o in zip(ref, ours):
+        torch.testing.assert_close(opt.master(o), r.detach(), rtol=2e-6, atol=1e-7)
+
+
+def test_asking_for_the_masters_of_a_model_with_frozen_parameters_leaves_the_state_alone():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    opt = MasterWeightAdamW([p for p in model.parameters() if p.requires_grad], lowered=linear_parameters(model))
+    assert [w.dtype for _, w in opt.named_masters(model)] == [torch.float32] * 4
+    assert len(opt.state) == 2 and len(opt.state_dict()["state"]) == 2

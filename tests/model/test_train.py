@@ -142,8 +142,12 @@ def test_master_weights_resume_exactly_and_train_as_plain_adamw(project):
 
     with pytest.raises(Killed):
         train(params, cfg, on_step=kill_at_10)
+    plain_cfg = cfg.model_copy(update={"master_weights": False})
+    with pytest.raises(ValueError, match="trained with train.master_weights True"):
+        train(params, plain_cfg)  # its optimizer state is laid out for master weights
     assert train(params, cfg)["resumed_from"] == 8
     assert losses(params) == losses(whole)
+    assert train(params, plain_cfg)["resumed_from"] == 14  # finished: no optimizer state needed
     plain = losses(run_params(project, "ref")) if find_checkpoint(project / "ref/ck") else None
     if plain is None:
         finished_reference_run(project)
@@ -156,10 +160,53 @@ def test_master_weights_resume_exactly_and_train_as_plain_adamw(project):
         assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a), f
 
 
-def test_master_weights_refuse_several_processes(project, tmp_path):
-    cfg = _two_stage_cfg(tmp_path / "ck").model_copy(update={"master_weights": True, "parallel": "fsdp2"})
-    with pytest.raises(ValueError, match="master_weights"):
-        train(run_params(project, "master_fsdp"), cfg)
+def test_master_weights_refuse_fsdp2_accumulation_and_several_processes(project):
+    base = {**_two_stage_cfg(project / "master_refused/ck").model_dump(), "master_weights": True}
+    for update, match in (({"parallel": "fsdp2"}, "fsdp2"), ({"grad_accum": 2}, "grad_accum 1")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{**base, **update})
+    with pytest.raises(ValueError, match="one process, not on 2 ranks"):
+        train_mod._train(run_params(project, "master_refused"), TrainConfig(**base), train_mod.Dist(world=2), None)
+
+
+def test_master_weights_in_bf16_checkpoint_ema_and_resume_hold_the_masters(tmp_path):
+    """The GPU's layout (bf16 linear weights) through the trainer's optimizer, clipping, EMA and checkpoint code,
+    on made-up gradients: what is saved and averaged are the fp32 masters, never their rounded copies."""
+    from model.nextdit import CONFIGS, NextDiT
+
+    cfg = TrainConfig(master_weights=True, parallel="none", lr=1e-2)
+    torch.manual_seed(0)
+    model = NextDiT(CONFIGS["tiny"])
+    opt = train_mod.make_optimizer(model, cfg, cuda=False, dtype=torch.bfloat16)
+    ema = train_mod.EMA(opt.named_masters(model), 0.9)
+    expected_ema = {n: w.clone() for n, w in opt.named_masters(model)}
+    lowered = [n for n, p in model.named_parameters() if p.dtype == torch.bfloat16]
+    assert lowered and len(lowered) < len(list(model.parameters()))
+    for step in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        assert train_mod.clip_gradients(model, opt, 1.0) > 1.0
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(step)
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected_ema = {n: torch.lerp(expected_ema[n], w, 1 - decay) for n, w in opt.named_masters(model)}
+    masters = {n: w.clone() for n, w in opt.named_masters(model)}
+    path = train_mod.save_checkpoint(tmp_path, 3, model, opt, ema, {"step": 3}, train_mod.Dist(), keep=1)
+    saved, saved_ema = load_file(path / "model.safetensors"), load_file(path / "ema.safetensors")
+    for n in lowered:
+        rounded = model.get_parameter(n).float()
+        assert saved[n].dtype == torch.float32 and torch.equal(saved[n], masters[n]), n
+        assert not torch.equal(saved[n], rounded), n  # the masters carry what bf16 drops
+        torch.testing.assert_close(saved_ema[n], expected_ema[n], rtol=1e-6, atol=0, msg=n)
+
+    resumed = NextDiT(CONFIGS["tiny"])
+    resumed.load_state_dict(saved, strict=True)
+    opt2 = train_mod.make_optimizer(resumed, cfg, cuda=False, dtype=torch.bfloat16)
+    train_mod.load_optimizer(path / "optimizer.pt", resumed, opt2, train_mod.Dist())
+    for n, p in resumed.named_parameters():
+        assert torch.equal(opt2.master(p), masters[n]), n
+        assert torch.equal(p.detach(), masters[n].to(p.dtype)), n
 
 
 def finished_reference_run(project: Path) -> TrainConfig:

@@ -124,7 +124,7 @@ def make_params(args) -> Params:
         # run's last but one and the final one
         lr=args.lr, warmup_steps=100, checkpoint_every=max(args.steps // 2, 1), log_every=25, keep_checkpoints=4,
         out_dir=str(out / "checkpoints"), compile=args.compile, compile_mode=args.compile_mode, ema_decay=0.999,
-        sigma_shift=args.sigma_shift, condition_prob=args.condition_prob)
+        sigma_shift=args.sigma_shift, condition_prob=args.condition_prob, master_weights=args.master_weights)
     return Params.model_validate(base)
 
 
@@ -345,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default="default",
                     help="with --compile: reduce-overhead replays the blocks as CUDA graphs (train.compile_mode; the "
                          "text2image step 2.44x on an H200, bench_step_overhead.py)")
+    ap.add_argument("--master-weights", action="store_true",
+                    help="bf16 linear weights with their fp32 masters in the optimizer (train.master_weights)")
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-items", type=int, default=24)

@@ -78,6 +78,7 @@ for job in $JOBS; do
            # LEARN_T2I_BATCH=512: that stage's batch (a text2image sample has 1/16 of a multiview sample's tokens);
            # LEARN_OBJECTS="1 4": objects per training scene (world GenEval's prompts name 1-4);
            # LEARN_COMPILE_MODE=reduce-overhead: the blocks as CUDA graphs (train.compile_mode);
+           # LEARN_MASTER_WEIGHTS=1: bf16 linear weights, fp32 masters in the optimizer (train.master_weights);
            # LEARN_STEPS, LEARN_VAE_STEPS: train and fit the VAE that many steps, not for minutes and seconds (a run
            # sized by time trains more on a faster device: to compare two runs, give the first one's step counts);
            # LEARN_CAPTION_COLOURS: the chance a training caption names colours (world.caption_colours)
@@ -87,7 +88,8 @@ for job in $JOBS; do
              --train-minutes ${LEARN_MINUTES:-7} --vae-seconds 60 --vae-steps ${LEARN_VAE_STEPS:-0} \
              --lr 1e-3 --compile --t2i-first ${LEARN_T2I_FIRST:-0} ${LEARN_T2I_BATCH:+--t2i-batch $LEARN_T2I_BATCH} \
              ${LEARN_CAPTION_COLOURS:+--caption-colours $LEARN_CAPTION_COLOURS} \
-             --objects ${LEARN_OBJECTS:-2 5} ${LEARN_COMPILE_MODE:+--compile-mode $LEARN_COMPILE_MODE} "${detector[@]}"
+             --objects ${LEARN_OBJECTS:-2 5} ${LEARN_COMPILE_MODE:+--compile-mode $LEARN_COMPILE_MODE} \
+             ${LEARN_MASTER_WEIGHTS:+--master-weights} "${detector[@]}"
            bash benchmarks/collect_learn.sh "${LEARN_DIR:-/tmp/learn}_long" "$OUT" learn_long ;;
     train_step) step train_step python3 benchmarks/bench_train_step.py --profile --extra ;;
     # the compiled rows never measured yet (each row compiles for ~2 minutes: the whole --extra set outlasts a call)

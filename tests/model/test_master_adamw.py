@@ -174,3 +174,31 @@ def test_asking_for_the_masters_of_a_model_with_frozen_parameters_leaves_the_sta
     opt = MasterWeightAdamW([p for p in model.parameters() if p.requires_grad], lowered=linear_parameters(model))
     assert [w.dtype for _, w in opt.named_masters(model)] == [torch.float32] * 4
     assert len(opt.state) == 2 and len(opt.state_dict()["state"]) == 2
+
+
+def test_the_compiled_optimizer_compiles_once_a_group_whatever_the_lr_and_follows_the_eager_one():
+    """A recompile every step (a new lr, a new bias correction) would soon hit dynamo's limit and fall back to the
+    eager update, a dozen passes over memory on a GPU: the changing values travel as tensors."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(4)
+    models = [nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [MasterWeightAdamW(groups(m), lowered=linear_parameters(m), lr=LR, betas=BETAS, compiled=c)
+            for m, c in zip(models, (False, True))]
+    before = counters["stats"]["unique_graphs"]
+    for step in range(4):
+        grads = [torch.randn(p.shape) for p in models[0].parameters()]
+        for model, opt in zip(models, opts):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.to(p.dtype)
+            for group in opt.param_groups:
+                group["lr"] = LR * (step + 1)
+            opt.clip_grad_norm_(0.5)
+            opt.step()
+    assert counters["stats"]["unique_graphs"] - before == 2  # the decayed matrices, and the rest
+    for (name, a), (_, b) in zip(opts[0].named_masters(models[0]), opts[1].named_masters(models[1])):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    for name, p in models[1].named_parameters():  # the compiled code wrote the rounded copies back
+        assert torch.equal(p.detach(), opts[1].master(p).to(p.dtype)), name

@@ -65,9 +65,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                     if id(p) in lowered:
                         state["master"] = p.detach().clone()
                         p.data = p.data.to(dtype)
-        device = self.param_groups[0]["params"][0].device
-        self._hyper = torch.zeros(4, device=device)
-        self._grad_scale = torch.ones((), device=device)
+        # lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), the gradient scale of a clip (1 without)
+        self._hyper = torch.tensor([0.0, 0.0, 0.0, 1.0], device=self.param_groups[0]["params"][0].device)
         self._update = torch.compile(_adamw, fullgraph=True) if compiled else _adamw
 
     def master(self, p: torch.Tensor) -> torch.Tensor:
@@ -85,12 +84,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         min(1, max_norm / (norm + 1e-6)) as ``nn.utils.clip_grad_norm_`` would."""
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
-        self._grad_scale.copy_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        self._hyper[3].copy_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return norm
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
-        self._grad_scale.fill_(1.0)  # a clip whose step never came does not carry over
+        self._hyper[3].fill_(1.0)  # a clip whose step never came does not carry over
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -110,11 +109,10 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 # filled in place: a host-to-device copy of new values would wait for the GPU
                 for i, value in enumerate((lr, lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5)):
                     self._hyper[i].fill_(value)
-                self._hyper[3].copy_(self._grad_scale)
                 self._update(bucket, [self.master(p) for p in bucket], [p.grad for p in bucket],
                              [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], self._hyper,
                              beta1, beta2, group["eps"], group["weight_decay"])
-        self._grad_scale.fill_(1.0)
+        self._hyper[3].fill_(1.0)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``Optimizer.load_state_dict``, but every state tensor stays fp32: the base class casts them all to

@@ -93,14 +93,14 @@ def count_flops(model, loss_fn, autocast) -> int:
 
 def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | None, steps: int, warmup: int,
             device, profile: bool = False, master_weights: bool = False) -> dict:
-    if master_weights:  # the linear layers turn bf16 here, their fp32 masters go to the optimizer
-        cuda = device.type == "cuda"  # the CPU runs without autocast, so in fp32
+    cuda = device.type == "cuda"
+    if master_weights:  # the linear layers turn bf16 here (the CPU, without autocast, fp32), their masters fp32
         opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4, weight_decay=0.01,
                                 dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)  # AdamW's decay
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
     def step():
         if compile_ == "reduce-overhead":  # a new step: the CUDA graphs may reuse the last step's buffers
@@ -116,25 +116,25 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     # activations live in the pool allocated while the graphs were recorded (counting the replays only, session 27
     # reported 26.7 GiB for ours under graphs against 43.6 compiled)
     graphs = compile_ == "reduce-overhead"
-    if device.type == "cuda" and graphs:
+    if cuda and graphs:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
         if not graphs:
             torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = peak_flops()
     row = {"name": name, "compiled": compile_, "img_s": images_per_step / dt, "tflops": flops / dt / 1e12,
            "mfu": flops / dt / peak if peak else None,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
     mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "n/a"
     mem = f"{row['peak_mem_gib']:.1f} GiB" if row["peak_mem_gib"] is not None else "n/a"
     print(f"{name:42s} compile={str(compile_):7s} {row['img_s']:8.2f} img/s {row['tflops']:7.1f} TFLOP/s "
@@ -283,12 +283,12 @@ def main() -> None:
     elif "2.8b" in rows_wanted:
         ours_rows(CONFIGS["onediffusion-2.8b"],
                   [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
+    label = {"lumina": "diffusers", "master": "ours with master weights"}
     for c in modes:
         for mine, other in (("ours", "lumina"), ("ours", "reference"), ("master", "lumina"), ("master", "ours")):
             if (mine, c) in results and (other, c) in results:
                 per_round = [a["img_s"] / b["img_s"] for a, b in zip(results[mine, c], results[other, c])]
                 spread = f" (rounds: {', '.join(f'{r:.3f}' for r in per_round)})" if len(per_round) > 1 else ""
-                label = {"lumina": "diffusers", "master": "ours with master weights"}
                 print(f"ratio {label.get(mine, mine)}/{label.get(other, other)} img/s (compile={c}): "
                       f"{statistics.median(per_round):.3f}{spread}")
 

@@ -814,6 +814,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     raw.to(device).train()
     model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
+    if cfg.master_weights and not bf16 and dist.main:
+        tqdm.write("train: master_weights without bf16 on CUDA keeps fp32 copies of fp32 weights: no casts to save")
     optimizer = make_optimizer(model, cfg, cuda, torch.bfloat16 if bf16 else torch.float32)
     ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
               else unwrapped.named_parameters(), cfg.ema_decay)

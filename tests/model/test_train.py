@@ -125,7 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
-def test_master_weights_resume_exactly_and_train_as_plain_adamw(project):
+def test_master_weights_resume_exactly_and_train_as_plain_adamw(project, capsys):
     """``train.master_weights`` on the CPU (fp32 working weights: the masters' bookkeeping without the bf16 of a
     GPU, which tests/model/test_master_adamw.py checks): checkpoints hold the masters, a kill and resume repeats the
     run bit for bit, and the run follows plain AdamW's to float rounding."""
@@ -134,6 +134,7 @@ def test_master_weights_resume_exactly_and_train_as_plain_adamw(project):
 
     whole = run_params(project, "master_whole")
     train(whole, cfg_at("master_whole"))
+    assert "no casts to save" in capsys.readouterr().out  # fp32 working weights here: said so
     params, cfg = run_params(project, "master_resumed"), cfg_at("master_resumed")
 
     def kill_at_10(step, model):

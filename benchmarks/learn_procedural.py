@@ -63,6 +63,7 @@ from onegen.sources.procedural import COLORS as WORLD_COLOURS  # noqa: E402
 from evals.geneval import world_detector  # noqa: E402
 from evals.geneval.benchmark import WorldGenEval  # noqa: E402
 from evals.predictors import make_predictor  # noqa: E402
+from evals.model_predictor import load_transformer  # noqa: E402
 from pipelines import evaluate, latents, sample, shards, world  # noqa: E402
 from benchmarks.gpu_profile import StepProfile, print_step_profile  # noqa: E402
 from benchmarks.prompt_reliance import prompt_reliance  # noqa: E402
@@ -201,6 +202,9 @@ def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas
     the first ``n`` scenes (shards hold a scene's views side by side, and its views' prompts name the same
     objects), their prompts encoded as the sampler encodes them."""
     pred = make_predictor(f"model:{checkpoint}", params)
+    # the checkpoint's float32 weights, as every run so far measured it: sampling in bf16, the predictor holds its
+    # linear layers in bf16 for autocast, which this loss runs without
+    model = load_transformer(pred.weights, params.model.size, pred.device).eval()
     raws = (raw for url in shard_urls(latents.latents_dir(params, "text2image"))
             for raw in iter_tar_samples(url, ReadReport()))
     firsts: dict[str, dict] = {}
@@ -211,7 +215,7 @@ def model_prompt_reliance(params: Params, checkpoint: Path, n: int = 256, sigmas
     found = [sample_to_tensors(decode_sample(raw)) for raw in firsts.values()]
     x = torch.stack([f["views"][0] for f in found])[:, None].to(pred.device)  # [n, 1, C, h, w]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(params.seed)).to(pred.device)
-    return prompt_reliance(pred.model, x, noise, [f["prompt"] for f in found], pred.text, sigmas, scenes=list(firsts))
+    return prompt_reliance(model, x, noise, [f["prompt"] for f in found], pred.text, sigmas, scenes=list(firsts))
 
 
 def reports_in(params: Params, folder: Path) -> Params:

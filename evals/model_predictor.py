@@ -73,7 +73,8 @@ def given_label_for(meta: dict) -> str:
     return "zero" if meta.get("condition_prob", 0) > 0 else "released"
 
 
-def _load_transformer(weights: Path, size: str, device) -> NextDiT:
+def load_transformer(weights: Path, size: str, device) -> NextDiT:
+    """The transformer of ``weights`` (``transformer_weights``' answer) in float32, as the checkpoint holds it."""
     if weights.is_file():
         meta = _checkpoint_meta(weights)
         if "model_config" in meta and not is_architecture_of(meta["model_config"], size):
@@ -148,8 +149,8 @@ class ModelPredictor:
         if not checkpoint.exists():
             raise FileNotFoundError(f"model predictor: checkpoint {checkpoint} not found")
         self.checkpoint = checkpoint
-        weights = transformer_weights(self.checkpoint)
-        self.model = _load_transformer(weights, params.model.size, self.device).eval()
+        self.weights = weights = transformer_weights(self.checkpoint)
+        self.model = load_transformer(weights, params.model.size, self.device).eval()
         if self.precision == "bf16":
             # what autocast would cast them to at every forward, cast once: the same products, in half the memory
             for p in linear_parameters(self.model):

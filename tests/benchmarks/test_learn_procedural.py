@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from evals import model_predictor
 from model.nextdit import CONFIGS, NextDiT
 from onegen.config import TrainStage
 from tests.benchmarks.scripts import load_script, tiny_text2image_latents
@@ -120,7 +121,8 @@ def test_a_detector_from_elsewhere_must_suit_the_run_and_be_current(tmp_path):
     assert (learn.world_detector.detector_dir(params) / "weights.pt").read_bytes() == b"weights"
 
 
-def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path):
+def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(text2image_latents, tmp_path,
+                                                                               monkeypatch):
     learn = load_script("learn_procedural")
     torch.manual_seed(0)
     model = NextDiT(CONFIGS["tiny"])  # cross-attention gates at 0, as trained models start: text reaches nothing
@@ -134,6 +136,9 @@ def test_prompt_reliance_is_nil_where_text_cannot_reach_and_shows_where_it_can(t
     _open_text_path(model)
     heard = learn.model_prompt_reliance(text2image_latents, _checkpoint(tmp_path / "heard", model), sigmas=(0.5,))
     assert heard["own"] != heard["other"] and heard["own"] != heard["empty"]
+    # sampling in bf16 (a GPU's) the predictor holds its linear layers in bf16; the reliance stays float32's
+    monkeypatch.setattr(model_predictor, "sampling_precision", lambda precision, device: precision)
+    assert learn.model_prompt_reliance(text2image_latents, tmp_path / "heard", sigmas=(0.5,)) == heard
 
 
 def test_another_s_prompt_comes_from_another_scene():

@@ -134,9 +134,13 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     peak = peak_flops()
     row = {"name": name, "compiled": compile_, "img_s": images_per_step / dt, "tflops": flops / dt / 1e12,
            "mfu": flops / dt / peak if peak else None,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+           # what the allocator held, its cache and the graphs' pool included: where the peak of live tensors
+           # understates what the GPU must hold (under CUDA graphs)
+           "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
     mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "n/a"
-    mem = f"{row['peak_mem_gib']:.1f} GiB" if row["peak_mem_gib"] is not None else "n/a"
+    mem = (f"{row['peak_mem_gib']:.1f} GiB (reserved {row['peak_reserved_gib']:.1f})"
+           if row["peak_mem_gib"] is not None else "n/a")
     print(f"{name:42s} compile={str(compile_):7s} {row['img_s']:8.2f} img/s {row['tflops']:7.1f} TFLOP/s "
           f"MFU {mfu}  peak {mem}", flush=True)
     if profile:  # GEMMs, attention, elementwise or the optimizer: which one keeps the MFU down

@@ -66,7 +66,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                         state["master"] = p.detach().clone()
                         p.data = p.data.to(dtype)
         # lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), the gradient scale of a clip (1 without)
-        self._hyper = torch.tensor([0.0, 0.0, 0.0, 1.0], device=self.param_groups[0]["params"][0].device)
+        device = next(p.device for group in self.param_groups for p in group["params"])
+        self._hyper = torch.tensor([0.0, 0.0, 0.0, 1.0], device=device)
         self._update = torch.compile(_adamw, fullgraph=True) if compiled else _adamw
 
     def master(self, p: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,49 @@ def test_a_state_of_another_optimizer_is_refused():
         opt.load_state_dict(plain.state_dict())
 
 
+def test_a_state_of_another_shape_is_refused():
+    model = tiny_model()
+    opt = MasterWeightAdamW(groups(model), lowered=linear_parameters(model))
+    saved = opt.state_dict()
+    state = next(s for s in saved["state"].values() if s["exp_avg"].ndim == 2)
+    state["exp_avg"] = state["exp_avg"][:1]  # broadcastable into the right shape: copy_ alone would take it
+    with pytest.raises(ValueError, match="another shape"):
+        other = tiny_model()
+        MasterWeightAdamW(groups(other), lowered=linear_parameters(other)).load_state_dict(saved)
+
+
+def test_a_clip_scales_its_own_step_only():
+    """Clipped, then a step without a clip; and a clip whose step never came (gradients zeroed): each unclipped
+    step is torch's AdamW's on the raw gradients."""
+    torch.manual_seed(5)
+    ref = [nn.Parameter(torch.randn(6, 3))]
+    ours = [nn.Parameter(ref[0].detach().clone())]
+    ref_opt = torch.optim.AdamW(ref, lr=0.1, betas=BETAS, weight_decay=0.0, foreach=False)
+    opt = MasterWeightAdamW(ours, lowered=ours, dtype=torch.float32, lr=0.1, betas=BETAS)
+    for clip in (True, False, "skipped", False):
+        grad = torch.randn(6, 3) * 10
+        if clip == "skipped":
+            ours[0].grad = grad.clone()
+            opt.clip_grad_norm_(0.1)
+            opt.zero_grad(set_to_none=True)
+            continue
+        ref[0].grad, ours[0].grad = grad, grad.clone()
+        if clip:
+            nn.utils.clip_grad_norm_(ref, 0.1)
+            opt.clip_grad_norm_(0.1)
+        ref_opt.step()
+        opt.step()
+        torch.testing.assert_close(opt.master(ours[0]), ref[0].detach(), rtol=2e-6, atol=1e-7)
+
+
+def test_the_first_group_may_be_empty():
+    p = nn.Parameter(torch.zeros(3))
+    opt = MasterWeightAdamW([{"params": []}, {"params": [p]}], lowered=[])
+    p.grad = torch.ones(3)
+    opt.step()
+    assert p.detach().lt(0).all()
+
+
 def test_only_fp32_parameters_are_taken():
     with pytest.raises(TypeError, match="fp32"):
         MasterWeightAdamW([nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))], lowered=[])

@@ -125,7 +125,7 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert summary["loss"] == losses(ref)[14]
 
 
-def test_master_weights_resume_exactly_and_train_as_plain_adamw(project, capsys):
+def test_master_weights_resume_exactly_and_train_as_plain_adamw(project, capsys, tmp_path):
     """``train.master_weights`` on the CPU (fp32 working weights: the masters' bookkeeping without the bf16 of a
     GPU, which tests/model/test_master_adamw.py checks): checkpoints hold the masters, a kill and resume repeats the
     run bit for bit, and the run follows plain AdamW's to float rounding."""
@@ -149,8 +149,12 @@ def test_master_weights_resume_exactly_and_train_as_plain_adamw(project, capsys)
     assert train(params, cfg)["resumed_from"] == 8
     assert losses(params) == losses(whole)
     assert train(params, plain_cfg)["resumed_from"] == 14  # finished: no optimizer state needed
-    finished_reference_run(project)
+    ref_cfg = finished_reference_run(project)
     plain = losses(run_params(project, "ref"))
+    # and a finished plain run started again with master weights (no optimizer state to load)
+    shutil.copytree(ref_cfg.out_dir, tmp_path / "ref_ck")
+    again = ref_cfg.model_copy(update={"master_weights": True, "out_dir": tmp_path / "ref_ck"})
+    assert train(run_params(project, "ref_again"), again)["resumed_from"] == 14
     assert losses(whole).keys() == plain.keys()
     for step, loss in losses(whole).items():
         assert loss == pytest.approx(plain[step], rel=1e-4), step
@@ -203,9 +207,11 @@ def test_master_weights_in_bf16_checkpoint_ema_and_resume_hold_the_masters(tmp_p
     resumed.load_state_dict(saved, strict=True)
     opt2 = train_mod.make_optimizer(resumed, cfg, cuda=False, dtype=torch.bfloat16)
     train_mod.load_optimizer(path / "optimizer.pt", resumed, opt2, train_mod.Dist())
-    for n, p in resumed.named_parameters():
+    for (n, p), q in zip(resumed.named_parameters(), model.parameters()):
         assert torch.equal(opt2.master(p), masters[n]), n
         assert torch.equal(p.detach(), masters[n].to(p.dtype)), n
+        for key, value in opt.state[q].items():  # steps and moments too, fp32 as saved
+            assert opt2.state[p][key].dtype == value.dtype and torch.equal(opt2.state[p][key], value), (n, key)
 
 
 def finished_reference_run(project: Path) -> TrainConfig:

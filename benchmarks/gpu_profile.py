@@ -33,9 +33,10 @@ def op_profile(run: Callable[[], int], device: torch.device, top: int = 6) -> di
 # first match wins: attention kernels are built from CUTLASS too, and Inductor's GEMM templates (max-autotune)
 # are Triton kernels named `triton_tem_..._mm_...`; a kernel that only casts, or casts and concatenates or
 # slices, is Inductor's `triton_<kind>_fused__to_copy[_t|_cat|...]_<n>` (in a train step mostly autocast's weight
-# casts); fused elementwise work names its other ops
+# casts); fused elementwise work names its other ops, and a compiled AdamW update (model/master_adamw.py) is the
+# one that fuses the first moment's lerp with the second's sqrt
 KERNEL_CLASSES = (
-    ("optimizer", re.compile(r"multi_tensor_apply|adam", re.I)),
+    ("optimizer", re.compile(r"multi_tensor_apply|adam|^triton_\w+_fused_\w*_lerp_\w*_sqrt_", re.I)),
     ("attention", re.compile(r"sdpa|fmha|flash|attention|flex|cudnn::fusion", re.I)),
     ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|sm90_|^triton_tem_\w*mm", re.I)),
     ("cast", re.compile(r"^triton_[a-z]+_fused__to_copy(_t|_cat|_slice|_split_with_sizes)*_\d+$")),

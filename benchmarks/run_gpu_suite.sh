@@ -2,7 +2,7 @@
 # Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_master train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_ref|train_master|train_graphs|train_tuned|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_ref train_master train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_ref|train_master|master_check|train_graphs|train_tuned|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -114,6 +114,8 @@ for job in $JOBS; do
                     --profile
                   step train_master_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs \
                     --rows lumina,ours,master ;;
+    # master weights trained beside autocast and fp32 on the same batches (`small`, 300 steps): the same curve?
+    master_check) step master_check python3 benchmarks/check_master_weights.py --json "$OUT/master_check.json" ;;
     train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours ;;
     # both with Inductor's block sizes searched per elementwise / reduction kernel (where ours spends most beyond GEMMs)
     train_tuned) step train_tuned python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours \

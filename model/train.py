@@ -389,11 +389,29 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     if cfg.parallel == "ddp" and dist.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(raw, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-                   gradient_as_bucket_view=True)
+        if cfg.master_weights and bf16 and any(p.dtype == torch.float32 for p in linear_parameters(raw)):
+            # DDP lays its gradient buckets out by the parameters' dtype when it wraps them
+            raise RuntimeError("master weights: make the optimizer (which lowers the linear layers) before DDP")
+        ddp = DDP(raw, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                  gradient_as_bucket_view=True)
+        if cfg.master_weights:
+            ddp.register_comm_hook(None, allreduce_in_fp32)
+        return ddp
     if dist.distributed:
         raise ValueError(f"train.parallel='none' cannot run on {dist.world} ranks; choose ddp or fsdp2")
     return raw
+
+
+def allreduce_in_fp32(group, bucket):  # unannotated: DDP checks a hook's annotations, which are strings here
+    """DDP's comm hook (``group`` its state; a ``GradBucket`` in, a future of its tensor out): the mean all-reduce
+    of a gradient bucket, summed in fp32 and rounded once into the bucket's dtype. Master weights leave bf16
+    gradients, which DDP's own hook would sum in bf16 (rounding at every hop of the ring) where autocast's fp32
+    gradients are summed in fp32: so the mean is autocast's, rounded once to bf16."""
+    buffer = bucket.buffer()
+    world = group.size() if group is not None else tdist.get_world_size()
+    mean = buffer.float().div_(world)  # fp32 buckets (norms, gates): the buffer itself, as DDP's own hook
+    work = tdist.all_reduce(mean, group=group, async_op=True)
+    return work.get_future().then(lambda _: buffer.copy_(mean))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool,
@@ -504,7 +522,8 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer, ema: 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
     if isinstance(optimizer, MasterWeightAdamW):  # the weights are the masters, not their rounded copies
-        model_sd.update({name: w.detach().cpu() for name, w in optimizer.named_masters(model)})
+        unwrapped = model.module if hasattr(model, "module") else model  # the names without DDP's "module."
+        model_sd.update({name: w.detach().cpu() for name, w in optimizer.named_masters(unwrapped)})
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
     ema_sd = ema.full_state_dict()
     final = out_dir / step_dir_name(step)
@@ -718,9 +737,6 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     if bf16:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.master_weights and dist.distributed:
-        # DDP would all-reduce the bf16 gradients in bf16, where autocast's are reduced in fp32
-        raise ValueError(f"train.master_weights runs in one process, not on {dist.world} ranks: set it false")
     slots = dist.world * cfg.grad_accum
     for i, stage in enumerate(cfg.stages):
         if stage.batch_size % slots:
@@ -812,11 +828,14 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
 
         raw.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
     raw.to(device).train()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    # master weights lower the linear layers before DDP lays its buckets out; FSDP2 (never with them) shards first
+    optimizer = make_optimizer(raw, cfg, cuda, dtype) if cfg.master_weights else None
     model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
     if cfg.master_weights and not bf16 and dist.main:
         tqdm.write("train: master_weights without bf16 on CUDA keeps fp32 copies of fp32 weights: no casts to save")
-    optimizer = make_optimizer(model, cfg, cuda, torch.bfloat16 if bf16 else torch.float32)
+    optimizer = optimizer or make_optimizer(model, cfg, cuda, dtype)
     ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
               else unwrapped.named_parameters(), cfg.ema_decay)
     if ckpt is not None:

@@ -569,8 +569,8 @@ class TrainConfig(_Strict):
     master_weights: bool = Field(
         False, description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
                            "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
-                           "per-step weight and gradient casts; one process, grad_accum 1, not under FSDP2 (which "
-                           "keeps its own); checkpoints hold the masters")
+                           "per-step weight and gradient casts; one process or DDP (summing the gradients in fp32), "
+                           "grad_accum 1, not under FSDP2 (which keeps its own); checkpoints hold the masters")
     attention: Literal["auto", "cudnn", "flex"] = Field(
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "

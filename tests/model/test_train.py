@@ -163,13 +163,18 @@ def test_master_weights_resume_exactly_and_train_as_plain_adamw(project, capsys,
         assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a), f
 
 
-def test_master_weights_refuse_fsdp2_accumulation_and_several_processes(project):
+def test_master_weights_refuse_fsdp2_accumulation_and_a_model_ddp_wrapped_first(project):
+    from model.nextdit import CONFIGS, NextDiT
+
     base = {**_two_stage_cfg(project / "master_refused/ck").model_dump(), "master_weights": True}
     for update, match in (({"parallel": "fsdp2"}, "fsdp2"), ({"grad_accum": 2}, "grad_accum 1")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(**{**base, **update})
-    with pytest.raises(ValueError, match="one process, not on 2 ranks"):
-        train_mod._train(run_params(project, "master_refused"), TrainConfig(**base), train_mod.Dist(world=2), None)
+    # DDP lays its buckets out by dtype: fp32 linear layers on a bf16 device mean the optimizer came too late
+    # (a CUDA Dist is only read: the check comes before DDP touches a device)
+    cuda_ranks = train_mod.Dist(rank=0, world=2, device=torch.device("cuda"))
+    with pytest.raises(RuntimeError, match="before DDP"):
+        train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), TrainConfig(**base), cuda_ranks)
 
 
 def test_master_weights_in_bf16_checkpoint_ema_and_resume_hold_the_masters(tmp_path):
@@ -389,21 +394,69 @@ DIST_SCRIPT = textwrap.dedent("""
         if step == 3:
             raise Killed
 
-    fsdp = dist_cfg(out / "fsdp_ck", "fsdp2", 1)
-    try:
-        train(run_params(project, "fsdp"), fsdp, on_step=kill_at_3)
-    except Killed:
-        pass
-    summary = train(run_params(project, "fsdp"), fsdp)
-    assert summary["resumed_from"] == 2, summary
+    for name, cfg in (("fsdp", dist_cfg(out / "fsdp_ck", "fsdp2", 1)),
+                      ("ddp_master", dist_cfg(out / "ddp_master_ck", "ddp", 1, master_weights=True))):
+        try:
+            train(run_params(project, name), cfg, on_step=kill_at_3)
+        except Killed:
+            pass
+        summary = train(run_params(project, name), cfg)
+        assert summary["resumed_from"] == 2, (name, summary)
+    dist.destroy_process_group()
+""")
+
+# bf16 gradients through DDP with master weights: the mean of the ranks' gradients in fp32, rounded once
+HOOK_SCRIPT = textwrap.dedent("""
+    import torch, torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from model.master_adamw import MasterWeightAdamW
+    from model.nextdit import linear_parameters
+    from model.train import allreduce_in_fp32
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def make():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+        MasterWeightAdamW(net.parameters(), lowered=linear_parameters(net), dtype=torch.bfloat16)
+        return net
+
+    def backward(net):
+        x = torch.randn(6, 8, generator=torch.Generator().manual_seed(rank))  # each rank its own batch
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x).float().square().mean().backward()
+
+    local = make()
+    backward(local)
+    ddp = DDP(make(), gradient_as_bucket_view=True)
+    ddp.register_comm_hook(None, allreduce_in_fp32)
+    backward(ddp)
+    dtypes = set()
+    for (name, mine), p in zip(local.named_parameters(), ddp.module.parameters()):
+        parts = [torch.empty_like(mine.grad, dtype=torch.float32) for _ in range(world)]
+        dist.all_gather(parts, mine.grad.float())
+        expected = sum(g / world for g in parts).to(mine.dtype)
+        assert p.grad.dtype == mine.dtype and torch.equal(p.grad, expected), name
+        assert rank == 0 or not torch.equal(parts[0], parts[1]), name  # the ranks' gradients do differ
+        dtypes.add(p.dtype)
+    assert dtypes == {torch.bfloat16, torch.float32}, dtypes
     dist.destroy_process_group()
 """)
 
 
-def dist_cfg(out_dir: Path, parallel: str, grad_accum: int) -> TrainConfig:
+def run_ranks(script: Path, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), *args], capture_output=True, text=True, env=env, timeout=240, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def dist_cfg(out_dir: Path, parallel: str, grad_accum: int, master_weights: bool = False) -> TrainConfig:
     return TrainConfig(stages=[TrainStage(name="all", families=FAMILIES, steps=4, batch_size=4)],
                        warmup_steps=0, log_every=1, checkpoint_every=2, grad_accum=grad_accum, parallel=parallel,
-                       out_dir=out_dir)
+                       master_weights=master_weights, out_dir=out_dir)
 
 
 def test_ddp_and_fsdp2_match_one_process(project, tmp_path):
@@ -417,14 +470,11 @@ def test_ddp_and_fsdp2_match_one_process(project, tmp_path):
     single = run_params(project, "single")
     train(single, dist_cfg(tmp_path / "single_ck", "none", 2), on_step=keep_grads)
 
-    # two gloo ranks, 1 micro-step each: DDP (grads) and FSDP2 (killed at step 3, resumed from step 2)
+    # two gloo ranks, 1 micro-step each: DDP (grads), FSDP2 and DDP with master weights (both killed at step 3,
+    # resumed from step 2)
     script = tmp_path / "dist_train.py"
     script.write_text(DIST_SCRIPT.format(test_dir=str(Path(__file__).parent)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), str(project), str(tmp_path)], capture_output=True, text=True, env=env,
-                       timeout=240, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_ranks(script, str(project), str(tmp_path))
 
     ddp_grads = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)
     scale = max(g.abs().max().item() for g in grads.values())
@@ -433,16 +483,22 @@ def test_ddp_and_fsdp2_match_one_process(project, tmp_path):
     assert worst <= 1e-5 * max(scale, 1.0)
 
     ref = losses(single)
-    for name in ("ddp", "fsdp"):
+    for name in ("ddp", "fsdp", "ddp_master"):  # on a CPU master weights are fp32 copies: AdamW's curve
         got = losses(run_params(project, name))
         assert sorted(got) == [1, 2, 3, 4]
         assert all(abs(got[s] - ref[s]) <= 1e-5 * abs(ref[s]) for s in ref), (name, got, ref)
     for f in ("model.safetensors", "ema.safetensors"):
         a = load_file(tmp_path / "single_ck/step_0000004" / f)
-        for name in ("ddp", "fsdp"):
+        for name in ("ddp", "fsdp", "ddp_master"):
             b = load_file(tmp_path / f"{name}_ck/step_0000004" / f)
             assert a.keys() == b.keys()
             assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), (name, f)
+
+
+def test_ddp_sums_master_weights_bf16_gradients_in_fp32(tmp_path):
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK_SCRIPT)
+    run_ranks(script)
 
 
 def test_batch_must_split_evenly(project):

@@ -15,9 +15,12 @@ the same model from the same weights on the same batches, σ and noise three way
 
 It prints the first step's gradients against fp32 (cosine, relative L2 over all parameters), the loss curves in
 windows, and where the weights end (distance between runs over the distance the autocast run travelled). Master
-weights pass when they stay as close to autocast as autocast stays to fp32 (``--tolerance`` times that): bf16's
-own rounding is the noise either way, and an error in the update (a wrong bias correction, a lost clip, a weight
-never written back) moves them much farther.
+weights pass when they stay within ``--tolerance`` times autocast's distance from fp32. Any difference at all
+(another rounding order, another GEMM kernel) grows over training to about bf16's own noise, so the two distances
+come out alike (a last-bit change to the update: 1.07x in the loss, 0.76x in the weights; `--quick` sizes, 200 CPU
+steps); errors in the update land far beyond the default 3x (a lost clip 48x the loss gap, no bias correction 460x,
+weights never written back >10x), while one too small to move a short run (weight decay 0.01 at lr 1e-3 dropped)
+passes unseen.
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--window", type=int, default=25, help="steps a loss window averages")
     ap.add_argument("--compile", action="store_true", help="compile the blocks as the trainer's train.compile")
-    ap.add_argument("--tolerance", type=float, default=1.5,
+    ap.add_argument("--tolerance", type=float, default=3.0,
                     help="master passes within this many times autocast's distance from fp32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: `tiny`, 12 steps of batch 4")
@@ -157,11 +160,16 @@ def check(args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     init = {k: v.clone() for k, v in NextDiT(CONFIGS[args.size]).state_dict().items()}
     pool = make_pool(args.pool, args.batch, args.latent, 64, CONFIGS[args.size].caption_channels, args.seed)
-    runs = {kind: train_run(kind, init, pool, args, device) for kind in RUNS}
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        runs = {kind: train_run(kind, init, pool, args, device) for kind in RUNS}
+    finally:  # each run sets them as the trainer would; the caller's come back
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     result = compare(runs, {n: p for n, p in init.items() if n in runs["fp32"]["weights"]}, args.window)
     ma, af = result["master_vs_autocast"], result["autocast_vs_fp32"]
-    result["passed"] = (ma["loss_rel_gap_max"] <= args.tolerance * af["loss_rel_gap_max"]
-                        and ma["weight_gap_over_travel"] <= args.tolerance * af["weight_gap_over_travel"])
+    result["ratios"] = {"loss": ma["loss_rel_gap_max"] / af["loss_rel_gap_max"],
+                        "weights": ma["weight_gap_over_travel"] / af["weight_gap_over_travel"]}
+    result["passed"] = max(result["ratios"].values()) <= args.tolerance
     result["seconds"] = {k: r["seconds"] for k, r in runs.items()}
     result["losses"] = {k: r["losses"] for k, r in runs.items()}
     return result
@@ -185,8 +193,9 @@ def main() -> None:
         print(f"  {label}: loss windows' relative gap max {gap['loss_rel_gap_max']:.2e} "
               f"(mean {gap['loss_rel_gap_mean']:.2e}), final weights apart {gap['weight_gap_over_travel']:.3f} "
               "of autocast's travel")
-    print(f"master weights {'PASS' if result['passed'] else 'FAIL'}: within {args.tolerance}x autocast's distance "
-          "from fp32")
+    ratios = result["ratios"]
+    print(f"master weights {'PASS' if result['passed'] else 'FAIL'}: {ratios['loss']:.2f}x autocast's distance from "
+          f"fp32 in the loss, {ratios['weights']:.2f}x in the weights (tolerance {args.tolerance}x)")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "args": {k: str(v) for k, v in vars(args).items()},
                                          **result}, indent=1))

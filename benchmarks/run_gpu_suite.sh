@@ -114,8 +114,12 @@ for job in $JOBS; do
                     --profile
                   step train_master_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs \
                     --rows lumina,ours,master ;;
-    # master weights trained beside autocast and fp32 on the same batches (`small`, 300 steps): the same curve?
-    master_check) step master_check python3 benchmarks/check_master_weights.py --json "$OUT/master_check.json" ;;
+    # master weights trained beside autocast and fp32 on the same batches (`small`, 300 steps): the same curve? With
+    # the blocks compiled as timed (autocast's fused projections stand aside for bf16 weights), then eager
+    master_check) step master_check python3 benchmarks/check_master_weights.py --compile \
+                    --json "$OUT/master_check.json"
+                  step master_check_eager python3 benchmarks/check_master_weights.py \
+                    --json "$OUT/master_check_eager.json" ;;
     train_graphs) step train_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs --rows lumina,ours ;;
     # both with Inductor's block sizes searched per elementwise / reduction kernel (where ours spends most beyond GEMMs)
     train_tuned) step train_tuned python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours \

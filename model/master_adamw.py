@@ -11,6 +11,8 @@ The arithmetic is autocast's: each bf16 parameter is its master rounded as autoc
 bf16 gradient is exactly what autocast's cast would have upcast; the update is AdamW's (decoupled weight decay,
 bias-corrected moments) in fp32. Parameters outside ``lowered`` (norms, gates, anything autocast keeps in fp32)
 are their own masters. The checkpointed weights are the masters (``named_masters``), never the rounded copies.
+Under DDP the ranks' mean gradient is rounded to bf16 once more (model/train.py's ``allreduce_in_fp32``), where
+autocast's fp32 mean reaches AdamW as it is: about 2^-9 relative, unbiased.
 """
 from __future__ import annotations
 

@@ -521,7 +521,7 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer, ema: 
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
-    if isinstance(optimizer, MasterWeightAdamW):  # the weights are the masters, not their rounded copies
+    if isinstance(optimizer, MasterWeightAdamW) and dist.main:  # the masters, not their rounded copies
         unwrapped = model.module if hasattr(model, "module") else model  # the names without DDP's "module."
         model_sd.update({name: w.detach().cpu() for name, w in optimizer.named_masters(unwrapped)})
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)

@@ -405,7 +405,8 @@ DIST_SCRIPT = textwrap.dedent("""
     dist.destroy_process_group()
 """)
 
-# bf16 gradients through DDP with master weights: the mean of the ranks' gradients in fp32, rounded once
+# bf16 gradients through DDP with master weights: the mean of the ranks' gradients in fp32, rounded once. On 4 ranks
+# (on 2, DDP's own bf16 sum of halves rounds once too, and the check could not tell the hook was missing)
 HOOK_SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     from torch import nn
@@ -428,11 +429,18 @@ HOOK_SCRIPT = textwrap.dedent("""
         with torch.autocast("cpu", dtype=torch.bfloat16):
             net(x).float().square().mean().backward()
 
+    calls = []
+
+    def counted(group, bucket):
+        calls.append(bucket.index())
+        return allreduce_in_fp32(group, bucket)
+
     local = make()
     backward(local)
     ddp = DDP(make(), gradient_as_bucket_view=True)
-    ddp.register_comm_hook(None, allreduce_in_fp32)
+    ddp.register_comm_hook(None, counted)
     backward(ddp)
+    assert len(calls) == len(set(calls)) >= 2, calls  # once a bucket: a bf16 one and an fp32 one
     dtypes = set()
     for (name, mine), p in zip(local.named_parameters(), ddp.module.parameters()):
         parts = [torch.empty_like(mine.grad, dtype=torch.float32) for _ in range(world)]
@@ -446,9 +454,9 @@ HOOK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_ranks(script: Path, *args: str) -> None:
+def run_ranks(script: Path, *args: str, ranks: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                         str(script), *args], capture_output=True, text=True, env=env, timeout=240, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -495,10 +503,10 @@ def test_ddp_and_fsdp2_match_one_process(project, tmp_path):
             assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a), (name, f)
 
 
-def test_ddp_sums_master_weights_bf16_gradients_in_fp32(tmp_path):
+def test_ddp_sums_master_weights_bf16_gradients_in_fp32_once(tmp_path):
     script = tmp_path / "hook.py"
     script.write_text(HOOK_SCRIPT)
-    run_ranks(script)
+    run_ranks(script, ranks=4)
 
 
 def test_batch_must_split_evenly(project):

@@ -62,11 +62,14 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 for p in group["params"]:
                     state = self.state[p]
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    master = p
                     if id(p) in lowered:
-                        state["master"] = p.detach().clone()
+                        master = state["master"] = p.detach().clone()
                         p.data = p.data.to(dtype)
+                    # after the fp32 original is freed: a GPU's caching allocator hands its block to the first
+                    # moment, where made before they would leave it a hole for smaller tensors to fragment
+                    state["exp_avg"] = torch.zeros_like(master)
+                    state["exp_avg_sq"] = torch.zeros_like(master)
         # lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), the gradient scale of a clip (1 without)
         device = next(p.device for group in self.param_groups for p in group["params"])
         self._hyper = torch.tensor([0.0, 0.0, 0.0, 1.0], device=device)

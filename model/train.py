@@ -829,13 +829,15 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         raw.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
     raw.to(device).train()
     dtype = torch.bfloat16 if bf16 else torch.float32
-    # master weights lower the linear layers before DDP lays its buckets out; FSDP2 (never with them) shards first
-    optimizer = make_optimizer(raw, cfg, cuda, dtype) if cfg.master_weights else None
-    model = wrap_model(raw, cfg, dist)
+    if cfg.parallel == "fsdp2":  # the optimizer takes the sharded parameters
+        model = wrap_model(raw, cfg, dist)
+        optimizer = make_optimizer(model, cfg, cuda, dtype)
+    else:  # master weights lower the linear layers before DDP lays its gradient buckets out by dtype
+        optimizer = make_optimizer(raw, cfg, cuda, dtype)
+        model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
     if cfg.master_weights and not bf16 and dist.main:
         tqdm.write("train: master_weights without bf16 on CUDA keeps fp32 copies of fp32 weights: no casts to save")
-    optimizer = optimizer or make_optimizer(model, cfg, cuda, dtype)
     ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
               else unwrapped.named_parameters(), cfg.ema_decay)
     if ckpt is not None:

@@ -350,7 +350,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="with --compile: reduce-overhead replays the blocks as CUDA graphs (train.compile_mode; the "
                          "text2image step 2.44x on an H200, bench_step_overhead.py)")
     ap.add_argument("--master-weights", action="store_true",
-                    help="bf16 linear weights with their fp32 masters in the optimizer (train.master_weights)")
+                    help="bf16 linear weights with their fp32 masters in the optimizer (train.master_weights true); "
+                         "without it false, not the trainer's auto, so that a run compares with the runs before it")
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-items", type=int, default=24)

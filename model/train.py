@@ -414,10 +414,23 @@ def allreduce_in_fp32(group, bucket):  # unannotated: DDP checks a hook's annota
     return work.get_future().then(lambda _: buffer.copy_(mean))
 
 
+def uses_master_weights(cfg: TrainConfig, bf16: bool, meta: dict) -> bool:
+    """Whether a run trains with master weights: ``train.master_weights`` as given, or for "auto" where it runs
+    (one process or DDP, grad_accum 1) with bf16 on CUDA (``bf16``), but a resumed checkpoint (``meta``, empty for
+    none) as it was trained, so that a run begun without them continues so rather than being refused."""
+    if cfg.master_weights != "auto":
+        return cfg.master_weights
+    allowed = cfg.parallel != "fsdp2" and cfg.grad_accum == 1
+    return allowed and (meta.get("master_weights", False) if meta else bf16)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool,
                    dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """AdamW; weight decay (if any) on matrices only, never on norms, biases or gates. With ``cfg.master_weights``
-    the linear layers' parameters turn into ``dtype`` (the compute dtype) and the optimizer keeps their masters."""
+    (True, not "auto": ``uses_master_weights`` resolves it) the linear layers' parameters turn into ``dtype`` (the
+    compute dtype) and the optimizer keeps their masters."""
+    if cfg.master_weights == "auto":
+        raise ValueError("make_optimizer: resolve train.master_weights 'auto' first (uses_master_weights)")
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]
@@ -784,6 +797,9 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         dist.barrier()
         ckpt, meta = None, {}
     start = int(meta.get("step", 0))
+    # resolved once for all that follows; the config hash above stays that of the params as written, the same on
+    # every device
+    cfg = cfg.model_copy(update={"master_weights": uses_master_weights(cfg, bf16, meta)})
     # the optimizer's state is laid out otherwise with master weights (and a finished run trains no step with it)
     optimizer_switched = ckpt is not None and meta.get("master_weights", False) != cfg.master_weights
     if optimizer_switched and not finished:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, Tag, ValidationError,
+                      model_validator)
 
 from onegen.hub_cache import check_model_path
 
@@ -566,11 +567,13 @@ class TrainConfig(_Strict):
                                "graphs, for host-bound steps (small models, few tokens: 2.44x steps/s on the learning "
                                "run's text2image step, benchmarks/bench_step_overhead.py); one process, no "
                                "activation checkpointing, no gradient accumulation")
-    master_weights: bool = Field(
-        False, description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
-                           "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
-                           "per-step weight and gradient casts; one process or DDP (summing the gradients in fp32), "
-                           "grad_accum 1, not under FSDP2 (which keeps its own); checkpoints hold the masters")
+    master_weights: StrictBool | Literal["auto"] = Field(
+        "auto", description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
+                            "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
+                            "per-step weight and gradient casts; one process or DDP (summing the gradients in fp32), "
+                            "grad_accum 1, not under FSDP2 (which keeps its own); checkpoints hold the masters; auto: "
+                            "on in bf16 on CUDA where it runs, and a resumed run as its checkpoint was trained "
+                            "(model/train.py's uses_master_weights)")
     attention: Literal["auto", "cudnn", "flex"] = Field(
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "
@@ -600,9 +603,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _master_weights(self):
-        if self.master_weights and self.parallel == "fsdp2":
+        if self.master_weights is True and self.parallel == "fsdp2":  # auto turns off there (uses_master_weights)
             raise ValueError("master_weights does not run under parallel fsdp2, which keeps its own fp32 parameters")
-        if self.master_weights and self.grad_accum > 1:
+        if self.master_weights is True and self.grad_accum > 1:
             # the micro-steps' bf16 gradients would be summed in bf16, where autocast sums them in fp32
             raise ValueError("master_weights needs grad_accum 1: its gradients would accumulate in bf16")
         return self

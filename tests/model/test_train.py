@@ -177,6 +177,40 @@ def test_master_weights_refuse_fsdp2_accumulation_and_a_model_ddp_wrapped_first(
         train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), TrainConfig(**base), cuda_ranks)
 
 
+def test_master_weights_auto_are_on_in_bf16_where_they_run_and_a_resumed_run_as_it_was_trained():
+    uses = train_mod.uses_master_weights
+    auto = TrainConfig()
+    assert uses(auto, True, {}) is True and uses(TrainConfig(parallel="none"), True, {}) is True
+    assert uses(auto, False, {}) is False  # the CPU, or fp32: no casts to save
+    assert uses(TrainConfig(parallel="fsdp2"), True, {}) is False and uses(TrainConfig(grad_accum=2), True, {}) is False
+    # a checkpoint as it was trained, from before the key (without them) too; on the CPU as well
+    assert uses(auto, True, {"step": 8, "master_weights": False}) is False and uses(auto, True, {"step": 8}) is False
+    assert uses(auto, False, {"step": 8, "master_weights": True}) is True
+    # but never where they do not run: the checkpoint's own error then ("trained with train.master_weights True")
+    assert uses(TrainConfig(parallel="fsdp2"), True, {"step": 8, "master_weights": True}) is False
+    for given in (True, False):
+        cfg = TrainConfig(master_weights=given)
+        assert uses(cfg, not given, {}) is given and uses(cfg, given, {"step": 8, "master_weights": not given}) is given
+    with pytest.raises(ValueError, match="resolve train.master_weights 'auto' first"):  # never taken as truthy
+        train_mod.make_optimizer(torch.nn.Linear(2, 2), auto, cuda=False)
+
+
+def test_master_weights_auto_leave_a_cpu_run_plain_and_resume_a_run_as_it_was_trained(project):
+    ref = finished_reference_run(project)
+    assert ref.master_weights == "auto"
+    assert json.loads((ref.out_dir / "step_0000014/meta.json").read_text())["master_weights"] is False  # no bf16
+    params, cfg = run_params(project, "master_auto"), _two_stage_cfg(project / "master_auto/ck")
+
+    def kill_at_4(step, model):
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(params, cfg.model_copy(update={"master_weights": True}), on_step=kill_at_4)
+    assert train(params, cfg)["resumed_from"] == 4  # not refused for its masters
+    assert json.loads((cfg.out_dir / "step_0000014/meta.json").read_text())["master_weights"] is True
+
+
 def test_master_weights_in_bf16_checkpoint_ema_and_resume_hold_the_masters(tmp_path):
     """The GPU's layout (bf16 linear weights) through the trainer's optimizer, clipping, EMA and checkpoint code,
     on made-up gradients: what is saved and averaged are the fp32 masters, never their rounded copies."""

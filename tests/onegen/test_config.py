@@ -78,6 +78,11 @@ def test_profiles_load_and_differ_where_the_paper_does():
         (lambda d: d["train"].update(compile=True, compile_mode="reduce-overhead", grad_accum=2),
          r"train: compile_mode reduce-overhead runs one micro-step a step \(grad_accum: 1\)"),
         (lambda d: d["train"].__setitem__("attention", "flash"), r"train\.attention: Input should be 'auto', 'cudnn' or 'flex'"),
+        (lambda d: d["train"].__setitem__("master_weights", "yes"),
+         r"train\.master_weights\.bool: Input should be a valid boolean \(got 'yes'\).*Input should be 'auto'"),
+        (lambda d: d["train"].update(master_weights=True, parallel="fsdp2"),
+         r"train: master_weights does not run under parallel fsdp2"),
+        (lambda d: d["train"].update(master_weights=True, grad_accum=2), r"train: master_weights needs grad_accum 1"),
         (lambda d: d["shards"]["families"]["pose"].__setitem__("sources", ["world", "sample_photos"]),
          r"shards\.families\.pose\.sources: the procedural world has no people to pose"),
     ],
@@ -87,6 +92,18 @@ def test_bad_params_name_the_dotted_key(edit, message):
     edit(d)
     with pytest.raises(ConfigError, match=message):
         parse_params(d, "params.yaml")
+
+
+def test_master_weights_default_to_auto_which_fsdp2_and_accumulation_accept():
+    from onegen.config import TrainConfig
+
+    assert TrainConfig().master_weights == "auto" and "master_weights" not in _default()["train"]
+    for update in ({"parallel": "fsdp2"}, {"grad_accum": 2}):  # where auto turns them off (model/train.py)
+        d = _default()
+        d["train"].update(update)
+        assert parse_params(d).train.master_weights == "auto"
+        d["train"]["master_weights"] = False
+        assert parse_params(d).train.master_weights is False
 
 
 def test_error_is_one_line_and_names_the_file(tmp_path):

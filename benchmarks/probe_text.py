@@ -306,7 +306,8 @@ def train_with_trainer(args, latents: torch.Tensor, captions: list[str], text: t
                  "caption_dropout": 0.1}],
         lr=args.lr, warmup_steps=0, sigma_shift=args.sigma_shift, condition_prob=0.0, latents=True,
         checkpoint_every=args.steps, log_every=100, out_dir=str(work / "checkpoints"), seed=args.seed,
-        parallel="none", precision="bf16" if args.bf16 else "fp32", compile=args.compile)
+        parallel="none", precision="bf16" if args.bf16 else "fp32", compile=args.compile,
+        master_weights=False)  # autocast's fp32 weights, as the probe's own loop trains
     params = Params.model_validate(base)
 
     embeds, mask = text

@@ -389,12 +389,12 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
     if cfg.parallel == "ddp" and dist.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if cfg.master_weights and bf16 and any(p.dtype == torch.float32 for p in linear_parameters(raw)):
+        if resolved_master_weights(cfg) and bf16 and any(p.dtype == torch.float32 for p in linear_parameters(raw)):
             # DDP lays its gradient buckets out by the parameters' dtype when it wraps them
             raise RuntimeError("master weights: make the optimizer (which lowers the linear layers) before DDP")
         ddp = DDP(raw, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                   gradient_as_bucket_view=True)
-        if cfg.master_weights:
+        if resolved_master_weights(cfg):
             ddp.register_comm_hook(None, allreduce_in_fp32)
         return ddp
     if dist.distributed:
@@ -424,18 +424,23 @@ def uses_master_weights(cfg: TrainConfig, bf16: bool, meta: dict) -> bool:
     return allowed and (meta.get("master_weights", False) if meta else bf16)
 
 
+def resolved_master_weights(cfg: TrainConfig) -> bool:
+    """``cfg.master_weights`` once ``uses_master_weights`` has decided "auto" (a string, which would read as true)."""
+    if cfg.master_weights == "auto":
+        raise ValueError("train.master_weights 'auto' reached the optimizer or DDP unresolved (uses_master_weights)")
+    return cfg.master_weights
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool,
                    dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """AdamW; weight decay (if any) on matrices only, never on norms, biases or gates. With ``cfg.master_weights``
-    (True, not "auto": ``uses_master_weights`` resolves it) the linear layers' parameters turn into ``dtype`` (the
+    (resolved: ``uses_master_weights``) the linear layers' parameters turn into ``dtype`` (the
     compute dtype) and the optimizer keeps their masters."""
-    if cfg.master_weights == "auto":
-        raise ValueError("make_optimizer: resolve train.master_weights 'auto' first (uses_master_weights)")
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    if cfg.master_weights:
+    if resolved_master_weights(cfg):
         return MasterWeightAdamW(groups, lowered=linear_parameters(model), dtype=dtype, lr=cfg.lr, betas=cfg.betas,
                                  eps=cfg.eps, compiled=cuda)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=cuda or None)
@@ -799,10 +804,15 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     start = int(meta.get("step", 0))
     # resolved once for all that follows; the config hash above stays that of the params as written, the same on
     # every device
+    asked = cfg.master_weights
     cfg = cfg.model_copy(update={"master_weights": uses_master_weights(cfg, bf16, meta)})
     # the optimizer's state is laid out otherwise with master weights (and a finished run trains no step with it)
     optimizer_switched = ckpt is not None and meta.get("master_weights", False) != cfg.master_weights
     if optimizer_switched and not finished:
+        if asked == "auto":  # auto follows the checkpoint wherever master weights run: not under these settings
+            raise ValueError(f"train: {ckpt} was trained with master weights, which do not run under parallel "
+                             f"{cfg.parallel} with grad_accum {cfg.grad_accum}: resume it with ddp or none and "
+                             f"grad_accum 1, or give train.out_dir a fresh folder")
         raise ValueError(f"train: {ckpt} was trained with train.master_weights {meta.get('master_weights', False)}; "
                          f"resume it so, or give train.out_dir a fresh folder")
     if ckpt and "model_config" in meta and not is_architecture_of(meta["model_config"], params.model.size):
@@ -853,7 +863,8 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
         model = wrap_model(raw, cfg, dist)
     unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
     if cfg.master_weights and not bf16 and dist.main:
-        tqdm.write("train: master_weights without bf16 on CUDA keeps fp32 copies of fp32 weights: no casts to save")
+        why = "as its checkpoint was trained (auto)" if asked == "auto" else "as asked"
+        tqdm.write(f"train: master weights {why}, without bf16 on CUDA: fp32 copies of fp32 weights, no casts to save")
     ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
               else unwrapped.named_parameters(), cfg.ema_decay)
     if ckpt is not None:

@@ -191,7 +191,7 @@ def test_master_weights_auto_are_on_in_bf16_where_they_run_and_a_resumed_run_as_
     for given in (True, False):
         cfg = TrainConfig(master_weights=given)
         assert uses(cfg, not given, {}) is given and uses(cfg, given, {"step": 8, "master_weights": not given}) is given
-    with pytest.raises(ValueError, match="resolve train.master_weights 'auto' first"):  # never taken as truthy
+    with pytest.raises(ValueError, match="'auto' reached the optimizer or DDP unresolved"):  # never read as true
         train_mod.make_optimizer(torch.nn.Linear(2, 2), auto, cuda=False)
 
 
@@ -207,8 +207,19 @@ def test_master_weights_auto_leave_a_cpu_run_plain_and_resume_a_run_as_it_was_tr
 
     with pytest.raises(Killed):
         train(params, cfg.model_copy(update={"master_weights": True}), on_step=kill_at_4)
+    with pytest.raises(ValueError, match="trained with master weights, which do not run under parallel ddp with "
+                                         "grad_accum 2: resume it with ddp or none and grad_accum 1"):
+        train(params, cfg.model_copy(update={"grad_accum": 2}))  # auto turns them off there
     assert train(params, cfg)["resumed_from"] == 4  # not refused for its masters
     assert json.loads((cfg.out_dir / "step_0000014/meta.json").read_text())["master_weights"] is True
+    # a checkpoint set aside (another recipe) decides nothing: the fresh run resolves auto on this device, and the
+    # config hash is the params' as written, not the resolved value's
+    stages = [cfg.stages[0].model_copy(update={"caption_dropout": 0.3}), *cfg.stages[1:]]
+    fresh = cfg.model_copy(update={"stages": stages})
+    summary = train(params, fresh)
+    meta = json.loads((cfg.out_dir / "step_0000014/meta.json").read_text())
+    assert summary["resumed_from"] == 0 and meta["master_weights"] is False
+    assert summary["config_hash"] == meta["config_hash"] == train_mod.config_hash(fresh, params)
 
 
 def test_master_weights_in_bf16_checkpoint_ema_and_resume_hold_the_masters(tmp_path):

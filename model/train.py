@@ -434,8 +434,8 @@ def resolved_master_weights(cfg: TrainConfig) -> bool:
 def make_optimizer(model: nn.Module, cfg: TrainConfig, cuda: bool,
                    dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """AdamW; weight decay (if any) on matrices only, never on norms, biases or gates. With ``cfg.master_weights``
-    (resolved: ``uses_master_weights``) the linear layers' parameters turn into ``dtype`` (the
-    compute dtype) and the optimizer keeps their masters."""
+    (resolved: ``uses_master_weights``) the linear layers' parameters turn into ``dtype`` (the compute dtype) and
+    the optimizer keeps their masters."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]

@@ -568,12 +568,12 @@ class TrainConfig(_Strict):
                                "run's text2image step, benchmarks/bench_step_overhead.py); one process, no "
                                "activation checkpointing, no gradient accumulation")
     master_weights: StrictBool | Literal["auto"] = Field(
-        "auto", description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 masters "
-                            "in the optimizer (model/master_adamw.py), as autocast would round them but without its "
-                            "per-step weight and gradient casts; one process or DDP (summing the gradients in fp32), "
-                            "grad_accum 1, not under FSDP2 (which keeps its own); checkpoints hold the masters; auto: "
-                            "on in bf16 on CUDA where it runs, and a resumed run as its checkpoint was trained "
-                            "(model/train.py's uses_master_weights)")
+        "auto", description="keep the linear layers' weights in the compute dtype (bf16 on CUDA) and their fp32 "
+                            "masters in the optimizer (model/master_adamw.py), as autocast would round them but "
+                            "without its per-step weight and gradient casts; one process or DDP (summing the gradients "
+                            "in fp32), grad_accum 1, not under FSDP2 (which keeps its own); checkpoints hold the "
+                            "masters; auto: on in bf16 on CUDA where it runs, and a resumed run as its checkpoint was "
+                            "trained (model/train.py's uses_master_weights)")
     attention: Literal["auto", "cudnn", "flex"] = Field(
         "auto", description="the soft-capped self-attention kernel on CUDA: cudnn (cuDNN's fused kernel with the cap "
                             "as a score modifier; needs nvidia-cudnn-frontend, which the Makefile installs), flex "

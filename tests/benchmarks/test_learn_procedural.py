@@ -91,7 +91,8 @@ def test_the_training_world_takes_its_object_counts_and_stages_from_the_command_
     graphs = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--compile", "--compile-mode", "reduce-overhead"]))
     assert graphs.train.compile and graphs.train.compile_mode == "reduce-overhead"
     assert graphs.train.master_weights is False  # off unless asked for, not the trainer's auto: runs stay comparable
-    assert learn.make_params(learn.parse_args(["--out", str(tmp_path), "--master-weights"])).train.master_weights is True
+    asked = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--master-weights"]))
+    assert asked.train.master_weights is True
     with pytest.raises(SystemExit):  # a compile mode without compiling
         learn.parse_args(["--out", str(tmp_path), "--compile-mode", "reduce-overhead"])
     default = learn.make_params(learn.parse_args(["--out", str(tmp_path), "--steps", "100"]))

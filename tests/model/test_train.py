@@ -186,7 +186,7 @@ def test_master_weights_auto_are_on_in_bf16_where_they_run_and_a_resumed_run_as_
     # a checkpoint as it was trained, from before the key (without them) too; on the CPU as well
     assert uses(auto, True, {"step": 8, "master_weights": False}) is False and uses(auto, True, {"step": 8}) is False
     assert uses(auto, False, {"step": 8, "master_weights": True}) is True
-    # but never where they do not run: the checkpoint's own error then ("trained with train.master_weights True")
+    # but never where they do not run: the trainer then refuses the checkpoint ("which do not run under ...")
     assert uses(TrainConfig(parallel="fsdp2"), True, {"step": 8, "master_weights": True}) is False
     for given in (True, False):
         cfg = TrainConfig(master_weights=given)

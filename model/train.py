@@ -468,15 +468,18 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(self.shadow, [_local(p).float() for p in self.params], 1.0 - d)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full CPU tensors by parameter name (a collective under FSDP2: call on every rank)."""
+    def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Full CPU tensors by parameter name (a collective under FSDP2: call on every rank). ``keep`` False (every
+        rank but the one that writes): take part in the gathers, keep nothing, so that N ranks do not each hold a
+        full fp32 copy in host memory at every checkpoint."""
         from torch.distributed.tensor import DTensor
 
         out = {}
         for name, p, s in zip(self.names, self.params, self.shadow):
             if isinstance(p, DTensor):
                 s = DTensor.from_local(s, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
-            out[name] = s.detach().cpu()
+            if keep:
+                out[name] = s.detach().cpu()
         return out
 
     @torch.no_grad()
@@ -543,7 +546,7 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer, ema: 
         unwrapped = model.module if hasattr(model, "module") else model  # the names without DDP's "module."
         model_sd.update({name: w.detach().cpu() for name, w in optimizer.named_masters(unwrapped)})
     optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
-    ema_sd = ema.full_state_dict()
+    ema_sd = ema.full_state_dict(keep=dist.main)
     final = out_dir / step_dir_name(step)
     if dist.main:
         tmp = out_dir / f".tmp_{final.name}_{os.getpid()}"

@@ -420,7 +420,7 @@ DIST_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {test_dir!r})
     from test_train import dist_cfg, run_params
-    from model.train import train
+    from model.train import EMA, train
 
     project, out = Path(sys.argv[1]), Path(sys.argv[2])
     dist.init_process_group("gloo")
@@ -439,6 +439,10 @@ DIST_SCRIPT = textwrap.dedent("""
         if step == 3:
             raise Killed
 
+    # the EMA's full tensors: every rank takes part in the gathers, only the writer keeps them
+    kept = []
+    full_state_dict = EMA.full_state_dict
+    EMA.full_state_dict = lambda self, keep=True: kept.append(len(sd := full_state_dict(self, keep))) or sd
     for name, cfg in (("fsdp", dist_cfg(out / "fsdp_ck", "fsdp2", 1)),
                       ("ddp_master", dist_cfg(out / "ddp_master_ck", "ddp", 1, master_weights=True))):
         try:
@@ -447,6 +451,7 @@ DIST_SCRIPT = textwrap.dedent("""
             pass
         summary = train(run_params(project, name), cfg)
         assert summary["resumed_from"] == 2, (name, summary)
+    assert kept and all(n > 0 if rank == 0 else n == 0 for n in kept), (rank, kept)
     dist.destroy_process_group()
 """)
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Every GPU figure of the README's "Last measured" table, one after another, on one GPU:
+# Every GPU figure of docs/measurements.md, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
 #           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer

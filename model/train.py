@@ -864,12 +864,12 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
     else:  # master weights lower the linear layers before DDP lays its gradient buckets out by dtype
         optimizer = make_optimizer(raw, cfg, cuda, dtype)
         model = wrap_model(raw, cfg, dist)
-    unwrapped = model.module if hasattr(model, "module") else model  # DDP's inner module
     if cfg.master_weights and not bf16 and dist.main:
         why = "as its checkpoint was trained (auto)" if asked == "auto" else "as asked"
         tqdm.write(f"train: master weights {why}, without bf16 on CUDA: fp32 copies of fp32 weights, no casts to save")
-    ema = EMA(optimizer.named_masters(unwrapped) if isinstance(optimizer, MasterWeightAdamW)
-              else unwrapped.named_parameters(), cfg.ema_decay)
+    # by raw's names: DDP's inner module (no "module." prefix), and under FSDP2 the sharded module itself
+    ema = EMA(optimizer.named_masters(raw) if isinstance(optimizer, MasterWeightAdamW)
+              else raw.named_parameters(), cfg.ema_decay)
     if ckpt is not None:
         from safetensors.torch import load_file
 
@@ -974,7 +974,7 @@ def _train(params: Params, cfg: TrainConfig, dist: Dist, on_step) -> dict:
             last_ckpt = save_checkpoint(out_dir, step, model, optimizer, ema, meta, dist, cfg.keep_checkpoints)
         bar.update(1)
         if on_step is not None:
-            on_step(step, unwrapped)
+            on_step(step, raw)
     bar.close()
 
     summary = {"step": step, "total_steps": total, "checkpoint": str(last_ckpt) if last_ckpt else None,

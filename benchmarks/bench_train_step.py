@@ -13,7 +13,8 @@ against SDPA), with the cap on flex attention (the model's other kernel; the mai
 cuDNN's fused kernel where nvidia-cudnn-frontend is installed), on a 2-view 256² batch, an 8-view multiview 256²
 batch, the ``onediffusion-2.8b`` config, and ours with bf16 linear weights and their fp32 masters in the optimizer
 (``train.master_weights``, model/master_adamw.py: autocast's arithmetic without its per-step weight and gradient
-casts).
+casts), and that row with the rest of ``onegen train``'s optimizer step on a GPU (gradient clipping, then the
+fp32 EMA of the masters, which the other rows leave out as diffusers has neither): what those two cost a step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.gpu_profile import op_profile, print_profile  # noqa: E402
 from model.master_adamw import MasterWeightAdamW  # noqa: E402
 from model.nextdit import CONFIGS, NextDiT, attention_kernel, linear_parameters  # noqa: E402
+from model.train import EMA, clip_gradients  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 
@@ -92,13 +94,15 @@ def count_flops(model, loss_fn, autocast) -> int:
 
 
 def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | None, steps: int, warmup: int,
-            device, profile: bool = False, master_weights: bool = False) -> dict:
+            device, profile: bool = False, master_weights: bool = False, clip_and_ema: bool = False) -> dict:
     cuda = device.type == "cuda"
     if master_weights:  # the linear layers turn bf16 here (the CPU, without autocast, fp32), their masters fp32
         opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4, weight_decay=0.01,
                                 dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)  # AdamW's decay
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    # the rest of model/train.py's step: the gradients clipped to norm 1, the EMA of the (master) weights updated
+    ema = EMA(opt.named_masters(model) if master_weights else model.named_parameters(), 0.999) if clip_and_ema else None
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
@@ -108,8 +112,12 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
         with autocast:
             loss = loss_fn(run_model)
         loss.backward()
+        if ema is not None:
+            clip_gradients(model, opt, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(1000)  # past the decay's warm-up, as most of a run's steps
 
     flops = count_flops(model, loss_fn, autocast)
     # Peak memory of the timed steps; under CUDA graphs from the warm-up on: replays allocate nothing, their
@@ -154,7 +162,7 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     return row
 
 
-EXTRA_ROWS = ("uncapped", "flex", "2view", "8view", "2.8b", "master")
+EXTRA_ROWS = ("uncapped", "flex", "2view", "8view", "2.8b", "master", "trainer")
 
 
 def main() -> None:
@@ -170,7 +178,7 @@ def main() -> None:
                     help=f"comma list of lumina, ours (the issue's job) and {', '.join(EXTRA_ROWS)}: ours without the "
                          "soft-cap, with the cap on flex attention, on 2 views 256², on 8 views 256² (batch 1), "
                          "the onediffusion-2.8b config, with master weights (bf16 linear layers, fp32 masters in "
-                         "the optimizer)")
+                         "the optimizer), and with the trainer's gradient clipping and EMA as well")
     ap.add_argument("--extra", action="store_true", help=f"also every extra row ({', '.join(EXTRA_ROWS)})")
     ap.add_argument("--profile", action="store_true", help="also the top GPU kernels of two steps of each main row")
     ap.add_argument("--rounds", type=int, default=1,
@@ -219,14 +227,14 @@ def main() -> None:
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
     def ours_rows(model_cfg, rows, compile_, attn_backend: str = "auto", model_class=NextDiT, profile: bool = True,
-                  master_weights: bool = False):
+                  master_weights: bool = False, clip_and_ema: bool = False):
         """Rows of one model built once: (name, views, latent side, batch) each."""
         torch.manual_seed(0)
         model = model_class(model_cfg).to(device)
         model.attn_backend = attn_backend
         out = {name: measure(name, model, ours_step_fn(model, views, lat, b, text_len, device), b, compile_,
                              args.steps, warmup, device, args.profile and profile and name.endswith("(1 view)"),
-                             master_weights)
+                             master_weights, clip_and_ema)
                for name, views, lat, b in rows}
         del model
         free()
@@ -258,12 +266,14 @@ def main() -> None:
                 if "ours, Lumina2 shape (1 view)" in measured:
                     results.setdefault(("ours", compile_), []).append(measured["ours, Lumina2 shape (1 view)"])
 
-        def master():
-            if "master" in rows_wanted:
-                name = "ours, master weights (1 view)"
-                results.setdefault(("master", compile_), []).append(
-                    ours_rows(cfg, [(name, 1, latent, batch)], compile_, profile=not round_,
-                              master_weights=True)[name])
+        def master(key: str = "master", name: str = "ours, master weights (1 view)", clip_and_ema: bool = False):
+            if key in rows_wanted:
+                results.setdefault((key, compile_), []).append(
+                    ours_rows(cfg, [(name, 1, latent, batch)], compile_, profile=not round_, master_weights=True,
+                              clip_and_ema=clip_and_ema)[name])
+
+        def trainer():
+            master("trainer", "ours, master weights + clip + EMA (1 view)", clip_and_ema=True)
 
         def reference():
             if args.reference:
@@ -273,7 +283,8 @@ def main() -> None:
                               model_class=reference_class)[name])
 
         # every other round the reference goes first: a drift along the job (clocks, allocator) then cancels
-        for run in ((ours_main, master, reference) if round_ % 2 == 0 else (reference, master, ours_main)):
+        for run in ((ours_main, master, trainer, reference) if round_ % 2 == 0
+                    else (reference, trainer, master, ours_main)):
             run()
         if round_:
             continue
@@ -287,9 +298,10 @@ def main() -> None:
     elif "2.8b" in rows_wanted:
         ours_rows(CONFIGS["onediffusion-2.8b"],
                   [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
-    label = {"lumina": "diffusers", "master": "ours with master weights"}
+    label = {"lumina": "diffusers", "master": "ours with master weights", "trainer": "ours with clip and EMA"}
     for c in modes:
-        for mine, other in (("ours", "lumina"), ("ours", "reference"), ("master", "lumina"), ("master", "ours")):
+        for mine, other in (("ours", "lumina"), ("ours", "reference"), ("master", "lumina"), ("master", "ours"),
+                            ("trainer", "master"), ("trainer", "lumina")):
             if (mine, c) in results and (other, c) in results:
                 per_round = [a["img_s"] / b["img_s"] for a, b in zip(results[mine, c], results[other, c])]
                 spread = f" (rounds: {', '.join(f'{r:.3f}' for r in per_round)})" if len(per_round) > 1 else ""

@@ -109,10 +109,10 @@ for job in $JOBS; do
                    --reference "$REF_MODEL" --profile
                else echo "$(date +%T) skipped train_ref: REF_MODEL names no file" >>"$OUT/status"; fi ;;
     # bf16 linear weights with their fp32 masters in the optimizer (train.master_weights) against ours under plain
-    # autocast (master_weights false) and diffusers, then both of ours under CUDA graphs (session 27: ours 25.78 img/s
-    # there, 1.248x)
-    train_master) step train_master python3 benchmarks/bench_train_step.py --modes compile --rows lumina,ours,master \
-                    --profile
+    # autocast (master_weights false) and diffusers, and with the trainer's clipping and EMA (trainer: what they cost),
+    # then ours under CUDA graphs (session 27: ours 25.78 img/s there, 1.248x)
+    train_master) step train_master python3 benchmarks/bench_train_step.py --modes compile \
+                    --rows lumina,ours,master,trainer --profile
                   step train_master_graphs python3 benchmarks/bench_train_step.py --modes cudagraphs \
                     --rows lumina,ours,master ;;
     # master weights trained beside autocast and fp32 on the same batches (`small`, 300 steps): the same curve? With

@@ -37,3 +37,27 @@ def test_reference_rows_alternate_with_ours_and_the_ratio_is_the_rounds_median(t
     median, first, second = map(float, found.groups())
     assert median == pytest.approx((first + second) / 2, abs=1e-3)
     assert "ratio ours/diffusers" not in out  # no lumina row asked for
+
+
+def test_the_trainer_row_clips_and_updates_the_ema_of_the_masters(monkeypatch, capsys):
+    bench = load_script("bench_train_step")
+    updates = []
+
+    class CountedEMA(bench.EMA):
+        def update(self, step):
+            updates.append(len(self.params))
+            super().update(step)
+
+    monkeypatch.setattr(bench, "EMA", CountedEMA)
+    clip_gradients, clips = bench.clip_gradients, []
+    monkeypatch.setattr(bench, "clip_gradients", lambda *a: clips.append(clip_gradients(*a)) or clips[-1])
+    monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--quick", "--modes", "eager", "--rows", "master,trainer",
+                                      "--steps", "2"])
+    bench.main()
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(ours, .+ \(1 view\)) +compile=None +\d+\.\d+ img/s", out, re.M)
+    assert rows == ["ours, master weights (1 view)", "ours, master weights + clip + EMA (1 view)"]
+    assert re.search(r"ratio ours with clip and EMA/ours with master weights img/s \(compile=None\): \d+\.\d+$", out, re.M)
+    # the trainer row only, every step of its warm-up and timing (the EMA over every parameter's master)
+    assert len(updates) == 1 + 2 and len(set(updates)) == 1 and updates[0] > 0
+    assert len(clips) == 1 + 2 and all(norm > 0 for norm in clips)

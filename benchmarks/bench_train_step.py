@@ -13,8 +13,10 @@ against SDPA), with the cap on flex attention (the model's other kernel; the mai
 cuDNN's fused kernel where nvidia-cudnn-frontend is installed), on a 2-view 256² batch, an 8-view multiview 256²
 batch, the ``onediffusion-2.8b`` config, and ours with bf16 linear weights and their fp32 masters in the optimizer
 (``train.master_weights``, model/master_adamw.py: autocast's arithmetic without its per-step weight and gradient
-casts), and that row with the rest of ``onegen train``'s optimizer step on a GPU (gradient clipping, then the
-fp32 EMA of the masters, which the other rows leave out as diffusers has neither): what those two cost a step.
+casts), and that row with what ``onegen train`` adds to its step on a GPU (gradient clipping before the update,
+the fp32 EMA of the masters after it, which the other rows leave out as diffusers has neither): what those two cost
+a step. Its optimizer stays the master row's (one group, decay 0.01), where the trainer's ``make_optimizer``
+splits the undecayed parameters off, so that the ratio of the two rows is the clipping and the EMA alone.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
                                 dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)  # AdamW's decay
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-    # the rest of model/train.py's step: the gradients clipped to norm 1, the EMA of the (master) weights updated
+    # what model/train.py's step adds: the gradients clipped to norm 1, the EMA of the (master) weights updated
     ema = EMA(opt.named_masters(model) if master_weights else model.named_parameters(), 0.999) if clip_and_ema else None
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
@@ -117,7 +119,7 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
         opt.step()
         opt.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.update(1000)  # past the decay's warm-up, as most of a run's steps
+            ema.update(10**4)  # past the decay's warm-up (0.999 from step ~9000), as most of a run's steps
 
     flops = count_flops(model, loss_fn, autocast)
     # Peak memory of the timed steps; under CUDA graphs from the warm-up on: replays allocate nothing, their
@@ -298,7 +300,8 @@ def main() -> None:
     elif "2.8b" in rows_wanted:
         ours_rows(CONFIGS["onediffusion-2.8b"],
                   [(f"ours, onediffusion-2.8b (2 views {latent // 2 * 8}²)", 2, latent // 2, batch)], modes[-1])
-    label = {"lumina": "diffusers", "master": "ours with master weights", "trainer": "ours with clip and EMA"}
+    label = {"lumina": "diffusers", "master": "ours with master weights",
+             "trainer": "ours with master weights, clip and EMA"}
     for c in modes:
         for mine, other in (("ours", "lumina"), ("ours", "reference"), ("master", "lumina"), ("master", "ours"),
                             ("trainer", "master"), ("trainer", "lumina")):

@@ -1,11 +1,12 @@
-"""bench_train_step's reference row (another version of model/nextdit.py timed beside ours in one process) and its
-master-weights row."""
+"""bench_train_step's reference row (another version of model/nextdit.py timed beside ours in one process), its
+master-weights row and its trainer row (master weights with the trainer's clipping and EMA)."""
 
 import re
 import shutil
 import sys
 
 import pytest
+import torch
 
 from tests.benchmarks.scripts import BENCHMARKS, load_script
 
@@ -39,25 +40,43 @@ def test_reference_rows_alternate_with_ours_and_the_ratio_is_the_rounds_median(t
     assert "ratio ours/diffusers" not in out  # no lumina row asked for
 
 
-def test_the_trainer_row_clips_and_updates_the_ema_of_the_masters(monkeypatch, capsys):
+def test_the_trainer_row_clips_before_the_update_and_averages_the_masters_after_it(monkeypatch, capsys):
     bench = load_script("bench_train_step")
-    updates = []
+    calls, averaged = [], []
 
-    class CountedEMA(bench.EMA):
+    class RecordedEMA(bench.EMA):
+        def __init__(self, named, decay):
+            super().__init__(named, decay)
+            averaged.extend(self.params)
+
         def update(self, step):
-            updates.append(len(self.params))
+            calls.append("ema")
             super().update(step)
 
-    monkeypatch.setattr(bench, "EMA", CountedEMA)
-    clip_gradients, clips = bench.clip_gradients, []
-    monkeypatch.setattr(bench, "clip_gradients", lambda *a: clips.append(clip_gradients(*a)) or clips[-1])
+    class RecordedAdamW(bench.MasterWeightAdamW):
+        def step(self, closure=None):
+            calls.append("step")
+            return super().step(closure)
+
+    clip_gradients = bench.clip_gradients
+
+    def recorded_clip(*args):
+        calls.append("clip")
+        return clip_gradients(*args)
+
+    monkeypatch.setattr(bench, "EMA", RecordedEMA)
+    monkeypatch.setattr(bench, "MasterWeightAdamW", RecordedAdamW)
+    monkeypatch.setattr(bench, "clip_gradients", recorded_clip)
     monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--quick", "--modes", "eager", "--rows", "master,trainer",
                                       "--steps", "2"])
     bench.main()
     out = capsys.readouterr().out
     rows = re.findall(r"^(ours, .+ \(1 view\)) +compile=None +\d+\.\d+ img/s", out, re.M)
     assert rows == ["ours, master weights (1 view)", "ours, master weights + clip + EMA (1 view)"]
-    assert re.search(r"ratio ours with clip and EMA/ours with master weights img/s \(compile=None\): \d+\.\d+$", out, re.M)
-    # the trainer row only, every step of its warm-up and timing (the EMA over every parameter's master)
-    assert len(updates) == 1 + 2 and len(set(updates)) == 1 and updates[0] > 0
-    assert len(clips) == 1 + 2 and all(norm > 0 for norm in clips)
+    assert re.search(r"ratio ours with master weights, clip and EMA/ours with master weights img/s "
+                     r"\(compile=None\): \d+\.\d+$", out, re.M)
+    # the master row's warm-up and timed steps (1 + 2) alone, then the trainer row's, each clipped and averaged
+    assert calls == ["step"] * 3 + ["clip", "step", "ema"] * 3
+    # the masters of the lowered (linear) weights are the optimizer's tensors, not the model's parameters
+    assert any(not isinstance(w, torch.nn.Parameter) for w in averaged)
+    assert all(w.dtype == torch.float32 for w in averaged)

@@ -2,7 +2,7 @@
 # Every GPU figure of docs/measurements.md, one after another, on one GPU:
 #     bash benchmarks/run_gpu_suite.sh OUT_DIR [job ...]
 #     jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build (needs ray) ann ann_threads ann_inflight ann_build (needs ray)
-#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer
+#           learn learn_long (faster with ray) train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer ddp1
 #           scaleout (needs 2 GPUs)
 # Each job writes OUT_DIR/<job>.log and its json; OUT_DIR/status lists start, end and exit code of each,
 # so a job that fails never hides the ones after it.
@@ -11,8 +11,8 @@ OUT=$(realpath -m "${1:?usage: run_gpu_suite.sh OUT_DIR [job ...]}")
 shift
 JOBS=${*:-cap cap_fp8 cap_base ann learn}
 for job in $JOBS; do
-  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_ref|train_master|master_check|train_graphs|train_tuned|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|scaleout) ;;
-    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer scaleout" >&2; exit 2 ;;
+  case $job in cap|cap_fp8|cap_fp8_b40|cap_fp8_b64|cap_fp8_flex|cap_fp8_kv|cap_fp8_kv_b96|cap_fp8_kv_mk|cap_fp8_kv_tune|cap_inputs|cap_base|cap_build|ann|ann_threads|ann_inflight|ann_build|learn|learn_long|train_step|train_rest|attn|attn_cudnn|train_cudnn|train_ref|train_master|master_check|train_graphs|train_tuned|train_autotune|attn_short|step_overhead|train_cudagraphs|grads|probe_gpu|probe_small|probe_small_vae|probe_gpu_trainer|ddp1|scaleout) ;;
+    *) echo "unknown job $job; jobs: cap cap_fp8 cap_fp8_b40 cap_fp8_b64 cap_fp8_flex cap_fp8_kv cap_fp8_kv_b96 cap_fp8_kv_mk cap_fp8_kv_tune cap_inputs cap_base cap_build ann ann_threads ann_inflight ann_build learn learn_long train_step train_rest attn attn_cudnn train_cudnn train_ref train_master master_check train_graphs train_tuned train_autotune attn_short step_overhead train_cudagraphs grads probe_gpu probe_small probe_small_vae probe_gpu_trainer ddp1 scaleout" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -158,6 +158,9 @@ for job in $JOBS; do
     probe_gpu_trainer) step probe_gpu_trainer python3 benchmarks/probe_text.py --steps 3000 --objects 2 5 \
                          --prompt-prefix "[[text2image]]" --loop trainer --device cuda --bf16 --compile \
                          --json "$OUT/probe_gpu_trainer.json" ;;
+    # the trainer under torchrun with DDP on one GPU, bf16 with master weights (its default there), twice: NCCL, the
+    # compiled blocks in DDP's buckets, the fp32 gradient hook, and the run-to-run noise of the loss curve
+    ddp1) step ddp1 python3 benchmarks/bench_scaleout.py --gpus 1 --parallel ddp --steps 120 --json "$OUT/ddp1.json" ;;
     scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 120 --json "$OUT/scaleout.json" ;;
   esac
 done

@@ -73,6 +73,15 @@ class _IdentityBenchmark(Benchmark):
     needs = "generate_with_reference"
     clip = None
 
+    def _scorers(self) -> list:
+        """What scores an item besides this code (records of weights, options): part of each item's fingerprint,
+        so that a cached score of another face or CLIP model is never reused."""
+        return [self.clip.record if self.clip is not None else None]
+
+    def _with_scorers(self, items):
+        scorers = self._scorers()
+        return (dict(it, hash_fields=[it["hash_fields"], scorers]) for it in items)
+
     def predict(self, predictor, batch):
         return [_image(p, it["id"]) for it, p in zip(batch, predictor.generate_with_reference(batch), strict=True)]
 
@@ -112,8 +121,11 @@ class Unsplash50(_IdentityBenchmark):
         self.clip = ClipScorer.load(cfg.clip_path, cfg.clip_model, params.annotators.device)
         self._references: dict[str, np.ndarray] = {}
 
+    def _scorers(self):
+        return [self.faces.record, *super()._scorers()]
+
     def items(self):
-        return iter(self.source)
+        return self._with_scorers(self.source)
 
     def _reference(self, item: dict) -> np.ndarray:
         if item["subject"] not in self._references:
@@ -174,7 +186,7 @@ class WorldID(_IdentityBenchmark):
             self.clip = ClipScorer.load(cfg.clip_path, cfg.clip_model, params.annotators.device)
 
     def items(self):
-        return (world_identity_item(self.cfg, i) for i in range(self.cfg.items))
+        return self._with_scorers(world_identity_item(self.cfg, i) for i in range(self.cfg.items))
 
     def score(self, item, prediction):
         reference = world_attributes.embed(item["reference"][0], item["reference_mask"])

@@ -40,8 +40,10 @@ class ClipScorer:
             tokenizer = open_clip.get_tokenizer(name)
         except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
             raise AnnotatorError(f"{key}: cannot load open_clip model from {path} ({' '.join(str(e).split())[:300]})") from None
+        # a weights file is read as the architecture named (with or without QuickGELU): that is part of the scorer
+        arch = "hub-folder" if path.is_dir() else model_name
         return cls(model.eval(), preprocess, tokenizer, dev,
-                   annotator_record("open_clip", f"{VERSION}/{open_clip.__version__}", weights_sha256(path)))
+                   annotator_record("open_clip", f"{VERSION}/{open_clip.__version__}/{arch}", weights_sha256(path)))
 
     @torch.inference_mode()
     def image_embeddings(self, images: list[np.ndarray]) -> np.ndarray:

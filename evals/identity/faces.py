@@ -132,8 +132,9 @@ class FaceIdentity:
 
     def __init__(self, detector: FaceDetector, arcface: ArcFace, arcface_path: Path):
         self.detector, self.arcface = detector, arcface
-        self.record = annotator_record("mtcnn+arcface", f"{VERSION}/facenet-pytorch-{detector.version}",
-                                       weights_sha256(arcface_path))
+        # the input normalisation belongs to the scorer as much as the weights do: another gives other embeddings
+        self.record = annotator_record("mtcnn+arcface", f"{VERSION}/facenet-pytorch-{detector.version}/"
+                                       f"norm {arcface.mean:g},{arcface.std:g}", weights_sha256(arcface_path))
 
     @classmethod
     def load(cls, cfg, device: str = "auto") -> "FaceIdentity":

@@ -24,6 +24,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
+from onegen.annotators.base import annotator_record, weights_sha256
 from onegen.hub_cache import resolve_model_path
 
 PEAK = 255.0
@@ -155,6 +156,7 @@ class LPIPSAlex:
                 raise ValueError(f"{path}: tensor for {key} has shape {tuple(tensor.shape)}, "
                                  f"expected {tuple(own[key].shape)}")
         self._net.load_state_dict({k: v.float() for k, v in loaded.items()}, strict=True)
+        self.record = annotator_record("lpips-alex", "0.1", weights_sha256(path))
         self.device = torch.device(device)
         self._net.to(self.device)
 

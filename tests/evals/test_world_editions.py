@@ -82,6 +82,25 @@ def test_world_nvs_baseline_below_oracle(params_file, tmp_path):
     assert "lpips" not in base["metrics"]  # no local LPIPS weights configured: not reported, not faked
 
 
+def test_other_lpips_weights_rescore_every_cached_item(params_file, tmp_path):
+    """The scorer's weights are part of an item's fingerprint: a run with other LPIPS weights in the same folder
+    scores every item again (no mix of two scorers in one mean), and the same weights again reuse them all."""
+    from tests.evals.nvs.test_metrics import save_lpips_weights
+
+    d = yaml.safe_load(params_file.read_text())
+    d["paths"]["reports"] = str(tmp_path / "reports")
+    runs = []
+    for seed in (0, 1, 1):
+        d["evals"]["lpips_weights"] = str(save_lpips_weights(tmp_path / f"lpips_{seed}.pt", seed))
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+        result = _eval(tmp_path / "params.yaml", "world_nvs")
+        cache = tmp_path / "reports/evals/world_nvs/items.jsonl"
+        runs.append((result["metrics"]["lpips"], {json.loads(line)["item"] for line in cache.read_text().splitlines()}))
+    (first, first_items), (second, second_items), (third, third_items) = runs
+    assert first != second and not first_items & second_items and len(second_items) == 3
+    assert third == second and third_items == second_items
+
+
 def test_world_pose_chance_below_oracle(params_file, tmp_path):
     base = _eval(params_file, "world_pose")
     preds = tmp_path / "pose_preds"

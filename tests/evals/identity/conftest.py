@@ -80,3 +80,8 @@ def face_image():
 @pytest.fixture(scope="session")
 def make_onnx_embedder():
     return save_onnx_embedder
+
+
+@pytest.fixture(scope="session")
+def make_tiny_clip():
+    return save_tiny_clip

@@ -146,3 +146,22 @@ def test_an_unreadable_prediction_names_its_item(project, tmp_path):
     (preds / "world_id_00000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     r = runner.invoke(app, ["eval", "world_id", "-p", str(params), "--predictor", f"folder:{preds}"])
     assert r.exit_code == 1 and "world_id_00000" in r.output and "unreadable" in r.output
+
+
+def test_unsplash50_rescores_when_its_face_or_clip_scorer_changes(unsplash, make_tiny_clip, tmp_path):
+    """The ArcFace weights and normalisation and the CLIP weights are part of each item's fingerprint: a run in the
+    same folder under another of them scores every item again, never mixing two scorers' numbers in one mean."""
+    d = yaml.safe_load((unsplash / "params.yaml").read_text())
+    d["paths"]["reports"] = str(tmp_path / "reports")
+    other_clip = str(make_tiny_clip(tmp_path / "other-clip", seed=1))
+    fingerprints, clip_t = [], []
+    for change in ({}, {"arcface_mean": 120.0}, {"clip_path": other_clip}, {"clip_path": other_clip}):
+        d["evals"]["identity"].update(change)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+        res, _ = _eval(tmp_path / "params.yaml", "unsplash50_id")
+        rows = (tmp_path / "reports/evals/unsplash50_id/items.jsonl").read_text().splitlines()
+        fingerprints.append({json.loads(row)["item"] for row in rows})
+        clip_t.append(res["metrics"]["clip_t"])
+    assert all(len(f) == 2 for f in fingerprints)
+    assert not fingerprints[0] & fingerprints[1] and not fingerprints[1] & fingerprints[2]
+    assert fingerprints[3] == fingerprints[2] and clip_t[3] == clip_t[2] != clip_t[1]  # the same scorer reuses

@@ -22,10 +22,9 @@ def _random_image(seed: int, size: int = 32) -> np.ndarray:
 _ALEX_CONVS = {0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3), 8: (256, 384, 3), 10: (256, 256, 3)}
 
 
-@pytest.fixture(scope="module")
-def lpips_weights(tmp_path_factory) -> Path:
+def save_lpips_weights(path: Path, seed: int = 0) -> Path:
     """A weights file in the documented layout with seeded random tensors."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     state = {}
     for i, (out, inp, k) in _ALEX_CONVS.items():
         state[f"features.{i}.weight"] = torch.randn(out, inp, k, k, generator=g) * (2 / (inp * k * k)) ** 0.5
@@ -33,9 +32,13 @@ def lpips_weights(tmp_path_factory) -> Path:
     for k, c in enumerate((64, 192, 384, 256, 256)):
         state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1, generator=g)
     state["classifier.1.weight"] = torch.zeros(4, 4)  # left in an unmodified torchvision file; ignored
-    path = tmp_path_factory.mktemp("lpips") / "alex_lpips.pt"
     torch.save(state, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def lpips_weights(tmp_path_factory) -> Path:
+    return save_lpips_weights(tmp_path_factory.mktemp("lpips") / "alex_lpips.pt")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,10 @@
 
 Features are the 2048-d pool3 activations of the FID Inception network (torch-fidelity's
 ``FeatureExtractorInceptionV3`` inside torchmetrics' ``FrechetInceptionDistance``: uint8 input,
-bilinear resize to 299 with antialiasing), weights from a local file. Each item's features are
+bilinear resize to 299 as TensorFlow 1 resized, without antialiasing), weights from a local file.
+The resize is the original FID's (TTUR, and torch-fidelity and pytorch-fid after it): torchmetrics'
+default antialiased resize gives other features from the same image (a 512² image's 299² input
+differs by ~3/255 a pixel), so its FID would not be the number FID tables print. Each item's features are
 stored with its scores, so a resumed evaluation scores exactly as an uninterrupted one; the
 distance ``|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))`` is computed from them at the end.
 
@@ -78,11 +81,11 @@ class InceptionFeatures:
         if not isinstance(state, dict):
             raise AnnotatorError(f"{KEY}: {path} holds a {type(state).__name__}, expected a state dict")
         try:
-            metric = FrechetInceptionDistance(feature=FEATURES, feature_extractor_weights_path=str(path))
+            metric = FrechetInceptionDistance(feature=FEATURES, feature_extractor_weights_path=str(path), antialias=False)
         except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped keys
             raise AnnotatorError(f"{KEY}: {path} does not fit the FID Inception network "
                                  f"({' '.join(str(e).split())[:300]})") from None
-        return cls(metric, resolve_device(device), annotator_record("fid-inception-v3", "1", weights_sha256(path)))
+        return cls(metric, resolve_device(device), annotator_record("fid-inception-v3", "2", weights_sha256(path)))
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:

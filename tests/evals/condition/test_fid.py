@@ -69,7 +69,18 @@ def test_loads_the_inception_from_a_local_state_dict(inception_path):
     feats = f(images)
     assert feats.shape == (3, 2048) and feats.dtype == np.float32 and np.isfinite(feats).all()
     np.testing.assert_allclose(f(images[:1])[0], feats[0], rtol=1e-4, atol=1e-12)  # batch-independent
-    assert not np.allclose(feats[0], feats[2])
+    assert not np.allclose(feats[0], feats[2], rtol=1e-3, atol=0)  # features of a random network are ~1e-8
+
+
+def test_resizes_to_299_as_tensorflow_1_did_without_antialiasing(inception_path):
+    """The original FID's resize reads every second pixel of a 598² image: a 299² image upsampled by pixel doubling
+    gives its own features back. An antialiased resize would blend neighbouring pixels, features moving with them."""
+    f = InceptionFeatures.load(inception_path, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (299, 299, 3), dtype=np.uint8)
+    doubled = image.repeat(2, axis=0).repeat(2, axis=1)
+    small, large = f([image, doubled])
+    np.testing.assert_allclose(large, small, rtol=1e-4, atol=0)
+    assert f.record["version"] == "2"
 
 
 def test_bad_weights_name_the_params_key(tmp_path, random_fid_inception):

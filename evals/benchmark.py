@@ -11,7 +11,9 @@ ask a predictor for an item's prediction, and how to score it with pure metric f
 
 ``run`` caches every item's scores in ``items.jsonl`` as it goes, so a killed evaluation resumes
 where it stopped, and writes ``result.json`` (metrics, protocol version, model and data hashes,
-the command) for DVC and the leaderboard.
+the command) for DVC and the leaderboard. A result of another setting found there (GSO's 1-view
+before a 2-view run, another DIODE subset) first moves to ``settings/<its setting>/``, so every
+setting evaluated stays on the leaderboard while the newest stays where DVC reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import re
 import shlex
+import shutil
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -92,6 +97,30 @@ def _prune_cache(path: Path, current: set[tuple[str, str]]) -> None:
         atomic_write_bytes(path, "".join(kept).encode())
 
 
+def setting_folder(out_dir: Path, setting: str) -> Path:
+    """Where a result of ``setting`` goes once a result of another setting takes ``out_dir``'s top."""
+    return out_dir / "settings" / (re.sub(r"[^A-Za-z0-9._+-]+", "_", setting).strip("_") or "default")
+
+
+def _set_aside_other_setting(out_dir: Path, setting: str) -> None:
+    """Move a result of another setting (its result.json, scores.json, samples.png) to its settings folder, and drop
+    an earlier result of ``setting`` from there: the result about to be written supersedes it."""
+    top = out_dir / "result.json"
+    old = json.loads(top.read_text()) if top.is_file() else None
+    if old is not None and old.get("setting") != setting:
+        aside = setting_folder(out_dir, old.get("setting", "default"))
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir(parents=True)
+        if old.get("samples"):
+            old["samples"] = str(aside / "samples.png")
+        write_json(aside / "result.json", old)  # first: until the top one goes, a crash loses nothing
+        for name in ("scores.json", "samples.png"):
+            if (out_dir / name).is_file():
+                os.replace(out_dir / name, aside / name)
+        top.unlink()
+    shutil.rmtree(setting_folder(out_dir, setting), ignore_errors=True)
+
+
 def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: int | None = None) -> dict:
     """Evaluate ``predictor`` on ``bench``, streaming items in batches; resumes from ``items.jsonl``.
 
@@ -139,6 +168,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
     if limit is None:  # every item was seen
         _prune_cache(cache_path, current)
     per_item = scores
+    _set_aside_other_setting(out_dir, bench.setting)
     samples = out_dir / "samples.png"
     has_grid = bench.sample_grid(grid_items, grid_preds, samples) if grid_items else samples.is_file()
     result = {

@@ -34,9 +34,11 @@ def eval_dir(params: Params, name: str, predictor_spec: str | None = None, basel
 
 
 def result_paths(params: Params) -> list[Path]:
-    """Every result the leaderboard shows: each benchmark's configured predictor, then its entries."""
+    """Every result the leaderboard shows: each benchmark's configured predictor, then its entries, each with the
+    results of the other settings run before (``settings/``, evals.benchmark)."""
     evals = params.paths.reports / "evals"
-    return sorted(evals.glob("*/result.json")) + sorted(evals.glob("*/entries/*/result.json"))
+    return [p for pattern in ("*", "*/settings/*", "*/entries/*", "*/entries/*/settings/*")
+            for p in sorted(evals.glob(f"{pattern}/result.json"))]
 
 
 def run(params: Params, name: str, predictor_spec: str | None = None, limit: int | None = None) -> dict:

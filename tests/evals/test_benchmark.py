@@ -92,6 +92,40 @@ def test_a_full_run_drops_cached_rows_of_items_the_benchmark_no_longer_has(tmp_p
         [("a", f"item{i}") for i in range(6, 12)] + [("b", "item6"), ("b", "item7")])
 
 
+def test_each_setting_run_in_a_folder_keeps_its_result(tmp_path):
+    """A run of another setting moves the result on top (with its scores and samples) to settings/<setting>/; running
+    a setting again puts it back on top, its copy there gone: each setting once, the newest where DVC reads it."""
+    class Drawn(Squares):  # as the real ones, the setting is part of each item's data
+        def items(self):
+            return [dict(it, hash_fields=[it["hash_fields"], self.setting]) for it in super().items()]
+
+        def sample_grid(self, items, predictions, path):
+            path.write_bytes(f"png of {self.setting}".encode())
+            return True
+
+    def squares(setting):
+        bench = Drawn()
+        bench.setting = setting
+        return bench
+
+    one = run(squares("1-view"), Oracle(wrong={3}), tmp_path)
+    two = run(squares("2-view (known poses)"), Oracle(), tmp_path)
+    aside = tmp_path / "settings" / "2-view_known_poses_"
+    kept = json.loads((tmp_path / "settings/1-view/result.json").read_text())
+    assert kept["setting"] == "1-view" and kept["metrics"] == one["metrics"] == {"accuracy": 0.9}
+    assert kept["samples"] == str(tmp_path / "settings/1-view/samples.png")
+    assert (tmp_path / "settings/1-view/samples.png").read_bytes() == b"png of 1-view"
+    assert json.loads((tmp_path / "settings/1-view/scores.json").read_text())["item3"] == {"correct": 0.0}
+    top = json.loads((tmp_path / "result.json").read_text())
+    assert top["setting"] == two["setting"] == "2-view (known poses)"
+    assert (tmp_path / "samples.png").read_bytes() == b"png of 2-view (known poses)"
+    assert not aside.exists()
+    run(squares("1-view"), Oracle(wrong={3}), tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["setting"] == "1-view"
+    assert json.loads((aside.parent / "2-view_known_poses/result.json").read_text())["metrics"] == {"accuracy": 1.0}
+    assert sorted(p.name for p in (tmp_path / "settings").iterdir()) == ["2-view_known_poses"]
+
+
 def test_duplicate_ids_are_refused(tmp_path):
     class Dup(Squares):
         def items(self):

@@ -14,7 +14,7 @@ from evals import registry
 from onegen.cli import app
 from tests.evals.cli_output import printed_result
 from onegen.config import load_params, profile_path
-from pipelines.evaluate import eval_dir
+from pipelines.evaluate import eval_dir, result_paths
 
 runner = CliRunner()
 
@@ -67,6 +67,17 @@ def test_each_predictor_has_one_result_folder(params_file):
     a, b = (eval_dir(params, "world_depth", f"folder:{p}", "constant-depth") for p in ("/d/a_b", "/d/a/b"))
     assert a != b and a.parent == b.parent == top / "entries"  # alike as file names, still apart
     assert eval_dir(params, "world_depth", "model:ck/", "") == eval_dir(params, "world_depth", "model:./ck", "")
+
+
+def test_the_leaderboard_reads_every_setting_of_every_predictor(params_file, tmp_path):
+    loaded = load_params(params_file)
+    params = loaded.model_copy(update={"paths": loaded.paths.model_copy(update={"reports": tmp_path})})
+    folders = ["nvs_gso", "nvs_gso/settings/1-view", "nvs_gso/entries/m-1", "nvs_gso/entries/m-1/settings/1-view"]
+    for folder in folders:
+        (tmp_path / "evals" / folder).mkdir(parents=True)
+        (tmp_path / "evals" / folder / "result.json").write_text("{}")
+    (tmp_path / "evals/nvs_gso/settings/1-view/scores.json").write_text("{}")
+    assert result_paths(params) == [tmp_path / "evals" / f / "result.json" for f in folders]
 
 
 def test_world_nvs_baseline_below_oracle(params_file, tmp_path):

@@ -13,7 +13,9 @@ ask a predictor for an item's prediction, and how to score it with pure metric f
 where it stopped, and writes ``result.json`` (metrics, protocol version, model and data hashes,
 the command) for DVC and the leaderboard. A result of another setting found there (GSO's 1-view
 before a 2-view run, another DIODE subset) first moves to ``settings/<its setting>/``, so every
-setting evaluated stays on the leaderboard while the newest stays where DVC reads it.
+setting evaluated stays on the leaderboard while the newest stays where DVC reads it. A partial run
+(``limit``) writes ``result.partial.json`` beside them, never over a full result: the leaderboard
+reads full ones only.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def _prune_cache(path: Path, current: set[tuple[str, str]]) -> None:
         atomic_write_bytes(path, "".join(kept).encode())
 
 
+def result_name(limit: int | None) -> str:
+    """The file a run writes its result to: a partial run's is not the benchmark's result."""
+    return "result.json" if limit is None else "result.partial.json"
+
+
 def setting_folder(out_dir: Path, setting: str) -> Path:
     """Where a result of ``setting`` goes once a result of another setting takes ``out_dir``'s top."""
     return out_dir / "settings" / (re.sub(r"[^A-Za-z0-9._+-]+", "_", setting).strip("_") or "default")
@@ -165,11 +172,12 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
             bar.update(len(batch))
     if not scores:
         raise ValueError(f"{bench.name}: no items to evaluate")
+    partial = "" if limit is None else ".partial"
     if limit is None:  # every item was seen
         _prune_cache(cache_path, current)
+        _set_aside_other_setting(out_dir, bench.setting)
     per_item = scores
-    _set_aside_other_setting(out_dir, bench.setting)
-    samples = out_dir / "samples.png"
+    samples = out_dir / f"samples{partial}.png"
     has_grid = bench.sample_grid(grid_items, grid_preds, samples) if grid_items else samples.is_file()
     result = {
         "benchmark": bench.name,
@@ -183,8 +191,8 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
         "samples": str(samples) if has_grid else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(out_dir / "result.json", result)
-    write_json(out_dir / "scores.json", per_item)
+    write_json(out_dir / result_name(limit), result)
+    write_json(out_dir / f"scores{partial}.json", per_item)
     return result
 
 

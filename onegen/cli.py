@@ -113,13 +113,14 @@ def evaluate(name: str = typer.Argument(..., help="benchmark name, e.g. world_de
              limit: int = typer.Option(None, min=1, help="evaluate only the first N items"),
              params: Path = PARAMS):
     """Run one benchmark (resumable) into reports/evals/<name>/result.json, or for a --predictor other than
-    params' evals.predictor into reports/evals/<name>/entries/<predictor>/: `onegen leaderboard` shows them all."""
+    params' evals.predictor into reports/evals/<name>/entries/<predictor>/: `onegen leaderboard` shows them all.
+    A --limit run writes result.partial.json there instead, which the leaderboard leaves out."""
     from pipelines import evaluate as stage
 
     r = _run(stage.run, _params(params), name, predictor, limit)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items())
     typer.echo(f"{name} [{r['model']['kind']}: {r['model']['name']}] on {r['n_items']} items: {shown} "
-               f"-> {Path(r['dir']) / 'result.json'}")
+               f"-> {r['file']}")
 
 
 @app.command("world-detector")

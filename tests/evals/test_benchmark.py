@@ -126,6 +126,17 @@ def test_each_setting_run_in_a_folder_keeps_its_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "settings").iterdir()) == ["2-view_known_poses"]
 
 
+def test_a_partial_run_writes_beside_the_full_result_never_over_it(tmp_path):
+    full = run(Squares(), Oracle(wrong={0}), tmp_path)
+    partial = run(Squares(), Oracle("b"), tmp_path, limit=4)
+    assert partial["n_items"] == 4 and partial["metrics"] == {"accuracy": 1.0}
+    assert json.loads((tmp_path / "result.partial.json").read_text())["n_items"] == 4
+    assert len(json.loads((tmp_path / "scores.partial.json").read_text())) == 4
+    kept = json.loads((tmp_path / "result.json").read_text())
+    assert kept["n_items"] == 10 and kept["metrics"] == full["metrics"] == {"accuracy": 0.9}
+    assert len(json.loads((tmp_path / "scores.json").read_text())) == 10
+
+
 def test_duplicate_ids_are_refused(tmp_path):
     class Dup(Squares):
         def items(self):

@@ -12,7 +12,7 @@ ask a predictor for an item's prediction, and how to score it with pure metric f
 ``run`` caches every item's scores in ``items.jsonl`` as it goes, so a killed evaluation resumes
 where it stopped, and writes ``result.json`` (metrics, protocol version, model and data hashes,
 the command) for DVC and the leaderboard. A result of another setting found there (GSO's 1-view
-before a 2-view run, another DIODE subset) first moves to ``settings/<its setting>/``, so every
+before a 2-view run, another DIODE subset) first moves to ``settings/<its setting>-<hash>/``, so every
 setting evaluated stays on the leaderboard while the newest stays where DVC reads it. A partial run
 (``limit``) writes ``result.partial.json`` beside them, never over a full result: the leaderboard
 reads full ones only.
@@ -104,28 +104,36 @@ def result_name(limit: int | None) -> str:
     return "result.json" if limit is None else "result.partial.json"
 
 
-def setting_folder(out_dir: Path, setting: str) -> Path:
-    """Where a result of ``setting`` goes once a result of another setting takes ``out_dir``'s top."""
-    return out_dir / "settings" / (re.sub(r"[^A-Za-z0-9._+-]+", "_", setting).strip("_") or "default")
+def _setting_folder(out_dir: Path, setting: str) -> Path:
+    """Where a result of ``setting`` goes once a result of another setting takes ``out_dir``'s top: its name made
+    safe for a path (no dots: "." or ".." would name a folder above), with a hash of the exact string so that
+    settings alike as names ("1 view", "1_view") stay apart."""
+    slug = re.sub(r"[^A-Za-z0-9+-]+", "_", setting).strip("_")[:60]
+    return out_dir / "settings" / f"{slug}-{hashlib.sha256(setting.encode()).hexdigest()[:8]}"
 
 
 def _set_aside_other_setting(out_dir: Path, setting: str) -> None:
-    """Move a result of another setting (its result.json, scores.json, samples.png) to its settings folder, and drop
-    an earlier result of ``setting`` from there: the result about to be written supersedes it."""
+    """Copy a result of another setting on top (its result.json, scores.json, samples.png) to its settings folder,
+    then remove the top result.json. The folder is filled under a temporary name and renamed into place, so a crash
+    at any point leaves the old result whole on top or in its folder (a rerun repeats the copy)."""
     top = out_dir / "result.json"
     old = json.loads(top.read_text()) if top.is_file() else None
-    if old is not None and old.get("setting") != setting:
-        aside = setting_folder(out_dir, old.get("setting", "default"))
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.mkdir(parents=True)
-        if old.get("samples"):
-            old["samples"] = str(aside / "samples.png")
-        write_json(aside / "result.json", old)  # first: until the top one goes, a crash loses nothing
-        for name in ("scores.json", "samples.png"):
-            if (out_dir / name).is_file():
-                os.replace(out_dir / name, aside / name)
-        top.unlink()
-    shutil.rmtree(setting_folder(out_dir, setting), ignore_errors=True)
+    if old is None or old.get("setting", "default") == setting:
+        return
+    aside = _setting_folder(out_dir, old.get("setting", "default"))
+    staging = aside.with_name(aside.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("scores.json", "samples.png"):
+        if (out_dir / name).is_file():
+            shutil.copy2(out_dir / name, staging / name)
+    if old.get("samples"):
+        old["samples"] = str(aside / "samples.png")
+    write_json(staging / "result.json", old)
+    shutil.rmtree(aside, ignore_errors=True)  # an earlier result of that setting, which the top one superseded
+    os.replace(staging, aside)
+    top.unlink()
+    (out_dir / "samples.png").unlink(missing_ok=True)  # not this run's: it draws its own, or has none
 
 
 def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: int | None = None) -> dict:
@@ -193,6 +201,8 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
     }
     write_json(out_dir / result_name(limit), result)
     write_json(out_dir / f"scores{partial}.json", per_item)
+    if limit is None:  # on top now: an earlier result of this setting set aside by another's run is superseded
+        shutil.rmtree(_setting_folder(out_dir, bench.setting), ignore_errors=True)
     return result
 
 

@@ -1,6 +1,7 @@
 """The benchmark runner: batching, resumable per-item cache, result JSON, predictors, registry."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,38 +93,83 @@ def test_a_full_run_drops_cached_rows_of_items_the_benchmark_no_longer_has(tmp_p
         [("a", f"item{i}") for i in range(6, 12)] + [("b", "item6"), ("b", "item7")])
 
 
+class Drawn(Squares):
+    """Squares under a setting that, as in the real benchmarks, is part of each item's data; draws a sample grid."""
+
+    def __init__(self, setting: str):
+        super().__init__()
+        self.setting = setting
+
+    def items(self):
+        return [dict(it, hash_fields=[it["hash_fields"], self.setting]) for it in super().items()]
+
+    def sample_grid(self, items, predictions, path):
+        path.write_bytes(f"png of {self.setting}".encode())
+        return True
+
+
+def set_aside(out_dir) -> dict[str, Path]:
+    """The settings folders by the setting their result.json holds."""
+    return {json.loads((d / "result.json").read_text())["setting"]: d for d in (out_dir / "settings").iterdir()}
+
+
 def test_each_setting_run_in_a_folder_keeps_its_result(tmp_path):
-    """A run of another setting moves the result on top (with its scores and samples) to settings/<setting>/; running
-    a setting again puts it back on top, its copy there gone: each setting once, the newest where DVC reads it."""
-    class Drawn(Squares):  # as the real ones, the setting is part of each item's data
-        def items(self):
-            return [dict(it, hash_fields=[it["hash_fields"], self.setting]) for it in super().items()]
-
-        def sample_grid(self, items, predictions, path):
-            path.write_bytes(f"png of {self.setting}".encode())
-            return True
-
-    def squares(setting):
-        bench = Drawn()
-        bench.setting = setting
-        return bench
-
-    one = run(squares("1-view"), Oracle(wrong={3}), tmp_path)
-    two = run(squares("2-view (known poses)"), Oracle(), tmp_path)
-    aside = tmp_path / "settings" / "2-view_known_poses_"
-    kept = json.loads((tmp_path / "settings/1-view/result.json").read_text())
-    assert kept["setting"] == "1-view" and kept["metrics"] == one["metrics"] == {"accuracy": 0.9}
-    assert kept["samples"] == str(tmp_path / "settings/1-view/samples.png")
-    assert (tmp_path / "settings/1-view/samples.png").read_bytes() == b"png of 1-view"
-    assert json.loads((tmp_path / "settings/1-view/scores.json").read_text())["item3"] == {"correct": 0.0}
+    """A run of another setting sets the result on top (with its scores and samples) aside in settings/; running a
+    setting again puts it back on top, its copy there gone: each setting once, the newest where DVC reads it."""
+    one = run(Drawn("1-view"), Oracle(wrong={3}), tmp_path)
+    two = run(Drawn("2-view (known poses)"), Oracle(), tmp_path)
+    aside = set_aside(tmp_path)
+    assert list(aside) == ["1-view"] and aside["1-view"].name.startswith("1-view-")
+    kept = json.loads((aside["1-view"] / "result.json").read_text())
+    assert kept["metrics"] == one["metrics"] == {"accuracy": 0.9}
+    assert kept["samples"] == str(aside["1-view"] / "samples.png")
+    assert (aside["1-view"] / "samples.png").read_bytes() == b"png of 1-view"
+    assert json.loads((aside["1-view"] / "scores.json").read_text())["item3"] == {"correct": 0.0}
     top = json.loads((tmp_path / "result.json").read_text())
     assert top["setting"] == two["setting"] == "2-view (known poses)"
     assert (tmp_path / "samples.png").read_bytes() == b"png of 2-view (known poses)"
-    assert not aside.exists()
-    run(squares("1-view"), Oracle(wrong={3}), tmp_path)
-    assert json.loads((tmp_path / "result.json").read_text())["setting"] == "1-view"
-    assert json.loads((aside.parent / "2-view_known_poses/result.json").read_text())["metrics"] == {"accuracy": 1.0}
-    assert sorted(p.name for p in (tmp_path / "settings").iterdir()) == ["2-view_known_poses"]
+    run(Drawn("1-view"), Oracle(wrong={3}), tmp_path)
+    top = json.loads((tmp_path / "result.json").read_text())
+    assert top["setting"] == "1-view" and top["metrics"] == {"accuracy": 0.9}
+    assert (tmp_path / "samples.png").read_bytes() == b"png of 1-view"
+    aside = set_aside(tmp_path)
+    assert list(aside) == ["2-view (known poses)"]  # 1-view's copy went: it is on top again
+    assert json.loads((aside["2-view (known poses)"] / "result.json").read_text())["metrics"] == {"accuracy": 1.0}
+
+
+@pytest.mark.parametrize("first, second", [("1 view", "1_view"), ("..", "."), ("all", "..")])
+def test_settings_alike_as_names_keep_their_own_folders(tmp_path, first, second):
+    """Settings that read alike as paths ("1 view" and "1_view"; dots, which would name folders above) never share or
+    escape their folder: both results stay, and nothing outside settings/ goes."""
+    (tmp_path / "keep.txt").write_text("unrelated")
+    run(Drawn(first), Oracle(wrong={3}), tmp_path)
+    run(Drawn(second), Oracle(), tmp_path)
+    run(Drawn("other"), Oracle(), tmp_path)
+    aside = set_aside(tmp_path)
+    assert sorted(aside) == sorted([first, second]) and all(d.parent == tmp_path / "settings" for d in aside.values())
+    assert (tmp_path / "keep.txt").read_text() == "unrelated" and (tmp_path / "items.jsonl").is_file()
+
+
+def test_a_crash_while_setting_aside_loses_nothing(tmp_path, monkeypatch):
+    """Killed between the copy and the removal of the top result: the rerun sets it aside again, whole."""
+    import evals.benchmark as runner
+
+    run(Drawn("1-view"), Oracle(wrong={3}), tmp_path)
+    real_unlink = Path.unlink
+
+    def killed(path, *args, **kwargs):
+        if path.name == "result.json" and path.parent == tmp_path:
+            raise KeyboardInterrupt
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(Drawn("2-view"), Oracle(), tmp_path)
+    monkeypatch.undo()
+    run(Drawn("2-view"), Oracle(), tmp_path)
+    folder = set_aside(tmp_path)["1-view"]
+    assert sorted(p.name for p in folder.iterdir()) == ["result.json", "samples.png", "scores.json"]
+    assert json.loads((folder / "scores.json").read_text())["item3"] == {"correct": 0.0}
 
 
 def test_a_partial_run_writes_beside_the_full_result_never_over_it(tmp_path):

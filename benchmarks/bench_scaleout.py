@@ -11,10 +11,12 @@ default, or DDP; bf16):
 Prints the largest loss difference between (a) and (b) (the trainer seeds data and noise per
 rank x micro-step slot, so they see identical samples) and the throughput ratio (b)/(c).
 
-With ``--gpus 1`` the three runs are one command: (c) is skipped and (a) against (b) is the same run
-twice, the run-to-run noise the N-GPU difference should be read against. ``--gpus 1 --parallel ddp``
-is also the one-GPU check of DDP as the trainer runs it by default in bf16, with master weights
-(train.master_weights auto; a run with gradient accumulation, such as (a) with N > 1, trains without).
+With ``--gpus 1``, (a), (b) and (c) are the same training: it runs twice ((c) is (a)), and their loss
+difference is the run-to-run noise an N-GPU difference should be read against. ``--gpus 1 --parallel
+ddp`` is also the one-GPU check of DDP as the trainer runs it by default in bf16 (torchrun's single rank
+still joins a process group and wraps DDP), with master weights (train.master_weights auto). With N > 1,
+DDP trains without them in all three runs: the reference's gradient accumulation cannot hold them, and
+the loss curves should differ by the parallelism alone.
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from onegen.config import FAMILIES, load_params, profile_path
 
 
 def run(root: Path, name: str, nproc: int, batch: int, accum: int, steps: int, base: dict,
-        families: list[str], parallel: str) -> tuple[list[dict], dict]:
+        families: list[str], parallel: str, master_weights: bool | str) -> tuple[list[dict], dict]:
     """One torchrun training from scratch; its metrics.jsonl rows and its last checkpoint's meta.json."""
     shutil.rmtree(root / name, ignore_errors=True)  # the trainer would resume an earlier run's checkpoint
     d = json.loads(json.dumps(base))
     d["paths"]["reports"] = str(root / name / "reports")
     d["train"].update(stages=[{"name": "mixed", "families": families, "steps": steps, "batch_size": batch}],
                       grad_accum=accum, out_dir=str(root / name / "ck"), checkpoint_every=steps, log_every=5,
-                      parallel=parallel, precision="bf16", warmup_steps=5)
+                      parallel=parallel, precision="bf16", warmup_steps=5, master_weights=master_weights)
     p = root / name / "params.yaml"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(d))
@@ -86,6 +88,7 @@ def main() -> None:
     root = args.root
     base = yaml.safe_load(profile_path("default").read_text())
     base["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
+    # the default's 16 identities for 64 scenes: each identity recurs in a few scenes, whatever --scenes is
     base["world"].update(scenes=args.scenes, id_groups=min(16, args.scenes // 4), resolution=args.resolution)
     base["model"]["size"] = args.size
     base["reader"]["num_workers"] = args.loader_workers
@@ -100,15 +103,17 @@ def main() -> None:
         latents.run(params, fam)
     b, n = args.micro_batch, args.gpus
     ref_name = "one_gpu_accum" if n > 1 else "one_gpu_first"
-    ref, ref_meta = run(root, ref_name, 1, n * b, n, args.steps, base, families, args.parallel)
-    multi, multi_meta = run(root, f"{n}_gpus", n, n * b, 1, args.steps, base, families, args.parallel)
-    single = run(root, "one_gpu", 1, b, 1, args.steps, base, families, args.parallel)[0] if n > 1 else ref
+    masters = "auto" if n == 1 or args.parallel == "fsdp2" else False
+    runs = {"base": base, "families": families, "parallel": args.parallel, "master_weights": masters}
+    ref, ref_meta = run(root, ref_name, 1, n * b, n, args.steps, **runs)
+    multi, multi_meta = run(root, f"{n}_gpus", n, n * b, 1, args.steps, **runs)
+    single = run(root, "one_gpu", 1, b, 1, args.steps, **runs)[0] if n > 1 else ref
     diffs = [abs(a["loss"] - m["loss"]) for a, m in zip(ref, multi) if a["step"] == m["step"]]
     t1, tn = throughput(single), throughput(multi)
     report = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-              "parallel": args.parallel, "master_weights": {"reference": ref_meta.get("master_weights", False),
-                                                             "multi": multi_meta.get("master_weights", False)},
+              "parallel": args.parallel, "master_weights": {"reference": ref_meta["master_weights"],
+                                                             "multi": multi_meta["master_weights"]},
               "size": args.size, "resolution": args.resolution, "families": families, "gpus": n, "micro_batch": b, "steps": args.steps,
               "loss_max_abs_diff": max(diffs), "logged_steps": len(diffs),
               "final_loss_accum": ref[-1]["loss"], "final_loss_multi": multi[-1]["loss"],

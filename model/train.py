@@ -88,6 +88,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # we created the process group, so we destroy it
+    launched: bool = False  # by torchrun, which may start a single rank
 
     @property
     def main(self) -> bool:
@@ -95,7 +96,9 @@ class Dist:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        """Ranks joined by a process group: several, or a single one torchrun launched, which so takes the N-rank
+        path (DDP's wrapper and gradient hook, the collectives): a one-GPU check of what N GPUs run."""
+        return self.world > 1 or self.launched
 
     def barrier(self):
         if self.distributed:
@@ -111,11 +114,11 @@ def setup_distributed() -> Dist:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    owns = False
-    if world > 1 and not tdist.is_initialized():
+    owns, launched = False, "WORLD_SIZE" in os.environ
+    if (world > 1 or launched) and not tdist.is_initialized():
         tdist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
         owns = True
-    return Dist(rank, world, local_rank, device, owns)
+    return Dist(rank, world, local_rank, device, owns, launched)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,8 +372,8 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
         # first change), and checkpointing adds a no-grad variant: allow more than 8 variants
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         if cfg.compile_mode == "reduce-overhead" and dist.distributed:
-            raise ValueError("train.compile_mode reduce-overhead runs in one process only (CUDA graphs under DDP / "
-                             "FSDP2 hooks are untested here)")
+            raise ValueError("train.compile_mode reduce-overhead runs in one process started without torchrun only "
+                             "(CUDA graphs under DDP / FSDP2 hooks are untested here)")
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
         for block in raw.layers:
             block.forward = torch.compile(block.forward, mode=mode)
@@ -397,7 +400,7 @@ def wrap_model(raw: NextDiT, cfg: TrainConfig, dist: Dist) -> nn.Module:
         if resolved_master_weights(cfg):
             ddp.register_comm_hook(None, allreduce_in_fp32)
         return ddp
-    if dist.distributed:
+    if dist.world > 1:
         raise ValueError(f"train.parallel='none' cannot run on {dist.world} ranks; choose ddp or fsdp2")
     return raw
 

@@ -649,5 +649,32 @@ def test_cuda_graphs_refuse_several_processes():
     from model.nextdit import CONFIGS, NextDiT
 
     cfg = TrainConfig(compile=True, compile_mode="reduce-overhead")
-    with pytest.raises(ValueError, match="reduce-overhead runs in one process only"):
+    with pytest.raises(ValueError, match="reduce-overhead runs in one process started without torchrun only"):
         train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), cfg, train_mod.Dist(rank=0, world=2))
+
+
+def test_a_single_rank_torchrun_launched_runs_under_ddp(monkeypatch):
+    """torchrun with one process (WORLD_SIZE=1) joins a process group and wraps DDP, as N ranks would: the one-GPU
+    check of the DDP path (bench_scaleout --gpus 1 --parallel ddp). Without torchrun, one process stays unwrapped."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from model.nextdit import CONFIGS, NextDiT
+
+    cfg = TrainConfig(parallel="ddp", master_weights=False)  # as the trainer resolves "auto" on a CPU
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not train_mod.setup_distributed().distributed
+    model = NextDiT(CONFIGS["tiny"])
+    assert train_mod.wrap_model(model, cfg, train_mod.Dist()) is model
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist = train_mod.setup_distributed()
+    try:
+        assert dist.distributed and dist.world == 1 and dist.owns_group and torch.distributed.get_world_size() == 1
+        assert isinstance(train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), cfg, dist), DDP)
+        with pytest.raises(ValueError, match="reduce-overhead"):
+            train_mod.wrap_model(NextDiT(CONFIGS["tiny"]), TrainConfig(compile=True, compile_mode="reduce-overhead"),
+                                 dist)
+    finally:
+        torch.distributed.destroy_process_group()

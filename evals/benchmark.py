@@ -99,9 +99,13 @@ def _prune_cache(path: Path, current: set[tuple[str, str]]) -> None:
         atomic_write_bytes(path, "".join(kept).encode())
 
 
+def _partial(limit: int | None) -> str:
+    """The suffix of a run's files: a partial run's result is not the benchmark's."""
+    return "" if limit is None else ".partial"
+
+
 def result_name(limit: int | None) -> str:
-    """The file a run writes its result to: a partial run's is not the benchmark's result."""
-    return "result.json" if limit is None else "result.partial.json"
+    return f"result{_partial(limit)}.json"
 
 
 def _setting_folder(out_dir: Path, setting: str) -> Path:
@@ -180,12 +184,11 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
             bar.update(len(batch))
     if not scores:
         raise ValueError(f"{bench.name}: no items to evaluate")
-    partial = "" if limit is None else ".partial"
     if limit is None:  # every item was seen
         _prune_cache(cache_path, current)
         _set_aside_other_setting(out_dir, bench.setting)
     per_item = scores
-    samples = out_dir / f"samples{partial}.png"
+    samples = out_dir / f"samples{_partial(limit)}.png"
     has_grid = bench.sample_grid(grid_items, grid_preds, samples) if grid_items else samples.is_file()
     result = {
         "benchmark": bench.name,
@@ -200,7 +203,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(out_dir / result_name(limit), result)
-    write_json(out_dir / f"scores{partial}.json", per_item)
+    write_json(out_dir / f"scores{_partial(limit)}.json", per_item)
     if limit is None:  # on top now: an earlier result of this setting set aside by another's run is superseded
         shutil.rmtree(_setting_folder(out_dir, bench.setting), ignore_errors=True)
     return result

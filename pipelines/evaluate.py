@@ -55,7 +55,7 @@ def run(params: Params, name: str, predictor_spec: str | None = None, limit: int
         who = predictor.describe()
         raise ValueError(f"{name}: the {who['kind']} {who['name']!r} cannot answer it (no {bench.needs}); "
                          f"its own baseline is baseline:{bench.baseline}")
-    return {**benchmark.run(bench, predictor, out, params.evals.batch_size, limit), "dir": str(out),
+    return {**benchmark.run(bench, predictor, out, params.evals.batch_size, limit),
             "file": str(out / benchmark.result_name(limit))}
 
 

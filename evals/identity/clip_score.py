@@ -9,6 +9,7 @@ cosine is reported as is (not clamped at 0 as torchmetrics' CLIPScore does).
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -41,7 +42,8 @@ class ClipScorer:
         except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError) as e:
             raise AnnotatorError(f"{key}: cannot load open_clip model from {path} ({' '.join(str(e).split())[:300]})") from None
         # a weights file is read as the architecture named (with or without QuickGELU): that is part of the scorer
-        arch = "hub-folder" if path.is_dir() else model_name
+        arch = (f"config {hashlib.sha256((path / 'open_clip_config.json').read_bytes()).hexdigest()[:16]}"
+                if path.is_dir() else model_name)
         return cls(model.eval(), preprocess, tokenizer, dev,
                    annotator_record("open_clip", f"{VERSION}/{open_clip.__version__}/{arch}", weights_sha256(path)))
 

@@ -45,10 +45,6 @@ class _NVSBenchmark(Benchmark):
         return {k: float(np.mean([s[k] for s in per_view])) for k in per_view[0]}
 
     def aggregate(self, scores):
-        names = set(scores[0])
-        if any(set(s) != names for s in scores):  # means over different subsets would not be one protocol
-            raise ValueError(f"{self.name}: items scored with different metrics ({sorted(names)} and "
-                             f"{sorted(next(set(s) for s in scores if set(s) != names))})")
         return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     def sample_grid(self, items, predictions, path):

@@ -185,6 +185,7 @@ class ModelPredictor:
         random = [n for n, r in (("VAE", self.codec.random_weights), ("text encoder", self.text.random_weights)) if r]
         return {"name": str(self.checkpoint), "kind": "model", "weights": "random" if random else "trained",
                 "random_parts": random, "shift": repr(self.shift), "precision": self.precision,
+                "depth_space": self.depth_space,  # where the depth benchmarks align its depth: results say it
                 "hash": f"{self.identity}-s{self.steps}-g{self.cfg_scale}-seed{self.seed}"}
 
     def _denoise(self, x, timesteps, cond: Conditioning):

@@ -201,7 +201,8 @@ def test_given_views_are_labelled_as_the_checkpoint_was_trained(setup, tmp_path)
     unshifted = ModelPredictor(params, step)
     assert unshifted.codec.shift == 0.0 and unshifted.describe()["hash"] != pred.describe()["hash"]
     (step / "meta.json").write_text(json.dumps({"step": 1, "condition_prob": 0.5, "depth_condition": 2}))
-    assert ModelPredictor(params, step).depth_space == "disparity"
+    disparity = ModelPredictor(params, step)
+    assert disparity.depth_space == disparity.describe()["depth_space"] == "disparity"  # each result records it
     # rays: the current frame from the meta key on, and in the checkpoints of the depth convention that came after
     # it; before both, camera 0's OpenCV frame, whose model cannot read the rays drawn now
     assert ModelPredictor(params, step).ray_frame == 2

@@ -22,6 +22,7 @@ the loss curves should differ by the parallelism alone.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -90,6 +91,8 @@ def main() -> None:
     base["paths"] = {"data": str(root / "data"), "reports": str(root / "reports")}
     # the default's 16 identities for 64 scenes: each identity recurs in a few scenes, whatever --scenes is
     base["world"].update(scenes=args.scenes, id_groups=min(16, args.scenes // 4), resolution=args.resolution)
+    if importlib.util.find_spec("ray") is None:  # GPU images without Ray: the world renders in a process per core
+        base["build"].update(executor="local", cpu_workers=max(2, len(os.sched_getaffinity(0))))
     base["model"]["size"] = args.size
     base["reader"]["num_workers"] = args.loader_workers
     (root).mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,12 @@ class Benchmark(ABC):
         """Optionally write a PNG of a few predictions beside their inputs; True if written."""
         return False
 
+    def scorers(self) -> list:
+        """What scores every item besides this code (records of weights and their options: a detector, LPIPS,
+        ArcFace): part of each cached item's fingerprint, so that a rerun under another scorer scores every item
+        again instead of mixing two scorers' numbers in one mean."""
+        return []
+
 
 def save_tile_grid(rows: list[list[np.ndarray]], path: Path, side: int = 128) -> None:
     """Save rows of images, each resized to ``side`` x ``side``, as one PNG (``sample_grid`` helper)."""
@@ -73,9 +79,9 @@ def save_tile_grid(rows: list[list[np.ndarray]], path: Path, side: int = 128) ->
                                     for row in rows], 0)).save(path)
 
 
-def _item_fingerprint(item: dict) -> str:
-    """What identifies an item's data: its id and whatever it lists as ``hash_fields``."""
-    blob = json.dumps([item["id"], item.get("hash_fields")], sort_keys=True, default=str).encode()
+def _item_fingerprint(item: dict, scorers: list) -> str:
+    """What identifies an item's score: its id, whatever it lists as ``hash_fields``, and the benchmark's scorers."""
+    blob = json.dumps([item["id"], item.get("hash_fields"), scorers], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -152,6 +158,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
     done = _load_cache(cache_path, key)
     if done:
         print(f"{bench.name}: resuming, {len(done)} items already scored", file=sys.stderr)
+    scorers = bench.scorers()
     data_hash = hashlib.sha256()
     seen: set[str] = set()
     current: set[tuple[str, str]] = set()
@@ -165,7 +172,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
                 if it["id"] in seen:
                     raise ValueError(f"{bench.name}: item id {it['id']!r} is not unique")
                 seen.add(it["id"])
-                fp = _item_fingerprint(it)
+                fp = _item_fingerprint(it, scorers)
                 data_hash.update(fp.encode())
                 current.add((it["id"], fp))
                 if (it["id"], fp) in done:  # same model, protocol and item data: reuse
@@ -176,7 +183,7 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
                 preds = bench.predict(predictor, todo)
                 for it, pred in zip(todo, preds, strict=True):
                     scores[it["id"]] = bench.score(it, pred)
-                    append_jsonl(cache_path, {"id": it["id"], "key": key, "item": _item_fingerprint(it),
+                    append_jsonl(cache_path, {"id": it["id"], "key": key, "item": _item_fingerprint(it, scorers),
                                               "scores": scores[it["id"]]})
                     if len(grid_items) < 4:
                         grid_items.append(it)

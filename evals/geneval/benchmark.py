@@ -107,8 +107,11 @@ class _GenEvalBenchmark(Benchmark):
     def items(self):
         size = (self.image_size, self.image_size)
         return [{"id": f"{self.id_prefix}{i:05d}", "metadata": m, "prompt": m["prompt"], "n_images": self.n_images,
-                 "size": size, "hash_fields": [m, self.n_images, self.image_size, self.evaluator]}
+                 "size": size, "hash_fields": [m, self.n_images, self.image_size]}
                 for i, m in enumerate(self.prompts)]
+
+    def scorers(self):
+        return self.evaluator
 
     def predict(self, predictor, batch):
         generated = predictor.generate_images(batch)

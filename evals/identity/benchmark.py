@@ -73,14 +73,8 @@ class _IdentityBenchmark(Benchmark):
     needs = "generate_with_reference"
     clip = None
 
-    def _scorers(self) -> list:
-        """What scores an item besides this code (records of weights, options): part of each item's fingerprint,
-        so that a cached score of another face or CLIP model is never reused."""
+    def scorers(self):
         return [self.clip.record if self.clip is not None else None]
-
-    def _with_scorers(self, items):
-        scorers = self._scorers()
-        return (dict(it, hash_fields=[it["hash_fields"], scorers]) for it in items)
 
     def predict(self, predictor, batch):
         return [_image(p, it["id"]) for it, p in zip(batch, predictor.generate_with_reference(batch), strict=True)]
@@ -121,11 +115,11 @@ class Unsplash50(_IdentityBenchmark):
         self.clip = ClipScorer.load(cfg.clip_path, cfg.clip_model, params.annotators.device)
         self._references: dict[str, np.ndarray] = {}
 
-    def _scorers(self):
-        return [self.faces.record, *super()._scorers()]
+    def scorers(self):
+        return [self.faces.record, *super().scorers()]
 
     def items(self):
-        return self._with_scorers(self.source)
+        return iter(self.source)
 
     def _reference(self, item: dict) -> np.ndarray:
         if item["subject"] not in self._references:
@@ -186,7 +180,7 @@ class WorldID(_IdentityBenchmark):
             self.clip = ClipScorer.load(cfg.clip_path, cfg.clip_model, params.annotators.device)
 
     def items(self):
-        return self._with_scorers(world_identity_item(self.cfg, i) for i in range(self.cfg.items))
+        return (world_identity_item(self.cfg, i) for i in range(self.cfg.items))
 
     def score(self, item, prediction):
         reference = world_attributes.embed(item["reference"][0], item["reference_mask"])

@@ -25,9 +25,8 @@ class _NVSBenchmark(Benchmark):
         # LPIPS needs pretrained weights, which are never downloaded: without them it is not reported
         self.lpips = metrics.LPIPSAlex(path) if path is not None else None
 
-    def _with_scorer(self, item: dict) -> dict:
-        """``item`` with the LPIPS weights in its fingerprint: a cached score of other weights is never reused."""
-        return item | {"hash_fields": [item["hash_fields"], self.lpips.record if self.lpips is not None else None]}
+    def scorers(self):
+        return [self.lpips.record if self.lpips is not None else None]
 
     def predict(self, predictor, batch):
         return predictor.predict_views(batch)
@@ -68,8 +67,8 @@ class WorldNVS(_NVSBenchmark):
         self.cfg = params.evals.world
 
     def items(self):
-        return [self._with_scorer(world_rig(self.cfg, "world_nvs", i, self.cfg.nvs_views)
-                                  | {"condition_views": [0], "target_views": list(range(1, self.cfg.nvs_views))})
+        return [world_rig(self.cfg, "world_nvs", i, self.cfg.nvs_views)
+                | {"condition_views": [0], "target_views": list(range(1, self.cfg.nvs_views))}
                 for i in range(self.cfg.items)]
 
 
@@ -94,8 +93,7 @@ class GSO(_NVSBenchmark):
         self.setting = "1-view" if n == 1 else f"{n}-view ({'known' if self.known_poses else 'unknown'} poses)"
 
     def items(self):
-        return [self._with_scorer({
-            "id": o.name, "images": list(o.images), "world_to_camera": list(o.world_to_camera), "K": o.K,
-            "condition_views": list(self.condition), "target_views": list(self.gso.TARGET_VIEWS),
-            "poses_known": self.known_poses,  # the setting is part of what a cached score was scored on
-            "hash_fields": [o.name, self.condition, self.known_poses]}) for o in self.objects]
+        return [{"id": o.name, "images": list(o.images), "world_to_camera": list(o.world_to_camera), "K": o.K,
+                 "condition_views": list(self.condition), "target_views": list(self.gso.TARGET_VIEWS),
+                 "poses_known": self.known_poses,  # the setting is part of what a cached score was scored on
+                 "hash_fields": [o.name, self.condition, self.known_poses]} for o in self.objects]

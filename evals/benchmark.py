@@ -80,7 +80,7 @@ def save_tile_grid(rows: list[list[np.ndarray]], path: Path, side: int = 128) ->
 
 
 def _item_fingerprint(item: dict, scorers: list) -> str:
-    """What identifies an item's score: its id, whatever it lists as ``hash_fields``, and the benchmark's scorers."""
+    """What identifies an item's score: its id, what it lists as ``hash_fields``, and the benchmark's scorers."""
     blob = json.dumps([item["id"], item.get("hash_fields"), scorers], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

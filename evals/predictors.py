@@ -120,15 +120,23 @@ class RandomScene:
 
 class FolderPredictions:
     """Predictions read from disk, made by any method: ``<root>/<item id>.npy`` (depth, HxW metres
-    or relative), ``<root>/<item id>/<view>.png`` (novel views), ``<root>/<item id>.npz`` with
+    or relative; disparity when ``<root>/depth_space.txt`` says ``disparity``, so the depth benchmarks
+    align it in that space), ``<root>/<item id>/<view>.png`` (novel views), ``<root>/<item id>.npz`` with
     ``rotations`` (N,3,3 world-to-camera) and ``centres`` (N,3) (poses), ``<root>/<item id>.png``
     (generated images: ID and condition benchmarks)."""
+
+    SPACES = ("depth", "disparity")
 
     def __init__(self, root: Path, name: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise PredictionError(f"{self.root}: predictions folder not found")
         self.name = name or self.root.name
+        declared = self.root / "depth_space.txt"
+        self.depth_space = declared.read_text().strip() if declared.is_file() else "depth"
+        if self.depth_space not in self.SPACES:
+            raise PredictionError(f"{declared}: says {self.depth_space[:40]!r}, expected one of "
+                                  f"{', '.join(self.SPACES)}")
 
     def describe(self) -> dict:
         h = hashlib.sha256()
@@ -136,7 +144,7 @@ class FolderPredictions:
             if p.is_file():  # name, size and modification time: rewritten predictions are scored afresh
                 st = p.stat()
                 h.update(f"{p.relative_to(self.root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-        return {"name": self.name, "kind": "predictions", "hash": h.hexdigest()[:16]}
+        return {"name": self.name, "kind": "predictions", "hash": h.hexdigest()[:16], "depth_space": self.depth_space}
 
     def _file(self, item_id: str, suffix: str) -> Path:
         p = self.root / f"{item_id}{suffix}"

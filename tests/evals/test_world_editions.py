@@ -60,6 +60,23 @@ def test_world_depth_baseline_and_oracle(params_file, tmp_path):
     assert shown == {("constant-depth", "baseline"), ("depth_preds", "predictions")}  # both, side by side
 
 
+def test_folder_depth_declared_as_disparity_is_aligned_as_disparity(params_file, tmp_path):
+    """An exact affine disparity scores 0 once its folder says ``disparity`` (and the result records it); read as
+    depth, the default, the same files score far off. Anything else in depth_space.txt is one clear error."""
+    preds = tmp_path / "disparity_preds"
+    preds.mkdir()
+    for it in _items(params_file, "world_depth"):
+        np.save(preds / f"{it['id']}.npy", 3.0 / np.maximum(it["depth"], 1e-3) + 2.0)
+    as_depth = _eval(params_file, "world_depth", "--predictor", f"folder:{preds}")
+    (preds / "depth_space.txt").write_text("disparity\n")
+    as_disparity = _eval(params_file, "world_depth", "--predictor", f"folder:{preds}")
+    assert as_depth["model"]["depth_space"] == "depth" and as_disparity["model"]["depth_space"] == "disparity"
+    assert as_disparity["metrics"]["abs_rel"] < 1e-3 < 5 < as_depth["metrics"]["abs_rel"]
+    (preds / "depth_space.txt").write_text("inverse")
+    r = runner.invoke(app, ["eval", "world_depth", "-p", str(params_file), "--predictor", f"folder:{preds}"])
+    assert r.exit_code == 1 and "depth_space.txt: says 'inverse', expected one of depth, disparity" in r.output
+
+
 def test_each_predictor_has_one_result_folder(params_file):
     params = load_params(params_file)
     top = params.paths.reports / "evals" / "world_depth"

@@ -106,8 +106,8 @@ def main() -> None:
         latents.run(params, fam)
     b, n = args.micro_batch, args.gpus
     ref_name = "one_gpu_accum" if n > 1 else "one_gpu_first"
-    masters = "auto" if n == 1 or args.parallel == "fsdp2" else False
-    runs = {"base": base, "families": families, "parallel": args.parallel, "master_weights": masters}
+    master_weights = "auto" if n == 1 or args.parallel == "fsdp2" else False
+    runs = {"base": base, "families": families, "parallel": args.parallel, "master_weights": master_weights}
     ref, ref_meta = run(root, ref_name, 1, n * b, n, args.steps, **runs)
     multi, multi_meta = run(root, f"{n}_gpus", n, n * b, 1, args.steps, **runs)
     single = run(root, "one_gpu", 1, b, 1, args.steps, **runs)[0] if n > 1 else ref

@@ -158,8 +158,9 @@ for job in $JOBS; do
     probe_gpu_trainer) step probe_gpu_trainer python3 benchmarks/probe_text.py --steps 3000 --objects 2 5 \
                          --prompt-prefix "[[text2image]]" --loop trainer --device cuda --bf16 --compile \
                          --json "$OUT/probe_gpu_trainer.json" ;;
-    # the trainer under torchrun with DDP on one GPU, bf16 with master weights (its default there), twice: NCCL, the
-    # compiled blocks in DDP's buckets, the fp32 gradient hook, and the run-to-run noise of the loss curve
+    # the trainer under torchrun with DDP on one GPU, bf16 with master weights (its default there), twice: NCCL, DDP's
+    # bf16 buckets and its fp32 gradient hook (the blocks eager, as the default profile runs them), and the run-to-run
+    # noise of the loss curve
     ddp1) step ddp1 python3 benchmarks/bench_scaleout.py --gpus 1 --parallel ddp --steps 120 --json "$OUT/ddp1.json" ;;
     scaleout) step scaleout python3 benchmarks/bench_scaleout.py --gpus 2 --steps 120 --json "$OUT/scaleout.json" ;;
   esac

@@ -67,7 +67,10 @@ class _ConditionBenchmark(Benchmark):
         given = getattr(c, "gives", kind)
         return {"id": item_id, "condition_kind": given, "scorer": kind, "condition": picture, "prompt": prompt,
                 "image": image, "size": image.shape[:2], "reference_annotation": reference,
-                "hash_fields": [*hash_fields, kind, c.record, self.fid.record if self.fid else None]}
+                "hash_fields": [*hash_fields, kind, c.record]}  # the item's own scorer: its condition's
+
+    def scorers(self):
+        return [self.fid.record if self.fid is not None else None]
 
     def score(self, item, prediction):
         c = self.conditions[item["scorer"]]

@@ -1,7 +1,7 @@
 """Novel-view synthesis (OneDiffusion Table 2): GSO objects and procedural-world orbits.
 
 Protocol (SPEC): condition on 1/2/3 views, predict the targets, compare on a white background
-at full resolution with PSNR (uint8, as ``cv2.PSNR``), SSIM (data range 1) and LPIPS (AlexNet,
+at full resolution with PSNR (uint8, as ``cv2.PSNR``), SSIM (scikit-image's, as EscherNet) and LPIPS (AlexNet,
 weights from a local file); average per object, then over objects.
 """
 
@@ -18,6 +18,7 @@ from onegen.config import Params
 
 class _NVSBenchmark(Benchmark):
     baseline = "copy-nearest-view"
+    protocol_version = "2"  # 2: SSIM as EscherNet's (scikit-image, 7x7 uniform window on uint8)
     needs = "predict_views"
 
     def __init__(self, params: Params):

@@ -4,9 +4,11 @@ All three take ``pred`` and ``target`` as HxWx3 uint8 arrays of one shape. PSNR 
 ones the published GSO numbers were computed with (EscherNet's ``metrics/eval_2D_NVS.py``):
 
 - PSNR is OpenCV's ``cv2.PSNR`` on uint8 (peak 255, MSE over all pixels and channels);
-- SSIM is torchmetrics' gaussian SSIM (11x11 window, sigma 1.5) on [0, 1] floats with
-  ``data_range=1.0``. EscherNet used scikit-image's default (7x7 uniform window) instead, so SSIM is
-  not comparable digit for digit with its table; OneDiffusion's Table 2 reports PSNR only;
+- SSIM is scikit-image's ``structural_similarity`` on the uint8 images with ``channel_axis=2``:
+  its defaults, a 7x7 uniform window with the sample covariance, data range 255, the mean over
+  pixels and channels. That is EscherNet's call, so our SSIM reads against its table; the gaussian
+  11x11 SSIM (torchmetrics' default) is another number, hundredths apart on a noisy pair.
+  OneDiffusion's Table 2 prints PSNR only;
 - LPIPS is v0.1 with the AlexNet backbone (what ``lpips.LPIPS(net="alex")`` computes), built offline
   from one local state-dict file, see :class:`LPIPSAlex`.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
+from skimage.metrics import structural_similarity
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
 from onegen.annotators.base import annotator_record, weights_sha256
@@ -61,12 +63,14 @@ def psnr_uint8(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean SSIM over pixels and channels: torchmetrics, gaussian 11x11 window, sigma 1.5, data range 1."""
+    """Mean SSIM over pixels and channels as EscherNet scores GSO: scikit-image's defaults on uint8.
+
+    The 7x7 uniform window with sample covariance, K1 0.01, K2 0.03 and data range 255 are passed
+    explicitly, so a change of scikit-image's defaults cannot move the number.
+    """
     _check_pair(pred, target)
-    value = structural_similarity_index_measure(
-        _to_tensor(pred), _to_tensor(target), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0
-    )
-    return float(value)
+    return float(structural_similarity(pred, target, channel_axis=2, data_range=255, win_size=7,
+                                       gaussian_weights=False, use_sample_covariance=True, K1=0.01, K2=0.03))
 
 
 def white_background(rgba: np.ndarray) -> np.ndarray:

@@ -69,6 +69,36 @@ def test_ssim_identical_is_one_and_different_is_less():
     assert metrics.ssim(a, b) < 0.1
 
 
+def _ssim_7x7_uniform(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM written out from Wang et al. with a 7x7 box window and sample covariance, per channel, borders cut."""
+    from scipy.ndimage import uniform_filter
+
+    c1, c2, n = (0.01 * 255) ** 2, (0.03 * 255) ** 2, 49
+    values = []
+    for ch in range(3):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+        mx, my = uniform_filter(x, 7), uniform_filter(y, 7)
+        vx = (uniform_filter(x * x, 7) - mx * mx) * n / (n - 1)
+        vy = (uniform_filter(y * y, 7) - my * my) * n / (n - 1)
+        cxy = (uniform_filter(x * y, 7) - mx * my) * n / (n - 1)
+        s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        values.append(s[3:-3, 3:-3].mean())
+    return float(np.mean(values))
+
+
+def test_ssim_is_eschernets_7x7_uniform_window_on_uint8():
+    # EscherNet scores GSO with skimage's structural_similarity(pred, gt, channel_axis=2) on uint8
+    yy, xx = np.mgrid[0:64, 0:64]
+    a = np.stack([xx * 4, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)  # smooth ramps, as rendered images are
+    b = np.clip(a.astype(np.int16) + np.random.default_rng(7).integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert metrics.ssim(a, b) == pytest.approx(_ssim_7x7_uniform(a, b), abs=1e-9)
+    # the gaussian 11x11 SSIM on [0, 1] is another number on the same pair
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    gaussian = float(structural_similarity_index_measure(metrics._to_tensor(a), metrics._to_tensor(b), data_range=1.0))
+    assert abs(gaussian - metrics.ssim(a, b)) > 0.05
+
+
 def test_metrics_refuse_bad_shapes_and_dtypes():
     a = _random_image(5)
     with pytest.raises(ValueError, match="shape mismatch"):

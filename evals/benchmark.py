@@ -178,13 +178,12 @@ def run(bench: Benchmark, predictor, out_dir: Path, batch_size: int = 8, limit: 
                 if (it["id"], fp) in done:  # same model, protocol and item data: reuse
                     scores[it["id"]] = done[(it["id"], fp)]
                 else:
-                    todo.append(it)
+                    todo.append((it, fp))
             if todo:
-                preds = bench.predict(predictor, todo)
-                for it, pred in zip(todo, preds, strict=True):
+                preds = bench.predict(predictor, [it for it, _ in todo])
+                for (it, fp), pred in zip(todo, preds, strict=True):
                     scores[it["id"]] = bench.score(it, pred)
-                    append_jsonl(cache_path, {"id": it["id"], "key": key, "item": _item_fingerprint(it, scorers),
-                                              "scores": scores[it["id"]]})
+                    append_jsonl(cache_path, {"id": it["id"], "key": key, "item": fp, "scores": scores[it["id"]]})
                     if len(grid_items) < 4:
                         grid_items.append(it)
                         grid_preds.append(pred)

@@ -54,7 +54,9 @@ def _image(pred, item: dict) -> np.ndarray:
 
 class _ConditionBenchmark(Benchmark):
     needs = "generate_from_condition"
-    protocol_version = "2"  # 2: UniCon's PCK (over matched keypoints) and soft edges at ControlNet's safe levels
+    # 2: UniCon's PCK (over matched keypoints) and soft-edge conditions at ControlNet's safe levels;
+    # 3: soft-edge EMSE on HED's own maps (the three-level reading beside it)
+    protocol_version = "3"
     conditions: dict[str, cond.Condition]
     fid: fid_lib.InceptionFeatures | None = None
 

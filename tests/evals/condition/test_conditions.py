@@ -42,9 +42,24 @@ def test_softedge_runs_hed_from_a_local_checkpoint(tmp_path):
     soft = SoftEdges(HED.load(EdgesConfig(hed_path=path, hed_size=16), device="cpu"))
     maps = soft([_image(0), _image(1)])
     assert all(m.dtype == np.uint8 and m.shape == (40, 52) for m in maps)
-    assert soft.compare(maps[0], maps[0]) == {"edge_emse": 0.0} and soft.compare(maps[0], maps[1])["edge_emse"] > 0
     assert soft.record["name"] == "hed"
-    assert set(np.unique(np.concatenate([m.ravel() for m in maps]))) <= {0, 127, 255}
+    # the generator gets the three-level picture; the annotation stays HED's own map
+    picture = soft.picture(maps[0])
+    assert picture.shape == (40, 52, 3) and np.array_equal(picture[..., 0], safe_levels(maps[0]))
+    assert len(np.unique(maps[0])) > 3
+    assert soft.compare(maps[0], maps[0]) == {"edge_emse": 0.0, "edge_emse_levels": 0.0}
+    assert soft.compare(maps[0], maps[1])["edge_emse"] > 0
+
+
+def test_softedge_emse_reads_heds_own_maps_with_the_three_level_reading_beside_it():
+    soft = SoftEdges.__new__(SoftEdges)  # compare and aggregate need no network
+    reference = np.full((8, 8), 200, np.uint8)
+    generated = np.full((8, 8), 160, np.uint8)  # 200/255 and 160/255: levels 255 and 127
+    scores = soft.compare(generated, reference)
+    assert scores["edge_emse"] == pytest.approx((40 / 255) ** 2)
+    assert scores["edge_emse_levels"] == pytest.approx((128 / 255) ** 2)
+    assert soft.aggregate([scores, {"edge_emse": 0.0, "edge_emse_levels": 0.0}]) == pytest.approx(
+        {"edge_emse": 50 * (40 / 255) ** 2, "edge_emse_levels": 50 * (128 / 255) ** 2})
 
 
 def test_safe_levels_are_controlnets_safe_step():

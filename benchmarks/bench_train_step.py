@@ -98,6 +98,13 @@ def count_flops(model, loss_fn, autocast) -> int:
 def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | None, steps: int, warmup: int,
             device, profile: bool = False, master_weights: bool = False, clip_and_ema: bool = False) -> dict:
     cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    # Counted before the optimizer's masters and the EMA exist, and its eager activations handed back: counted after
+    # them, the trainer row's 2.6B model ran an H100 out of memory here (session 32), and the cached blocks left
+    # behind counted in the timed steps' reserved figure (77.8 GiB for 43.6 allocated)
+    flops = count_flops(model, loss_fn, autocast)
+    if cuda:
+        torch.cuda.empty_cache()
     if master_weights:  # the linear layers turn bf16 here (the CPU, without autocast, fp32), their masters fp32
         opt = MasterWeightAdamW(model.parameters(), lowered=linear_parameters(model), lr=1e-4, weight_decay=0.01,
                                 dtype=torch.bfloat16 if cuda else torch.float32, compiled=cuda)  # AdamW's decay
@@ -106,7 +113,6 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     # what model/train.py's step adds: the gradients clipped to norm 1, the EMA of the (master) weights updated
     ema = EMA(opt.named_masters(model) if master_weights else model.named_parameters(), 0.999) if clip_and_ema else None
     run_model = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
     def step():
         if compile_ == "reduce-overhead":  # a new step: the CUDA graphs may reuse the last step's buffers
@@ -121,7 +127,6 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
         if ema is not None:
             ema.update(10**4)  # past the decay's warm-up (0.999 from step ~9000), as most of a run's steps
 
-    flops = count_flops(model, loss_fn, autocast)
     # Peak memory of the timed steps; under CUDA graphs from the warm-up on: replays allocate nothing, their
     # activations live in the pool allocated while the graphs were recorded (counting the replays only, session 27
     # reported 26.7 GiB for ours under graphs against 43.6 compiled)

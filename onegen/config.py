@@ -398,12 +398,20 @@ class IdentityConfig(_Strict):
 
     path: Path | None = Field(None, description="folder of reference faces + prompts (layout: evals/identity/datasets.py)")
     arcface_path: ModelPath | None = Field(None, description="ArcFace embedding model (.onnx)")
-    arcface_mean: float = Field(127.5, description="ArcFace input normalisation (x - mean) / std (insightface: 127.5)")
-    arcface_std: float = Field(127.5, gt=0)
+    arcface_mean: float | None = Field(None, description="ArcFace input normalisation (x - mean) / std; unset: as "
+                                      "insightface decides, 127.5 and 127.5, or 0 and 1 for a model that normalises "
+                                      "in its graph (mxnet exports)")
+    arcface_std: float | None = Field(None, gt=0)
     clip_path: ModelPath | None = Field(None, description="open_clip checkpoint for CLIP-T: a weights file, or a folder "
                                                      "with open_clip_config.json (Hub layout)")
     clip_model: str = Field("ViT-L-14", description="open_clip architecture of a clip_path weights file")
     resolution: int = Field(512, ge=16, multiple_of=8, description="side of generated images (paper: 512 for 2-3 views)")
+
+    @model_validator(mode="after")
+    def _normalisation_whole(self):
+        if (self.arcface_mean is None) != (self.arcface_std is None):
+            raise ValueError("set arcface_mean and arcface_std together, or neither (then the model's graph decides)")
+        return self
 
 
 class ConditionConfig(_Strict):

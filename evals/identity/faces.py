@@ -92,10 +92,28 @@ class FaceDetector:
         return max(self.detect(image), key=lambda f: f.area, default=None)
 
 
-class ArcFace:
-    """An ArcFace-style recognition model in ONNX: 112x112 RGB crops -> L2-normalised embeddings."""
+def normalises_in_graph(path: Path) -> bool:
+    """Whether the ONNX model subtracts and scales its input itself: a Sub and a Mul among its first 8 nodes,
+    the test insightface applies (its ``ArcFaceONNX``) to tell mxnet-exported ArcFace models, which take raw
+    0-255 pixels, from those that take (x - 127.5) / 127.5."""
+    import onnx
 
-    def __init__(self, path: Path, mean: float = 127.5, std: float = 127.5, device: str = "cpu"):
+    try:
+        nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    except Exception as e:  # onnx raises DecodeError and others for a damaged file
+        raise AnnotatorError(f"evals.identity.arcface_path: cannot read ONNX graph {path} ({' '.join(str(e).split())[:200]})") from None
+    ops = {n.op_type for n in nodes}
+    return {"Sub", "Mul"} <= ops
+
+
+class ArcFace:
+    """An ArcFace-style recognition model in ONNX: 112x112 RGB crops -> L2-normalised embeddings.
+
+    ``mean``/``std`` None: (x - 127.5) / 127.5, or the raw pixels for a model that normalises in its graph
+    (:func:`normalises_in_graph`), as insightface decides; given, they are used as they are.
+    """
+
+    def __init__(self, path: Path, mean: float | None = None, std: float | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -112,6 +130,10 @@ class ArcFace:
                                  f"expected N x 3 x {CROP_SIZE} x {CROP_SIZE}")
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        if (mean is None) != (std is None):
+            raise ValueError("ArcFace: give mean and std together, or neither")
+        if mean is None:
+            mean, std = (0.0, 1.0) if normalises_in_graph(path) else (127.5, 127.5)
         self.mean, self.std = float(mean), float(std)
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:

@@ -8,24 +8,33 @@ import pytest
 import torch
 
 
-def save_onnx_embedder(path, *, fixed_batch: bool = False, pool_only: bool = False, dim: int = 16):
+def save_onnx_embedder(path, *, fixed_batch: bool = False, pool_only: bool = False, dim: int = 16,
+                       normalises: bool = False):
     """N x 3 x 112 x 112 -> N x dim. ``pool_only``: the per-channel mean of the input (dim 3), so a
-    test can compute the expected embedding by hand."""
+    test can compute the expected embedding by hand. ``normalises``: the graph first computes
+    (x - 127.5) * (1 / 127.5) itself, as mxnet-exported ArcFace models do."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     batch = 1 if fixed_batch else "N"
     nodes, inits = [], []
+    first = "input.1"
+    if normalises:
+        inits += [numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
+                  numpy_helper.from_array(np.array(1 / 127.5, np.float32), "scale")]
+        nodes += [helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="_minusscalar0"),
+                  helper.make_node("Mul", ["centred", "scale"], ["normalised"], name="_mulscalar0")]
+        first = "normalised"
     if pool_only:
-        nodes += [helper.make_node("GlobalAveragePool", ["input.1"], ["pooled"]),
+        nodes += [helper.make_node("GlobalAveragePool", [first], ["pooled"]),
                   helper.make_node("Flatten", ["pooled"], ["embedding"])]
         dim = 3
     else:
         inits += [numpy_helper.from_array(rng.standard_normal((8, 3, 8, 8)).astype(np.float32) * 0.2, "conv_w"),
                   numpy_helper.from_array(rng.standard_normal((dim, 8)).astype(np.float32), "fc_w"),
                   numpy_helper.from_array(np.zeros(dim, np.float32), "fc_b")]
-        nodes += [helper.make_node("Conv", ["input.1", "conv_w"], ["c"], strides=[8, 8]),
+        nodes += [helper.make_node("Conv", [first, "conv_w"], ["c"], strides=[8, 8]),
                   helper.make_node("Relu", ["c"], ["r"]),
                   helper.make_node("GlobalAveragePool", ["r"], ["p"]),
                   helper.make_node("Flatten", ["p"], ["f"]),

@@ -155,7 +155,7 @@ def test_unsplash50_rescores_when_its_face_or_clip_scorer_changes(unsplash, make
     d["paths"]["reports"] = str(tmp_path / "reports")
     other_clip = str(make_tiny_clip(tmp_path / "other-clip", seed=1))
     fingerprints, clip_t = [], []
-    for change in ({}, {"arcface_mean": 120.0}, {"clip_path": other_clip}, {"clip_path": other_clip}):
+    for change in ({}, {"arcface_mean": 120.0, "arcface_std": 127.5}, {"clip_path": other_clip}, {"clip_path": other_clip}):
         d["evals"]["identity"].update(change)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
         res, _ = _eval(tmp_path / "params.yaml", "unsplash50_id")

@@ -2,6 +2,7 @@ import re
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from evals.identity.faces import ARCFACE_TEMPLATE, CROP_SIZE, ArcFace, FaceDetector, FaceIdentity, align_face, similarity_transform
 from onegen.annotators.base import AnnotatorError
@@ -48,6 +49,21 @@ def test_arcface_preprocessing_is_exactly_mean_std_rgb_nchw(tmp_path, make_onnx_
     expected = np.stack([((c.astype(np.float64) - 127.5) / 127.5).mean((0, 1)) for c in crops])
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(model(crops), expected, atol=1e-6)
+
+
+def test_a_graph_that_normalises_itself_gets_raw_pixels_as_insightface_decides(tmp_path, make_onnx_embedder):
+    crops = [np.random.default_rng(i).integers(0, 256, (112, 112, 3), dtype=np.uint8) for i in range(3)]
+    outside = ArcFace(make_onnx_embedder(tmp_path / "plain.onnx", pool_only=True))
+    inside = ArcFace(make_onnx_embedder(tmp_path / "mxnet.onnx", pool_only=True, normalises=True))
+    assert (outside.mean, outside.std) == (127.5, 127.5) and (inside.mean, inside.std) == (0.0, 1.0)
+    np.testing.assert_allclose(inside(crops), outside(crops), atol=1e-6)  # normalised once either way
+    # forced to normalise again, the embeddings are another model's
+    twice = ArcFace(tmp_path / "mxnet.onnx", mean=127.5, std=127.5)
+    assert np.abs(twice(crops) - outside(crops)).max() > 0.1
+    with pytest.raises(ValueError, match="together"):
+        ArcFace(tmp_path / "plain.onnx", mean=127.5)
+    with pytest.raises(ValidationError, match="together"):
+        IdentityConfig(arcface_std=127.5)
 
 
 def test_fixed_batch_model_gives_the_same_embeddings(tmp_path, make_onnx_embedder):

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 REFERENCE_NAMES = ("ref.jpg", "ref.jpeg", "ref.png", "ref.webp")
 DEFAULT_CAPTION = "a photo of a person"
@@ -45,11 +45,12 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def read_rgb(path: Path) -> tuple[np.ndarray, bytes]:
-    """An image file as HxWx3 uint8 RGB, with its bytes (for hashing)."""
+    """An image file as HxWx3 uint8 RGB, upright as its EXIF orientation says (photos from phones and
+    Unsplash store their rotation there, as insightface's cv2.imread applies it), with its bytes (for hashing)."""
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB")), data
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB")), data
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise IdentityDataError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
 

@@ -62,3 +62,16 @@ def test_bad_layouts_name_the_file(root, tmp_path_factory):
     (root / "prompts.txt").unlink()
     with pytest.raises(IdentityDataError, match="alice: no prompts"):
         Unsplash50(root, 64)
+
+
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    from evals.identity.datasets import read_rgb
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    rgb, data = read_rgb(tmp_path / "phone.jpg")
+    assert rgb.shape == (40, 20, 3) and data == (tmp_path / "phone.jpg").read_bytes()
+    assert rgb[:10].mean() > 200 and rgb[-10:].mean() < 50  # the band is on top once upright

@@ -249,7 +249,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "depth_scannet": ("Depth — ScanNet", "UniCon Table 2 only; there is no ScanNet benchmark here."),
     "nvs_gso": ("Novel-view synthesis — GSO", "30 objects, targets are views 10–24 (OneDiffusion Table 2)."),
     "pose_gso": ("Camera pose — GSO", "Rotation and camera-centre accuracy; the papers' tables print no camera-pose numbers."),
-    "unsplash50_id": ("ID customisation — Unsplash-50", "ArcFace ID similarity and CLIP-T (OneDiffusion Table 3)."),
+    "unsplash50_id": ("ID customisation — Unsplash-50", "ArcFace ID similarity and CLIP-T (OneDiffusion Table 3). "
+                      "Table 3's PhotoMaker, InstantID and PuLID rows are PuLID's own Unsplash-50 figures, scored "
+                      "with its face pipeline; ours detects faces with MTCNN and embeds them with the configured "
+                      "ArcFace, so the ID column sits beside theirs as an approximation."),
     "unicon_conditions": ("Conditional generation — UniCon conditions", "FID-6K and condition fidelity per condition (UniCon Table 1). "
                           "UniCon released no evaluation code: our soft-edge EMSE is on HED's own maps over their "
                           "non-zero pixels, the reading its printed scale allows, and sits beside its numbers as an "

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from evals.identity.datasets import IdentityDataError, read_rgb
+from evals.identity.datasets import READER_VERSION, IdentityDataError, read_rgb
 
 
 class ConditionDataError(ValueError):
@@ -80,4 +80,4 @@ class CaptionedImages:
             except IdentityDataError as e:
                 raise ConditionDataError(str(e)) from None
             yield {"id": self._id(name), "image": square(rgb, self.resolution), "prompt": text,
-                   "hash_fields": [name, hashlib.sha256(data).hexdigest()[:16], text, self.resolution]}
+                   "hash_fields": [name, hashlib.sha256(data).hexdigest()[:16], text, self.resolution, READER_VERSION]}

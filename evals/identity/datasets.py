@@ -44,6 +44,11 @@ def read_prompts(path: Path) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+# In every item's hash_fields beside the file's bytes, which do not change when the reading of them does.
+# 2: EXIF orientation applied.
+READER_VERSION = "2"
+
+
 def read_rgb(path: Path) -> tuple[np.ndarray, bytes]:
     """An image file as HxWx3 uint8 RGB, upright as its EXIF orientation says (photos from phones and
     Unsplash store their rotation there, as insightface's cv2.imread applies it), with its bytes (for hashing)."""
@@ -95,4 +100,4 @@ class Unsplash50:
                 yield {"id": f"{subject.name}_{k:03d}", "subject": subject.name, "reference": [rgb],
                        "reference_captions": [caption or DEFAULT_CAPTION], "prompt": prompt,
                        "size": (self.resolution, self.resolution),
-                       "hash_fields": [subject.name, digest, caption, prompt, self.resolution]}
+                       "hash_fields": [subject.name, digest, caption, prompt, self.resolution, READER_VERSION]}

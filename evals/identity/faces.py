@@ -7,7 +7,8 @@ The pipeline of insightface-style evaluation (InstantID, PuLID, PhotoMaker all s
 2. map its five landmarks (eyes, nose, mouth corners) onto ArcFace's 112x112 template with the
    least-squares similarity transform (Umeyama) and warp;
 3. embed the crop with an ArcFace ONNX model through onnxruntime: RGB, ``(x - mean) / std``
-   (insightface's recognition models use mean = std = 127.5), NCHW float32; L2-normalise.
+   (127.5 and 127.5, or 0 and 1 for an mxnet export that normalises in its graph, as insightface
+   tells them apart), NCHW float32; L2-normalise.
 
 A face that is not found is ``None``: the benchmark decides how a miss scores and reports it.
 """
@@ -93,17 +94,19 @@ class FaceDetector:
 
 
 def normalises_in_graph(path: Path) -> bool:
-    """Whether the ONNX model subtracts and scales its input itself: a Sub and a Mul among its first 8 nodes,
-    the test insightface applies (its ``ArcFaceONNX``) to tell mxnet-exported ArcFace models, which take raw
-    0-255 pixels, from those that take (x - 127.5) / 127.5."""
+    """Whether the ONNX model subtracts and scales its input itself, by insightface's rule (``ArcFaceONNX``):
+    among its first 8 nodes, one named as mxnet names a subtraction (``Sub...``/``_minus...``) and one as it
+    names a multiplication (``Mul...``/``_mul...``). mxnet-exported ArcFace models take raw 0-255 pixels so;
+    the rule reads names, not op types, so that a model gets the input insightface would give it."""
     import onnx
 
     try:
         nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
     except Exception as e:  # onnx raises DecodeError and others for a damaged file
         raise AnnotatorError(f"evals.identity.arcface_path: cannot read ONNX graph {path} ({' '.join(str(e).split())[:200]})") from None
-    ops = {n.op_type for n in nodes}
-    return {"Sub", "Mul"} <= ops
+    subtracts = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    multiplies = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
+    return subtracts and multiplies
 
 
 class ArcFace:

@@ -9,10 +9,11 @@ import torch
 
 
 def save_onnx_embedder(path, *, fixed_batch: bool = False, pool_only: bool = False, dim: int = 16,
-                       normalises: bool = False):
+                       normalises: tuple[str, str] | None = None):
     """N x 3 x 112 x 112 -> N x dim. ``pool_only``: the per-channel mean of the input (dim 3), so a
     test can compute the expected embedding by hand. ``normalises``: the graph first computes
-    (x - 127.5) * (1 / 127.5) itself, as mxnet-exported ArcFace models do."""
+    (x - 127.5) * (1 / 127.5) itself, in a Sub and a Mul node of these names (mxnet's: ``_minusscalar0``,
+    ``_mulscalar0``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -23,8 +24,8 @@ def save_onnx_embedder(path, *, fixed_batch: bool = False, pool_only: bool = Fal
     if normalises:
         inits += [numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
                   numpy_helper.from_array(np.array(1 / 127.5, np.float32), "scale")]
-        nodes += [helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="_minusscalar0"),
-                  helper.make_node("Mul", ["centred", "scale"], ["normalised"], name="_mulscalar0")]
+        nodes += [helper.make_node("Sub", ["input.1", "mean"], ["centred"], name=normalises[0]),
+                  helper.make_node("Mul", ["centred", "scale"], ["normalised"], name=normalises[1])]
         first = "normalised"
     if pool_only:
         nodes += [helper.make_node("GlobalAveragePool", [first], ["pooled"]),

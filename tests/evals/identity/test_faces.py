@@ -54,12 +54,17 @@ def test_arcface_preprocessing_is_exactly_mean_std_rgb_nchw(tmp_path, make_onnx_
 def test_a_graph_that_normalises_itself_gets_raw_pixels_as_insightface_decides(tmp_path, make_onnx_embedder):
     crops = [np.random.default_rng(i).integers(0, 256, (112, 112, 3), dtype=np.uint8) for i in range(3)]
     outside = ArcFace(make_onnx_embedder(tmp_path / "plain.onnx", pool_only=True))
-    inside = ArcFace(make_onnx_embedder(tmp_path / "mxnet.onnx", pool_only=True, normalises=True))
+    inside = ArcFace(make_onnx_embedder(tmp_path / "mxnet.onnx", pool_only=True,
+                                        normalises=("_minusscalar0", "_mulscalar0")))
     assert (outside.mean, outside.std) == (127.5, 127.5) and (inside.mean, inside.std) == (0.0, 1.0)
     np.testing.assert_allclose(inside(crops), outside(crops), atol=1e-6)  # normalised once either way
     # forced to normalise again, the embeddings are another model's
     twice = ArcFace(tmp_path / "mxnet.onnx", mean=127.5, std=127.5)
     assert np.abs(twice(crops) - outside(crops)).max() > 0.1
+    # insightface reads the nodes' names: PyTorch's exporter names them "/Sub", "/Mul", which it does not take for
+    # an mxnet graph's, so such a model gets (x - 127.5) / 127.5 as it would there
+    torch_named = ArcFace(make_onnx_embedder(tmp_path / "torch.onnx", pool_only=True, normalises=("/Sub", "/Mul")))
+    assert (torch_named.mean, torch_named.std) == (127.5, 127.5)
     with pytest.raises(ValueError, match="together"):
         ArcFace(tmp_path / "plain.onnx", mean=127.5)
     with pytest.raises(ValidationError, match="together"):

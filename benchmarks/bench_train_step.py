@@ -100,8 +100,8 @@ def measure(name: str, model, loss_fn, images_per_step: int, compile_: str | Non
     cuda = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     # Counted before the optimizer's masters and the EMA exist, and its eager activations handed back: counted after
-    # them, the trainer row's 2.6B model ran an H100 out of memory here (session 32), and the cached blocks left
-    # behind counted in the timed steps' reserved figure (77.8 GiB for 43.6 allocated)
+    # them, the trainer row's 2.6B model ran an H100 out of memory here (session 32), and the allocator's cached
+    # blocks stay in the timed steps' reserved figure (77.8 GiB reserved for 43.6 allocated in the master row)
     flops = count_flops(model, loss_fn, autocast)
     if cuda:
         torch.cuda.empty_cache()

@@ -55,7 +55,8 @@ def _image(pred, item: dict) -> np.ndarray:
 class _ConditionBenchmark(Benchmark):
     needs = "generate_from_condition"
     # 2: UniCon's PCK (over matched keypoints) and soft-edge conditions at ControlNet's safe levels;
-    # 3: soft-edge EMSE on HED's own maps (the three-level reading beside it)
+    # 3: soft-edge EMSE on HED's own maps (the three-level reading beside it); world_conditions' canny and
+    # depth_edges scores are unchanged by it but are scored again
     protocol_version = "3"
     conditions: dict[str, cond.Condition]
     fid: fid_lib.InceptionFeatures | None = None

@@ -94,14 +94,15 @@ class SoftEdges(_Edges):
     """HED soft edges (``onegen.annotators.edges.HED``): the annotation is HED's 8-bit map, the picture a
     generator gets is its ``safe_levels``.
 
-    UniCon released no evaluation code, and its text ("MSE on non-zero areas", "nearly a binary value
-    map") fits two readings: the three-level maps or HED's own. Its Table 1's scale, 2.28-4.84 (x1e-2),
-    rules the first out: there each disagreeing edge pixel costs 0.25 or 1, and on a soft-edge stand-in
-    (blurred Sobel through a sigmoid, three photos) a blurred, 2-pixel-shifted copy of the real image
-    scored 32-47, an unrelated image 62-80. On the stand-in's own maps the copy scored 1.7-2.1 where they
-    are non-zero everywhere and 6.7-11 where flat regions are exactly 0; how much of a real HED map is
-    non-zero was not measured (no HED weights offline). ``edge_emse`` is on HED's maps, and
-    ``edge_emse_levels`` keeps the other reading.
+    UniCon released no evaluation code. Its text asks for the MSE "on non-zero areas" of the edge maps;
+    on the three-level maps those are the edges alone, where each disagreeing pixel costs 0.25 or 1, and
+    a soft-edge stand-in (blurred Sobel through a sigmoid, three photos) puts a blurred, 2-pixel-shifted
+    copy of the real image at 32-47 (x1e-2), against Table 1's 2.28-4.84. On the stand-in's own maps the
+    copy scores 1.7-2.1 if no pixel is exactly 0 and 6.7-11 if flat regions are; how much of a real HED
+    map is non-zero was not measured (no HED weights offline). Readings over every pixel (2.5-3.8) fit
+    the scale too, but not the text. So ``edge_emse`` is the text's reading on HED's own maps, and
+    ``edge_emse_levels`` keeps the three-level one; which UniCon computed stays open
+    (``benchmarks/probe_edge_emse.py``).
     """
 
     kind = "softedge"

@@ -254,9 +254,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                       "with its face pipeline; ours detects faces with MTCNN and embeds them with the configured "
                       "ArcFace, so the ID column sits beside theirs as an approximation."),
     "unicon_conditions": ("Conditional generation — UniCon conditions", "FID-6K and condition fidelity per condition (UniCon Table 1). "
-                          "UniCon released no evaluation code: our soft-edge EMSE is on HED's own maps over their "
-                          "non-zero pixels, the reading its printed scale allows, and sits beside its numbers as an "
-                          "approximation (the three-level reading is shown too)."),
+                          "For softedge: UniCon released no evaluation code; our EMSE is over the non-zero pixels of "
+                          "HED's own maps (the three-level maps' reading beside it, far above UniCon's scale), and "
+                          "sits beside its numbers as an approximation."),
     "world_geneval": ("World — text-to-image", "GenEval's rules on prompts in the world's grammar, judged by a "
                       "YOLO detector trained on world renders (its held-out mAP50 shown; counting at the score "
                       "threshold fitted to it, not GenEval's 0.9); the oracle renders each prompt exactly, so its "

@@ -7,7 +7,8 @@ ones the published GSO numbers were computed with (EscherNet's ``metrics/eval_2D
 - SSIM is scikit-image's ``structural_similarity`` on the uint8 images with ``channel_axis=2``:
   its defaults, a 7x7 uniform window with the sample covariance, data range 255, the mean over
   pixels and channels. That is EscherNet's call, so our SSIM reads against its table; the gaussian
-  11x11 SSIM (torchmetrics' default) is another number, hundredths apart on a noisy pair.
+  11x11 SSIM (torchmetrics' default) is another number: 0.467 against 0.540 on the test's noisy ramp,
+  0.579 against 0.519 for `world_nvs`'s copy-the-input baseline.
   OneDiffusion's Table 2 prints PSNR only;
 - LPIPS is v0.1 with the AlexNet backbone (what ``lpips.LPIPS(net="alex")`` computes), built offline
   from one local state-dict file, see :class:`LPIPSAlex`.

@@ -1,5 +1,5 @@
 """probe_edge_emse: each reading is 0 for a copy, ranks a good generator above an unrelated image, and
-the three-level union reading sits an order of magnitude above UniCon's printed scale."""
+the three-level maps' union reading sits an order of magnitude above the soft maps' one."""
 
 import subprocess
 import sys

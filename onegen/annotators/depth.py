@@ -14,13 +14,17 @@ disparity to depth is not well defined; the other way round is.) ``CONDITION_VER
 convention: checkpoints record it, and those of version 1 (near = -1, linear in metric depth) are
 still read as they were trained.
 
-Preprocessing follows the DA-V2 image processor (DPT, ``keep_aspect_ratio``): scale by the
-factor closest to 1 that brings one side to ``input_size``, round both sides to a multiple of
-14, bicubic with antialiasing, ImageNet mean/std -- but batched on the device.
+Preprocessing follows DA-V2's own ``infer_image`` (its ``Resize`` with ``keep_aspect_ratio`` and
+``resize_method='lower_bound'``): the shorter side brought to ``input_size``, both sides rounded to a
+multiple of 14 and never below it, bicubic with antialiasing, ImageNet mean/std -- but batched on the
+device. transformers' DPT processor instead scales by the factor closest to 1, which for a photo
+smaller than ``input_size`` brings the *longer* side there (a 400x600 photo: 350x518 against DA-V2's
+518x784, 2.2x fewer pixels). A long panorama runs large (1:10 at 518: 518x5180).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -44,11 +48,14 @@ QUEUED_BATCHES = 2  # batches on the device ahead of the one being collected: en
 
 
 def input_shape(height: int, width: int, size: int, multiple: int) -> tuple[int, int]:
-    """Network input size for an image, as the DA-V2 processor computes it."""
-    sh, sw = size / height, size / width
-    scale = sw if abs(1 - sw) < abs(1 - sh) else sh  # scale as little as possible
-    return (max(multiple, round(scale * height / multiple) * multiple),
-            max(multiple, round(scale * width / multiple) * multiple))
+    """Network input size for an image, as DA-V2's ``infer_image`` computes it (see the module docstring)."""
+    scale = max(size / height, size / width)
+
+    def side(n: int) -> int:
+        rounded = round(scale * n / multiple) * multiple  # numpy's and Python's round: half to even, as DA-V2's
+        return rounded if rounded >= size else math.ceil(scale * n / multiple) * multiple
+
+    return side(height), side(width)
 
 
 def to_uint16(disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -74,8 +74,20 @@ def test_stored_view_round_trips_through_the_sample_format(annotator):
     assert np.array_equal(back.data, depth.data) and back.meta == depth.meta
 
 
-@pytest.mark.parametrize("hw", [(40, 60), (64, 48), (1000, 750), (30, 600), (518, 518)])
-def test_input_size_follows_the_dpt_processor(hw):
+@pytest.mark.parametrize("hw, expected", [
+    ((400, 600), (518, 784)),    # the short side to 518; 1.295 x 600 = 777 = 55.5 x 14, to even: 56 x 14
+    ((300, 600), (518, 1036)),
+    ((1000, 750), (686, 518)),   # 0.6907 x 1000 = 690.7 = 49.3 x 14 -> 49 x 14
+    ((64, 48), (686, 518)),
+    ((518, 518), (518, 518)),
+    ((520, 535), (518, 532)),    # 535 x 518 / 520 = 532.9 = 38.07 x 14 -> 38 x 14
+])
+def test_input_size_is_da_v2s_lower_bound_resize(hw, expected):
+    assert input_shape(*hw, 518, 14) == expected
+
+
+@pytest.mark.parametrize("hw", [(1000, 1500), (518, 518), (800, 600)])
+def test_input_size_agrees_with_the_dpt_processor_where_both_sides_reach_the_size(hw):
     ref = get_resize_output_image_size(torch.zeros(3, *hw), (518, 518), keep_aspect_ratio=True, multiple=14)
     assert input_shape(*hw, 518, 14) == (ref.height, ref.width)
 
@@ -85,7 +97,8 @@ def test_preprocessing_matches_the_hf_processor(annotator):
 
     proc = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
                              image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-    img = _images()[1]
+    # both sides above the input size, where the processor's resize and DA-V2's agree (a smaller photo: see above)
+    img = np.random.default_rng(1).integers(0, 256, (96, 72, 3), dtype=np.uint8)
     ref = proc(img, return_tensors="pt")["pixel_values"]
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     ours = annotator.preprocess(x)

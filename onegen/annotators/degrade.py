@@ -12,9 +12,11 @@ import numpy as np
 
 
 def canny(rgb: np.ndarray, low: int = 100, high: int = 200) -> tuple[np.ndarray, dict]:
+    """Canny on the colour image, as ControlNet's Canny annotator calls OpenCV: each pixel's gradient is its
+    strongest channel's, so an edge between two colours of one grey level is kept (on grey it vanishes)."""
     import cv2
 
-    edges = cv2.Canny(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), low, high)
+    edges = cv2.Canny(np.ascontiguousarray(rgb), low, high)
     return edges, {"op": "canny", "low": low, "high": high}
 
 

@@ -15,6 +15,17 @@ def test_canny_finds_the_square_outline():
     assert edges[8:24, 7:9].any() and not edges[12:20, 12:20].any() and meta["op"] == "canny"
 
 
+def test_canny_keeps_an_edge_between_two_colours_of_one_grey():
+    import cv2
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, :16] = (255, 0, 0)
+    img[:, 16:] = (0, 130, 0)  # 0.299 x 255 and 0.587 x 130: both grey 76
+    assert cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).std() == 0
+    edges, _ = degrade.canny(img)
+    assert edges[4:28, 15:17].all(axis=0).any()  # a full vertical line where red meets green
+
+
 def test_random_degradations_are_seeded_and_recorded():
     for fn in (degrade.blur, degrade.downscale, degrade.inpaint_mask):
         a, ma = fn(_image(), np.random.default_rng(5))

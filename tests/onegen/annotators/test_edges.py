@@ -55,7 +55,7 @@ def test_canny_draws_seeded_thresholds_and_records_them():
     assert again.meta == views[1].meta and np.array_equal(again.data, views[1].data)
     pairs = {(v.meta["low"], v.meta["high"]) for v in canny([_images()[0]] * 8, seeds=list(range(8)))}
     assert len(pairs) > 1
-    assert canny.record == {"name": "opencv-canny", "version": cv2.__version__, "weights_sha256": None}
+    assert canny.record == {"name": "opencv-canny", "version": f"{cv2.__version__}/rgb", "weights_sha256": None}
 
 
 def test_canny_without_seeds_is_a_function_of_the_image():

@@ -4,9 +4,11 @@ Top-down as ViTPose: each person box is enlarged (``box_padding``, 1.25) to the 
 aspect ratio, cropped with the unbiased affine warp of the transformers ViTPose processor
 (``grid_sample`` here, all persons of a batch at once), and the heatmap peaks are refined with
 DARK as its post-processing does (Gaussian sigma 0.8 over 11 px, log, one Newton step).
-The skeleton is drawn the way ControlNet's OpenPose maps look (18 joints with a neck between
-the shoulders, its limb order and colours, limbs at 60 % intensity under full-colour joints,
-black background), so pose views read like the maps pose-conditioned models were trained on.
+The skeleton is drawn as OpenPose maps for pose-conditioned models are: 18 joints with a neck between
+the shoulders, ControlNet's limb order, colours and 4-px width at a 512-px short side, black
+background; limbs at 60 % intensity under full-colour joints, as controlnet_aux's DWPose-era drawing
+(ControlNet v1.1's own draws the joints first and blends each limb 60 % over them: the same lines,
+joints a little dimmer where limbs cross them).
 
 Every result is a pure function of its image: detector inputs are letterboxed to one square
 size and crops are per person, so batch composition never changes a keypoint.
@@ -68,11 +70,12 @@ def openpose_joints(keypoints: np.ndarray, threshold: float) -> tuple[np.ndarray
 
 
 def render_skeleton(keypoints: np.ndarray, height: int, width: int, threshold: float = 0.3) -> np.ndarray:
-    """(P, 17, 3) keypoints -> HxWx3 uint8 skeleton; line width scales as ControlNet's 4 px at 512."""
+    """(P, 17, 3) keypoints -> HxWx3 uint8 skeleton; line width scales as ControlNet's 4 px, drawn on
+    images whose short side it resized to 512."""
     import cv2
 
     canvas = np.zeros((height, width, 3), np.uint8)
-    stick = max(1, round(4 * max(height, width) / 512))
+    stick = max(1, round(4 * min(height, width) / 512))
     for person in keypoints:
         xy, ok = openpose_joints(person, threshold)
         for limb, (a, b) in enumerate(OPENPOSE_LIMBS):
@@ -166,7 +169,7 @@ class PoseAnnotator:
     """``annotator(images[, boxes]) -> [PoseResult]``; with ``boxes`` the detector is skipped."""
 
     name = "yolo-vitpose"
-    version = "1"
+    version = "2"  # 2: limb width from the short side
 
     def __init__(self, detector: torch.nn.Module, pose_model, weights_sha256: str, device: torch.device, *,
                  detector_size: int = 640, person_class: int = 0, box_threshold: float = 0.25,

@@ -110,6 +110,15 @@ def test_heatmap_decoding_matches_transformers_dark():
     np.testing.assert_allclose(scores.numpy(), ref_scores[..., 0])
 
 
+def test_skeleton_line_width_goes_by_the_short_side():
+    kp = np.zeros((1, 17, 3), np.float32)
+    kp[0, [5, 7], 2] = 0.9  # left shoulder and elbow: one limb, vertical
+    kp[0, 5, :2], kp[0, 7, :2] = (200, 100), (200, 400)
+    square, wide = render_skeleton(kp, 512, 512), render_skeleton(kp, 512, 1536)
+    assert np.array_equal(wide[:, :512], square)  # 4 px at 512 on the short side, however long the other
+    assert 7 <= (square[250].any(axis=1)).sum() <= 11
+
+
 def test_skeleton_drawing_follows_openpose_conventions():
     kp = np.zeros((1, 17, 3), np.float32)
     kp[0, :, 2] = 0.9

@@ -23,7 +23,6 @@ import numpy as np
 from evals.condition import metrics
 from onegen.annotators import degrade
 from onegen.annotators.base import annotator_record
-from onegen.annotators.edges import CANNY_VERSION
 
 # Fixed (OpenCV's usual 100/200), the same for the condition and the re-annotation: a copy of the
 # real image then scores exactly 0, and any other score is the generator's.
@@ -66,7 +65,7 @@ class Canny(_Edges):
     def __init__(self):
         import cv2
 
-        self.record = annotator_record("opencv-canny", f"{cv2.__version__}/{CANNY_VERSION}/{CANNY_THRESHOLDS}", None)
+        self.record = annotator_record("opencv-canny", f"{cv2.__version__}/{degrade.CANNY_VERSION}/{CANNY_THRESHOLDS}", None)
 
     def __call__(self, images):
         return [degrade.canny(im, *CANNY_THRESHOLDS)[0] for im in images]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
+CANNY_VERSION = "rgb"  # in the records of what draws with canny(): on the colour image (before: on its grey)
+
+
 def canny(rgb: np.ndarray, low: int = 100, high: int = 200) -> tuple[np.ndarray, dict]:
     """Canny on the colour image, as ControlNet's Canny annotator calls OpenCV: each pixel's gradient is its
     strongest channel's, so an edge between two colours of one grey level is kept (on grey it vanishes)."""

@@ -93,7 +93,7 @@ class DepthAnnotator:
     """Batched DA-V2: ``annotator(images) -> [View("depth", uint16 HxW, meta=...)]``."""
 
     name = "depth-anything-v2"
-    version = "1"
+    version = "2"  # 2: DA-V2's lower-bound input size (1: transformers' scale closest to 1)
 
     def __init__(self, model, weights_sha256: str, device: torch.device, *, input_size: int = 518,
                  mean=batching.IMAGENET_MEAN, std=batching.IMAGENET_STD, batch_size: int = 16,

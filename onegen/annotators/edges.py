@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from onegen.config import EdgesConfig
 
 
-CANNY_VERSION = "rgb"  # Canny on the colour image (before: on its grey conversion)
-
-
 class Canny:
     """``canny(images, seeds=None) -> [View("canny", uint8 HxW, meta={op, low, high, seed})]``."""
 
@@ -43,7 +40,7 @@ class Canny:
         import cv2
 
         self.low, self.high = low, high
-        self.record = annotator_record(self.name, f"{cv2.__version__}/{CANNY_VERSION}", None)
+        self.record = annotator_record(self.name, f"{cv2.__version__}/{degrade.CANNY_VERSION}", None)
 
     @classmethod
     def load(cls, cfg: EdgesConfig, device: str = "auto") -> Canny:

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from onegen.config import AnnotatorsConfig
 
 # bump when the samples built from the same inputs change: it is part of the shard fingerprint. 3: camera maths
-# through portable_linalg; 4: ray maps in camera 0's PyTorch3D frame, as the released code's
-VERSION = 4
+# through portable_linalg; 4: ray maps in camera 0's PyTorch3D frame, as the released code's; 5: Canny on the
+# colour image (degrade.CANNY_VERSION)
+VERSION = 5
 SCENE, IDENTITY, PHOTO = "scene", "identity", "photo"
 EDGE_OPS = ("canny", "blur", "downscale", "inpaint")  # + "hed" when annotators.edges.hed_path is set
 

@@ -14,12 +14,14 @@ disparity to depth is not well defined; the other way round is.) ``CONDITION_VER
 convention: checkpoints record it, and those of version 1 (near = -1, linear in metric depth) are
 still read as they were trained.
 
-Preprocessing follows DA-V2's own ``infer_image`` (its ``Resize`` with ``keep_aspect_ratio`` and
+The network's input size is DA-V2's own ``infer_image``'s (its ``Resize`` with ``keep_aspect_ratio`` and
 ``resize_method='lower_bound'``): the shorter side brought to ``input_size``, both sides rounded to a
-multiple of 14 and never below it, bicubic with antialiasing, ImageNet mean/std -- but batched on the
-device. transformers' DPT processor instead scales by the factor closest to 1, which for a photo
-smaller than ``input_size`` brings the *longer* side there (a 400x600 photo: 350x518 against DA-V2's
-518x784, 2.2x fewer pixels). A long panorama runs large (1:10 at 518: 518x5180).
+multiple of 14 and never below it. transformers' DPT processor instead scales by the factor closest to 1,
+which for a photo smaller than ``input_size`` brings the *longer* side there (a 400x600 photo: 350x518
+against DA-V2's 518x784, 2.2x fewer pixels). A long panorama runs large (1:10 at 518: 518x5180). The
+resampling is the processor's (bicubic with antialiasing in, bicubic back to the image size; DA-V2 uses
+OpenCV's cubic in and bilinear back), then ImageNet mean/std -- batched on the device. The pipeline's
+inputs are square, where both sizes agree.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ aspect ratio, cropped with the unbiased affine warp of the transformers ViTPose 
 (``grid_sample`` here, all persons of a batch at once), and the heatmap peaks are refined with
 DARK as its post-processing does (Gaussian sigma 0.8 over 11 px, log, one Newton step).
 The skeleton is drawn as OpenPose maps for pose-conditioned models are: 18 joints with a neck between
-the shoulders, ControlNet's limb order, colours and 4-px width at a 512-px short side, black
+the shoulders, ControlNet's limb order, colours and 4-px half-width at a 512-px short side, black
 background; limbs at 60 % intensity under full-colour joints, as controlnet_aux's DWPose-era drawing
 (ControlNet v1.1's own draws the joints first and blends each limb 60 % over them: the same lines,
 joints a little dimmer where limbs cross them).
@@ -70,7 +70,7 @@ def openpose_joints(keypoints: np.ndarray, threshold: float) -> tuple[np.ndarray
 
 
 def render_skeleton(keypoints: np.ndarray, height: int, width: int, threshold: float = 0.3) -> np.ndarray:
-    """(P, 17, 3) keypoints -> HxWx3 uint8 skeleton; line width scales as ControlNet's 4 px, drawn on
+    """(P, 17, 3) keypoints -> HxWx3 uint8 skeleton; limbs' half-width scales as ControlNet's 4 px, drawn on
     images whose short side it resized to 512."""
     import cv2
 

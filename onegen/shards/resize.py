@@ -26,7 +26,8 @@ from onegen.plucker import rays_for_cameras
 from onegen.sources.scenes import square_crop, square_crop_intrinsics
 
 # bump when resizing the same sample gives other pixels: resized latents record it
-VERSION = 2  # 2: pose skeletons redrawn from their keypoints, Canny edges found again on the resized picture
+VERSION = 3  # 2: pose skeletons redrawn from their keypoints, Canny edges found again on the resized picture;
+# 3: that Canny on the colour image, pose limbs as wide as the short side says
 # values that must stay among those the map already holds (Canny's edges: binary, one pixel wide)
 NEAREST_MODALITIES = frozenset({"depth", "semantic", "bbox", "instance", "canny"})
 # views that are not pictures: the prompt's cached features pass as they are, ray maps are recomputed

@@ -28,12 +28,17 @@ class ClipScorer:
         self.record = record
 
     @classmethod
-    def load(cls, path: Path | None, model_name: str = "ViT-L-14", device: str = "auto",
+    def load(cls, path: Path | None, model_name: str | None = None, device: str = "auto",
              key: str = "evals.identity.clip_path") -> "ClipScorer":
         import open_clip
 
         path = require_path(key, path, "open_clip checkpoint (file or Hub-layout folder)")
         dev = resolve_device(device)
+        if not path.is_dir() and model_name is None:
+            # no default: OpenAI's weights need QuickGELU, LAION's do not, and open_clip loads either into both
+            raise AnnotatorError(f"{key} is a weights file ({path}): name its open_clip architecture in "
+                                 f"{key.rsplit('.', 1)[0]}.clip_model ('ViT-L-14' for LAION's weights, "
+                                 "'ViT-L-14-quickgelu' for OpenAI's)")
         name, pretrained = (f"local-dir:{path}", None) if path.is_dir() else (model_name, str(path))
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=dev,

@@ -47,6 +47,15 @@ def test_weights_are_the_saved_ones(scorer, tiny_clip):
     assert len(scorer.record["weights_sha256"]) == 64
 
 
+def test_a_weights_file_needs_its_architecture_named(tmp_path, tiny_clip):
+    import shutil
+
+    weights = tmp_path / "clip.safetensors"
+    shutil.copy(tiny_clip / "open_clip_model.safetensors", weights)
+    with pytest.raises(AnnotatorError, match=r"evals\.identity\.clip_model .*'ViT-L-14-quickgelu' for OpenAI's"):
+        ClipScorer.load(weights, device="cpu")
+
+
 def test_missing_weights_never_fall_back_to_random(tmp_path, tiny_clip):
     with pytest.raises(AnnotatorError, match="evals.identity.clip_path is not set"):
         ClipScorer.load(None, device="cpu")

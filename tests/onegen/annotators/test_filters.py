@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 from open_clip.tokenizer import SimpleTokenizer
+from pydantic import ValidationError
 
 from onegen.annotators.base import AnnotatorError
 from onegen.annotators.filters import QUALITY_PAIRS, UNSAFE_PROMPTS, ClipFilter, judge, zero_shot_scores
@@ -114,7 +115,10 @@ def test_missing_or_wrong_checkpoint_names_the_params_key(tmp_path, checkpoint):
     with pytest.raises(AnnotatorError, match=r"annotators\.filters\.clip_path is not set"):
         ClipFilter.load(FiltersConfig(), device="cpu")
     with pytest.raises(AnnotatorError, match=r"annotators\.filters\.clip_path: .* not found"):
-        ClipFilter.load(FiltersConfig(clip_path=tmp_path / "none.pt"), device="cpu")
+        ClipFilter.load(FiltersConfig(clip_path=tmp_path / "none.pt", clip_model=TINY), device="cpu")
+    # no default architecture: OpenAI's ViT-L-14 weights load into the GELU ViT-L-14 without complaint
+    with pytest.raises(ValidationError, match="clip_model: name the open_clip architecture"):
+        FiltersConfig(clip_path=checkpoint)
     with pytest.raises(AnnotatorError, match=r"annotators\.filters: cannot build 'no-such-clip' from .*not found"):
         ClipFilter.load(FiltersConfig(clip_path=checkpoint, clip_model="no-such-clip"), device="cpu")
     torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "other.pt")

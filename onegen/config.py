@@ -276,13 +276,16 @@ class EdgesConfig(_Strict):
         return self
 
 
+# open_clip builds either architecture from one ViT-L/14 weights file without complaint: a file names its own
+CLIP_ARCHITECTURES = "'ViT-L-14' for LAION's weights, 'ViT-L-14-quickgelu' for OpenAI's"
+
+
 class FiltersConfig(_Strict):
     """CLIP (open_clip) NSFW / quality filters for the ID and text-to-image sources."""
 
     clip_path: ModelPath | None = Field(None, description="open_clip checkpoint file")
-    clip_model: str | None = Field(None, description="open_clip architecture of the checkpoint, required with it: "
-                                   "'ViT-L-14' for LAION's weights, 'ViT-L-14-quickgelu' for OpenAI's (open_clip builds "
-                                   "either from the same file without complaint)")
+    clip_model: str | None = Field(None, description=f"open_clip architecture of the checkpoint, required with it: "
+                                   f"{CLIP_ARCHITECTURES}")
     nsfw_threshold: float = Field(0.5, ge=0, le=1, description="drop at or above this zero-shot NSFW probability")
     min_quality: float = Field(0.3, ge=0, le=1, description="drop below this zero-shot quality probability")
     batch_size: int = Field(64, ge=1)
@@ -291,8 +294,7 @@ class FiltersConfig(_Strict):
     @model_validator(mode="after")
     def _architecture_named(self):
         if self.clip_path is not None and self.clip_model is None:
-            raise ValueError("clip_model: name the open_clip architecture of clip_path ('ViT-L-14' for LAION's "
-                             "weights, 'ViT-L-14-quickgelu' for OpenAI's)")
+            raise ValueError(f"clip_model: name the open_clip architecture of clip_path ({CLIP_ARCHITECTURES})")
         return self
 
 
@@ -413,9 +415,8 @@ class IdentityConfig(_Strict):
     arcface_std: float | None = Field(None, gt=0)
     clip_path: ModelPath | None = Field(None, description="open_clip checkpoint for CLIP-T: a weights file, or a folder "
                                                      "with open_clip_config.json (Hub layout)")
-    clip_model: str | None = Field(None, description="open_clip architecture of a clip_path weights file, required "
-                                   "with one: 'ViT-L-14' for LAION's weights, 'ViT-L-14-quickgelu' for OpenAI's "
-                                   "(a Hub-layout folder names its own)")
+    clip_model: str | None = Field(None, description=f"open_clip architecture of a clip_path weights file, required "
+                                   f"with one: {CLIP_ARCHITECTURES} (a Hub-layout folder names its own)")
     resolution: int = Field(512, ge=16, multiple_of=8, description="side of generated images (paper: 512 for 2-3 views)")
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from onegen.annotators.base import AnnotatorError, annotator_record, require_path, resolve_device, weights_sha256
+from onegen.config import CLIP_ARCHITECTURES
 
 VERSION = "1"
 
@@ -35,10 +36,8 @@ class ClipScorer:
         path = require_path(key, path, "open_clip checkpoint (file or Hub-layout folder)")
         dev = resolve_device(device)
         if not path.is_dir() and model_name is None:
-            # no default: OpenAI's weights need QuickGELU, LAION's do not, and open_clip loads either into both
             raise AnnotatorError(f"{key} is a weights file ({path}): name its open_clip architecture in "
-                                 f"{key.rsplit('.', 1)[0]}.clip_model ('ViT-L-14' for LAION's weights, "
-                                 "'ViT-L-14-quickgelu' for OpenAI's)")
+                                 f"{key.rsplit('.', 1)[0]}.clip_model ({CLIP_ARCHITECTURES})")
         name, pretrained = (f"local-dir:{path}", None) if path.is_dir() else (model_name, str(path))
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=dev,
